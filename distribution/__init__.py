@@ -1,0 +1,1 @@
+"""Distribution of committed records to subscribers (shared-memory rings, WebSocket tiers)."""

@@ -1,0 +1,1 @@
+"""The public gRPC interface (`strata.v1`) and its generated stubs."""

@@ -1,0 +1,1 @@
+"""The Strata daemon: configuration, CLI, lifecycle (gRPC services arrive with the daemon issue)."""

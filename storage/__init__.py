@@ -1,0 +1,19 @@
+"""Strata's storage engine: a WAL-backed LSM tree with leveled compaction.
+
+Usable on its own as an embedded library::
+
+    from storage import Engine
+    with Engine.open("/var/lib/app/db", durability="always") as db:
+        lsn = db.put(b"key", b"value")
+        assert db.get(b"key") == b"value"
+
+`storage` imports nothing from the other Strata packages.
+"""
+
+from .engine import Engine, Options, Snapshot
+from .errors import Closed, Compacted, Corruption, InvalidArgument, StorageError, TooLarge, WriteStalled
+
+__all__ = [
+    "Engine", "Options", "Snapshot",
+    "StorageError", "InvalidArgument", "TooLarge", "Corruption", "Closed", "WriteStalled", "Compacted",
+]

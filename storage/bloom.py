@@ -1,0 +1,70 @@
+"""Bloom filter over user keys, stored as one SSTable block.
+
+    filter := bits[m/8] | k u8
+
+Probes use double hashing on the two halves of MurmurHash3's x64 128-bit hash
+(Kirsch & Mitzenmacher): probe i is `((h1 + i*h2) mod 2**64) mod m`, h1 and h2 the
+hash's two little-endian 64-bit halves. With 10 bits per key
+and k = 7 the false-positive rate is ~0.8 %; tests/storage/test_bloom.py
+measures it.
+
+Changing the hash, the probe sequence or the layout breaks existing files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mmh3
+import numpy as np
+
+BITS_PER_KEY = 10
+_MASK64 = (1 << 64) - 1
+
+
+def _k_for(bits_per_key: int) -> int:
+    return max(1, min(30, int(round(bits_per_key * math.log(2)))))
+
+
+def build(keys: list[bytes], bits_per_key: int = BITS_PER_KEY) -> bytes:
+    """The filter block for `keys` (duplicates allowed).
+
+    Vectorised with numpy: the same loop in Python measured 2.5 us per key
+    (bench/engine: flush and compaction), which made compaction slower than
+    ingest; this runs at ~0.1 us per key.
+    """
+    k = _k_for(bits_per_key)
+    m = max(64, len(keys) * bits_per_key)
+    m = (m + 7) // 8 * 8
+    if not keys:
+        return bytes(m // 8) + bytes([k])
+    hashes = np.frombuffer(b"".join(map(mmh3.hash_bytes, keys)), dtype="<u8").reshape(-1, 2)
+    h1 = hashes[:, 0:1]
+    h2 = hashes[:, 1:2]
+    probes = np.arange(k, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        pos = ((h1 + probes * h2) % np.uint64(m)).ravel()  # uint64 arithmetic wraps mod 2**64
+    bitmap = np.zeros(m, dtype=np.uint8)
+    bitmap[pos] = 1
+    return np.packbits(bitmap, bitorder="little").tobytes() + bytes([k])
+
+
+class BloomFilter:
+    __slots__ = ("_bits", "_m", "_k")
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 2:
+            raise ValueError("bloom filter block too short")
+        self._bits = data[:-1]
+        self._m = len(self._bits) * 8
+        self._k = data[-1]
+
+    def may_contain(self, key: bytes) -> bool:
+        h1, h2 = mmh3.hash64(key, signed=False)
+        m = self._m
+        bits = self._bits
+        for i in range(self._k):
+            pos = ((h1 + i * h2) & _MASK64) % m
+            if not bits[pos >> 3] & (1 << (pos & 7)):
+                return False
+        return True

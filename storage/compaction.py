@@ -1,0 +1,285 @@
+"""Leveled compaction: what to compact (the picker) and the merge itself.
+
+Picking (LevelDB's rule, table-tested in tests/storage/test_compaction.py):
+L0 is compacted into L1 when it holds `l0_trigger` files; level n >= 1 into
+n+1 when its size exceeds `base_level_size * multiplier**(n-1)`. The level
+with the highest score (size / target, or files / trigger for L0) goes first.
+Within a level, files are taken round-robin after the last compacted key, so
+every key range is rewritten in turn.
+
+The merge (`run_merge`) is a pure function of file paths and parameters. The
+engine runs it in a worker process, so the k-way merge, which holds the GIL for
+its whole duration, never slows writers in the main process; the main process
+only installs the result (one manifest edit).
+
+Dropping rules, for entries ordered by (key asc, lsn desc), where S is the
+oldest LSN a live snapshot or reader may ask for:
+- a version is dropped if a newer version of the same key has lsn <= S
+  (no snapshot can see past the newer one);
+- a tombstone with lsn <= S is dropped if no deeper level may hold the key
+  (`bottommost`): nothing remains for it to hide.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
+
+import msgpack
+
+from . import sstable
+from .errors import Corruption, StorageError
+from .manifest import NUM_LEVELS, FileMeta, Version
+from .vfs import FileSystem, OsFS
+
+_MAX_LSN = 1 << 64
+
+
+@dataclass
+class Compaction:
+    level: int  # inputs come from `level` and `level + 1`; outputs go to `level + 1`
+    inputs: list[FileMeta]
+    next_inputs: list[FileMeta]
+    bottommost: bool
+    trivial_move: bool = False
+
+    @property
+    def output_level(self) -> int:
+        return self.level + 1
+
+    def input_bytes(self) -> int:
+        return sum(f.size for f in self.inputs) + sum(f.size for f in self.next_inputs)
+
+
+class LevelPicker:
+    def __init__(self, l0_trigger: int = 4, base_level_size: int = 10 << 20,
+                 multiplier: int = 10) -> None:
+        self.l0_trigger = l0_trigger
+        self.base_level_size = base_level_size
+        self.multiplier = multiplier
+        self.pointers: dict[int, bytes] = {}  # level -> largest key of the last compaction
+
+    def target(self, level: int) -> int:
+        return self.base_level_size * self.multiplier ** (level - 1)
+
+    def scores(self, v: Version) -> list[tuple[float, int]]:
+        out = [(len(v.levels[0]) / self.l0_trigger, 0)]
+        for lvl in range(1, NUM_LEVELS - 1):
+            out.append((v.level_size(lvl) / self.target(lvl), lvl))
+        return out
+
+    def pick(self, v: Version) -> Compaction | None:
+        score, level = max(self.scores(v))
+        if score < 1.0:
+            return None
+        if level == 0:
+            inputs = list(v.levels[0])
+        else:
+            files = v.levels[level]
+            ptr = self.pointers.get(level)
+            inputs = [next((f for f in files if ptr is None or f.smallest > ptr), files[0])]
+        lo = min(f.smallest for f in inputs)
+        hi = max(f.largest for f in inputs)
+        nxt = v.overlapping(level + 1, lo, hi)
+        if nxt:
+            lo = min(lo, nxt[0].smallest)
+            hi = max(hi, nxt[-1].largest)
+        bottommost = all(not v.overlapping(d, lo, hi) for d in range(level + 2, NUM_LEVELS))
+        trivial = level > 0 and not nxt and len(inputs) == 1
+        if level == 0 and len(inputs) == 1 and not nxt:
+            trivial = True
+        self.pointers[level] = hi if level > 0 else b""
+        return Compaction(level, inputs, nxt, bottommost, trivial)
+
+
+def merge(runs: list[list[tuple]], smallest_snapshot: int, drop_tombstones: bool) -> list[tuple]:
+    """Merge sorted runs of (key, -lsn, value) and apply the dropping rules.
+
+    The runs are concatenated and sorted: Timsort finds the runs and merges
+    them in C, several times faster than heapq.merge driven from Python.
+    (key, -lsn) is unique, so values are never compared.
+    """
+    if len(runs) == 1:
+        merged = runs[0]
+    else:
+        merged = list(chain.from_iterable(runs))
+        merged.sort()
+    return drop_obsolete(merged, smallest_snapshot, drop_tombstones)
+
+
+def drop_obsolete(entries: list[tuple], smallest_snapshot: int, drop_tombstones: bool) -> list[tuple]:
+    """Apply the dropping rules (module docstring) to entries in internal order."""
+    if not entries:
+        return entries
+    neg_s = -smallest_snapshot
+    if min(map(itemgetter(1), entries)) >= neg_s:
+        # Every version is visible to every reader: keep the newest of each key.
+        # The dict keeps, per key, the last value assigned (the newest version,
+        # iterating backwards) at the position of the first insertion.
+        keys = list(map(itemgetter(0), entries))
+        newest = dict(zip(reversed(keys), reversed(entries)))
+        if len(newest) != len(entries):
+            out = list(newest.values())
+            out.reverse()
+        else:
+            out = entries
+        if drop_tombstones:
+            out = [e for e in out if e[2] is not None]
+        return out
+    out = []
+    last_key = None
+    last_neg = -_MAX_LSN
+    for e in entries:
+        key, neg, value = e
+        if key != last_key:
+            last_key = key
+            last_neg = -_MAX_LSN
+        if last_neg >= neg_s:
+            continue  # shadowed by a newer version every reader sees
+        last_neg = neg
+        if value is None and drop_tombstones and neg >= neg_s:
+            continue
+        out.append(e)
+    return out
+
+
+def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
+    """Merge the job's input tables into new tables; return their properties.
+
+    `job`: dir, inputs (paths), smallest_snapshot, drop_tombstones,
+    target_file_size, prefix (temporary output name prefix). Runs in the
+    worker process (fs=None: the OS) or in a thread with the engine's FS.
+    Outputs are named `<prefix>-<i>.sst.tmp`; the engine renames them to
+    numbered tables when it installs the result.
+    """
+    fs = fs or OsFS()
+    t0 = time.monotonic()
+    runs = []
+    read_bytes = 0
+    for i, p in enumerate(job["inputs"]):
+        r = sstable.TableReader(fs, p, -1 - i, None)
+        try:
+            runs.append(r.all_entries())
+            read_bytes += r.file_size
+        finally:
+            r.close()
+    entries = merge(runs, job["smallest_snapshot"], job["drop_tombstones"])
+    del runs
+    outputs = sstable.build_tables(
+        fs, entries, lambda i: os.path.join(job["dir"], f"{job['prefix']}-{i}.sst.tmp"),
+        job["target_file_size"])
+    return {
+        "outputs": outputs,
+        "read_bytes": read_bytes,
+        "written_bytes": sum(p["file_size"] for _, p in outputs),
+        "seconds": time.monotonic() - t0,
+    }
+
+
+# ---------------------------------------------------------------- worker process
+#
+# Merges run in a child process started with `python -m storage.merge_worker`,
+# talking length-prefixed msgpack over its stdin/stdout. A plain subprocess
+# rather than multiprocessing: it needs no importable __main__ in the parent
+# (an embedding program may have none) and a crashed worker is restarted
+# instead of breaking a pool for good.
+
+_LEN = struct.Struct("<I")
+
+
+def _send(f, obj) -> None:
+    data = msgpack.packb(obj, use_bin_type=True)
+    f.write(_LEN.pack(len(data)) + data)
+    f.flush()
+
+
+def _recv(f):
+    head = f.read(_LEN.size)
+    if len(head) < _LEN.size:
+        raise EOFError("merge worker closed its pipe")
+    (n,) = _LEN.unpack(head)
+    data = f.read(n)
+    if len(data) < n:
+        raise EOFError("merge worker closed its pipe mid-message")
+    return msgpack.unpackb(data)
+
+
+class MergeWorker:
+    """A child process that runs `run_merge` jobs one at a time. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def _ensure(self) -> subprocess.Popen:
+        p = self._proc
+        if p is None or p.poll() is not None:
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ)
+            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            p = subprocess.Popen([sys.executable, "-m", "storage.merge_worker"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                 close_fds=True)
+            self._proc = p
+        return p
+
+    def run(self, job: dict) -> dict:
+        with self._lock:
+            for attempt in range(2):
+                p = self._ensure()
+                try:
+                    _send(p.stdin, job)
+                    reply = _recv(p.stdout)
+                except (BrokenPipeError, EOFError, OSError) as e:
+                    p.kill()
+                    p.wait()
+                    self._proc = None
+                    self.restarts += 1
+                    if attempt == 1:
+                        raise StorageError(f"compaction worker died twice: {e}") from None
+                    continue
+                if "error" in reply:
+                    if reply.get("path") is not None:
+                        raise Corruption(reply["path"], reply["offset"], reply["reason"])
+                    raise StorageError(f"compaction failed in the worker: {reply['error']}")
+                return reply
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            p = self._proc
+            self._proc = None
+        if p is not None and p.poll() is None:
+            p.stdin.close()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def worker_main() -> None:
+    """The merge worker's loop: read a job, run it, reply; exit at EOF."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but replies may reach the pipe
+    while True:
+        try:
+            job = _recv(stdin)
+        except EOFError:
+            return
+        try:
+            reply = run_merge(job)
+        except Corruption as e:
+            reply = {"error": str(e), "path": e.path, "offset": e.offset, "reason": e.reason}
+        except Exception as e:  # reported to the engine, which stops writes
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        _send(stdout, reply)
+

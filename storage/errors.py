@@ -1,0 +1,67 @@
+"""Typed errors raised by the storage engine.
+
+Every error a caller can act on carries what it needs to act: the file and
+offset of a corruption, the limit that was exceeded, the LSN that is no longer
+retained. The server maps these to gRPC status codes in one place.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every error raised by `storage`."""
+
+
+class InvalidArgument(StorageError, ValueError):
+    """A caller passed something the engine cannot store (wrong type, too big)."""
+
+
+class TooLarge(InvalidArgument):
+    """A key, value or batch exceeds its configured limit."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is {size} bytes; the limit is {limit} bytes")
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+
+class Corruption(StorageError):
+    """Bytes on disk do not match their checksum or their format.
+
+    `path` names the file and `offset` the byte where the bad record starts, so
+    an operator can inspect it; `Engine.open(..., repair=True)` is the explicit
+    way to drop what cannot be read.
+    """
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"corruption in {path} at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class Closed(StorageError):
+    """The engine was closed, or failed and refuses further writes."""
+
+
+class WriteStalled(StorageError):
+    """A write could not proceed within its deadline because L0 is full."""
+
+    def __init__(self, l0_files: int, waited_s: float) -> None:
+        super().__init__(
+            f"write stopped: {l0_files} L0 files pending compaction, waited {waited_s:.3f}s"
+        )
+        self.l0_files = l0_files
+        self.waited_s = waited_s
+
+
+class Compacted(StorageError):
+    """The requested LSN is older than the oldest retained WAL record."""
+
+    def __init__(self, requested_lsn: int, earliest_lsn: int) -> None:
+        super().__init__(
+            f"LSN {requested_lsn} is no longer retained; earliest available is {earliest_lsn}"
+        )
+        self.requested_lsn = requested_lsn
+        self.earliest_lsn = earliest_lsn

@@ -1,0 +1,258 @@
+"""Manifest: which SSTables make up the database, as a log of version edits.
+
+    MANIFEST-<n> := frame*              frames as in record.py, type TYPE_EDIT
+    edit         := msgpack map {
+                      "add": [[level, number, size, smallest, largest, entries, min_lsn, max_lsn], ...],
+                      "del": [[level, number], ...],
+                      "next_file": int, "flushed_lsn": int, "snapshot": bool }
+    CURRENT      := "MANIFEST-<n>\\n"   replaced by atomic rename
+
+The first edit of every manifest is a snapshot of the whole version, so a
+manifest can be read on its own. An edit is installed only after it is
+fsynced; a torn last edit was never installed and is dropped on recovery. A new
+manifest is started at open and when the current one passes `MAX_MANIFEST`.
+
+Version lifetime: a Version is immutable; readers pin it (`ref`/`unref`) and a
+file is deleted only when no live version lists it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+
+import msgpack
+
+from . import record
+from .errors import Corruption
+from .vfs import FileSystem, WritableFile, write_file_atomic
+
+log = logging.getLogger("strata.manifest")
+
+NUM_LEVELS = 7
+MAX_MANIFEST = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FileMeta:
+    number: int
+    size: int
+    smallest: bytes
+    largest: bytes
+    entries: int
+    min_lsn: int
+    max_lsn: int
+
+    def to_wire(self, level: int) -> list:
+        return [level, self.number, self.size, self.smallest, self.largest,
+                self.entries, self.min_lsn, self.max_lsn]
+
+    @staticmethod
+    def from_wire(w: list) -> tuple[int, "FileMeta"]:
+        return w[0], FileMeta(w[1], w[2], w[3], w[4], w[5], w[6], w[7])
+
+
+@dataclass(slots=True)
+class Version:
+    """An immutable list of files per level.
+
+    L0 is ordered newest first (files may overlap); L1+ are sorted by key and
+    do not overlap.
+    """
+
+    levels: list[list[FileMeta]]
+    refs: int = 0
+    _l1_smallest: list[list[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._l1_smallest = [[f.smallest for f in lvl] for lvl in self.levels]
+
+    def files(self) -> list[tuple[int, FileMeta]]:
+        return [(lvl, f) for lvl, files in enumerate(self.levels) for f in files]
+
+    def level_size(self, level: int) -> int:
+        return sum(f.size for f in self.levels[level])
+
+    def find(self, level: int, key: bytes) -> FileMeta | None:
+        """The one file of a level >= 1 whose range may contain key."""
+        files = self.levels[level]
+        i = bisect_right(self._l1_smallest[level], key) - 1
+        if i >= 0 and key <= files[i].largest:
+            return files[i]
+        return None
+
+    def overlapping(self, level: int, lo: bytes, hi: bytes) -> list[FileMeta]:
+        files = self.levels[level]
+        if level == 0:
+            return [f for f in files if not (f.largest < lo or f.smallest > hi)]
+        i = max(0, bisect_left(self._l1_smallest[level], lo) - 1)
+        out = []
+        for f in files[i:]:
+            if f.smallest > hi:
+                break
+            if f.largest >= lo:
+                out.append(f)
+        return out
+
+
+def apply_edit(levels: list[list[FileMeta]], edit: dict) -> list[list[FileMeta]]:
+    """Return new level lists with `edit` applied (inputs are not modified)."""
+    new = [list(lvl) for lvl in levels]
+    dels = {(d[0], d[1]) for d in edit.get("del", ())}
+    if dels:
+        new = [[f for f in files if (lvl, f.number) not in dels] for lvl, files in enumerate(new)]
+    for w in edit.get("add", ()):
+        lvl, meta = FileMeta.from_wire(w)
+        new[lvl].append(meta)
+    new[0].sort(key=lambda f: (f.max_lsn, f.number), reverse=True)
+    for lvl in range(1, NUM_LEVELS):
+        new[lvl].sort(key=lambda f: f.smallest)
+    return new
+
+
+def manifest_name(number: int) -> str:
+    return f"MANIFEST-{number:06d}"
+
+
+class VersionSet:
+    """The current version, the manifest that records it, and the pinned versions.
+
+    REQUIRES: `log_and_apply` is called with the engine's version lock held
+    (one edit at a time).
+    """
+
+    def __init__(self, fs: FileSystem, dirpath: str) -> None:
+        self.fs = fs
+        self.dir = dirpath
+        self.current = Version([[] for _ in range(NUM_LEVELS)])
+        self.next_file = 1
+        self.flushed_lsn = 0
+        self.manifest_number = 0
+        self._manifest: WritableFile | None = None
+        self._manifest_size = 0
+        self._pinned: dict[int, Version] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ files
+
+    def new_file_number(self) -> int:
+        with self._lock:
+            n = self.next_file
+            self.next_file += 1
+            return n
+
+    def ref(self, v: Version) -> Version:
+        with self._lock:
+            v.refs += 1
+            self._pinned[id(v)] = v
+        return v
+
+    def unref(self, v: Version) -> None:
+        with self._lock:
+            v.refs -= 1
+            if v.refs <= 0:
+                self._pinned.pop(id(v), None)
+
+    def live_files(self) -> set[int]:
+        with self._lock:
+            versions = [self.current, *self._pinned.values()]
+        return {f.number for v in versions for _, f in v.files()}
+
+    # ------------------------------------------------------------------ manifest
+
+    def _snapshot_edit(self) -> dict:
+        return {
+            "add": [f.to_wire(lvl) for lvl, f in self.current.files()],
+            "next_file": self.next_file,
+            "flushed_lsn": self.flushed_lsn,
+            "snapshot": True,
+        }
+
+    def _start_manifest(self) -> None:
+        """Write a new manifest holding a snapshot edit and point CURRENT at it."""
+        number = self.new_file_number()
+        path = os.path.join(self.dir, manifest_name(number))
+        f = self.fs.create(path)
+        data = record.encode_frame(0, 0, record.TYPE_EDIT,
+                                   msgpack.packb(self._snapshot_edit(), use_bin_type=True))
+        f.write(data)
+        f.sync()
+        write_file_atomic(self.fs, os.path.join(self.dir, "CURRENT"),
+                          (manifest_name(number) + "\n").encode())
+        old, old_number = self._manifest, self.manifest_number
+        self._manifest, self.manifest_number, self._manifest_size = f, number, len(data)
+        if old is not None:
+            old.close()
+        if old_number:
+            try:
+                self.fs.remove(os.path.join(self.dir, manifest_name(old_number)))
+            except FileNotFoundError:
+                pass
+
+    def create(self) -> None:
+        """Initialise an empty database directory."""
+        self._start_manifest()
+
+    def recover(self) -> None:
+        """Load the version named by CURRENT, then start a fresh manifest."""
+        current = os.path.join(self.dir, "CURRENT")
+        name = self.fs.read_bytes(current).decode(errors="replace").strip()
+        if not name.startswith("MANIFEST-") or not name[9:].isdigit():
+            raise Corruption(current, 0, f"CURRENT names {name!r}, not a manifest")
+        path = os.path.join(self.dir, name)
+        if not self.fs.exists(path):
+            raise Corruption(current, 0, f"CURRENT names {name}, which does not exist")
+        f = self.fs.open_read(path)
+        try:
+            buf = f.buf
+            levels: list[list[FileMeta]] = [[] for _ in range(NUM_LEVELS)]
+            edits = 0
+            try:
+                for fr in record.iter_frames(buf, 0):
+                    edit = msgpack.unpackb(fr.payload)
+                    levels = apply_edit([[] for _ in range(NUM_LEVELS)] if edit.get("snapshot") else levels, edit)
+                    if "next_file" in edit:
+                        self.next_file = max(self.next_file, edit["next_file"])
+                    if "flushed_lsn" in edit:
+                        self.flushed_lsn = max(self.flushed_lsn, edit["flushed_lsn"])
+                    edits += 1
+            except record.BadFrame as e:
+                if record.frame_follows(buf, e.offset) or edits == 0:
+                    raise Corruption(path, e.offset, e.reason) from None
+                log.warning("manifest %s: torn last edit at offset %d (%s); ignored",
+                            path, e.offset, e.reason)
+        finally:
+            f.close()
+        self.manifest_number = int(name[9:])
+        self.next_file = max(self.next_file, self.manifest_number + 1)
+        self.current = Version(levels)
+        self._start_manifest()
+
+    def log_and_apply(self, edit: dict) -> Version:
+        """Make `edit` durable in the manifest, then install the new version."""
+        with self._lock:
+            edit["next_file"] = self.next_file
+        if "flushed_lsn" in edit:
+            edit["flushed_lsn"] = max(edit["flushed_lsn"], self.flushed_lsn)
+        if self._manifest_size > MAX_MANIFEST:
+            levels = apply_edit(self.current.levels, edit)
+            self.current = Version(levels)
+            self.flushed_lsn = edit.get("flushed_lsn", self.flushed_lsn)
+            self._start_manifest()
+            return self.current
+        data = record.encode_frame(0, 0, record.TYPE_EDIT, msgpack.packb(edit, use_bin_type=True))
+        assert self._manifest is not None
+        self._manifest.write(data)
+        self._manifest.sync()
+        self._manifest_size += len(data)
+        self.current = Version(apply_edit(self.current.levels, edit))
+        self.flushed_lsn = edit.get("flushed_lsn", self.flushed_lsn)
+        return self.current
+
+    def close(self) -> None:
+        if self._manifest is not None:
+            self._manifest.close()
+            self._manifest = None

@@ -1,0 +1,156 @@
+"""WAL segment and frame format (specified in docs/format.md, "WAL").
+
+A segment file is a header followed by frames::
+
+    segment := header frame* zero-fill?
+    header  := magic[8] "STRATWAL" | version u32 | first_lsn u64 | crc32c u32   (24 bytes)
+    frame   := length u32 | crc32c u32 | lsn u64 | term u64 | type u8 | payload[length]
+
+All integers little-endian. `crc32c` covers lsn..payload, so a frame whose
+length field is damaged fails its checksum rather than being misread. The
+header's crc covers the 20 bytes before it. Segments are preallocated, so a
+frame header of 25 zero bytes marks the end of the written part; a length of
+zero is never written (every payload is a msgpack value, at least one byte).
+
+The same frame layout (with lsn = term = 0, type = TYPE_EDIT) carries manifest
+version edits: one codec, one set of corruption tests.
+
+Changing any of these constants breaks existing files: bump VERSION and keep a
+reader for the old one.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator, NamedTuple
+
+from crc32c import crc32c
+
+MAGIC = b"STRATWAL"
+VERSION = 1
+HEADER = struct.Struct("<8sIQI")
+HEADER_SIZE = HEADER.size  # 24
+FRAME = struct.Struct("<IIQQB")
+FRAME_HEADER_SIZE = FRAME.size  # 25
+_CRC_PART = struct.Struct("<QQB")  # lsn, term, type: the checksummed part of the header
+
+# The largest payload any Strata frame may carry: WAL, replication, ring and
+# WebSocket all share it, so a record accepted here can travel everywhere.
+MAX_PAYLOAD = 32 << 20
+
+# Frame types. Payloads (msgpack):
+TYPE_PUT = 1  # [key, value]
+TYPE_DELETE = 2  # key
+TYPE_BATCH = 3  # [[op, key, value|None], ...]: op 1 = put, 2 = delete; lsn is the first op's
+TYPE_EVENT = 4  # [topic, key, payload]: a published event, not applied to the key space
+TYPE_TERM = 5  # [term, node]: a new master's term marker
+TYPE_EDIT = 16  # manifest version edit (msgpack map)
+
+_ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
+
+
+def encode_header(first_lsn: int) -> bytes:
+    head = struct.pack("<8sIQ", MAGIC, VERSION, first_lsn)
+    return head + struct.pack("<I", crc32c(head))
+
+
+def decode_header(buf, path: str) -> int:
+    """Return the segment's first LSN; raise ValueError with the reason if bad."""
+    if len(buf) < HEADER_SIZE:
+        raise ValueError(f"{path}: file shorter than the {HEADER_SIZE}-byte header")
+    magic, version, first_lsn, crc = HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise ValueError(f"{path}: bad magic {magic!r}")
+    if crc != crc32c(bytes(buf[:20])):
+        raise ValueError(f"{path}: header checksum mismatch")
+    if version != VERSION:
+        raise ValueError(f"{path}: unsupported version {version}")
+    return first_lsn
+
+
+def encode_frame(lsn: int, term: int, ftype: int, payload: bytes) -> bytes:
+    body = _CRC_PART.pack(lsn, term, ftype) + payload
+    return struct.pack("<II", len(payload), crc32c(body)) + body
+
+
+class Frame(NamedTuple):
+    offset: int  # where the frame starts in its file
+    lsn: int
+    term: int
+    type: int
+    payload: bytes
+    raw: memoryview  # the whole frame, as written (replication ships these bytes)
+
+
+class BadFrame(Exception):
+    """Raised by `iter_frames` at the first frame that does not check out."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+
+
+def iter_frames(buf, start: int) -> Iterator[Frame]:
+    """Yield frames from `buf[start:]` until the end of the written data.
+
+    Stops cleanly at the end of the buffer or at an all-zero frame header (the
+    preallocated tail). Raises BadFrame(offset, reason) at a truncated frame or
+    a checksum mismatch; the caller decides whether that is a torn tail or
+    corruption.
+    """
+    view = memoryview(buf)
+    end = len(view)
+    pos = start
+    unpack = FRAME.unpack_from
+    while pos < end:
+        if end - pos < FRAME_HEADER_SIZE:
+            if bytes(view[pos:end]).count(0) == end - pos:
+                return
+            raise BadFrame(pos, f"truncated frame header ({end - pos} bytes)")
+        length, crc, lsn, term, ftype = unpack(view, pos)
+        if length == 0:
+            if view[pos : pos + FRAME_HEADER_SIZE] == _ZERO_HEADER:
+                return
+            raise BadFrame(pos, "zero-length frame")
+        if length > MAX_PAYLOAD:
+            raise BadFrame(pos, f"frame length {length} exceeds the maximum {MAX_PAYLOAD}")
+        stop = pos + FRAME_HEADER_SIZE + length
+        if stop > end:
+            raise BadFrame(pos, f"frame of {length} bytes runs past the end of the file")
+        if crc32c(view[pos + 8 : stop]) != crc:
+            raise BadFrame(pos, "frame checksum mismatch")
+        yield Frame(pos, lsn, term, ftype, bytes(view[pos + FRAME_HEADER_SIZE : stop]), view[pos:stop])
+        pos = stop
+
+
+def frame_follows(buf, offset: int) -> bool:
+    """Whether a valid frame follows the damaged one at `offset`.
+
+    When the damaged frame's length field is intact the next frame starts right
+    after it; if that one checks out, the damage sits in the middle of written
+    (acknowledged) data and is corruption, not a torn tail.
+    """
+    if len(buf) - offset < FRAME_HEADER_SIZE:
+        return False
+    length = FRAME.unpack_from(buf, offset)[0]
+    nxt = offset + FRAME_HEADER_SIZE + length
+    if length == 0 or length > MAX_PAYLOAD or nxt >= len(buf):
+        return False
+    try:
+        for _ in iter_frames(buf, nxt):
+            return True
+    except BadFrame:
+        return False
+    return False
+
+
+def is_zero(buf, start: int) -> bool:
+    """True if buf[start:] holds only zero bytes (preallocated, never written)."""
+    view = memoryview(buf)[start:]
+    step = 1 << 20
+    for i in range(0, len(view), step):
+        chunk = view[i : i + step]
+        if bytes(chunk).count(0) != len(chunk):
+            return False
+    return True

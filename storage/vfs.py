@@ -1,0 +1,423 @@
+"""The file-system seam: every byte the engine puts on disk goes through here.
+
+As LevelDB's `Env` and Pebble's `vfs.FS`, this is one small interface with
+three implementations:
+
+- `OsFS`: production; plain `os` calls, `fdatasync`, `posix_fallocate`, mmap.
+- `MemFS`: a strict in-memory file system for tests. Like Pebble's
+  `vfs.NewStrictMem()`, `reset_to_synced_state()` forgets every byte written
+  after a file's last `sync()` and every directory entry (create, rename,
+  remove) made after its directory's last `sync_dir()`: a power cut.
+- `FaultFS`: wraps another FS and fails the Nth write, sync, rename or create
+  with an `OSError` (ENOSPC, EIO, ...).
+
+The seam costs one call per group commit, not per record: the WAL hands a whole
+group to `WritableFile.write` and syncs once.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+from typing import Protocol
+
+
+class WritableFile(Protocol):
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class ReadableFile(Protocol):
+    """A read-only view of a whole file; `buf` supports len() and slicing."""
+
+    buf: bytes | mmap.mmap | memoryview
+
+    def close(self) -> None: ...
+
+
+class FileSystem(Protocol):
+    def create(self, path: str, preallocate: int = 0) -> WritableFile: ...
+    def open_read(self, path: str) -> ReadableFile: ...
+    def read_bytes(self, path: str) -> bytes: ...
+    def exists(self, path: str) -> bool: ...
+    def size(self, path: str) -> int: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def mkdir(self, path: str) -> None: ...
+    def remove(self, path: str) -> None: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def link(self, src: str, dst: str) -> None: ...
+    def truncate(self, path: str, size: int) -> None: ...
+    def sync_dir(self, path: str) -> None: ...
+
+
+def write_file_atomic(fs: FileSystem, path: str, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file.
+
+    Write a temporary, fsync it, rename over the target, fsync the directory:
+    POSIX makes the rename durable only once the directory is synced.
+    """
+    tmp = path + ".tmp"
+    f = fs.create(tmp)
+    try:
+        f.write(data)
+        f.sync()
+    finally:
+        f.close()
+    fs.rename(tmp, path)
+    fs.sync_dir(os.path.dirname(path) or ".")
+
+
+# --------------------------------------------------------------------------- OS
+
+
+class _OsWritable:
+    __slots__ = ("_fd", "path")
+
+    def __init__(self, path: str, preallocate: int) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        if preallocate:
+            try:
+                # Allocating the blocks up front lets fdatasync skip the size
+                # update: ~1.5x faster syncs on ext4 (../shared/DESIGN.md).
+                os.posix_fallocate(self._fd, 0, preallocate)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    os.close(self._fd)
+                    raise
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        fd = self._fd
+        n = os.write(fd, data)
+        if n != len(data):  # short write: rare, but allowed by POSIX
+            view = memoryview(data)[n:]
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _OsReadable:
+    __slots__ = ("buf", "_mm")
+
+    def __init__(self, path: str) -> None:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                self._mm = None
+                self.buf: bytes | mmap.mmap = b""
+            else:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self.buf = self._mm
+
+    def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                # A memoryview into the map is still alive somewhere; the map is
+                # released when that view is collected.
+                pass
+            self._mm = None
+
+
+class OsFS:
+    """The real file system."""
+
+    def create(self, path: str, preallocate: int = 0) -> WritableFile:
+        return _OsWritable(path, preallocate)
+
+    def open_read(self, path: str) -> ReadableFile:
+        return _OsReadable(path)
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def mkdir(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def remove(self, path: str) -> None:
+        os.remove(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst)
+
+    def truncate(self, path: str, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ------------------------------------------------------------------ strict memory
+
+
+class _Inode:
+    __slots__ = ("data", "synced")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.synced = b""
+
+
+class _MemWritable:
+    __slots__ = ("_fs", "_inode", "_closed")
+
+    def __init__(self, fs: MemFS, inode: _Inode) -> None:
+        self._fs = fs
+        self._inode = inode
+        self._closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise ValueError("write to closed file")
+        with self._fs._lock:
+            self._inode.data += data
+
+    def sync(self) -> None:
+        with self._fs._lock:
+            self._inode.synced = bytes(self._inode.data)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _MemReadable:
+    __slots__ = ("buf",)
+
+    def __init__(self, data: bytes) -> None:
+        self.buf = data
+
+    def close(self) -> None:
+        pass
+
+
+class MemFS:
+    """A strict in-memory file system: a power cut is `reset_to_synced_state()`.
+
+    Paths are normalised; directories must be created with `mkdir`. A directory
+    entry survives a reset only if its parent was `sync_dir`ed after the entry
+    was made; a file's bytes survive only up to its last `sync()`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        # dir path -> {name: inode or None for a sub-directory}
+        self._dirs: dict[str, dict[str, _Inode | None]] = {"/": {}}
+        self._synced_dirs: dict[str, dict[str, _Inode | None]] = {"/": {}}
+
+    @staticmethod
+    def _split(path: str) -> tuple[str, str]:
+        path = os.path.normpath(os.path.join("/", path))
+        return os.path.dirname(path), os.path.basename(path)
+
+    def _dir(self, d: str) -> dict[str, _Inode | None]:
+        try:
+            return self._dirs[d]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "no such directory", d) from None
+
+    def _inode(self, path: str) -> _Inode:
+        d, name = self._split(path)
+        node = self._dir(d).get(name)
+        if node is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", path)
+        return node
+
+    def create(self, path: str, preallocate: int = 0) -> WritableFile:
+        with self._lock:
+            d, name = self._split(path)
+            inode = _Inode()
+            self._dir(d)[name] = inode
+            return _MemWritable(self, inode)
+
+    def open_read(self, path: str) -> ReadableFile:
+        return _MemReadable(self.read_bytes(path))
+
+    def read_bytes(self, path: str) -> bytes:
+        with self._lock:
+            return bytes(self._inode(path).data)
+
+    def exists(self, path: str) -> bool:
+        with self._lock:
+            full = os.path.normpath(os.path.join("/", path))
+            if full in self._dirs:
+                return True
+            d, name = self._split(path)
+            return name in self._dirs.get(d, {})
+
+    def size(self, path: str) -> int:
+        with self._lock:
+            return len(self._inode(path).data)
+
+    def listdir(self, path: str) -> list[str]:
+        with self._lock:
+            return list(self._dir(os.path.normpath(os.path.join("/", path))))
+
+    def mkdir(self, path: str) -> None:
+        with self._lock:
+            full = os.path.normpath(os.path.join("/", path))
+            parts = [p for p in full.split("/") if p]
+            cur = "/"
+            for p in parts:
+                child = os.path.join(cur, p)
+                if child not in self._dirs:
+                    self._dirs[child] = {}
+                    self._dirs[cur][p] = None
+                cur = child
+
+    def remove(self, path: str) -> None:
+        with self._lock:
+            d, name = self._split(path)
+            entries = self._dir(d)
+            if name not in entries:
+                raise FileNotFoundError(errno.ENOENT, "no such file", path)
+            del entries[name]
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._lock:
+            sd, sn = self._split(src)
+            dd, dn = self._split(dst)
+            node = self._inode(src)
+            del self._dir(sd)[sn]
+            self._dir(dd)[dn] = node
+
+    def link(self, src: str, dst: str) -> None:
+        with self._lock:
+            dd, dn = self._split(dst)
+            self._dir(dd)[dn] = self._inode(src)
+
+    def truncate(self, path: str, size: int) -> None:
+        with self._lock:
+            inode = self._inode(path)
+            del inode.data[size:]
+            inode.synced = bytes(inode.data)
+
+    def sync_dir(self, path: str) -> None:
+        with self._lock:
+            full = os.path.normpath(os.path.join("/", path))
+            self._synced_dirs[full] = dict(self._dir(full))
+
+    def reset_to_synced_state(self) -> None:
+        """Simulate a power cut: drop every unsynced byte and directory entry."""
+        with self._lock:
+            dirs: dict[str, dict[str, _Inode | None]] = {}
+
+            def restore(d: str) -> None:
+                entries = dict(self._synced_dirs.get(d, {}))
+                dirs[d] = entries
+                for name, node in entries.items():
+                    if node is None:
+                        restore(os.path.join(d, name))
+
+            restore("/")
+            for entries in dirs.values():
+                for node in entries.values():
+                    if node is not None:
+                        node.data = bytearray(node.synced)
+            self._dirs = dirs
+            self._synced_dirs = {d: dict(e) for d, e in dirs.items()}
+
+
+# ------------------------------------------------------------------ fault injection
+
+
+class _FaultWritable:
+    __slots__ = ("_fs", "_inner")
+
+    def __init__(self, fs: FaultFS, inner: WritableFile) -> None:
+        self._fs = fs
+        self._inner = inner
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._fs._maybe_fail("write")
+        self._inner.write(data)
+
+    def sync(self) -> None:
+        self._fs._maybe_fail("sync")
+        self._inner.sync()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class FaultFS:
+    """Wraps a file system and fails chosen operations with an OSError.
+
+    `fail("sync", after=3, err=errno.EIO)` lets three syncs through and fails
+    every later one until `heal()`; `once=True` fails only the next matching
+    call. Kinds: create, write, sync, rename, remove.
+    """
+
+    def __init__(self, inner: FileSystem) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+        self._rules: dict[str, list[int]] = {}  # kind -> [remaining_ok, errno, once]
+
+    def fail(self, kind: str, after: int = 0, err: int = errno.ENOSPC, once: bool = False) -> None:
+        with self._lock:
+            self._rules[kind] = [after, err, int(once)]
+
+    def heal(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def _maybe_fail(self, kind: str) -> None:
+        with self._lock:
+            rule = self._rules.get(kind)
+            if rule is None:
+                return
+            if rule[0] > 0:
+                rule[0] -= 1
+                return
+            if rule[2]:
+                del self._rules[kind]
+            code = rule[1]
+        raise OSError(code, f"injected {os.strerror(code)} on {kind}")
+
+    def create(self, path: str, preallocate: int = 0) -> WritableFile:
+        self._maybe_fail("create")
+        return _FaultWritable(self, self.inner.create(path, preallocate))
+
+    def rename(self, src: str, dst: str) -> None:
+        self._maybe_fail("rename")
+        self.inner.rename(src, dst)
+
+    def remove(self, path: str) -> None:
+        self._maybe_fail("remove")
+        self.inner.remove(path)
+
+    def __getattr__(self, name: str):  # open_read, exists, listdir, ... pass through
+        return getattr(self.inner, name)

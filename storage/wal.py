@@ -1,0 +1,355 @@
+"""Write-ahead log: preallocated segment files of checksummed frames.
+
+Segments are named by their first LSN (`wal-<lsn:020>.log`) so that the files
+alone say which holds a given LSN. One segment is open for append at a time;
+it rolls at `segment_size`. Sealed segments are kept past the flush point by
+the retention policy (size and age), because historical subscribers and
+lagging replicas read from them.
+
+Thread contract: `append` and `sync` are called by one commit leader at a time
+(the engine's write path serialises them); `sync_if_dirty` may run concurrently
+from the interval-sync thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import msgpack
+
+from . import record
+from .errors import Compacted, Corruption
+from .vfs import FileSystem, WritableFile
+
+log = logging.getLogger("strata.wal")
+
+PREFIX = "wal-"
+SUFFIX = ".log"
+
+
+def segment_name(first_lsn: int) -> str:
+    return f"{PREFIX}{first_lsn:020d}{SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    if name.startswith(PREFIX) and name.endswith(SUFFIX):
+        digits = name[len(PREFIX) : -len(SUFFIX)]
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
+def frame_lsn_count(ftype: int, payload: bytes) -> int:
+    """How many LSNs a frame consumes: one per operation of a batch, else one."""
+    if ftype == record.TYPE_BATCH:
+        return len(msgpack.unpackb(payload))
+    return 1
+
+
+@dataclass
+class RecoveredTail:
+    frames: list[record.Frame]
+    last_lsn: int  # highest LSN found in the log (0 if none)
+    last_term: int
+    truncated_bytes: int  # dropped from a torn tail
+
+
+class _Segment:
+    __slots__ = ("first_lsn", "path", "file", "size", "sync_lock", "closed", "dirty", "created")
+
+    def __init__(self, first_lsn: int, path: str, file: WritableFile, size: int) -> None:
+        self.first_lsn = first_lsn
+        self.path = path
+        self.file = file
+        self.size = size
+        self.sync_lock = threading.Lock()
+        self.closed = False
+        self.dirty = False
+        self.created = time.time()
+
+
+class Wal:
+    """The log of one engine. Create with `Wal(...)`, then `recover()`, then `start()`."""
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        dirpath: str,
+        *,
+        segment_size: int = 64 << 20,
+        retention_bytes: int = 256 << 20,
+        retention_age_s: float = 0.0,
+        preallocate: int = 8 << 20,
+    ) -> None:
+        self.fs = fs
+        self.dir = dirpath
+        self.segment_size = segment_size
+        self.retention_bytes = retention_bytes
+        self.retention_age_s = retention_age_s
+        self.preallocate = preallocate  # bytes to fallocate per new segment (0: none)
+        self._cur: _Segment | None = None
+        # first LSN -> path of every segment on disk, oldest first
+        self._sealed: list[tuple[int, str]] = []
+        self.bytes_written = 0
+        self.syncs = 0
+
+    # ------------------------------------------------------------------ recovery
+
+    def list_segments(self) -> list[tuple[int, str]]:
+        out = []
+        for name in self.fs.listdir(self.dir):
+            lsn = parse_segment_name(name)
+            if lsn is not None:
+                out.append((lsn, os.path.join(self.dir, name)))
+        out.sort()
+        return out
+
+    def recover(self, after_lsn: int, repair: bool = False) -> RecoveredTail:
+        """Read every frame with LSN > after_lsn, checking the whole chain.
+
+        A damaged frame at the end of the newest segment is a torn write that
+        was never acknowledged: the segment is truncated there and the loss is
+        logged. Damage anywhere else raises Corruption naming the file and the
+        offset, unless `repair` is set, in which case the log is cut at the
+        damage (everything after it is dropped, loudly).
+        """
+        segs = self.list_segments()
+        frames: list[record.Frame] = []
+        last_lsn = 0
+        last_term = 0
+        truncated = 0
+        keep: list[tuple[int, str]] = []
+        for i, (first, path) in enumerate(segs):
+            newest = i == len(segs) - 1
+            nxt = segs[i + 1][0] if not newest else None
+            if nxt is not None and nxt - 1 <= after_lsn:
+                # Entirely flushed: only its name matters (retention, history).
+                keep.append((first, path))
+                last_lsn = max(last_lsn, nxt - 1)
+                continue
+            f = self.fs.open_read(path)
+            try:
+                buf = f.buf
+                try:
+                    record.decode_header(buf, path)
+                except ValueError as e:
+                    if newest and record.is_zero(buf, 0):
+                        # Created, never written: a crash between create and header sync.
+                        log.warning("removing empty WAL segment %s", path)
+                        self.fs.remove(path)
+                        continue
+                    if not repair:
+                        raise Corruption(path, 0, str(e)) from None
+                    log.error("repair: dropping WAL segment %s and all after it: %s", path, e)
+                    for _, p in segs[i:]:
+                        self.fs.remove(p)
+                    break
+                expected = first
+                pos = record.HEADER_SIZE
+                bad: record.BadFrame | None = None
+                try:
+                    for fr in record.iter_frames(buf, pos):
+                        if fr.lsn != expected:
+                            raise record.BadFrame(
+                                fr.offset, f"LSN {fr.lsn} where {expected} was expected"
+                            )
+                        expected = fr.lsn + frame_lsn_count(fr.type, fr.payload)
+                        if fr.lsn > after_lsn or expected - 1 > after_lsn:
+                            frames.append(fr)
+                        last_term = max(last_term, fr.term)
+                        pos = fr.offset + record.FRAME_HEADER_SIZE + len(fr.payload)
+                except record.BadFrame as e:
+                    bad = e
+                last_lsn = max(last_lsn, expected - 1)
+                if bad is not None:
+                    torn = newest and not record.frame_follows(buf, bad.offset)
+                    if torn:
+                        dropped = len(buf) - bad.offset
+                        log.warning(
+                            "WAL %s: torn tail at offset %d (%s); truncating %d bytes",
+                            path, bad.offset, bad.reason, dropped,
+                        )
+                        truncated = dropped
+                    elif not repair:
+                        raise Corruption(path, bad.offset, bad.reason)
+                    else:
+                        log.error(
+                            "repair: WAL %s damaged at offset %d (%s); dropping everything after",
+                            path, bad.offset, bad.reason,
+                        )
+                        for _, p in segs[i + 1 :]:
+                            self.fs.remove(p)
+                    f.close()
+                    self.fs.truncate(path, bad.offset)
+                    keep.append((first, path))
+                    if not torn:
+                        break
+                    continue
+            finally:
+                f.close()
+            keep.append((first, path))
+        self._sealed = keep
+        return RecoveredTail(frames, last_lsn, last_term, truncated)
+
+    # ------------------------------------------------------------------ writing
+
+    def start(self, next_lsn: int) -> None:
+        """Open a fresh segment whose first frame will carry `next_lsn`."""
+        self._open_segment(next_lsn)
+
+    def _open_segment(self, first_lsn: int) -> None:
+        path = os.path.join(self.dir, segment_name(first_lsn))
+        if self.fs.exists(path):
+            # An empty segment from an earlier run (no frame was ever written).
+            self._sealed = [s for s in self._sealed if s[1] != path]
+            self.fs.remove(path)
+        f = self.fs.create(path, self.preallocate)
+        f.write(record.encode_header(first_lsn))
+        f.sync()
+        self.fs.sync_dir(self.dir)
+        self._cur = _Segment(first_lsn, path, f, record.HEADER_SIZE)
+
+    def append(self, data: bytes, first_lsn: int) -> None:
+        """Write one group of encoded frames; `first_lsn` is the first frame's LSN."""
+        cur = self._cur
+        assert cur is not None, "Wal.start() not called"
+        if cur.size + len(data) > self.segment_size and cur.size > record.HEADER_SIZE:
+            self._roll(first_lsn)
+            cur = self._cur
+            assert cur is not None
+        cur.file.write(data)
+        cur.size += len(data)
+        cur.dirty = True
+        self.bytes_written += len(data)
+
+    def sync(self) -> None:
+        cur = self._cur
+        if cur is None:
+            return
+        with cur.sync_lock:
+            if not cur.closed:
+                cur.dirty = False
+                cur.file.sync()
+                self.syncs += 1
+
+    def sync_if_dirty(self) -> None:
+        cur = self._cur
+        if cur is not None and cur.dirty:
+            self.sync()
+
+    def roll(self, next_lsn: int) -> None:
+        """Seal the open segment (if it holds frames) and start one at `next_lsn`.
+
+        The engine rolls at every memtable rotation, so recovery reads only
+        the segments of unflushed memtables: its time is bounded by the
+        unflushed tail, not by the database size.
+        """
+        cur = self._cur
+        if cur is not None and cur.size > record.HEADER_SIZE:
+            self._roll(next_lsn)
+
+    def _roll(self, next_lsn: int) -> None:
+        old = self._cur
+        assert old is not None
+        with old.sync_lock:
+            old.file.sync()
+            old.file.close()
+            old.closed = True
+        self._sealed.append((old.first_lsn, old.path))
+        self._open_segment(next_lsn)
+
+    def close(self) -> None:
+        cur = self._cur
+        if cur is not None:
+            with cur.sync_lock:
+                if not cur.closed:
+                    cur.file.sync()
+                    cur.file.close()
+                    cur.closed = True
+            self._sealed.append((cur.first_lsn, cur.path))
+            self._cur = None
+
+    # ------------------------------------------------------------------ retention
+
+    def segments(self) -> list[tuple[int, str]]:
+        segs = list(self._sealed)
+        if self._cur is not None:
+            segs.append((self._cur.first_lsn, self._cur.path))
+        return segs
+
+    def purge(self, flushed_lsn: int) -> list[str]:
+        """Delete sealed segments wholly at or below `flushed_lsn` past retention.
+
+        Retention keeps the newest flushed segments while their total size is
+        within `retention_bytes` or they are younger than `retention_age_s`.
+        """
+        segs = self.segments()
+        removable = []
+        for i, (first, path) in enumerate(segs[:-1]):
+            if segs[i + 1][0] - 1 <= flushed_lsn:
+                removable.append((first, path))
+        kept_bytes = 0
+        now = time.time()
+        victims: list[tuple[int, str]] = []
+        for first, path in reversed(removable):
+            try:
+                size = self.fs.size(path)
+            except FileNotFoundError:
+                continue
+            young = False
+            if self.retention_age_s > 0:
+                try:
+                    young = now - os.path.getmtime(path) < self.retention_age_s
+                except OSError:
+                    young = False
+            if kept_bytes + size <= self.retention_bytes or young:
+                kept_bytes += size
+                continue
+            victims.append((first, path))
+        removed = []
+        for first, path in victims:
+            self.fs.remove(path)
+            removed.append(path)
+        if removed:
+            gone = {p for p in removed}
+            self._sealed = [s for s in self._sealed if s[1] not in gone]
+        return removed
+
+    # ------------------------------------------------------------------ reading
+
+    def earliest_lsn(self) -> int:
+        segs = self.segments()
+        return segs[0][0] if segs else 0
+
+    def read_from(self, lsn: int) -> Iterator[record.Frame]:
+        """Yield retained frames with LSN >= lsn (frames of a batch that spans it too).
+
+        Raises Compacted if `lsn` is older than the oldest retained segment.
+        Only durable, fully written frames are returned: the open segment is
+        read up to the size written so far.
+        """
+        segs = self.segments()
+        if not segs:
+            return
+        if lsn < segs[0][0]:
+            raise Compacted(lsn, segs[0][0])
+        start = 0
+        for i, (first, _) in enumerate(segs):
+            if first <= lsn:
+                start = i
+        for i in range(start, len(segs)):
+            first, path = segs[i]
+            limit = self._cur.size if self._cur is not None and path == self._cur.path else None
+            f = self.fs.open_read(path)
+            try:
+                buf = f.buf if limit is None else f.buf[:limit]
+                for fr in record.iter_frames(buf, record.HEADER_SIZE):
+                    if fr.lsn + frame_lsn_count(fr.type, fr.payload) - 1 >= lsn:
+                        yield record.Frame(fr.offset, fr.lsn, fr.term, fr.type, fr.payload, memoryview(bytes(fr.raw)))
+            finally:
+                f.close()
