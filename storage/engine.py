@@ -383,9 +383,9 @@ class Engine:
                 frame = record.encode_frame(lsn, self.term, ftype, payload)
                 try:
                     self._wal.append(frame, lsn)
-                except BaseException as e:
+                except OSError as e:
                     self._fail(e)
-                    raise
+                    raise Closed(f"write failed and the engine stopped accepting writes: {e}") from e
                 mem = self._mem
                 if n == 1 and kvs:
                     mem.add(lsn, kvs[0][0], kvs[0][1])
@@ -450,6 +450,7 @@ class Engine:
             if error is not None:
                 self._fail(error)
                 err = Closed(f"write failed and the engine stopped accepting writes: {error}")
+                err.__cause__ = error
                 for w in group:
                     w.error = err
             else:
@@ -925,6 +926,7 @@ class Engine:
             next_file = self.versions.next_file
         try:
             self.fs.mkdir(dest)
+            self.fs.sync_dir(os.path.dirname(os.path.abspath(dest)))
             for _, f in version.files():
                 src = os.path.join(self.path, sstable.table_name(f.number))
                 dst = os.path.join(dest, sstable.table_name(f.number))

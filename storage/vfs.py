@@ -330,6 +330,35 @@ class MemFS:
             full = os.path.normpath(os.path.join("/", path))
             self._synced_dirs[full] = dict(self._dir(full))
 
+    def synced_copy(self) -> "MemFS":
+        """A new MemFS holding only what survives a power cut right now.
+
+        Lets a test cut the power at any instant while the engine keeps
+        running on this one.
+        """
+        with self._lock:
+            copy = MemFS()
+            inodes: dict[int, _Inode] = {}
+
+            def restore(d: str) -> None:
+                entries: dict[str, _Inode | None] = {}
+                for name, node in self._synced_dirs.get(d, {}).items():
+                    if node is None:
+                        entries[name] = None
+                        restore(os.path.join(d, name))
+                    else:
+                        new = inodes.get(id(node))
+                        if new is None:
+                            new = inodes[id(node)] = _Inode()
+                            new.data = bytearray(node.synced)
+                            new.synced = node.synced
+                        entries[name] = new
+                copy._dirs[d] = entries
+
+            restore("/")
+            copy._synced_dirs = {d: dict(e) for d, e in copy._dirs.items()}
+            return copy
+
     def reset_to_synced_state(self) -> None:
         """Simulate a power cut: drop every unsynced byte and directory entry."""
         with self._lock:
