@@ -4,7 +4,7 @@
     edit         := msgpack map {
                       "add": [[level, number, size, smallest, largest, entries, min_lsn, max_lsn], ...],
                       "del": [[level, number], ...],
-                      "next_file": int, "flushed_lsn": int, "snapshot": bool }
+                      "next_file": int, "flushed_lsn": int, "term": int, "snapshot": bool }
     CURRENT      := "MANIFEST-<n>\\n"   replaced by atomic rename
 
 The first edit of every manifest is a snapshot of the whole version, so a
@@ -130,6 +130,7 @@ class VersionSet:
         self.current = Version([[] for _ in range(NUM_LEVELS)])
         self.next_file = 1
         self.flushed_lsn = 0
+        self.term = 0  # the highest term seen; persisted so a clean restart keeps it
         self.manifest_number = 0
         self._manifest: WritableFile | None = None
         self._manifest_size = 0
@@ -168,6 +169,7 @@ class VersionSet:
             "add": [f.to_wire(lvl) for lvl, f in self.current.files()],
             "next_file": self.next_file,
             "flushed_lsn": self.flushed_lsn,
+            "term": self.term,
             "snapshot": True,
         }
 
@@ -212,18 +214,34 @@ class VersionSet:
             edits = 0
             try:
                 for fr in record.iter_frames(buf, 0):
-                    edit = msgpack.unpackb(fr.payload)
+                    if fr.type != record.TYPE_EDIT:
+                        raise record.BadFrame(fr.offset, f"frame type {fr.type} in a manifest")
+                    try:
+                        edit = msgpack.unpackb(fr.payload)
+                        if not isinstance(edit, dict):
+                            raise ValueError("edit is not a map")
+                    except ValueError as e:
+                        raise Corruption(path, fr.offset, f"undecodable edit: {e}") from None
                     levels = apply_edit([[] for _ in range(NUM_LEVELS)] if edit.get("snapshot") else levels, edit)
                     if "next_file" in edit:
                         self.next_file = max(self.next_file, edit["next_file"])
                     if "flushed_lsn" in edit:
                         self.flushed_lsn = max(self.flushed_lsn, edit["flushed_lsn"])
+                    if "term" in edit:
+                        self.term = max(self.term, edit["term"])
                     edits += 1
             except record.BadFrame as e:
-                if record.frame_follows(buf, e.offset) or edits == 0:
+                # Each edit is synced before the next is written, so only the
+                # last can be torn: any valid edit after the damage means the
+                # damage is in the middle.
+                later = record.next_valid_frame(buf, e.offset + 1,
+                                                record.marker(0, bytes([record.TYPE_EDIT])))
+                if later is not None or edits == 0:
                     raise Corruption(path, e.offset, e.reason) from None
                 log.warning("manifest %s: torn last edit at offset %d (%s); ignored",
                             path, e.offset, e.reason)
+            if edits == 0:
+                raise Corruption(path, 0, "manifest holds no edit")
         finally:
             f.close()
         self.manifest_number = int(name[9:])
@@ -235,6 +253,7 @@ class VersionSet:
         """Make `edit` durable in the manifest, then install the new version."""
         with self._lock:
             edit["next_file"] = self.next_file
+        edit["term"] = self.term
         if "flushed_lsn" in edit:
             edit["flushed_lsn"] = max(edit["flushed_lsn"], self.flushed_lsn)
         if self._manifest_size > MAX_MANIFEST:

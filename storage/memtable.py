@@ -1,13 +1,27 @@
-"""MemTable: the newest writes, sorted, with every version a snapshot may need.
+"""MemTable: the newest writes, with every version a reader may still need.
 
-Entries are keyed by the internal key `(user_key, -lsn)`, so all versions of a
-key sit together, newest first, and a read at snapshot S is one bisect: the
-first entry at or after `(key, -S)`. A value of None is a tombstone.
+Layout: a dict from user key to its versions, plus a sorted index of the keys
+(`sortedcontainers.SortedList`) that is brought up to date lazily, when
+something iterates in key order.
 
-Thread contract: one writer at a time (the commit leader) calls `add`; readers
-call `get` and `items` concurrently. SortedDict is not safe against a
-concurrent insert (a reader could see a half-split sublist), so both sides
-take `self.lock`; the critical sections are a bisect or an insert.
+    _d[key] = (-lsn, value)                      one version (the common case)
+    _d[key] = [(-lsn, value), (-lsn, value)...]  several, oldest first
+
+Why not a SortedDict on internal keys (user key, -lsn), the textbook layout:
+on the reference machine a SortedDict insert of a tuple key costs ~6 us, more
+than the whole budget of an unsynced put (bench/engine: fillrandom, where
+LevelDB does ~4 us per put). A dict insert is ~0.1 us; point reads become one
+hash lookup; the cost of ordering moves to scans and flushes, which sort new
+keys in bulk in C (`SortedList.update`) instead of one bisect-insert per put.
+
+A value of None is a tombstone. LSNs are stored negated so that an entry
+reads (key, -lsn, value), the internal order used by SSTables and merges.
+
+Thread contract: one writer at a time (the engine's commit path) calls `add`;
+readers call `get` and `entries` concurrently. Dict and list operations are
+atomic in CPython, so `get` takes no lock; the sorted index is guarded by
+`lock`. Versions are appended in LSN order (the commit path applies groups in
+LSN order), so each key's chain is oldest first.
 """
 
 from __future__ import annotations
@@ -15,96 +29,128 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
-# Per-entry bookkeeping on top of key and value bytes: the tuple, the int, the
-# SortedDict slots. Measured with tracemalloc on 100k entries: ~90 bytes.
+# Per-entry bookkeeping on top of key and value bytes (dict slot, tuple, int,
+# index entry): ~90 bytes measured with tracemalloc on 100k entries.
 ENTRY_OVERHEAD = 90
 
 
 class MemTable:
-    __slots__ = ("_data", "_keys", "lock", "size", "first_lsn", "last_lsn", "wal_lsn")
+    __slots__ = ("_d", "_new_keys", "_indexed", "_sorted", "lock", "size", "first_lsn",
+                 "last_lsn", "count")
 
     def __init__(self) -> None:
-        self._data: SortedDict = SortedDict()
-        self._keys = self._data.keys()
+        self._d: dict[bytes, tuple | list] = {}
+        self._new_keys: list[bytes] = []  # keys not yet in _sorted, in arrival order
+        self._indexed = 0  # how many of _new_keys are in _sorted
+        self._sorted = SortedList()
         self.lock = threading.Lock()
         self.size = 0
         self.first_lsn = 0  # lowest LSN held (0 when empty)
         self.last_lsn = 0
+        self.count = 0  # versions held
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self.count
 
     def add(self, lsn: int, key: bytes, value: bytes | None) -> None:
-        with self.lock:
-            self._data[(key, -lsn)] = value
+        """Add one version. REQUIRES: the caller is the only writer; lsn > every earlier lsn."""
+        d = self._d
+        old = d.get(key)
+        if old is None:
+            d[key] = (-lsn, value)
+            self._new_keys.append(key)
+        elif type(old) is tuple:
+            d[key] = [old, (-lsn, value)]
+        else:
+            old.append((-lsn, value))
         self.size += len(key) + (len(value) if value is not None else 0) + ENTRY_OVERHEAD
+        self.count += 1
         if not self.first_lsn:
             self.first_lsn = lsn
         self.last_lsn = lsn
 
     def add_many(self, entries: list[tuple[int, bytes, bytes | None]]) -> None:
-        data = self._data
-        size = 0
-        with self.lock:
-            for lsn, key, value in entries:
-                data[(key, -lsn)] = value
-                size += len(key) + (len(value) if value is not None else 0) + ENTRY_OVERHEAD
-        self.size += size
-        if entries:
-            if not self.first_lsn:
-                self.first_lsn = entries[0][0]
-            self.last_lsn = entries[-1][0]
+        for lsn, key, value in entries:
+            self.add(lsn, key, value)
 
     def get(self, key: bytes, snapshot: int) -> tuple[bool, bytes | None]:
-        """Return (found, value) of the newest version of key with lsn <= snapshot.
+        """(found, value) of the newest version of key with lsn <= snapshot.
 
-        found=True with value None means a tombstone: the key is deleted and
+        found=True with value None is a tombstone: the key is deleted and
         older tables must not be consulted.
         """
-        data = self._data
-        with self.lock:
-            i = data.bisect_left((key, -snapshot))
-            if i == len(data):
-                return False, None
-            ik = self._keys[i]
-            if ik[0] != key:
-                return False, None
-            return True, data[ik]
+        e = self._d.get(key)
+        if e is None:
+            return False, None
+        neg_snap = -snapshot
+        if type(e) is tuple:
+            if e[0] >= neg_snap:
+                return True, e[1]
+            return False, None
+        for neg, value in reversed(e):
+            if neg >= neg_snap:
+                return True, value
+        return False, None
 
-    def entries(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[tuple[bytes, int, bytes | None]]:
-        """Yield (key, -lsn, value) in internal-key order for start <= key < end.
+    def _index(self) -> SortedList:
+        """Bring the sorted key index up to date. REQUIRES: self.lock held."""
+        n = len(self._new_keys)
+        if self._indexed < n:
+            self._sorted.update(self._new_keys[self._indexed : n])
+            self._indexed = n
+        return self._sorted
 
-        Safe against concurrent `add`: iterates in chunks, re-seeking after the
-        last key returned, so an insert between chunks is never half-seen.
+    def entries(self, start: bytes | None = None, end: bytes | None = None
+                ) -> Iterator[tuple[bytes, int, bytes | None]]:
+        """Yield (key, -lsn, value) in internal order for start <= key < end.
+
+        Safe against a concurrent `add`: keys are taken from the index in
+        chunks under the lock, each chunk re-seeking after the last key
+        returned. Keys added after the scan passed their place are not seen;
+        they carry LSNs newer than the reader's snapshot anyway.
         """
-        keys = self._keys
-        data = self._data
-        bisect_left, bisect_right = data.bisect_left, data.bisect_right
-        pos_key: tuple | None = (start, -(1 << 64)) if start is not None else None
+        d = self._d
+        pos: bytes | None = start
         inclusive = True
-        chunk = 256
+        chunk = 512
         while True:
             with self.lock:
-                if pos_key is None:
+                idx = self._index()
+                if pos is None:
                     i = 0
                 elif inclusive:
-                    i = bisect_left(pos_key)
+                    i = idx.bisect_left(pos)
                 else:
-                    i = bisect_right(pos_key)
-                batch = [(ik, data[ik]) for ik in keys[i : i + chunk]]
-            if not batch:
+                    i = idx.bisect_right(pos)
+                keys = idx[i : i + chunk]
+            if not keys:
                 return
-            for ik, v in batch:
-                if end is not None and ik[0] >= end:
+            for key in keys:
+                if end is not None and key >= end:
                     return
-                yield ik[0], ik[1], v
-            pos_key = batch[-1][0]
+                e = d[key]
+                if type(e) is tuple:
+                    yield key, e[0], e[1]
+                else:
+                    for neg, value in reversed(e[:]):
+                        yield key, neg, value
+            pos = keys[-1]
             inclusive = False
-            if len(batch) < chunk:
+            if len(keys) < chunk:
                 return
 
     def sorted_entries(self) -> list[tuple[bytes, int, bytes | None]]:
         """All entries as (key, -lsn, value) in internal order. REQUIRES: immutable."""
-        return [(k, n, v) for (k, n), v in self._data.items()]
+        d = self._d
+        out: list[tuple[bytes, int, bytes | None]] = []
+        append = out.append
+        for key in sorted(d):
+            e = d[key]
+            if type(e) is tuple:
+                append((key, e[0], e[1]))
+            else:
+                for neg, value in reversed(e):
+                    append((key, neg, value))
+        return out

@@ -21,6 +21,7 @@ reader for the old one.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Iterator, NamedTuple
 
@@ -47,6 +48,17 @@ TYPE_TERM = 5  # [term, node]: a new master's term marker
 TYPE_EDIT = 16  # manifest version edit (msgpack map)
 
 _ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
+DATA_TYPES = bytes([TYPE_PUT, TYPE_DELETE, TYPE_BATCH, TYPE_EVENT, TYPE_TERM])
+
+# The commit leader writes at most this many bytes of queued frames at once
+# (more only when a single frame is larger). With durability=always nothing
+# older than the last group can be unsynced, which bounds a torn tail.
+MAX_GROUP_BYTES = 4 << 20
+
+
+def marker(term: int, types: bytes = DATA_TYPES) -> bytes:
+    """The search marker of `next_valid_frame` for frames of `term` and `types`."""
+    return struct.pack("<Q", term) + types
 
 
 def encode_header(first_lsn: int) -> bytes:
@@ -68,9 +80,12 @@ def decode_header(buf, path: str) -> int:
     return first_lsn
 
 
-def encode_frame(lsn: int, term: int, ftype: int, payload: bytes) -> bytes:
-    body = _CRC_PART.pack(lsn, term, ftype) + payload
-    return struct.pack("<II", len(payload), crc32c(body)) + body
+def encode_frame(lsn: int, term: int, ftype: int, payload: bytes,
+                 _pack=FRAME.pack, _crc_part=_CRC_PART.pack) -> bytes:
+    # The CRC is chained (header part, then payload) so the payload is never
+    # copied before the final concatenation: this runs once per put.
+    crc = crc32c(payload, crc32c(_crc_part(lsn, term, ftype)))
+    return _pack(len(payload), crc, lsn, term, ftype) + payload
 
 
 class Frame(NamedTuple):
@@ -143,6 +158,41 @@ def frame_follows(buf, offset: int) -> bool:
     except BadFrame:
         return False
     return False
+
+
+def next_valid_frame(buf, start: int, marker: bytes) -> int | None:
+    """Offset of the first valid frame at or after `start`, or None.
+
+    Candidates are found with a C-speed search for `marker`, the bytes a frame
+    carries at offset 16 (term u64 then type u8; e.g. the current term and a
+    data frame type), and confirmed by the checksum. Used at recovery only, to
+    tell damage in the middle of written data from a torn tail.
+    """
+    view = bytes(memoryview(buf)[start:])
+    for m in re.finditer(re.escape(marker[:8]) + b"[" + re.escape(marker[8:]) + b"]", view):
+        off = m.start() - 16
+        if off < 0:
+            continue
+        try:
+            for _ in iter_frames(view, off):
+                return start + off
+        except BadFrame:
+            continue
+    return None
+
+
+def written_end(buf, start: int) -> int:
+    """Offset just past the last non-zero byte at or after `start` (start if none)."""
+    view = memoryview(buf)
+    end = len(view)
+    step = 1 << 20
+    while end > start:
+        lo = max(start, end - step)
+        chunk = bytes(view[lo:end]).rstrip(b"\x00")
+        if chunk:
+            return lo + len(chunk)
+        end = lo
+    return start
 
 
 def is_zero(buf, start: int) -> bool:

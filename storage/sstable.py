@@ -221,22 +221,39 @@ class TableReader:
             raise Corruption(path, n - FOOTER_SIZE, f"bad table magic {magic!r}")
         if version != VERSION:
             raise Corruption(path, n - FOOTER_SIZE, f"unsupported table version {version}")
-        index = msgpack.unpackb(self._read_block(index_off, index_size), use_list=True)
+        index = self._decode_meta(index_off, index_size, "index", list)
         self._last_keys: list[bytes] = index[0::3]
         self._offsets: list[int] = index[1::3]
         self._sizes: list[int] = index[2::3]
-        self.filter = bloom.BloomFilter(self._read_block(filter_off, filter_size))
-        props = msgpack.unpackb(self._read_block(props_off, props_size))
-        self.smallest: bytes = props["smallest"]
-        self.largest: bytes = props["largest"]
-        self.entries: int = props["entries"]
-        self.min_lsn: int = props["min_lsn"]
-        self.max_lsn: int = props["max_lsn"]
+        if not (len(self._last_keys) == len(self._offsets) == len(self._sizes)):
+            raise Corruption(path, index_off, "index block is not a list of triples")
+        try:
+            self.filter = bloom.BloomFilter(self._read_block(filter_off, filter_size))
+        except ValueError as e:
+            raise Corruption(path, filter_off, f"bad filter block: {e}") from None
+        props = self._decode_meta(props_off, props_size, "properties", dict)
+        try:
+            self.smallest: bytes = props["smallest"]
+            self.largest: bytes = props["largest"]
+            self.entries: int = props["entries"]
+            self.min_lsn: int = props["min_lsn"]
+            self.max_lsn: int = props["max_lsn"]
+        except KeyError as e:
+            raise Corruption(path, props_off, f"properties block lacks {e}") from None
         self.file_size = n
 
     def close(self) -> None:
         self._buf = b""
         self._file.close()
+
+    def _decode_meta(self, off: int, size: int, what: str, kind: type):
+        try:
+            obj = msgpack.unpackb(self._read_block(off, size), use_list=True)
+        except (ValueError, msgpack.UnpackException) as e:
+            raise Corruption(self.path, off, f"undecodable {what} block: {e}") from None
+        if not isinstance(obj, kind):
+            raise Corruption(self.path, off, f"{what} block is not a {kind.__name__}")
+        return obj
 
     def _read_block(self, off: int, size: int) -> bytes:
         buf = self._buf

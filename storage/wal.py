@@ -110,13 +110,19 @@ class Wal:
         return out
 
     def recover(self, after_lsn: int, repair: bool = False) -> RecoveredTail:
-        """Read every frame with LSN > after_lsn, checking the whole chain.
+        """Read every frame with LSN > after_lsn, checking the whole LSN chain.
 
-        A damaged frame at the end of the newest segment is a torn write that
-        was never acknowledged: the segment is truncated there and the loss is
-        logged. Damage anywhere else raises Corruption naming the file and the
-        offset, unless `repair` is set, in which case the log is cut at the
-        damage (everything after it is dropped, loudly).
+        Rules (docs/format.md, "Recovery"):
+        - In the newest segment, a damaged frame with nothing valid after it,
+          or with valid-looking frames only within one commit group's reach
+          (record.MAX_GROUP_BYTES), is a torn write that was never
+          acknowledged under durability=always: the segment is truncated
+          there and the loss is logged with its size.
+        - Any other damage, a segment whose header disagrees with its name,
+          or a gap in the LSN chain between segments raises Corruption
+          naming the file and offset, unless `repair` is set, in which case
+          the log is cut at the damage and everything after it is dropped,
+          loudly.
         """
         segs = self.list_segments()
         frames: list[record.Frame] = []
@@ -134,67 +140,95 @@ class Wal:
                 continue
             f = self.fs.open_read(path)
             try:
-                buf = f.buf
-                try:
-                    record.decode_header(buf, path)
-                except ValueError as e:
-                    if newest and record.is_zero(buf, 0):
-                        # Created, never written: a crash between create and header sync.
-                        log.warning("removing empty WAL segment %s", path)
-                        self.fs.remove(path)
-                        continue
-                    if not repair:
-                        raise Corruption(path, 0, str(e)) from None
-                    log.error("repair: dropping WAL segment %s and all after it: %s", path, e)
-                    for _, p in segs[i:]:
-                        self.fs.remove(p)
-                    break
-                expected = first
-                pos = record.HEADER_SIZE
-                bad: record.BadFrame | None = None
-                try:
-                    for fr in record.iter_frames(buf, pos):
-                        if fr.lsn != expected:
-                            raise record.BadFrame(
-                                fr.offset, f"LSN {fr.lsn} where {expected} was expected"
-                            )
-                        expected = fr.lsn + frame_lsn_count(fr.type, fr.payload)
-                        if fr.lsn > after_lsn or expected - 1 > after_lsn:
-                            frames.append(fr)
-                        last_term = max(last_term, fr.term)
-                        pos = fr.offset + record.FRAME_HEADER_SIZE + len(fr.payload)
-                except record.BadFrame as e:
-                    bad = e
-                last_lsn = max(last_lsn, expected - 1)
-                if bad is not None:
-                    torn = newest and not record.frame_follows(buf, bad.offset)
-                    if torn:
-                        dropped = len(buf) - bad.offset
-                        log.warning(
-                            "WAL %s: torn tail at offset %d (%s); truncating %d bytes",
-                            path, bad.offset, bad.reason, dropped,
-                        )
-                        truncated = dropped
-                    elif not repair:
-                        raise Corruption(path, bad.offset, bad.reason)
-                    else:
-                        log.error(
-                            "repair: WAL %s damaged at offset %d (%s); dropping everything after",
-                            path, bad.offset, bad.reason,
-                        )
-                        for _, p in segs[i + 1 :]:
-                            self.fs.remove(p)
-                    f.close()
-                    self.fs.truncate(path, bad.offset)
-                    keep.append((first, path))
-                    if not torn:
-                        break
-                    continue
+                damage = self._recover_segment(f.buf, path, first, nxt, newest, after_lsn,
+                                               frames, last_term)
             finally:
                 f.close()
+            if damage is None:
+                keep.append((first, path))
+                last_lsn = max(last_lsn, self._seg_last)
+                last_term = max(last_term, self._seg_term)
+                continue
+            offset, reason, torn, dropped = damage
+            last_lsn = max(last_lsn, self._seg_last)
+            last_term = max(last_term, self._seg_term)
+            if offset == 0:  # unusable header
+                if torn:
+                    log.warning("removing WAL segment %s with no frames (%s)", path, reason)
+                    self.fs.remove(path)
+                    continue
+                if not repair:
+                    raise Corruption(path, 0, reason)
+                log.error("repair: dropping WAL segment %s and all after it: %s", path, reason)
+                for _, p in segs[i:]:
+                    self.fs.remove(p)
+                break
+            if torn:
+                log.warning("WAL %s: torn tail at offset %d (%s); truncating %d bytes",
+                            path, offset, reason, dropped)
+                truncated += dropped
+            elif not repair:
+                raise Corruption(path, offset, reason)
+            else:
+                log.error("repair: WAL %s damaged at offset %d (%s); dropping %d bytes and %d "
+                          "later segments", path, offset, reason, dropped, len(segs) - i - 1)
+                for _, p in segs[i + 1 :]:
+                    self.fs.remove(p)
+            self.fs.truncate(path, offset)
             keep.append((first, path))
+            if not torn:
+                break
         self._sealed = keep
         return RecoveredTail(frames, last_lsn, last_term, truncated)
+
+    def _recover_segment(self, buf, path: str, first: int, nxt: int | None, newest: bool,
+                         after_lsn: int, frames: list, term: int):
+        """Append one segment's frames past after_lsn to `frames`.
+
+        Returns None if the segment is sound, else (offset, reason, torn, dropped_bytes).
+        Sets self._seg_last / self._seg_term to the last good LSN and term.
+        """
+        self._seg_last = first - 1
+        self._seg_term = term
+        try:
+            hdr_lsn = record.decode_header(buf, path)
+        except ValueError as e:
+            # A header is synced before any frame is written: a newest segment
+            # with nothing past the header's bytes died being created.
+            torn = newest and record.written_end(buf, 0) <= record.HEADER_SIZE
+            return 0, str(e), torn, len(buf)
+        if hdr_lsn != first:
+            return 0, f"header says first LSN {hdr_lsn}, file name says {first}", False, len(buf)
+        expected = first
+        try:
+            for fr in record.iter_frames(buf, record.HEADER_SIZE):
+                if fr.lsn != expected:
+                    raise record.BadFrame(fr.offset, f"LSN {fr.lsn} where {expected} was expected")
+                expected = fr.lsn + frame_lsn_count(fr.type, fr.payload)
+                if expected - 1 > after_lsn:
+                    frames.append(fr)
+                self._seg_last = expected - 1
+                self._seg_term = max(self._seg_term, fr.term)
+        except record.BadFrame as bad:
+            end = record.written_end(buf, bad.offset)
+            dropped = end - bad.offset
+            torn = False
+            if newest:
+                later = record.next_valid_frame(buf, bad.offset + 1, record.marker(self._seg_term))
+                if later is None:
+                    torn = True
+                else:
+                    claimed = record.FRAME.unpack_from(buf, bad.offset)[0] \
+                        if len(buf) - bad.offset >= record.FRAME_HEADER_SIZE else 0
+                    reach = max(record.MAX_GROUP_BYTES,
+                                record.FRAME_HEADER_SIZE + min(claimed, record.MAX_PAYLOAD))
+                    torn = end - bad.offset <= reach
+            return bad.offset, bad.reason, torn, dropped
+        if nxt is not None and expected != nxt:
+            end = record.written_end(buf, record.HEADER_SIZE)
+            return end, (f"segment ends at LSN {expected - 1} but the next segment starts at "
+                         f"LSN {nxt}: frames are missing"), False, 0
+        return None
 
     # ------------------------------------------------------------------ writing
 
@@ -217,15 +251,14 @@ class Wal:
     def append(self, data: bytes, first_lsn: int) -> None:
         """Write one group of encoded frames; `first_lsn` is the first frame's LSN."""
         cur = self._cur
-        assert cur is not None, "Wal.start() not called"
-        if cur.size + len(data) > self.segment_size and cur.size > record.HEADER_SIZE:
+        n = len(data)
+        if cur.size + n > self.segment_size and cur.size > record.HEADER_SIZE:
             self._roll(first_lsn)
             cur = self._cur
-            assert cur is not None
         cur.file.write(data)
-        cur.size += len(data)
+        cur.size += n
         cur.dirty = True
-        self.bytes_written += len(data)
+        self.bytes_written += n
 
     def sync(self) -> None:
         cur = self._cur
@@ -348,8 +381,12 @@ class Wal:
             f = self.fs.open_read(path)
             try:
                 buf = f.buf if limit is None else f.buf[:limit]
-                for fr in record.iter_frames(buf, record.HEADER_SIZE):
-                    if fr.lsn + frame_lsn_count(fr.type, fr.payload) - 1 >= lsn:
-                        yield record.Frame(fr.offset, fr.lsn, fr.term, fr.type, fr.payload, memoryview(bytes(fr.raw)))
+                try:
+                    for fr in record.iter_frames(buf, record.HEADER_SIZE):
+                        if fr.lsn + frame_lsn_count(fr.type, fr.payload) - 1 >= lsn:
+                            yield record.Frame(fr.offset, fr.lsn, fr.term, fr.type, fr.payload,
+                                               memoryview(bytes(fr.raw)))
+                except record.BadFrame as e:
+                    raise Corruption(path, e.offset, e.reason) from None
             finally:
                 f.close()
