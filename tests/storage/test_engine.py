@@ -254,3 +254,20 @@ def test_wal_retention_purges_flushed_segments(path):
         db.flush()
         segs = [n for n in os.listdir(path) if n.startswith("wal-")]
         assert len(segs) <= 2, segs
+
+
+def test_space_amplification_after_overwrite_heavy_load(path):
+    n_keys, rounds, vsize = 3000, 12, 200
+    with Engine.open(path, **small(wal_retention_bytes=0)) as db:
+        for r in range(rounds):
+            for i in range(n_keys):
+                db.put(k(i), bytes([r]) * vsize)
+        db.flush()
+        db.wait_for_compactions()
+        live = n_keys * (len(k(0)) + vsize)
+        natural = db.disk_usage()["sst_bytes"] / live
+        assert natural < 1.5, f"space amplification {natural:.2f}x after leveled compaction"
+        db.compact_all()
+        settled = db.disk_usage()["sst_bytes"] / live
+        assert settled < 1.2, f"space amplification {settled:.2f}x after a full compaction"
+        assert db.get(k(5)) == bytes([rounds - 1]) * vsize
