@@ -111,8 +111,18 @@ class Snapshot:
         return f"Snapshot(lsn={self.lsn})"
 
 
+def _resolve(items: list) -> None:
+    """Resolve the futures of one group on their loop (called via call_soon_threadsafe)."""
+    for fut, w in items:
+        if not fut.done():
+            if w.error is not None:
+                fut.set_exception(w.error)
+            else:
+                fut.set_result(w.last_lsn)
+
+
 class _Writer:
-    __slots__ = ("frame", "lsn", "ops", "last_lsn", "wake", "done", "error")
+    __slots__ = ("frame", "lsn", "ops", "last_lsn", "wake", "done", "error", "fut")
 
     def __init__(self, frame: bytes, lsn: int, ops: list, last_lsn: int) -> None:
         self.frame = frame
@@ -122,6 +132,7 @@ class _Writer:
         self.wake = None
         self.done = False
         self.error: BaseException | None = None
+        self.fut: tuple | None = None  # (loop, future) of an asyncio writer
 
 
 _WORKER: compaction.MergeWorker | None = None
@@ -203,6 +214,7 @@ class Engine:
         self._pending: set[int] = set()
         self._manual_compaction = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._committer_wake = threading.Semaphore(0)
         self._always = opts.durability == "always"
         self._memtable_size = opts.memtable_size
         self._max_key = opts.max_key_size
@@ -261,6 +273,7 @@ class Engine:
         self._install_sv()
         self._closed = False
         self._start_thread(self._flush_loop, "strata-flush")
+        self._start_thread(self._committer_loop, "strata-committer")
         self._start_thread(self._compaction_loop, "strata-compaction")
         if opts.durability == "interval":
             self._start_thread(self._interval_sync_loop, "strata-wal-sync")
@@ -356,15 +369,30 @@ class Engine:
 
     def delete(self, key: bytes) -> int:
         """Delete key (a tombstone); return the LSN."""
-        self._validate(key, b"")
-        self._stats["deletes"] += 1
-        return self._write(record.TYPE_DELETE, msgpack.packb(key), ((key, None),))
+        return self._write(*self._prepare_delete(key))
 
     def write_batch(self, ops: Iterable[tuple]) -> int:
         """Apply ("put", key, value) and ("delete", key) ops atomically; return the last LSN.
 
         All or nothing, also across a crash: the batch is one WAL frame.
         """
+        return self._write(*self._prepare_batch(ops))
+
+    def append_event(self, topic: bytes, key: bytes, payload: bytes) -> int:
+        """Write an event frame (not applied to the key space); return its LSN."""
+        return self._write(*self._prepare_event(topic, key, payload))
+
+    def _prepare_put(self, key: Any, value: Any) -> tuple[int, bytes, tuple]:
+        self._validate(key, value)
+        self._stats["puts"] += 1
+        return record.TYPE_PUT, _packb((key, value)), ((key, value),)
+
+    def _prepare_delete(self, key: Any) -> tuple[int, bytes, tuple]:
+        self._validate(key, b"")
+        self._stats["deletes"] += 1
+        return record.TYPE_DELETE, _packb(key), ((key, None),)
+
+    def _prepare_batch(self, ops: Iterable[tuple]) -> tuple[int, bytes, list]:
         kvs: list[tuple[bytes, bytes | None]] = []
         wire: list[tuple[int, bytes, bytes | None]] = []
         size = 0
@@ -383,7 +411,8 @@ class Engine:
                 wire.append((2, op[1], None))
                 size += len(op[1])
             else:
-                raise InvalidArgument(f"batch op must be ('put', key, value) or ('delete', key), not {op!r}")
+                raise InvalidArgument(
+                    f"batch op must be ('put', key, value) or ('delete', key), not {op!r}")
         if not kvs:
             raise InvalidArgument("empty batch")
         if len(kvs) > self.opts.max_batch_ops:
@@ -391,12 +420,13 @@ class Engine:
         if size > self.opts.max_batch_bytes:
             raise TooLarge("batch", size, self.opts.max_batch_bytes)
         self._stats["batches"] += 1
-        return self._write(record.TYPE_BATCH, msgpack.packb(wire), kvs)
+        return record.TYPE_BATCH, _packb(wire), kvs
 
-    def append_event(self, topic: bytes, key: bytes, payload: bytes) -> int:
-        """Write an event frame (not applied to the key space); return its LSN."""
-        self._validate(key or b"-", payload)
-        return self._write(record.TYPE_EVENT, msgpack.packb((topic, key, payload)), ())
+    def _prepare_event(self, topic: Any, key: Any, payload: Any) -> tuple[int, bytes, tuple]:
+        _check_bytes("topic", topic, 1024)
+        _check_bytes("event key", key, self.opts.max_key_size)
+        _check_bytes("event payload", payload, self.opts.max_value_size)
+        return record.TYPE_EVENT, _packb((topic, key, payload)), ()
 
     def _validate(self, key: Any, value: Any) -> None:
         _check_bytes("key", key, self.opts.max_key_size)
@@ -411,45 +441,13 @@ class Engine:
     def _write(self, ftype: int, payload: bytes, kvs) -> int:
         if len(payload) > record.MAX_PAYLOAD:
             raise TooLarge("encoded record", len(payload), record.MAX_PAYLOAD)
-        n = len(kvs) or 1
-        if self._needs_room():
+        if self._throttled:
             self._make_room()
-        mutex = self._mutex
         if not self._always:
-            with mutex:
-                if self._closed or self._bg_error is not None:
-                    self._raise_closed()
-                lsn = self._next_lsn
-                last = lsn + n - 1
-                self._next_lsn = last + 1
-                frame = record.encode_frame(lsn, self.term, ftype, payload)
-                try:
-                    self._wal.append(frame, lsn)
-                except OSError as e:
-                    self._fail(e)
-                    raise Closed(f"write failed and the engine stopped accepting writes: {e}") from e
-                mem = self._mem
-                if n == 1 and kvs:
-                    mem.add(lsn, kvs[0][0], kvs[0][1])
-                elif kvs:
-                    mem.add_many([(lsn + i, k, v) for i, (k, v) in enumerate(kvs)])
-                self._visible_lsn = last
-                if mem.size >= self.opts.memtable_size:
-                    self._rotate_locked()
-            return last
-
-        w = None
-        with mutex:
-            if self._closed or self._bg_error is not None:
-                self._raise_closed()
-            lsn = self._next_lsn
-            last = lsn + n - 1
-            self._next_lsn = last + 1
-            w = _Writer(record.encode_frame(lsn, self.term, ftype, payload), lsn,
-                        [(lsn + i, k, v) for i, (k, v) in enumerate(kvs)], last)
-            q = self._queue
-            q.append(w)
-            if len(q) > 1:
+            return self._write_unsynced(ftype, payload, kvs)
+        with self._mutex:
+            w = self._enqueue_locked(ftype, payload, kvs)
+            if len(self._queue) > 1:
                 w.wake = allocate_lock()
                 w.wake.acquire()
         if w.wake is not None:
@@ -457,11 +455,80 @@ class Engine:
             if w.done:
                 if w.error is not None:
                     raise w.error
-                return last
+                return w.last_lsn
         self._lead_group()
         if w.error is not None:
             raise w.error
+        return w.last_lsn
+
+    def _write_unsynced(self, ftype: int, payload: bytes, kvs) -> int:
+        """durability none/interval: nothing to wait for, so write and apply under the mutex."""
+        n = len(kvs) or 1
+        with self._mutex:
+            if self._closed or self._bg_error is not None:
+                self._raise_closed()
+            lsn = self._next_lsn
+            last = lsn + n - 1
+            self._next_lsn = last + 1
+            try:
+                self._wal_append(_encode_frame(lsn, self.term, ftype, payload), lsn)
+            except OSError as e:
+                self._fail(e)
+                raise Closed(f"write failed and the engine stopped accepting writes: {e}") from e
+            mem = self._mem
+            for i, (k, v) in enumerate(kvs):
+                mem.add(lsn + i, k, v)
+            self._visible_lsn = last
+            if mem.size >= self._memtable_size:
+                self._rotate_locked()
         return last
+
+    def _enqueue_locked(self, ftype: int, payload: bytes, kvs) -> _Writer:
+        """Assign LSNs and join the commit queue. REQUIRES: _mutex held."""
+        if self._closed or self._bg_error is not None:
+            self._raise_closed()
+        lsn = self._next_lsn
+        last = lsn + (len(kvs) or 1) - 1
+        self._next_lsn = last + 1
+        w = _Writer(_encode_frame(lsn, self.term, ftype, payload), lsn,
+                    [(lsn + i, k, v) for i, (k, v) in enumerate(kvs)], last)
+        self._queue.append(w)
+        return w
+
+    async def _write_async(self, ftype: int, payload: bytes, kvs) -> int:
+        """The commit path for asyncio callers: no thread per writer.
+
+        The writer joins the same queue as threads do. When it lands at the
+        head of an idle queue, the committer thread leads its group; its
+        future is resolved from there with one loop wake-up per group and
+        loop. Thousands of coroutines thus share fsyncs without a thread
+        switch each.
+        """
+        if len(payload) > record.MAX_PAYLOAD:
+            raise TooLarge("encoded record", len(payload), record.MAX_PAYLOAD)
+        loop = asyncio.get_running_loop()
+        if self._throttled:
+            await loop.run_in_executor(self._pool(), self._make_room)
+        if not self._always:
+            return self._write_unsynced(ftype, payload, kvs)
+        fut = loop.create_future()
+        with self._mutex:
+            w = self._enqueue_locked(ftype, payload, kvs)
+            w.fut = (loop, fut)
+            if len(self._queue) == 1:
+                self._committer_wake.release()
+        return await fut
+
+    def _committer_loop(self) -> None:
+        """Leads groups whose head is an asyncio writer (see _write_async)."""
+        while True:
+            self._committer_wake.acquire()
+            with self._mutex:
+                if not self._queue:
+                    if self._closed:
+                        return
+                    continue
+            self._lead_group()
 
     def _lead_group(self) -> None:
         """Commit the queue's head group. REQUIRES: the caller is the queue's head."""
@@ -483,38 +550,43 @@ class Engine:
             error = e
         if error is None:
             mem = self._mem  # only the leader rotates, so this stays ours
-            ops = [op for w in group for op in w.ops]
-            if len(ops) == 1:
-                mem.add(*ops[0])
-            elif ops:
-                mem.add_many(ops)
+            for w in group:
+                for op in w.ops:
+                    mem.add(*op)
+        futures: dict[asyncio.AbstractEventLoop, list] = {}
         with self._mutex:
             if error is not None:
                 self._fail(error)
                 err = Closed(f"write failed and the engine stopped accepting writes: {error}")
                 err.__cause__ = error
-                for w in group:
+                done = group + q[len(group):]  # nothing after a failed sync may be acknowledged
+                for w in done:
                     w.error = err
+                q.clear()
             else:
                 self._visible_lsn = group[-1].last_lsn
                 self._stats["groups"] += 1
                 self._stats["group_frames"] += len(group)
-                if self._mem.size >= self.opts.memtable_size:
+                if self._mem.size >= self._memtable_size:
                     self._rotate_locked()
-            del q[: len(group)]
-            for w in group[1:]:
-                w.done = True
-                w.wake.release()
+                del q[: len(group)]
+                done = group
+            for i, w in enumerate(done):
+                if w.fut is not None:
+                    futures.setdefault(w.fut[0], []).append((w.fut[1], w))
+                elif i > 0:  # done[0] is this thread's own writer when it is a thread
+                    w.done = True
+                    w.wake.release()
             if q:
-                if error is not None:
-                    # Fail everyone queued: nothing after a failed sync may be acknowledged.
-                    for w in q:
-                        w.error = err
-                        w.done = True
-                        w.wake.release()
-                    q.clear()
+                if q[0].fut is not None:
+                    self._committer_wake.release()
                 else:
                     q[0].wake.release()  # the next head leads the next group
+        for loop, items in futures.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:
+                pass  # the loop was closed; nobody is waiting
 
     def _raise_closed(self) -> None:
         if self._bg_error is not None:
@@ -685,14 +757,17 @@ class Engine:
         return self._executor
 
     async def put_async(self, key: bytes, value: bytes) -> int:
-        """put() off the event loop: the fsync runs in a thread, the loop stays free."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.put, key, value)
+        """put() for asyncio callers: awaits the group's fsync without blocking the loop."""
+        return await self._write_async(*self._prepare_put(key, value))
 
     async def delete_async(self, key: bytes) -> int:
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.delete, key)
+        return await self._write_async(*self._prepare_delete(key))
 
     async def write_batch_async(self, ops: list[tuple]) -> int:
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.write_batch, ops)
+        return await self._write_async(*self._prepare_batch(ops))
+
+    async def append_event_async(self, topic: bytes, key: bytes, payload: bytes) -> int:
+        return await self._write_async(*self._prepare_event(topic, key, payload))
 
     async def get_async(self, key: bytes, snapshot: Snapshot | None = None) -> bytes | None:
         """get() never waits for I/O other than a page-cache read, so it runs inline."""
@@ -1020,6 +1095,20 @@ class Engine:
 
     # ------------------------------------------------------------------ close
 
+    def _halt(self) -> None:
+        """Stop the background threads and drop the engine without flushing or closing files.
+
+        For crash tests: what is on disk is what a crash at this instant
+        would leave (the files' page cache included).
+        """
+        with self._bg_cv:
+            self._closed = True
+            self._bg_cv.notify_all()
+        self._committer_wake.release()
+        for t in self._threads:
+            t.join(10)
+        self._release_lock_file()
+
     def close(self) -> None:
         """Flush the memtable, stop background work, close files. Idempotent.
 
@@ -1038,6 +1127,7 @@ class Engine:
                     self._bg_cv.wait(0.1)
                 self._closed = True
                 self._bg_cv.notify_all()
+            self._committer_wake.release()
             for t in self._threads:
                 t.join(timeout=30)
             self._wal.close()

@@ -60,9 +60,7 @@ def test_unflushed_writes_are_replayed_from_wal(path):
     db = Engine.open(path, durability="always")
     for i in range(100):
         db.put(k(i), b"x")
-    # Simulate a crash: drop the engine without close (files stay as written).
-    db._closed = True
-    db._release_lock_file()
+    db._halt()  # a crash: no flush, no close; files stay as written
     with Engine.open(path) as db2:
         assert db2.stats["recovered_frames"] == 100
         assert all(db2.get(k(i)) == b"x" for i in range(100))
@@ -271,3 +269,27 @@ def test_space_amplification_after_overwrite_heavy_load(path):
         settled = db.disk_usage()["sst_bytes"] / live
         assert settled < 1.2, f"space amplification {settled:.2f}x after a full compaction"
         assert db.get(k(5)) == bytes([rounds - 1]) * vsize
+
+
+def test_async_writers_share_fsyncs_without_a_thread_each(path):
+    async def main():
+        with Engine.open(path, durability="always") as db:
+            n = 400
+            lsns = await asyncio.gather(
+                *[db.put_async(k(i), b"v%d" % i) for i in range(n)],
+                db.write_batch_async([("put", b"b1", b"x"), ("put", b"b2", b"y")]),
+            )
+            assert len(set(lsns)) == n + 1
+            assert db.last_lsn == n + 2
+            stats = db.stats
+            assert stats["groups"] < n / 4, f"{stats['groups']} fsync groups for {n} async puts"
+            assert all(db.get(k(i)) == b"v%d" % i for i in range(n))
+            # Sync threads and coroutines mixed in one queue.
+            t = threading.Thread(target=lambda: [db.put(b"thr%d" % i, b"t") for i in range(100)])
+            t.start()
+            await asyncio.gather(*[db.put_async(b"co%d" % i, b"c") for i in range(100)])
+            await asyncio.get_running_loop().run_in_executor(None, t.join)
+            assert sum(1 for kk, _ in db.scan() if kk[:3] in (b"thr", b"co0", b"co1")) >= 100
+            assert db.last_lsn == n + 2 + 200
+
+    asyncio.run(main())

@@ -14,11 +14,7 @@ SMALL = dict(memtable_size=32 << 10, base_level_size=128 << 10, target_file_size
 
 
 def _abandon(db: Engine) -> None:
-    with db._bg_cv:
-        db._closed = True
-        db._bg_cv.notify_all()
-    for t in db._threads:
-        t.join(10)
+    db._halt()
 
 
 @pytest.mark.parametrize("durability,kind,err", [

@@ -86,11 +86,7 @@ class EngineModel(RuleBasedStateMachine):
     def power_cut(self):
         self._drop_snapshots()
         survivor = self.fs.synced_copy()
-        with self.db._bg_cv:
-            self.db._closed = True
-            self.db._bg_cv.notify_all()
-        for t in self.db._threads:
-            t.join(10)
+        self.db._halt()
         self.fs = survivor
         self.db = Engine.open("/db", fs=self.fs, **OPTS)
 
