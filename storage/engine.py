@@ -38,7 +38,7 @@ import msgpack
 from sortedcontainers import SortedList
 
 from . import compaction, record, sstable
-from .errors import Closed, InvalidArgument, StorageError, TooLarge, WriteStalled
+from .errors import Closed, Conflict, InvalidArgument, StorageError, TooLarge, WriteStalled
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet, manifest_name
 from .memtable import MemTable
 from .vfs import FileSystem, MemFS, OsFS
@@ -215,6 +215,7 @@ class Engine:
         self._manual_compaction = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._committer_wake = threading.Semaphore(0)
+        self._listeners: list = []
         self._always = opts.durability == "always"
         self._memtable_size = opts.memtable_size
         self._max_key = opts.max_key_size
@@ -354,14 +355,17 @@ class Engine:
                 self._raise_closed()
             lsn = self._next_lsn
             self._next_lsn = lsn + 1
+            frame = _encode_frame(lsn, self.term, 1, payload)
             try:
-                self._wal_append(_encode_frame(lsn, self.term, 1, payload), lsn)
+                self._wal_append(frame, lsn)
             except OSError as e:
                 self._fail(e)
                 raise Closed(f"write failed and the engine stopped accepting writes: {e}") from e
             mem = self._mem
             mem.add(lsn, key, value)
             self._visible_lsn = lsn
+            if self._listeners:
+                self._notify([frame])
             self._puts += 1
             if mem.size >= self._memtable_size:
                 self._rotate_locked()
@@ -381,6 +385,77 @@ class Engine:
     def append_event(self, topic: bytes, key: bytes, payload: bytes) -> int:
         """Write an event frame (not applied to the key space); return its LSN."""
         return self._write(*self._prepare_event(topic, key, payload))
+
+    def compare_and_set(self, key: bytes, value: bytes | None = None, *,
+                        expected_lsn: int | None = None, expected_value: bytes | None = None,
+                        expect_absent: bool = False, delete: bool = False) -> int:
+        """Write value (or delete, with delete=True) only if key's current version matches.
+
+        Exactly one expectation: `expected_lsn` (the LSN get_entry returned),
+        `expected_value`, or `expect_absent`. Raises Conflict(current_lsn)
+        otherwise. The check and the write are one step: no other write can
+        come between them.
+        """
+        prepared = self._prepare_delete(key) if delete else self._prepare_put(key, value)
+        return self._write(*prepared, self._cas_check(key, expected_lsn, expected_value, expect_absent))
+
+    async def compare_and_set_async(self, key: bytes, value: bytes | None = None, *,
+                                    expected_lsn: int | None = None,
+                                    expected_value: bytes | None = None,
+                                    expect_absent: bool = False, delete: bool = False) -> int:
+        prepared = self._prepare_delete(key) if delete else self._prepare_put(key, value)
+        return await self._write_async(
+            *prepared, self._cas_check(key, expected_lsn, expected_value, expect_absent))
+
+    def _cas_check(self, key: bytes, expected_lsn, expected_value, expect_absent: bool):
+        if sum((expected_lsn is not None, expected_value is not None, bool(expect_absent))) != 1:
+            raise InvalidArgument(
+                "compare_and_set needs exactly one of expected_lsn, expected_value, expect_absent")
+        if expected_value is not None:
+            _check_bytes("expected value", expected_value, self.opts.max_value_size)
+
+        def check() -> None:  # runs under _mutex, before the write takes its LSN
+            value, lsn = self._current_locked(key)
+            if expected_lsn is not None:
+                ok = lsn == expected_lsn and (lsn != 0 or value is None)
+            elif expect_absent:
+                ok = value is None
+            else:
+                ok = value == expected_value
+            if not ok:
+                raise Conflict(key, lsn)
+
+        return check
+
+    def _current_locked(self, key: bytes) -> tuple[bytes | None, int]:
+        """Key's newest version counting writes still queued for commit. REQUIRES: _mutex."""
+        for w in reversed(self._queue):
+            for lsn, k, v in reversed(w.ops):
+                if k == key:
+                    return (v, lsn) if v is not None else (None, 0)
+        neg, value = self._lookup(key, self._next_lsn)
+        return (value, -neg) if value is not None else (None, 0)
+
+    def add_commit_listener(self, fn) -> None:
+        """Call fn(frames) after every commit, frames being the encoded WAL frames in LSN order.
+
+        fn runs on the committing thread with the engine's mutex held, so it
+        sees commits in order and must only hand the frames over (append to a
+        bounded queue, call_soon_threadsafe): it must never block or raise.
+        """
+        with self._mutex:
+            self._listeners = self._listeners + [fn]
+
+    def remove_commit_listener(self, fn) -> None:
+        with self._mutex:
+            self._listeners = [f for f in self._listeners if f is not fn]
+
+    def _notify(self, frames: list[bytes]) -> None:
+        for fn in self._listeners:
+            try:
+                fn(frames)
+            except Exception:  # a listener's bug must not fail a committed write
+                log.exception("commit listener failed")
 
     def _prepare_put(self, key: Any, value: Any) -> tuple[int, bytes, tuple]:
         self._validate(key, value)
@@ -438,15 +513,15 @@ class Engine:
         return len(self._imms) >= self.opts.max_immutable or \
             len(self._sv[2].levels[0]) >= self.opts.l0_slowdown_trigger
 
-    def _write(self, ftype: int, payload: bytes, kvs) -> int:
+    def _write(self, ftype: int, payload: bytes, kvs, check=None) -> int:
         if len(payload) > record.MAX_PAYLOAD:
             raise TooLarge("encoded record", len(payload), record.MAX_PAYLOAD)
         if self._throttled:
             self._make_room()
         if not self._always:
-            return self._write_unsynced(ftype, payload, kvs)
+            return self._write_unsynced(ftype, payload, kvs, check)
         with self._mutex:
-            w = self._enqueue_locked(ftype, payload, kvs)
+            w = self._enqueue_locked(ftype, payload, kvs, check)
             if len(self._queue) > 1:
                 w.wake = allocate_lock()
                 w.wake.acquire()
@@ -461,17 +536,20 @@ class Engine:
             raise w.error
         return w.last_lsn
 
-    def _write_unsynced(self, ftype: int, payload: bytes, kvs) -> int:
+    def _write_unsynced(self, ftype: int, payload: bytes, kvs, check=None) -> int:
         """durability none/interval: nothing to wait for, so write and apply under the mutex."""
         n = len(kvs) or 1
         with self._mutex:
             if self._closed or self._bg_error is not None:
                 self._raise_closed()
+            if check is not None:
+                check()
             lsn = self._next_lsn
             last = lsn + n - 1
             self._next_lsn = last + 1
+            frame = _encode_frame(lsn, self.term, ftype, payload)
             try:
-                self._wal_append(_encode_frame(lsn, self.term, ftype, payload), lsn)
+                self._wal_append(frame, lsn)
             except OSError as e:
                 self._fail(e)
                 raise Closed(f"write failed and the engine stopped accepting writes: {e}") from e
@@ -479,14 +557,18 @@ class Engine:
             for i, (k, v) in enumerate(kvs):
                 mem.add(lsn + i, k, v)
             self._visible_lsn = last
+            if self._listeners:
+                self._notify([frame])
             if mem.size >= self._memtable_size:
                 self._rotate_locked()
         return last
 
-    def _enqueue_locked(self, ftype: int, payload: bytes, kvs) -> _Writer:
+    def _enqueue_locked(self, ftype: int, payload: bytes, kvs, check=None) -> _Writer:
         """Assign LSNs and join the commit queue. REQUIRES: _mutex held."""
         if self._closed or self._bg_error is not None:
             self._raise_closed()
+        if check is not None:
+            check()
         lsn = self._next_lsn
         last = lsn + (len(kvs) or 1) - 1
         self._next_lsn = last + 1
@@ -495,7 +577,7 @@ class Engine:
         self._queue.append(w)
         return w
 
-    async def _write_async(self, ftype: int, payload: bytes, kvs) -> int:
+    async def _write_async(self, ftype: int, payload: bytes, kvs, check=None) -> int:
         """The commit path for asyncio callers: no thread per writer.
 
         The writer joins the same queue as threads do. When it lands at the
@@ -510,10 +592,10 @@ class Engine:
         if self._throttled:
             await loop.run_in_executor(self._pool(), self._make_room)
         if not self._always:
-            return self._write_unsynced(ftype, payload, kvs)
+            return self._write_unsynced(ftype, payload, kvs, check)
         fut = loop.create_future()
         with self._mutex:
-            w = self._enqueue_locked(ftype, payload, kvs)
+            w = self._enqueue_locked(ftype, payload, kvs, check)
             w.fut = (loop, fut)
             if len(self._queue) == 1:
                 self._committer_wake.release()
@@ -565,6 +647,8 @@ class Engine:
                 q.clear()
             else:
                 self._visible_lsn = group[-1].last_lsn
+                if self._listeners:
+                    self._notify([w.frame for w in group])
                 self._stats["groups"] += 1
                 self._stats["group_frames"] += len(group)
                 if self._mem.size >= self._memtable_size:
@@ -655,33 +739,43 @@ class Engine:
         """The value of key at the snapshot (default: every write acknowledged so far)."""
         if type(key) is not bytes:
             _check_bytes("key", key, self.opts.max_key_size)
-        snap = self._visible_lsn if snapshot is None else snapshot.lsn
+        return self._lookup(key, self._visible_lsn if snapshot is None else snapshot.lsn)[1]
+
+    def get_entry(self, key: bytes, snapshot: Snapshot | None = None) -> tuple[bytes | None, int]:
+        """(value, lsn of the write that produced it); (None, 0) if absent or deleted."""
+        if type(key) is not bytes:
+            _check_bytes("key", key, self.opts.max_key_size)
+        neg, value = self._lookup(key, self._visible_lsn if snapshot is None else snapshot.lsn)
+        return (value, -neg) if value is not None else (None, 0)
+
+    def _lookup(self, key: bytes, snap: int) -> tuple[int, bytes | None]:
+        """(-lsn, value) of key's newest version <= snap, tombstones included; (0, None) if none."""
         mem, imms, version, readers = self._sv
-        found, value = mem.get(key, snap)
-        if found:
-            return value
+        hit = mem.get(key, snap)
+        if hit[0]:
+            return hit
         for imm in reversed(imms):
-            found, value = imm.get(key, snap)
-            if found:
-                return value
+            hit = imm.get(key, snap)
+            if hit[0]:
+                return hit
         levels = version.levels
         for f in levels[0]:
             if f.smallest <= key <= f.largest:
                 r = readers[f.number]
                 if r.filter.may_contain(key):
-                    found, value = r.get(key, snap)
-                    if found:
-                        return value
+                    hit = r.get(key, snap)
+                    if hit[0]:
+                        return hit
         for lvl in range(1, NUM_LEVELS):
             if levels[lvl]:
                 f = version.find(lvl, key)
                 if f is not None:
                     r = readers[f.number]
                     if r.filter.may_contain(key):
-                        found, value = r.get(key, snap)
-                        if found:
-                            return value
-        return None
+                        hit = r.get(key, snap)
+                        if hit[0]:
+                            return hit
+        return 0, None
 
     def scan(self, start: bytes | None = None, end: bytes | None = None,
              snapshot: Snapshot | None = None) -> Iterator[tuple[bytes, bytes]]:

@@ -65,3 +65,15 @@ class Compacted(StorageError):
         )
         self.requested_lsn = requested_lsn
         self.earliest_lsn = earliest_lsn
+
+
+class Conflict(StorageError):
+    """A compare-and-set found the key's current version different from the expectation."""
+
+    def __init__(self, key: bytes, current_lsn: int) -> None:
+        super().__init__(
+            f"compare-and-set failed: key {key[:64]!r} is at LSN {current_lsn}"
+            + (" (absent)" if current_lsn == 0 else "")
+        )
+        self.key = key
+        self.current_lsn = current_lsn

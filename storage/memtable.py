@@ -75,24 +75,24 @@ class MemTable:
         for lsn, key, value in entries:
             self.add(lsn, key, value)
 
-    def get(self, key: bytes, snapshot: int) -> tuple[bool, bytes | None]:
-        """(found, value) of the newest version of key with lsn <= snapshot.
+    def get(self, key: bytes, snapshot: int) -> tuple[int, bytes | None]:
+        """(-lsn, value) of the newest version of key with lsn <= snapshot; (0, None) if none.
 
-        found=True with value None is a tombstone: the key is deleted and
+        A found version with value None is a tombstone: the key is deleted and
         older tables must not be consulted.
         """
         e = self._d.get(key)
         if e is None:
-            return False, None
+            return 0, None
         neg_snap = -snapshot
         if type(e) is tuple:
             if e[0] >= neg_snap:
-                return True, e[1]
-            return False, None
-        for neg, value in reversed(e):
-            if neg >= neg_snap:
-                return True, value
-        return False, None
+                return e
+            return 0, None
+        for version in reversed(e):
+            if version[0] >= neg_snap:
+                return version
+        return 0, None
 
     def _index(self) -> SortedList:
         """Bring the sorted key index up to date. REQUIRES: self.lock held."""

@@ -97,6 +97,12 @@ class Frame(NamedTuple):
     raw: memoryview  # the whole frame, as written (replication ships these bytes)
 
 
+def parse_frame(data: bytes) -> tuple[int, int, int, bytes]:
+    """(lsn, term, type, payload) of one frame produced by this process (not checked)."""
+    length, _, lsn, term, ftype = FRAME.unpack_from(data, 0)
+    return lsn, term, ftype, data[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length]
+
+
 class BadFrame(Exception):
     """Raised by `iter_frames` at the first frame that does not check out."""
 

@@ -288,23 +288,23 @@ class TableReader:
     def may_contain(self, key: bytes) -> bool:
         return self.smallest <= key <= self.largest and self.filter.may_contain(key)
 
-    def get(self, key: bytes, snapshot: int) -> tuple[bool, bytes | None]:
-        """(found, value) of the newest version of `key` with lsn <= snapshot.
+    def get(self, key: bytes, snapshot: int) -> tuple[int, bytes | None]:
+        """(-lsn, value) of the newest version of `key` with lsn <= snapshot; (0, None) if none.
 
         REQUIRES: the caller checked `may_contain` (or accepts a wasted block read).
         """
         i = bisect_left(self._last_keys, key)
         if i == len(self._last_keys):
-            return False, None
+            return 0, None
         keys, negs, values, _ = self._block(i)
         j = bisect_left(keys, key)
         n = len(keys)
         neg_snap = -snapshot
         while j < n and keys[j] == key:
             if negs[j] >= neg_snap:
-                return True, values[j]
+                return negs[j], values[j]
             j += 1
-        return False, None
+        return 0, None
 
     def all_entries(self) -> list[tuple[bytes, int, bytes | None]]:
         """Every entry as (key, -lsn, value), bypassing the block cache (compaction input)."""

@@ -293,3 +293,63 @@ def test_async_writers_share_fsyncs_without_a_thread_each(path):
             assert db.last_lsn == n + 2 + 200
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("durability", ["always", "none"])
+def test_compare_and_set(path, durability):
+    from storage import Conflict
+
+    with Engine.open(path, durability=durability) as db:
+        lsn = db.compare_and_set(b"c", b"1", expect_absent=True)
+        assert db.get_entry(b"c") == (b"1", lsn)
+        with pytest.raises(Conflict) as e:
+            db.compare_and_set(b"c", b"2", expect_absent=True)
+        assert e.value.current_lsn == lsn
+        lsn2 = db.compare_and_set(b"c", b"2", expected_lsn=lsn)
+        with pytest.raises(Conflict):
+            db.compare_and_set(b"c", b"3", expected_lsn=lsn)
+        db.compare_and_set(b"c", b"3", expected_value=b"2")
+        db.compare_and_set(b"c", expected_value=b"3", delete=True)
+        assert db.get_entry(b"c") == (None, 0)
+        assert lsn2 > lsn
+        with pytest.raises(InvalidArgument):
+            db.compare_and_set(b"c", b"x")
+
+        # Concurrent increments: every success is exactly one step.
+        db.put(b"n", b"0")
+
+        def incr(times):
+            done = 0
+            while done < times:
+                value, at = db.get_entry(b"n")
+                try:
+                    db.compare_and_set(b"n", b"%d" % (int(value) + 1), expected_lsn=at)
+                    done += 1
+                except Conflict:
+                    pass
+
+        ts = [threading.Thread(target=incr, args=(50,)) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert db.get(b"n") == b"200"
+
+
+def test_commit_listener_sees_every_frame_in_lsn_order(path):
+    from storage import record
+
+    seen = []
+    with Engine.open(path, durability="always") as db:
+        db.add_commit_listener(lambda frames: seen.extend(record.parse_frame(f)[0] for f in frames))
+        ts = [threading.Thread(target=lambda t=t: [db.put(b"%d-%d" % (t, i), b"v") for i in range(50)])
+              for t in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        db.write_batch([("put", b"x", b"1"), ("put", b"y", b"2")])
+        db.append_event(b"topic", b"k", b"payload")
+    assert seen == sorted(seen)
+    assert seen[:200] == list(range(1, 201))
+    assert seen[-2:] == [201, 203]  # the batch takes 201-202, its frame carries 201
