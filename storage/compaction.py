@@ -95,7 +95,8 @@ class LevelPicker:
         trivial = level > 0 and not nxt and len(inputs) == 1
         if level == 0 and len(inputs) == 1 and not nxt:
             trivial = True
-        self.pointers[level] = hi if level > 0 else b""
+        if level > 0:  # LevelDB's rule: resume after the source level's inputs
+            self.pointers[level] = max(f.largest for f in inputs)
         return Compaction(level, inputs, nxt, bottommost, trivial)
 
 

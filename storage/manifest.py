@@ -164,24 +164,34 @@ class VersionSet:
 
     # ------------------------------------------------------------------ manifest
 
-    def _snapshot_edit(self) -> dict:
+    def _snapshot_edit(self, version: Version, flushed_lsn: int) -> dict:
         return {
-            "add": [f.to_wire(lvl) for lvl, f in self.current.files()],
+            "add": [f.to_wire(lvl) for lvl, f in version.files()],
             "next_file": self.next_file,
-            "flushed_lsn": self.flushed_lsn,
+            "flushed_lsn": flushed_lsn,
             "term": self.term,
             "snapshot": True,
         }
 
-    def _start_manifest(self) -> None:
-        """Write a new manifest holding a snapshot edit and point CURRENT at it."""
+    def _start_manifest(self, version: Version | None = None, flushed_lsn: int | None = None) -> None:
+        """Write a new manifest holding a snapshot of `version` and point CURRENT at it.
+
+        Nothing is installed here: on error the old manifest stays current.
+        """
+        version = self.current if version is None else version
+        flushed_lsn = self.flushed_lsn if flushed_lsn is None else flushed_lsn
         number = self.new_file_number()
         path = os.path.join(self.dir, manifest_name(number))
         f = self.fs.create(path)
-        data = record.encode_frame(0, 0, record.TYPE_EDIT,
-                                   msgpack.packb(self._snapshot_edit(), use_bin_type=True))
-        f.write(data)
-        f.sync()
+        try:
+            data = record.encode_frame(0, 0, record.TYPE_EDIT,
+                                       msgpack.packb(self._snapshot_edit(version, flushed_lsn),
+                                                     use_bin_type=True))
+            f.write(data)
+            f.sync()
+        except BaseException:
+            f.close()
+            raise
         write_file_atomic(self.fs, os.path.join(self.dir, "CURRENT"),
                           (manifest_name(number) + "\n").encode())
         old, old_number = self._manifest, self.manifest_number
@@ -257,10 +267,11 @@ class VersionSet:
         if "flushed_lsn" in edit:
             edit["flushed_lsn"] = max(edit["flushed_lsn"], self.flushed_lsn)
         if self._manifest_size > MAX_MANIFEST:
-            levels = apply_edit(self.current.levels, edit)
-            self.current = Version(levels)
-            self.flushed_lsn = edit.get("flushed_lsn", self.flushed_lsn)
-            self._start_manifest()
+            new = Version(apply_edit(self.current.levels, edit))
+            flushed = edit.get("flushed_lsn", self.flushed_lsn)
+            self._start_manifest(new, flushed)  # durable first, then installed
+            self.current = new
+            self.flushed_lsn = flushed
             return self.current
         data = record.encode_frame(0, 0, record.TYPE_EDIT, msgpack.packb(edit, use_bin_type=True))
         assert self._manifest is not None

@@ -169,19 +169,27 @@ def frame_follows(buf, offset: int) -> bool:
 def next_valid_frame(buf, start: int, marker: bytes) -> int | None:
     """Offset of the first valid frame at or after `start`, or None.
 
-    Candidates are found with a C-speed search for `marker`, the bytes a frame
-    carries at offset 16 (term u64 then type u8; e.g. the current term and a
-    data frame type), and confirmed by the checksum. Used at recovery only, to
-    tell damage in the middle of written data from a torn tail.
+    `marker` (see `marker()`) names the lowest term to look for and the frame
+    types. Candidates are found with a C-speed regex on the frame header's
+    term and type bytes (any term >= the marker's, as long as it fits its low
+    byte: terms only grow) and confirmed by the checksum. Used at recovery
+    only, to tell damage in the middle of written data from a torn tail.
     """
+    term = struct.unpack_from("<Q", marker)[0]
+    types = marker[8:]
+    # Lookahead: matches may overlap (an LSN equal to the term, say).
+    pattern = re.compile(b"(?=[" + re.escape(bytes(range(term & 0xFF, 256))) + b"]"
+                         + re.escape(marker[1:8]) + b"[" + re.escape(types) + b"])", re.DOTALL)
     view = bytes(memoryview(buf)[start:])
-    for m in re.finditer(re.escape(marker[:8]) + b"[" + re.escape(marker[8:]) + b"]", view):
+    for m in pattern.finditer(view):
         off = m.start() - 16
         if off < 0:
             continue
         try:
-            for _ in iter_frames(view, off):
-                return start + off
+            for fr in iter_frames(view, off):
+                if fr.term >= term:
+                    return start + off
+                break
         except BadFrame:
             continue
     return None

@@ -21,6 +21,7 @@ import errno
 import mmap
 import os
 import threading
+import time
 from typing import Protocol
 
 
@@ -44,6 +45,7 @@ class FileSystem(Protocol):
     def read_bytes(self, path: str) -> bytes: ...
     def exists(self, path: str) -> bool: ...
     def size(self, path: str) -> int: ...
+    def mtime(self, path: str) -> float: ...
     def listdir(self, path: str) -> list[str]: ...
     def mkdir(self, path: str) -> None: ...
     def remove(self, path: str) -> None: ...
@@ -150,6 +152,9 @@ class OsFS:
     def size(self, path: str) -> int:
         return os.path.getsize(path)
 
+    def mtime(self, path: str) -> float:
+        return os.path.getmtime(path)
+
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 
@@ -185,11 +190,12 @@ class OsFS:
 
 
 class _Inode:
-    __slots__ = ("data", "synced")
+    __slots__ = ("data", "synced", "mtime")
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.synced = b""
+        self.mtime = time.time()
 
 
 class _MemWritable:
@@ -205,6 +211,7 @@ class _MemWritable:
             raise ValueError("write to closed file")
         with self._fs._lock:
             self._inode.data += data
+            self._inode.mtime = time.time()
 
     def sync(self) -> None:
         with self._fs._lock:
@@ -259,6 +266,8 @@ class MemFS:
     def create(self, path: str, preallocate: int = 0) -> WritableFile:
         with self._lock:
             d, name = self._split(path)
+            if os.path.join(d, name) in self._dirs:
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
             inode = _Inode()
             self._dir(d)[name] = inode
             return _MemWritable(self, inode)
@@ -281,6 +290,10 @@ class MemFS:
     def size(self, path: str) -> int:
         with self._lock:
             return len(self._inode(path).data)
+
+    def mtime(self, path: str) -> float:
+        with self._lock:
+            return self._inode(path).mtime
 
     def listdir(self, path: str) -> list[str]:
         with self._lock:
@@ -317,12 +330,18 @@ class MemFS:
     def link(self, src: str, dst: str) -> None:
         with self._lock:
             dd, dn = self._split(dst)
-            self._dir(dd)[dn] = self._inode(src)
+            node = self._inode(src)
+            if dn in self._dir(dd):
+                raise FileExistsError(errno.EEXIST, "file exists", dst)
+            self._dir(dd)[dn] = node
 
     def truncate(self, path: str, size: int) -> None:
         with self._lock:
             inode = self._inode(path)
-            del inode.data[size:]
+            if size < len(inode.data):
+                del inode.data[size:]
+            else:
+                inode.data += bytes(size - len(inode.data))
             inode.synced = bytes(inode.data)
 
     def sync_dir(self, path: str) -> None:

@@ -318,38 +318,37 @@ class Wal:
     def purge(self, flushed_lsn: int) -> list[str]:
         """Delete sealed segments wholly at or below `flushed_lsn` past retention.
 
-        Retention keeps the newest flushed segments while their total size is
-        within `retention_bytes` or they are younger than `retention_age_s`.
+        Retention keeps an unbroken run of the newest flushed segments while
+        their total size is within `retention_bytes` or they are younger than
+        `retention_age_s`; the first segment that fits neither ends the run and
+        it and everything older is deleted, so retained history never has holes.
         """
         segs = self.segments()
-        removable = []
-        for i, (first, path) in enumerate(segs[:-1]):
-            if segs[i + 1][0] - 1 <= flushed_lsn:
-                removable.append((first, path))
+        removable = [segs[i] for i in range(len(segs) - 1) if segs[i + 1][0] - 1 <= flushed_lsn]
         kept_bytes = 0
         now = time.time()
-        victims: list[tuple[int, str]] = []
-        for first, path in reversed(removable):
+        cut = -1  # index into removable: this one and all older go
+        for i in range(len(removable) - 1, -1, -1):
+            path = removable[i][1]
             try:
                 size = self.fs.size(path)
+                young = self.retention_age_s > 0 and now - self.fs.mtime(path) < self.retention_age_s
             except FileNotFoundError:
                 continue
-            young = False
-            if self.retention_age_s > 0:
-                try:
-                    young = now - os.path.getmtime(path) < self.retention_age_s
-                except OSError:
-                    young = False
             if kept_bytes + size <= self.retention_bytes or young:
                 kept_bytes += size
                 continue
-            victims.append((first, path))
+            cut = i
+            break
         removed = []
-        for first, path in victims:
-            self.fs.remove(path)
+        for first, path in removable[: cut + 1]:
+            try:
+                self.fs.remove(path)
+            except FileNotFoundError:
+                pass
             removed.append(path)
         if removed:
-            gone = {p for p in removed}
+            gone = set(removed)
             self._sealed = [s for s in self._sealed if s[1] not in gone]
         return removed
 

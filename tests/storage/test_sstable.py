@@ -1,0 +1,516 @@
+"""SSTables (storage/sstable.py): build, read at snapshots, block/file splitting, corruption.
+
+Tables are built on MemFS and then damaged in memory: every byte flipped and
+every length cut, asserting that the reader stops with Corruption naming the
+file and the offset of the block (or footer) that failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import struct
+
+import msgpack
+import pytest
+
+from storage.errors import Corruption
+from storage.sstable import FOOTER_SIZE, TRAILER_SIZE, BlockCache, TableReader, build_tables
+from storage.vfs import FaultFS, MemFS
+
+FOOTER = struct.Struct("<QIQIQII8s")
+
+
+@pytest.fixture
+def fs():
+    m = MemFS()
+    m.mkdir("/t")
+    return m
+
+
+def path_for(i: int) -> str:
+    return f"/t/{i:06d}.sst"
+
+
+def est(e) -> int:
+    """The builder's size estimate of one entry (docs/format.md)."""
+    k, _, v = e
+    return len(k) + (len(v) if v is not None else 0) + 12
+
+
+def make_entries(nkeys=200, seed=5, max_versions=4, value_size=(0, 40), tomb=0.15, prefix=b"key"):
+    """Entries (key, -lsn, value) in internal order with unique LSNs."""
+    rnd = random.Random(seed)
+    lsns = list(range(1, nkeys * max_versions + 1))
+    rnd.shuffle(lsns)
+    out = []
+    for i in range(nkeys):
+        key = b"%s%05d" % (prefix, i * 3)  # gaps: key%05d with i*3+1 is absent
+        nver = rnd.randint(1, max_versions)
+        for _ in range(nver):
+            lsn = lsns.pop()
+            v = None if rnd.random() < tomb else bytes([97 + i % 26]) * rnd.randint(*value_size)
+            out.append((key, -lsn, v))
+    out.sort(key=lambda e: (e[0], e[1]))
+    return out
+
+
+NOT_FOUND = (0, None)
+
+
+def model_get(entries, key, snap):
+    """(-lsn, value) of the newest version at or below snap, else (0, None)."""
+    for k, neg, v in entries:
+        if k == key and -neg <= snap:
+            return neg, v  # entries are newest first per key
+    return NOT_FOUND
+
+
+def parse_table(buf: bytes):
+    """An independent reader: [(last_key, offset, size, [(key, -lsn, value), ...])], meta offsets."""
+    (index_off, index_size, filter_off, filter_size, props_off, props_size, version,
+     magic) = FOOTER.unpack_from(buf, len(buf) - FOOTER_SIZE)
+    assert magic == b"STRATSST" and version == 1
+    index = msgpack.unpackb(buf[index_off:index_off + index_size])
+    blocks = []
+    for last, off, size in zip(index[0::3], index[1::3], index[2::3]):
+        flat = msgpack.unpackb(buf[off:off + size])
+        blocks.append((last, off, size, list(zip(flat[0::3], flat[1::3], flat[2::3]))))
+    meta = {"filter": (filter_off, filter_size), "props": (props_off, props_size),
+            "index": (index_off, index_size)}
+    return blocks, meta
+
+
+def build_one(fs, entries, block_size=256, **kw):
+    out = build_tables(fs, entries, path_for, target_file_size=1 << 30, block_size=block_size, **kw)
+    assert len(out) == 1
+    return out[0]
+
+
+def reopen(fs, path, number=1, cache=None):
+    return TableReader(fs, path, number, cache)
+
+
+def rewrite(fs, path, data):
+    f = fs.create(path)
+    f.write(data)
+    f.sync()
+    f.close()
+
+
+# ---------------------------------------------------------------------- roundtrip
+
+
+def test_roundtrip_props_and_all_entries(fs):
+    entries = make_entries()
+    path, props = build_one(fs, entries)
+    r = reopen(fs, path)
+    assert r.all_entries() == entries
+    assert (r.smallest, r.largest) == (entries[0][0], entries[-1][0])
+    assert r.entries == len(entries)
+    assert r.min_lsn == min(-n for _, n, _ in entries)
+    assert r.max_lsn == max(-n for _, n, _ in entries)
+    assert r.file_size == props["file_size"] == fs.size(path)
+    assert props["smallest"] == r.smallest and props["largest"] == r.largest
+    assert props["entries"] == len(entries)
+    assert props["tombstones"] == sum(1 for e in entries if e[2] is None)
+    assert (props["min_lsn"], props["max_lsn"]) == (r.min_lsn, r.max_lsn)
+    r.verify()
+    r.close()
+
+
+def test_get_at_every_snapshot(fs):
+    entries = make_entries()
+    path, _ = build_one(fs, entries)
+    r = reopen(fs, path)
+    keys = sorted({k for k, _, _ in entries})
+    for key in keys:
+        lsns = sorted(-n for k, n, _ in entries if k == key)
+        snaps = {0, 1, 1 << 62, r.max_lsn}
+        for lsn in lsns:
+            snaps |= {lsn - 1, lsn, lsn + 1}
+        for s in sorted(snaps):
+            assert r.get(key, s) == model_get(entries, key, s), (key, s)
+
+
+def test_get_absent_keys(fs):
+    entries = make_entries()
+    path, _ = build_one(fs, entries)
+    r = reopen(fs, path)
+    for key in (b"", b"a", b"key", b"key00001", b"key00299x", b"key99999", b"zzz", b"\xff"):
+        assert r.get(key, 1 << 62) == NOT_FOUND, key
+    assert not r.may_contain(b"a") and not r.may_contain(b"zzz")  # outside [smallest, largest]
+    present = {k for k, _, _ in entries}
+    assert all(r.may_contain(k) for k in present)
+
+
+def test_tombstone_is_found_not_absent(fs):
+    entries = [(b"a", -3, None), (b"a", -1, b"old"), (b"b", -2, b"B")]
+    path, props = build_one(fs, entries)
+    r = reopen(fs, path)
+    assert r.get(b"a", 5) == (-3, None)
+    assert r.get(b"a", 2) == (-1, b"old")
+    assert r.get(b"a", 0) == NOT_FOUND
+    assert props["tombstones"] == 1
+
+
+@pytest.mark.parametrize("block_size", [1, 64, 256, 4096])
+def test_entries_from_bounds(fs, block_size):
+    entries = make_entries(nkeys=120, seed=9)
+    path, _ = build_one(fs, entries, block_size=block_size)
+    r = reopen(fs, path)
+    keys = sorted({k for k, _, _ in entries})
+    bounds = [None, b"", b"a", keys[0], keys[1], b"key00001", keys[57], keys[58], b"key00200",
+              keys[-1], b"key99999", b"\xff"]
+    for lo in bounds:
+        for hi in bounds:
+            want = [e for e in entries if (lo is None or e[0] >= lo) and (hi is None or e[0] < hi)]
+            assert list(r.entries_from(lo, hi)) == want, (lo, hi)
+
+
+def test_roundtrip_on_the_os_file_system(tmp_path):
+    from storage.vfs import OsFS
+
+    osfs = OsFS()
+    entries = make_entries(nkeys=100, seed=12)
+    ((path, props),) = build_tables(osfs, entries, lambda i: str(tmp_path / f"{i:06d}.sst"),
+                                    1 << 30, block_size=256)
+    r = TableReader(osfs, path, 1, BlockCache(1 << 20))  # reads through an mmap
+    assert r.all_entries() == entries
+    for k, n, v in entries[::7]:
+        assert r.get(k, -n) == (n, v)
+    assert list(r.entries_from(b"key00030", b"key00060")) == [
+        e for e in entries if b"key00030" <= e[0] < b"key00060"]
+    r.verify()
+    r.close()
+    data = bytearray((tmp_path / "000000.sst").read_bytes())
+    data[10] ^= 0x01
+    (tmp_path / "000000.sst").write_bytes(bytes(data))
+    r = TableReader(osfs, path, 2)
+    with pytest.raises(Corruption) as ei:
+        r.verify()
+    assert (ei.value.path, ei.value.offset) == (path, 0)
+    r.close()
+
+
+def test_table_larger_than_the_write_buffer(fs):
+    # The builder writes in chunks of about 1 MiB; a bigger table spans several.
+    entries = [(b"big%06d" % i, -(i + 1), bytes([i % 251]) * 700) for i in range(3000)]
+    path, props = build_one(fs, entries, block_size=4096)
+    assert props["file_size"] > 2 << 20
+    r = reopen(fs, path)
+    assert r.all_entries() == entries
+    r.verify()
+    for i in (0, 1499, 2999):
+        assert r.get(b"big%06d" % i, 1 << 62) == (-(i + 1), bytes([i % 251]) * 700)
+
+
+def test_single_entry_table(fs):
+    path, props = build_one(fs, [(b"only", -7, b"v")])
+    r = reopen(fs, path)
+    assert r.get(b"only", 7) == (-7, b"v")
+    assert r.get(b"only", 6) == NOT_FOUND
+    assert list(r.entries_from()) == [(b"only", -7, b"v")]
+    assert (r.min_lsn, r.max_lsn, r.entries) == (7, 7, 1)
+
+
+def test_empty_input_builds_nothing(fs):
+    assert build_tables(fs, [], path_for, 1000) == []
+    assert fs.listdir("/t") == []
+
+
+def test_reader_through_cache_matches_reader_without(fs):
+    entries = make_entries(nkeys=300, seed=2)
+    path, _ = build_one(fs, entries, block_size=128)
+    cache = BlockCache(1 << 20)
+    a, b = reopen(fs, path), reopen(fs, path, cache=cache)
+    for _ in range(2):
+        for k, n, _ in entries[::3]:
+            assert a.get(k, -n) == b.get(k, -n)
+        assert list(a.entries_from(b"key00100", b"key00500")) == list(b.entries_from(b"key00100", b"key00500"))
+    assert cache.hits > 0 and cache.misses > 0
+
+
+# ---------------------------------------------------------------------- layout
+
+
+def test_index_points_at_blocks_in_order_and_versions_never_split(fs):
+    # One key with many versions (bigger than a block) among ordinary keys.
+    entries = make_entries(nkeys=150, seed=3)
+    many = [(b"key00150", -(10_000 + i), b"x" * 30) for i in range(100)]
+    entries = sorted([e for e in entries if e[0] != b"key00150"] + many, key=lambda e: (e[0], e[1]))
+    path, _ = build_one(fs, entries, block_size=200)
+    blocks, meta = parse_table(fs.read_bytes(path))
+    assert len(blocks) > 10
+    flat = [e for *_, es in blocks for e in es]
+    assert flat == entries
+    owner = {}
+    pos = 0
+    for i, (last, off, size, es) in enumerate(blocks):
+        assert off == pos, "blocks are contiguous from offset 0"
+        pos = off + size + TRAILER_SIZE
+        assert last == es[-1][0]
+        for k, _, _ in es:
+            assert owner.setdefault(k, i) == i, f"versions of {k!r} split across blocks"
+        # closed after the entry that reaches block_size, extended to the key's end
+        total = sum(map(est, es))
+        last_group = sum(est(e) for e in es if e[0] == last)
+        assert total >= 200 or i == len(blocks) - 1
+        assert total - last_group < 200
+    assert meta["filter"][0] == pos
+    assert sum(1 for e in blocks if any(k == b"key00150" for k, _, _ in e[3])) == 1
+    r = reopen(fs, path)
+    for i in range(100):
+        assert r.get(b"key00150", 10_000 + i) == (-(10_000 + i), b"x" * 30)
+
+
+def test_file_split_near_target_and_keys_never_span_files(fs):
+    rnd = random.Random(4)
+    entries = []
+    lsn = 1
+    for i in range(2000):
+        nver = 40 if i % 500 == 7 else 1  # a few keys with many versions
+        for _ in range(nver):
+            entries.append((b"k%06d" % i, -lsn, b"v" * rnd.randint(20, 60)))
+            lsn += 1
+    entries.sort(key=lambda e: (e[0], e[1]))
+    target = 8192
+    outs = build_tables(fs, entries, path_for, target_file_size=target, block_size=1024)
+    assert [p for p, _ in outs] == [path_for(i) for i in range(len(outs))]
+    assert len(outs) > 10
+    got = []
+    for i, (p, props) in enumerate(outs):
+        r = reopen(fs, p, number=i)
+        es = r.all_entries()
+        got += es
+        total = sum(map(est, es))
+        last_group = sum(est(e) for e in es if e[0] == r.largest)
+        if i < len(outs) - 1:
+            assert total >= target, i
+        assert total - last_group < target, i
+        assert 0.9 * target < props["file_size"] < 2 * target or i == len(outs) - 1
+        assert props["entries"] == len(es)
+    assert got == entries
+    for (_, a), (_, b) in zip(outs, outs[1:]):
+        assert a["largest"] < b["smallest"], "a key's versions never span two tables"
+
+
+# ---------------------------------------------------------------------- corruption
+
+
+def test_flipped_byte_in_data_block_raises_on_read_and_verify(fs):
+    entries = make_entries(nkeys=100, seed=8)
+    path, _ = build_one(fs, entries, block_size=256)
+    good = fs.read_bytes(path)
+    blocks, _ = parse_table(good)
+    assert len(blocks) >= 4
+    for idx in (0, len(blocks) // 2, len(blocks) - 1):
+        last, off, size, es = blocks[idx]
+        for pos in (off, off + size // 2, off + size - 1, off + size, off + size + TRAILER_SIZE - 1):
+            bad = bytearray(good)
+            bad[pos] ^= 0x04
+            rewrite(fs, path, bytes(bad))
+            r = reopen(fs, path)  # data blocks are not read at open
+            key = es[0][0]
+            with pytest.raises(Corruption) as ei:
+                r.get(key, 1 << 62)
+            assert (ei.value.path, ei.value.offset) == (path, off), (idx, pos)
+            with pytest.raises(Corruption) as ei:
+                r.verify()
+            assert (ei.value.path, ei.value.offset) == (path, off)
+            with pytest.raises(Corruption) as ei:
+                r.all_entries()
+            assert ei.value.offset == off
+            with pytest.raises(Corruption) as ei:
+                list(r.entries_from())
+            assert ei.value.offset == off
+            # Blocks before the damaged one still read.
+            if idx > 0:
+                assert r.get(blocks[0][3][0][0], 1 << 62) == model_get(entries, blocks[0][3][0][0], 1 << 62)
+
+
+def test_every_byte_flip_is_detected(fs):
+    entries = [(b"k%03d" % i, -(i + 1), b"v%d" % i) for i in range(40)]
+    path, _ = build_one(fs, entries, block_size=100)
+    good = fs.read_bytes(path)
+    n = len(good)
+    blocks, meta = parse_table(good)
+    regions = [(off, off + size + TRAILER_SIZE, off) for _, off, size, _ in blocks]
+    regions += [(off, off + size + TRAILER_SIZE, off) for off, size in meta.values()]
+    for pos in range(n):
+        bad = bytearray(good)
+        bad[pos] ^= 0xFF
+        rewrite(fs, path, bytes(bad))
+        with pytest.raises(Corruption) as ei:
+            r = reopen(fs, path)
+            r.verify()
+        e = ei.value
+        assert e.path == path
+        if pos >= n - 12:  # version and magic
+            assert e.offset == n - FOOTER_SIZE, pos
+            assert ("magic" if pos >= n - 8 else "version") in e.reason, pos
+        elif pos < n - FOOTER_SIZE:
+            (start, end, off), = [r for r in regions if r[0] <= pos < r[1]]
+            assert e.offset == off, pos
+            assert e.reason == "block checksum mismatch", pos
+
+
+def test_every_truncation_is_detected_at_open(fs):
+    entries = [(b"k%03d" % i, -(i + 1), b"v%d" % i) for i in range(40)]
+    path, _ = build_one(fs, entries, block_size=100)
+    good = fs.read_bytes(path)
+    for cut in range(len(good)):
+        rewrite(fs, path, good[:cut])
+        with pytest.raises(Corruption) as ei:
+            reopen(fs, path)
+        if cut < FOOTER_SIZE:
+            assert ei.value.offset == 0, cut
+            assert ei.value.reason == f"file of {cut} bytes is shorter than the footer"
+        else:
+            assert ei.value.offset == cut - FOOTER_SIZE, cut
+            assert "bad table magic" in ei.value.reason, cut
+
+
+def test_bad_footer_magic_and_version(fs):
+    path, _ = build_one(fs, [(b"a", -1, b"1")])
+    good = bytearray(fs.read_bytes(path))
+    n = len(good)
+    bad = bytearray(good)
+    bad[-8:] = b"LEVELDB!"
+    rewrite(fs, path, bytes(bad))
+    with pytest.raises(Corruption) as ei:
+        reopen(fs, path)
+    assert (ei.value.offset, ei.value.reason) == (n - FOOTER_SIZE, "bad table magic b'LEVELDB!'")
+    bad = bytearray(good)
+    bad[-12:-8] = struct.pack("<I", 2)
+    rewrite(fs, path, bytes(bad))
+    with pytest.raises(Corruption) as ei:
+        reopen(fs, path)
+    assert (ei.value.offset, ei.value.reason) == (n - FOOTER_SIZE, "unsupported table version 2")
+
+
+def test_footer_offset_past_the_end(fs):
+    path, _ = build_one(fs, [(b"a", -1, b"1")])
+    good = bytearray(fs.read_bytes(path))
+    n = len(good)
+    bad = bytearray(good)
+    struct.pack_into("<Q", bad, n - FOOTER_SIZE, n)  # index_off = file size
+    rewrite(fs, path, bytes(bad))
+    with pytest.raises(Corruption) as ei:
+        reopen(fs, path)
+    assert ei.value.offset == n
+    assert "runs past the end" in ei.value.reason
+
+
+def test_unknown_compression_type_with_valid_crc(fs):
+    from crc32c import crc32c
+
+    path, _ = build_one(fs, [(b"a", -1, b"1"), (b"b", -2, b"2")])
+    good = bytearray(fs.read_bytes(path))
+    blocks, _ = parse_table(bytes(good))
+    _, off, size, _ = blocks[0]
+    contents = bytes(good[off:off + size])
+    good[off + size:off + size + TRAILER_SIZE] = struct.pack("<BI", 1, crc32c(contents + b"\x01"))
+    rewrite(fs, path, bytes(good))
+    r = reopen(fs, path)
+    with pytest.raises(Corruption) as ei:
+        r.get(b"a", 5)
+    assert (ei.value.offset, ei.value.reason) == (off, "unknown block compression 1")
+
+
+def test_undecodable_block_with_valid_crc(fs):
+    from crc32c import crc32c
+
+    path, _ = build_one(fs, [(b"a", -1, b"1"), (b"b", -2, b"2")])
+    good = bytearray(fs.read_bytes(path))
+    blocks, _ = parse_table(bytes(good))
+    _, off, size, _ = blocks[0]
+    junk = b"\xc1" * size  # 0xc1 is never used in msgpack
+    good[off:off + size] = junk
+    good[off + size:off + size + TRAILER_SIZE] = struct.pack("<BI", 0, crc32c(junk + b"\x00"))
+    rewrite(fs, path, bytes(good))
+    r = reopen(fs, path)
+    with pytest.raises(Corruption) as ei:
+        r.get(b"a", 5)
+    assert ei.value.offset == off
+    assert ei.value.reason.startswith("undecodable block")
+    with pytest.raises(Corruption):
+        r.all_entries()
+    r.verify()  # verify checks bounds and CRC only (docs/format.md)
+
+
+# ---------------------------------------------------------------------- failures while building
+
+
+@pytest.mark.parametrize("kind", ["write", "sync"])
+def test_failed_build_removes_the_partial_table(fs, kind):
+    ffs = FaultFS(fs)
+    ffs.fail(kind, err=errno.ENOSPC)
+    with pytest.raises(OSError) as ei:
+        build_tables(ffs, make_entries(), path_for, 1 << 30)
+    assert ei.value.errno == errno.ENOSPC
+    assert fs.listdir("/t") == []
+
+
+def test_failed_second_table_keeps_the_first(fs):
+    ffs = FaultFS(fs)
+    ffs.fail("create", after=1, err=errno.EIO)
+    with pytest.raises(OSError):
+        build_tables(ffs, make_entries(nkeys=400), path_for, 2000)
+    assert fs.listdir("/t") == ["000000.sst"]
+    reopen(fs, "/t/000000.sst").verify()
+
+
+# ---------------------------------------------------------------------- block cache
+
+
+def blk(size):
+    return ([], [], [], size)
+
+
+def test_block_cache_stays_within_capacity_and_evicts_lru():
+    c = BlockCache(1000)
+    for i in range(10):
+        c.put((1, i), blk(300))
+        assert c.size <= 1000
+    assert c.size == 900
+    assert [c.get((1, i)) is not None for i in range(10)] == [False] * 7 + [True] * 3
+    c2 = BlockCache(1000)
+    c2.put((1, 0), blk(400))
+    c2.put((1, 1), blk(400))
+    assert c2.get((1, 0)) is not None  # 0 is now most recently used
+    c2.put((1, 2), blk(400))  # evicts 1, not 0
+    assert c2.get((1, 1)) is None
+    assert c2.get((1, 0)) is not None and c2.get((1, 2)) is not None
+    assert c2.size == 800
+
+
+def test_block_cache_oversized_block_and_duplicates():
+    c = BlockCache(100)
+    c.put((1, 0), blk(60))
+    c.put((1, 0), blk(60))  # already cached: not counted twice
+    assert c.size == 60
+    c.put((2, 0), blk(500))  # larger than the cache: does not stay
+    assert c.size <= 100
+    assert c.get((2, 0)) is None
+    hits, misses = c.hits, c.misses
+    c.get((9, 9))
+    assert (c.hits, c.misses) == (hits, misses + 1)
+
+
+def test_block_cache_bounded_under_table_reads(fs):
+    entries = make_entries(nkeys=400, seed=6)
+    path, _ = build_one(fs, entries, block_size=128)
+    blocks, _ = parse_table(fs.read_bytes(path))
+    cap = 3 * max(size for _, _, size, _ in blocks)
+    cache = BlockCache(cap)
+    r1 = reopen(fs, path, number=1, cache=cache)
+    r2 = reopen(fs, path, number=2, cache=cache)
+    for k, n, _ in entries:
+        assert r1.get(k, -n) == r2.get(k, -n)
+        assert cache.size <= cap
+    h = cache.hits
+    k = entries[0][0]
+    r1.get(k, 1 << 62)
+    r1.get(k, 1 << 62)
+    assert cache.hits >= h + 1
