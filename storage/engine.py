@@ -38,7 +38,7 @@ import msgpack
 from sortedcontainers import SortedList
 
 from . import compaction, record, sstable
-from .errors import Closed, Conflict, InvalidArgument, StorageError, TooLarge, WriteStalled
+from .errors import Closed, Conflict, Corruption, InvalidArgument, StorageError, TooLarge, WriteStalled
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet, manifest_name
 from .memtable import MemTable
 from .vfs import FileSystem, MemFS, OsFS
@@ -215,6 +215,7 @@ class Engine:
         self._manual_compaction = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._committer_wake = threading.Semaphore(0)
+        self._rotate_requested = False  # flush() asked the current commit leader to rotate
         self._listeners: list = []
         self._always = opts.durability == "always"
         self._memtable_size = opts.memtable_size
@@ -235,6 +236,16 @@ class Engine:
         fs, path, opts = self.fs, self.path, self.opts
         t0 = time.monotonic()
         exists = fs.exists(os.path.join(path, "CURRENT"))
+        if not exists and fs.exists(path):
+            leftovers = [n for n in fs.listdir(path)
+                         if n.startswith(("MANIFEST-", "wal-")) or n.endswith(".sst")]
+            if leftovers:
+                # Never initialise over a database whose CURRENT went missing:
+                # that would delete its tables as orphans.
+                raise Corruption(os.path.join(path, "CURRENT"), 0,
+                                 f"CURRENT is missing but the directory holds database files "
+                                 f"({', '.join(sorted(leftovers)[:3])}...); restore CURRENT "
+                                 f"(it names the newest MANIFEST-*) or open a checkpoint")
         if not exists:
             if not opts.create_if_missing:
                 raise StorageError(f"{path}: no database here (create_if_missing=False)")
@@ -255,6 +266,7 @@ class Engine:
                         preallocate=(min(opts.wal_segment_size, opts.memtable_size + (1 << 20))
                                      if opts.wal_preallocate and isinstance(fs, OsFS) else 0))
         flushed = self.versions.flushed_lsn
+        self._wal.min_term = self.versions.term
         tail = self._wal.recover(flushed, repair=opts.repair)
         self._stats["wal_truncated_bytes"] = tail.truncated_bytes
         mem = self._mem
@@ -625,7 +637,10 @@ class Engine:
                 group.append(w)
         error: BaseException | None = None
         try:
-            data = group[0].frame if len(group) == 1 else b"".join([w.frame for w in group])
+            # The group's last frame carries the sync-point flag: recovery can
+            # then tell damage in synced data from a torn last group.
+            last = record.mark_sync(group[-1].frame)
+            data = last if len(group) == 1 else b"".join([w.frame for w in group[:-1]] + [last])
             self._wal.append(data, group[0].lsn)
             self._wal.sync()
         except BaseException as e:
@@ -651,7 +666,8 @@ class Engine:
                     self._notify([w.frame for w in group])
                 self._stats["groups"] += 1
                 self._stats["group_frames"] += len(group)
-                if self._mem.size >= self._memtable_size:
+                if self._mem.size >= self._memtable_size or self._rotate_requested:
+                    self._rotate_requested = False
                     self._rotate_locked()
                 del q[: len(group)]
                 done = group
@@ -1079,8 +1095,14 @@ class Engine:
         with self._bg_cv:
             if self._closed:
                 self._raise_closed()
-            self._rotate_locked()
-            while self._imms and self._bg_error is None:
+            if self._queue:
+                # A commit leader is writing a group outside the mutex: rolling
+                # the WAL now would start the new segment at an LSN already
+                # written to the old one. The leader rotates when it finishes.
+                self._rotate_requested = True
+            else:
+                self._rotate_locked()
+            while (self._imms or self._rotate_requested) and self._bg_error is None:
                 self._bg_cv.wait(0.1)
             if self._bg_error is not None:
                 self._raise_closed()

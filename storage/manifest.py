@@ -254,6 +254,15 @@ class VersionSet:
                 raise Corruption(path, 0, "manifest holds no edit")
         finally:
             f.close()
+        # Every table the manifest lists must be there before anything is
+        # rewritten or deleted: a damaged edit that was taken for a torn tail
+        # must stop the open, not lead to the removal of "orphans".
+        for lvl, files in enumerate(levels):
+            for fm in files:
+                table = os.path.join(self.dir, f"{fm.number:06d}.sst")
+                if not self.fs.exists(table):
+                    raise Corruption(path, 0, f"table {os.path.basename(table)} (L{lvl}) listed in "
+                                              f"the manifest is missing")
         self.manifest_number = int(name[9:])
         self.next_file = max(self.next_file, self.manifest_number + 1)
         self.current = Version(levels)

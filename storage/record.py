@@ -39,6 +39,12 @@ _CRC_PART = struct.Struct("<QQB")  # lsn, term, type: the checksummed part of th
 # WebSocket all share it, so a record accepted here can travel everywhere.
 MAX_PAYLOAD = 32 << 20
 
+# The type byte's high bit marks a sync point: the last frame of a group that
+# the commit leader fsynced (durability=always). Recovery uses it to tell a
+# torn last group (truncated) from damage in synced data (Corruption).
+SYNC_FLAG = 0x80
+TYPE_MASK = 0x7F
+
 # Frame types. Payloads (msgpack):
 TYPE_PUT = 1  # [key, value]
 TYPE_DELETE = 2  # key
@@ -100,7 +106,17 @@ class Frame(NamedTuple):
 def parse_frame(data: bytes) -> tuple[int, int, int, bytes]:
     """(lsn, term, type, payload) of one frame produced by this process (not checked)."""
     length, _, lsn, term, ftype = FRAME.unpack_from(data, 0)
-    return lsn, term, ftype, data[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length]
+    return lsn, term, ftype & TYPE_MASK, data[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length]
+
+
+def mark_sync(frame: bytes) -> bytes:
+    """The same frame with the sync-point flag set (re-checksummed)."""
+    lsn, term, ftype, payload = parse_frame(frame)
+    return encode_frame(lsn, term, ftype | SYNC_FLAG, payload)
+
+
+def is_sync_point(fr: "Frame") -> bool:
+    return bool(fr.raw[24] & SYNC_FLAG)
 
 
 class BadFrame(Exception):
@@ -141,7 +157,8 @@ def iter_frames(buf, start: int) -> Iterator[Frame]:
             raise BadFrame(pos, f"frame of {length} bytes runs past the end of the file")
         if crc32c(view[pos + 8 : stop]) != crc:
             raise BadFrame(pos, "frame checksum mismatch")
-        yield Frame(pos, lsn, term, ftype, bytes(view[pos + FRAME_HEADER_SIZE : stop]), view[pos:stop])
+        yield Frame(pos, lsn, term, ftype & TYPE_MASK, bytes(view[pos + FRAME_HEADER_SIZE : stop]),
+                    view[pos:stop])
         pos = stop
 
 
@@ -176,10 +193,12 @@ def next_valid_frame(buf, start: int, marker: bytes) -> int | None:
     only, to tell damage in the middle of written data from a torn tail.
     """
     term = struct.unpack_from("<Q", marker)[0]
-    types = marker[8:]
+    types = bytes(marker[8:]) + bytes(t | SYNC_FLAG for t in marker[8:])
+    # The term's low 16 bits are free (a term that grew past a 256 boundary
+    # still matches); the checksum and `fr.term >= term` do the rest.
     # Lookahead: matches may overlap (an LSN equal to the term, say).
-    pattern = re.compile(b"(?=[" + re.escape(bytes(range(term & 0xFF, 256))) + b"]"
-                         + re.escape(marker[1:8]) + b"[" + re.escape(types) + b"])", re.DOTALL)
+    pattern = re.compile(b"(?=.." + re.escape(marker[2:8]) + b"[" + re.escape(types) + b"])",
+                         re.DOTALL)
     view = bytes(memoryview(buf)[start:])
     for m in pattern.finditer(view):
         off = m.start() - 16

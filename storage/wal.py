@@ -93,6 +93,7 @@ class Wal:
         self.retention_age_s = retention_age_s
         self.preallocate = preallocate  # bytes to fallocate per new segment (0: none)
         self._cur: _Segment | None = None
+        self.min_term = 0  # the manifest's term: frames after damage are at least this new
         # first LSN -> path of every segment on disk, oldest first
         self._sealed: list[tuple[int, str]] = []
         self.bytes_written = 0
@@ -113,9 +114,8 @@ class Wal:
         """Read every frame with LSN > after_lsn, checking the whole LSN chain.
 
         Rules (docs/format.md, "Recovery"):
-        - In the newest segment, a damaged frame with nothing valid after it,
-          or with valid-looking frames only within one commit group's reach
-          (record.MAX_GROUP_BYTES), is a torn write that was never
+        - In the newest segment, a damaged frame that no whole synced group
+          follows (see `_synced_group_follows`) is a torn write that was never
           acknowledged under durability=always: the segment is truncated
           there and the loss is logged with its size.
         - Any other damage, a segment whose header disagrees with its name,
@@ -181,6 +181,26 @@ class Wal:
         self._sealed = keep
         return RecoveredTail(frames, last_lsn, last_term, truncated)
 
+    @staticmethod
+    def _synced_group_follows(buf, start: int) -> bool:
+        """Whether a whole synced group, and something after it, lies at `start`.
+
+        With durability=always the leader writes a group, fsyncs, and only then
+        does the next group get written; the last frame of each synced group
+        carries the sync flag. Damage followed by a sync point *and more
+        frames* is therefore in synced (acknowledged) data: corruption. Damage
+        in the last group is indistinguishable from a torn write.
+        """
+        seen_sync = False
+        try:
+            for fr in record.iter_frames(buf, start):
+                if seen_sync:
+                    return True
+                seen_sync = record.is_sync_point(fr)
+        except record.BadFrame:
+            pass
+        return False
+
     def _recover_segment(self, buf, path: str, first: int, nxt: int | None, newest: bool,
                          after_lsn: int, frames: list, term: int):
         """Append one segment's frames past after_lsn to `frames`.
@@ -200,6 +220,7 @@ class Wal:
         if hdr_lsn != first:
             return 0, f"header says first LSN {hdr_lsn}, file name says {first}", False, len(buf)
         expected = first
+        end_of_frames = record.HEADER_SIZE
         try:
             for fr in record.iter_frames(buf, record.HEADER_SIZE):
                 if fr.lsn != expected:
@@ -209,24 +230,18 @@ class Wal:
                     frames.append(fr)
                 self._seg_last = expected - 1
                 self._seg_term = max(self._seg_term, fr.term)
+                end_of_frames = fr.offset + record.FRAME_HEADER_SIZE + len(fr.payload)
         except record.BadFrame as bad:
             end = record.written_end(buf, bad.offset)
             dropped = end - bad.offset
             torn = False
             if newest:
-                later = record.next_valid_frame(buf, bad.offset + 1, record.marker(self._seg_term))
-                if later is None:
-                    torn = True
-                else:
-                    claimed = record.FRAME.unpack_from(buf, bad.offset)[0] \
-                        if len(buf) - bad.offset >= record.FRAME_HEADER_SIZE else 0
-                    reach = max(record.MAX_GROUP_BYTES,
-                                record.FRAME_HEADER_SIZE + min(claimed, record.MAX_PAYLOAD))
-                    torn = end - bad.offset <= reach
+                later = record.next_valid_frame(buf, bad.offset + 1,
+                                                record.marker(max(self._seg_term, self.min_term)))
+                torn = later is None or not self._synced_group_follows(buf, later)
             return bad.offset, bad.reason, torn, dropped
         if nxt is not None and expected != nxt:
-            end = record.written_end(buf, record.HEADER_SIZE)
-            return end, (f"segment ends at LSN {expected - 1} but the next segment starts at "
+            return end_of_frames, (f"segment ends at LSN {expected - 1} but the next segment starts at "
                          f"LSN {nxt}: frames are missing"), False, 0
         return None
 

@@ -16,9 +16,16 @@ from storage.vfs import FaultFS, MemFS
 D = "/db"
 
 
+class TablesPresent(MemFS):
+    """These tests exercise the manifest alone: every table it names "exists"."""
+
+    def exists(self, path: str) -> bool:
+        return path.endswith(".sst") or super().exists(path)
+
+
 @pytest.fixture
 def fs():
-    m = MemFS()
+    m = TablesPresent()
     m.mkdir(D)
     m.sync_dir("/")
     return m
@@ -431,3 +438,17 @@ def test_pinned_versions_keep_their_files_live(fs):
     assert vs.live_files() == {10, 11}
     vs.unref(old)
     assert vs.live_files() == {11}
+
+
+def test_a_listed_table_that_is_missing_stops_recovery_and_deletes_nothing():
+    m = MemFS()
+    m.mkdir(D)
+    m.sync_dir("/")
+    vs = VersionSet(m, D)
+    vs.create()
+    n = vs.new_file_number()
+    vs.log_and_apply({"add": [add(0, fm(n, b"a", b"b"))], "flushed_lsn": 5})
+    before = sorted(m.listdir(D))
+    with pytest.raises(Corruption, match="missing"):
+        recovered(m)
+    assert sorted(m.listdir(D)) == before, "a failed recovery must leave the files alone"

@@ -89,7 +89,9 @@ def test_roundtrip_extreme_field_values():
     top = (1 << 64) - 1
     buf = encode_frame(top, top, 255, b"\xff")
     (f,) = list(iter_frames(buf, 0))
-    assert (f.lsn, f.term, f.type, f.payload) == (top, top, 255, b"\xff")
+    # The type byte's high bit is the sync-point flag, reported apart from the type.
+    assert (f.lsn, f.term, f.type, f.payload) == (top, top, 127, b"\xff")
+    assert record.is_sync_point(f)
 
 
 def test_iter_frames_starts_at_the_given_offset():

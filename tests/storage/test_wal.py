@@ -350,20 +350,22 @@ def test_damage_within_one_group_of_the_end_of_newest_segment_is_a_torn_tail(env
     assert fs.size(newest) == off
 
 
-def test_damage_followed_by_more_than_a_group_of_frames_is_corruption(mem):
-    # Valid data reaching further than one group past the damage was
-    # acknowledged (an earlier group was fsynced after it): corruption.
-    fs, d, _ = mem
+def _synced_log(mem, terms):
+    """One segment; each frame written as its own synced group (sync flag set)."""
     w = new_wal(mem)
     w.recover(0)
     w.start(1)
-    big = 1 << 20
-    nbig = record.MAX_GROUP_BYTES // big + 2
-    w.append(put(1), 1)
-    w.append(put(2), 2)
-    for lsn in range(3, 3 + nbig):
-        w.append(put(lsn, size=big), lsn)
+    for lsn, term in enumerate(terms, 1):
+        w.append(record.mark_sync(put(lsn, term=term)), lsn)
     w.close()
+    return w
+
+
+def test_damage_followed_by_a_synced_group_and_more_is_corruption(mem):
+    # A sync point after the damage, followed by more frames, proves the
+    # damaged frame was fsynced (acknowledged) before later groups: corruption.
+    fs, d, _ = mem
+    w = _synced_log(mem, [1] * 6)
     seg = w.segments()[-1][1]
     off, _ = frame_offsets(fs, seg)[1]
     before = fs.size(seg)
@@ -378,31 +380,35 @@ def test_damage_followed_by_more_than_a_group_of_frames_is_corruption(mem):
     assert fs.size(seg) == off
 
 
-def test_damage_before_frames_of_a_newer_term_is_corruption(mem):
-    # To tell damage from a torn tail, recovery searches past the damage for
-    # a valid frame. Frames written after a term change count too: more than a
-    # group of acknowledged frames of a newer term behind the damage is
-    # Corruption, exactly as with one term (test above), not a torn tail.
+def test_damage_in_the_last_group_is_a_torn_tail(mem):
+    # Frames after the damage with no sync point, or a sync point only at the
+    # very end, may be the torn last group: truncated, not corruption.
     fs, d, _ = mem
     w = new_wal(mem)
     w.recover(0)
     w.start(1)
-    big = 1 << 20
-    w.append(put(1, term=1), 1)
-    w.append(put(2, term=1), 2)
-    for lsn in range(3, 3 + record.MAX_GROUP_BYTES // big + 2):
-        w.append(put(lsn, term=2, size=big), lsn)
+    w.append(record.mark_sync(put(1)), 1)
+    w.append(put(2) + put(3) + record.mark_sync(put(4)), 2)  # the last group
     w.close()
     seg = w.segments()[-1][1]
     off, _ = frame_offsets(fs, seg)[1]
     patch(fs, seg, flip(off + FH + 2))
-    try:
-        tail = new_wal(mem).recover(0)
-    except Corruption as e:
-        assert (e.path, e.offset) == (seg, off)
-    else:
-        pytest.fail(f"recovered LSNs {lsns(tail.frames)} and truncated {tail.truncated_bytes} "
-                    f"bytes of acknowledged frames as a torn tail")
+    tail = new_wal(mem).recover(0)
+    assert lsns(tail.frames) == [1]
+    assert tail.truncated_bytes > 0
+
+
+def test_damage_before_frames_of_a_newer_term_is_corruption(mem):
+    # To tell damage from a torn tail, recovery searches past the damage for
+    # a valid frame. Frames written after a term change count too.
+    fs, d, _ = mem
+    w = _synced_log(mem, [1, 1, 2, 2, 2, 300])
+    seg = w.segments()[-1][1]
+    off, _ = frame_offsets(fs, seg)[1]
+    patch(fs, seg, flip(off + FH + 2))
+    with pytest.raises(Corruption) as ei:
+        new_wal(mem).recover(0)
+    assert (ei.value.path, ei.value.offset) == (seg, off)
 
 
 # ---------------------------------------------------------------------- sealed damage
