@@ -1,92 +1,149 @@
 """`strata` command line.
 
-`strata serve` opens the storage engine on its embedded defaults (data in
-./data) and holds it open until SIGTERM or SIGINT, then closes it cleanly (the
-memtable is flushed, so the next start replays nothing). The network APIs
-(gRPC on 127.0.0.1:7400, WebSocket on :7401, metrics on :7402) are the
-daemon's work and are not served yet; `serve` says so when it starts.
+    strata serve [--config FILE] [--data-dir D] [--grpc-listen H:P] ...   run the daemon
+    strata config [--config FILE] [flags] [--markdown]                  effective configuration
+    strata put KEY VALUE | get KEY | del KEY | scan [START [END]] | status   client commands
+
+Client commands talk to --server (default $STRATA_SERVER or 127.0.0.1:7400)
+through strata_client; keys and values are taken as UTF-8 text, or as hex
+with --hex.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import asyncio
 import os
-import signal
 import sys
-import threading
-import time
+
+from . import config as config_mod
+
+FLAG_OPTIONS = ("data_dir", "grpc_listen", "ws_listen", "metrics_listen", "durability", "log_level",
+                "node", "auth_token")
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg (and exc when present)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML configuration file")
+    for name in FLAG_OPTIONS:
+        kwargs: dict = {"help": config_mod.OPTIONS[name][0], "default": None}
+        if name == "durability":
+            kwargs["choices"] = ("always", "interval", "none")
+        p.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)
 
 
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def _flags(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in FLAG_OPTIONS if getattr(args, name) is not None}
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from storage import Engine
+    from . import logs
 
-    _setup_logging(args.log_level)
-    log = logging.getLogger("strata.serve")
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    t0 = time.monotonic()
-    db = Engine.open(args.data_dir, durability=args.durability)
-    log.info(
-        "engine open at %s (durability=%s, last LSN %d) in %.3fs; network APIs are not served "
-        "by this version (engine only)",
-        os.path.abspath(args.data_dir), args.durability, db.last_lsn, time.monotonic() - t0,
-    )
     try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        t1 = time.monotonic()
-        db.close()
-        log.info("closed cleanly in %.3fs", time.monotonic() - t1)
+        cfg, _ = config_mod.load(args.config, flags=_flags(args))
+    except config_mod.ConfigError as e:
+        print(f"strata: configuration error: {e}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.log_level)
+    from .daemon import run
+
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None and os.environ.get("STRATA_EVENT_LOOP", "uvloop") == "uvloop":
+        return uvloop.run(run(cfg, args.config, _flags(args)))
+    return asyncio.run(run(cfg, args.config, _flags(args)))
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(config_mod.markdown())
+        return 0
+    try:
+        cfg, sources = config_mod.load(args.config, flags=_flags(args))
+    except config_mod.ConfigError as e:
+        print(f"strata: configuration error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(config_mod.render(cfg, sources))
+    return 0
+
+
+def _bytes(text: str, hex_: bool) -> bytes:
+    return bytes.fromhex(text) if hex_ else text.encode()
+
+
+def _show(b: bytes, hex_: bool) -> str:
+    return b.hex() if hex_ else b.decode(errors="backslashreplace")
+
+
+def _client_cmd(args: argparse.Namespace) -> int:
+    from strata_client import Client, errors
+
+    token = args.token or os.environ.get("STRATA_AUTH_TOKEN") or None
+    try:
+        with Client(args.server, token=token, timeout=args.timeout) as c:
+            h = args.hex
+            if args.command == "put":
+                print(c.put(_bytes(args.key, h), _bytes(args.value, h)))
+            elif args.command == "get":
+                value, lsn = c.get_entry(_bytes(args.key, h))
+                if value is None:
+                    print("(not found)", file=sys.stderr)
+                    return 1
+                print(_show(value, h))
+            elif args.command == "del":
+                print(c.delete(_bytes(args.key, h)))
+            elif args.command == "scan":
+                for k, v in c.scan(_bytes(args.start, h), _bytes(args.end, h), limit=args.limit):
+                    print(f"{_show(k, h)}\t{_show(v, h)}")
+            elif args.command == "status":
+                st = c.status()
+                print(f"node {st.node}  role {st.role}  term {st.term}  durability {st.durability}")
+                print(f"last LSN {st.last_lsn}  flushed LSN {st.flushed_lsn}  "
+                      f"uptime {st.uptime_seconds:.0f}s  version {st.version}")
+                print(f"disk: {st.sst_bytes} B tables, {st.wal_bytes} B WAL")
+                for lv in st.levels:
+                    print(f"  L{lv.level}: {lv.files} files, {lv.bytes} B")
+    except errors.StrataError as e:
+        print(f"strata: {e.code or type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"strata: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="strata", description="Strata storage-and-distribution server")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the server on its embedded defaults")
-    s.add_argument("--data-dir", default=os.environ.get("STRATA_DATA_DIR", "./data"),
-                   help="database directory (default ./data; env STRATA_DATA_DIR)")
-    s.add_argument("--durability", choices=("always", "interval", "none"),
-                   default=os.environ.get("STRATA_DURABILITY", "always"),
-                   help="when a write is acknowledged: after fsync (always, default), "
-                        "after write with periodic fsync (interval), after write (none)")
-    s.add_argument("--log-level", default=os.environ.get("STRATA_LOG_LEVEL", "info"))
+    s = sub.add_parser("serve", help="run the server (no config needed: data in ./data, loopback ports)")
+    _add_server_flags(s)
+    c = sub.add_parser("config", help="print the effective configuration and where each value came from")
+    _add_server_flags(c)
+    c.add_argument("--markdown", action="store_true", help="print the options table for the docs")
+    client_parent = argparse.ArgumentParser(add_help=False)
+    client_parent.add_argument("--server", default=os.environ.get("STRATA_SERVER", "127.0.0.1:7400"))
+    client_parent.add_argument("--token", default=None, help="auth token (or $STRATA_AUTH_TOKEN)")
+    client_parent.add_argument("--timeout", type=float, default=10.0)
+    client_parent.add_argument("--hex", action="store_true", help="keys and values in hex")
+    sp = sub.add_parser("put", parents=[client_parent], help="store a value")
+    sp.add_argument("key")
+    sp.add_argument("value")
+    sg = sub.add_parser("get", parents=[client_parent], help="print a value")
+    sg.add_argument("key")
+    sd = sub.add_parser("del", parents=[client_parent], help="delete a key")
+    sd.add_argument("key")
+    ss = sub.add_parser("scan", parents=[client_parent], help="list pairs in key order")
+    ss.add_argument("start", nargs="?", default="")
+    ss.add_argument("end", nargs="?", default="")
+    ss.add_argument("--limit", type=int, default=0)
+    sub.add_parser("status", parents=[client_parent], help="node status")
     args = p.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    return 2
+    if args.command == "config":
+        return _config(args)
+    return _client_cmd(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,372 @@
+"""Sync and asyncio clients for Strata's gRPC API.
+
+Retries: only errors that are `retryable` (UNAVAILABLE, RESOURCE_EXHAUSTED,
+DEADLINE_EXCEEDED) and only for requests that are safe to repeat: reads,
+and writes that carry a request id (put, delete and batch get one
+automatically, so the server answers a repeat with the first LSN instead of
+writing twice). Publish and compare-and-set are never retried. Back-off is
+exponential with full jitter. A per-endpoint circuit breaker fails calls fast
+after `threshold` consecutive transient failures, for `cooldown` seconds,
+then lets one probe through. A NotMaster answer naming the master is
+followed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable, Iterator
+
+import grpc
+
+from . import errors
+from ._proto import strata_pb2 as pb
+from ._proto import strata_pb2_grpc as pbg
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 5  # total tries, the first included
+    base_s: float = 0.05
+    cap_s: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        return random.uniform(0, min(self.cap_s, self.base_s * (2 ** attempt)))
+
+
+class CircuitBreaker:
+    """closed -> open after `threshold` consecutive transient failures -> half-open
+    after `cooldown_s` (one probe) -> closed on success / open again on failure."""
+
+    def __init__(self, threshold: int = 5, cooldown_s: float = 2.0) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.failures = 0
+        self.open_until = 0.0
+        self._probe = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        if self.failures < self.threshold:
+            return "closed"
+        return "open" if time.monotonic() < self.open_until else "half-open"
+
+    def before(self) -> None:
+        with self._lock:
+            if self.failures < self.threshold:
+                return
+            if time.monotonic() < self.open_until or self._probe:
+                raise errors.Unavailable(
+                    f"circuit open after {self.failures} failures; not calling the server", "UNAVAILABLE")
+            self._probe = True
+
+    def success(self) -> None:
+        with self._lock:
+            self.failures = 0
+            self._probe = False
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            self._probe = False
+            if self.failures >= self.threshold:
+                self.open_until = time.monotonic() + self.cooldown_s
+
+
+def _ops(ops: Iterable[tuple]) -> list:
+    out = []
+    for op in ops:
+        if op[0] == "put":
+            out.append(pb.Op(kind=pb.Op.PUT, key=op[1], value=op[2]))
+        elif op[0] == "delete":
+            out.append(pb.Op(kind=pb.Op.DELETE, key=op[1]))
+        else:
+            raise errors.InvalidArgument(f"unknown batch op {op[0]!r}", "INVALID_ARGUMENT")
+    return out
+
+
+def _cas_request(key: bytes, value: bytes | None, expected_lsn, expected_value,
+                 expect_absent: bool, delete: bool):
+    req = pb.CompareAndSetRequest(key=key, value=value or b"", delete=delete)
+    if expected_lsn is not None:
+        req.expected_lsn = expected_lsn
+    elif expected_value is not None:
+        req.expected_value = expected_value
+    elif expect_absent:
+        req.expect_absent = True
+    return req
+
+
+def _channel_args(max_message: int) -> list:
+    return [("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message)]
+
+
+class _Base:
+    def __init__(self, target: str, token: str | None, timeout: float,
+                 retry: RetryPolicy | None, breaker: CircuitBreaker | None,
+                 root_certificates: bytes | None, tls: bool, max_message: int) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker()
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._tls = tls or root_certificates is not None
+        self._roots = root_certificates
+        self._max_message = max_message
+        self._redirected = False
+
+    def _stubs(self, channel) -> None:
+        self._channel = channel
+        self.kv = pbg.KVStub(channel)
+        self.events = pbg.EventsStub(channel)
+        self.admin = pbg.AdminStub(channel)
+
+    def _handle(self, e: grpc.RpcError) -> errors.StrataError:
+        err = errors.from_rpc_error(e)
+        if err.retryable:
+            self.breaker.failure()
+        return err
+
+
+class Client(_Base):
+    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per client."""
+
+    def __init__(self, target: str = "127.0.0.1:7400", *, token: str | None = None,
+                 timeout: float = 10.0, retry: RetryPolicy | None = None,
+                 breaker: CircuitBreaker | None = None, root_certificates: bytes | None = None,
+                 tls: bool = False, max_message: int = 64 << 20) -> None:
+        super().__init__(target, token, timeout, retry, breaker, root_certificates, tls, max_message)
+        self._connect(target)
+
+    def _connect(self, target: str) -> None:
+        args = _channel_args(self._max_message)
+        if self._tls:
+            ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(self._roots), args)
+        else:
+            ch = grpc.insecure_channel(target, args)
+        self._stubs(ch)
+        self.target = target
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
+        for attempt in range(self.retry.attempts if retry else 1):
+            self.breaker.before()
+            stub_method = getattr(getattr(self, method.split(".")[0]), method.split(".")[1])
+            try:
+                resp = stub_method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                self.breaker.success()
+                return resp
+            except grpc.RpcError as e:
+                err = self._handle(e)
+                if isinstance(err, errors.NotMaster) and err.master and not self._redirected:
+                    self._redirected = True
+                    self.close()
+                    self._connect(err.master)
+                    continue
+                if not (retry and err.retryable) or attempt == self.retry.attempts - 1:
+                    raise err from None
+            time.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
+
+    # -- KV
+    def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
+        req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
+        return self._call("kv.Put", req, retry=True).lsn
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.get_entry(key)[0]
+
+    def get_entry(self, key: bytes) -> tuple[bytes | None, int]:
+        """(value, LSN of the write that produced it); (None, 0) if absent."""
+        resp = self._call("kv.Get", pb.GetRequest(key=key), retry=True)
+        return (resp.value, resp.lsn) if resp.found else (None, 0)
+
+    def delete(self, key: bytes, *, request_id: str | None = None) -> int:
+        req = pb.DeleteRequest(key=key, request_id=request_id or uuid.uuid4().hex)
+        return self._call("kv.Delete", req, retry=True).lsn
+
+    def batch(self, ops: Iterable[tuple], *, request_id: str | None = None) -> int:
+        """Atomic ("put", key, value) / ("delete", key) operations; returns the last LSN."""
+        req = pb.BatchRequest(ops=_ops(ops), request_id=request_id or uuid.uuid4().hex)
+        return self._call("kv.Batch", req, retry=True).lsn
+
+    def compare_and_set(self, key: bytes, value: bytes | None = None, *,
+                        expected_lsn: int | None = None, expected_value: bytes | None = None,
+                        expect_absent: bool = False, delete: bool = False) -> int:
+        req = _cas_request(key, value, expected_lsn, expected_value, expect_absent, delete)
+        return self._call("kv.CompareAndSet", req, retry=False).lsn
+
+    def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
+             keys_only: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs with start <= key < end from one snapshot (not retried mid-stream)."""
+        self.breaker.before()
+        call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only),
+                            timeout=self.timeout, metadata=self._metadata)
+        try:
+            for chunk in call:
+                for kv in chunk.items:
+                    yield kv.key, kv.value
+            self.breaker.success()
+        except grpc.RpcError as e:
+            raise self._handle(e) from None
+
+    def write_stream(self, batches: Iterable[list[tuple]]) -> Iterator[int]:
+        """Send many batches on one Write stream; yields their LSNs in order."""
+        def requests():
+            for i, ops in enumerate(batches):
+                yield pb.BatchRequest(ops=_ops(ops), id=i, request_id=uuid.uuid4().hex)
+
+        try:
+            for resp in self.kv.Write(requests(), metadata=self._metadata):
+                yield resp.lsn
+        except grpc.RpcError as e:
+            raise self._handle(e) from None
+
+    # -- Events
+    def publish(self, topic: str, key: bytes, payload: bytes) -> int:
+        req = pb.PublishRequest(topic=topic, key=key, payload=payload)
+        return self._call("events.Publish", req, retry=False).lsn
+
+    def subscribe(self, topics: Iterable[str] = (), *, key_prefix: bytes = b"",
+                  from_lsn: int = 0, timeout: float | None = None) -> Iterator:
+        """Events (lsn, topic, key, value, deleted) in LSN order; raises Lapped/Compacted."""
+        call = self.events.Subscribe(
+            pb.SubscribeRequest(topics=list(topics), key_prefix=key_prefix, from_lsn=from_lsn),
+            timeout=timeout, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as e:
+            raise self._handle(e) from None
+
+    # -- Admin
+    def status(self):
+        return self._call("admin.Status", pb.StatusRequest(), retry=True)
+
+    def checkpoint(self, path: str) -> int:
+        return self._call("admin.Checkpoint", pb.CheckpointRequest(path=path), retry=False,
+                          timeout=max(self.timeout, 600)).lsn
+
+    def compact(self) -> float:
+        return self._call("admin.Compact", pb.CompactRequest(), retry=False,
+                          timeout=max(self.timeout, 3600)).seconds
+
+
+class AsyncClient(_Base):
+    """asyncio client on grpc.aio; same methods as Client, awaitable."""
+
+    def __init__(self, target: str = "127.0.0.1:7400", *, token: str | None = None,
+                 timeout: float = 10.0, retry: RetryPolicy | None = None,
+                 breaker: CircuitBreaker | None = None, root_certificates: bytes | None = None,
+                 tls: bool = False, max_message: int = 64 << 20) -> None:
+        super().__init__(target, token, timeout, retry, breaker, root_certificates, tls, max_message)
+        self._connect(target)
+
+    def _connect(self, target: str) -> None:
+        args = _channel_args(self._max_message)
+        if self._tls:
+            ch = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(self._roots), args)
+        else:
+            ch = grpc.aio.insecure_channel(target, args)
+        self._stubs(ch)
+        self.target = target
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
+        for attempt in range(self.retry.attempts if retry else 1):
+            self.breaker.before()
+            stub_method = getattr(getattr(self, method.split(".")[0]), method.split(".")[1])
+            try:
+                resp = await stub_method(request, timeout=timeout or self.timeout,
+                                         metadata=self._metadata)
+                self.breaker.success()
+                return resp
+            except grpc.RpcError as e:
+                err = self._handle(e)
+                if isinstance(err, errors.NotMaster) and err.master and not self._redirected:
+                    self._redirected = True
+                    await self.close()
+                    self._connect(err.master)
+                    continue
+                if not (retry and err.retryable) or attempt == self.retry.attempts - 1:
+                    raise err from None
+            await asyncio.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
+        req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
+        return (await self._call("kv.Put", req, retry=True)).lsn
+
+    async def get(self, key: bytes) -> bytes | None:
+        return (await self.get_entry(key))[0]
+
+    async def get_entry(self, key: bytes) -> tuple[bytes | None, int]:
+        resp = await self._call("kv.Get", pb.GetRequest(key=key), retry=True)
+        return (resp.value, resp.lsn) if resp.found else (None, 0)
+
+    async def delete(self, key: bytes, *, request_id: str | None = None) -> int:
+        req = pb.DeleteRequest(key=key, request_id=request_id or uuid.uuid4().hex)
+        return (await self._call("kv.Delete", req, retry=True)).lsn
+
+    async def batch(self, ops: Iterable[tuple], *, request_id: str | None = None) -> int:
+        req = pb.BatchRequest(ops=_ops(ops), request_id=request_id or uuid.uuid4().hex)
+        return (await self._call("kv.Batch", req, retry=True)).lsn
+
+    async def compare_and_set(self, key: bytes, value: bytes | None = None, *,
+                              expected_lsn: int | None = None, expected_value: bytes | None = None,
+                              expect_absent: bool = False, delete: bool = False) -> int:
+        req = _cas_request(key, value, expected_lsn, expected_value, expect_absent, delete)
+        return (await self._call("kv.CompareAndSet", req, retry=False)).lsn
+
+    async def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
+                   keys_only: bool = False) -> AsyncIterator[tuple[bytes, bytes]]:
+        self.breaker.before()
+        call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only),
+                            timeout=self.timeout, metadata=self._metadata)
+        try:
+            async for chunk in call:
+                for kv in chunk.items:
+                    yield kv.key, kv.value
+            self.breaker.success()
+        except grpc.RpcError as e:
+            raise self._handle(e) from None
+
+    async def publish(self, topic: str, key: bytes, payload: bytes) -> int:
+        req = pb.PublishRequest(topic=topic, key=key, payload=payload)
+        return (await self._call("events.Publish", req, retry=False)).lsn
+
+    async def subscribe(self, topics: Iterable[str] = (), *, key_prefix: bytes = b"",
+                        from_lsn: int = 0) -> AsyncIterator:
+        call = self.events.Subscribe(
+            pb.SubscribeRequest(topics=list(topics), key_prefix=key_prefix, from_lsn=from_lsn),
+            metadata=self._metadata)
+        try:
+            async for ev in call:
+                yield ev
+        except grpc.RpcError as e:
+            raise self._handle(e) from None
+
+    async def status(self):
+        return await self._call("admin.Status", pb.StatusRequest(), retry=True)

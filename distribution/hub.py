@@ -1,0 +1,218 @@
+"""Event hub: fans committed WAL frames out to subscribers, in LSN order.
+
+Every durable frame becomes events `(lsn, topic, key, value, deleted)`: KV
+writes on the topic "kv" (one event per operation of a batch), published
+events on their own topic. The engine hands frames over from its committing
+thread (`on_commit`, which only appends to a bounded deque); the hub decodes
+and distributes them on the event loop. The commit path never waits for a
+subscriber.
+
+Bounds and overflow policy (docs/operations.md, "Subscriptions"):
+- each subscriber holds at most `maxlen` undelivered events; one more and it
+  is cut off with `Lapped(resume_lsn)`, the LSN to resume from through
+  history replay, instead of buffering without bound;
+- the hand-over deque holds at most `max_pending` frames; if the loop falls
+  that far behind, every subscriber is cut off the same way.
+History (`stream(..., from_lsn=N)`) is replayed from the WAL segments on
+disk, then handed over to the live feed with no gap and no duplicate
+(events are deduplicated by LSN at the seam).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from typing import AsyncIterator, NamedTuple
+
+import msgpack
+
+from storage import record
+from storage.errors import Compacted
+
+
+class Event(NamedTuple):
+    lsn: int
+    topic: str
+    key: bytes
+    value: bytes
+    deleted: bool
+
+
+class Lapped(Exception):
+    """The subscriber fell behind its bound; resume from `resume_lsn`."""
+
+    def __init__(self, resume_lsn: int, reason: str) -> None:
+        super().__init__(f"{reason}; resume from LSN {resume_lsn}")
+        self.resume_lsn = resume_lsn
+
+
+KV_TOPIC = "kv"
+
+
+def frame_events(lsn: int, ftype: int, payload: bytes) -> list[Event]:
+    if ftype == record.TYPE_PUT:
+        k, v = msgpack.unpackb(payload)
+        return [Event(lsn, KV_TOPIC, k, v, False)]
+    if ftype == record.TYPE_DELETE:
+        return [Event(lsn, KV_TOPIC, msgpack.unpackb(payload), b"", True)]
+    if ftype == record.TYPE_BATCH:
+        return [Event(lsn + i, KV_TOPIC, k, v if op == 1 else b"", op != 1)
+                for i, (op, k, v) in enumerate(msgpack.unpackb(payload))]
+    if ftype == record.TYPE_EVENT:
+        topic, k, v = msgpack.unpackb(payload)
+        return [Event(lsn, topic.decode(errors="replace"), k, v, False)]
+    return []
+
+
+class Subscription:
+    """One subscriber's filter and bounded queue. Loop-thread only."""
+
+    def __init__(self, topics: frozenset[str] | None, key_prefix: bytes, maxlen: int) -> None:
+        self.topics = topics
+        self.key_prefix = key_prefix
+        self.maxlen = maxlen
+        self.queue: collections.deque[Event] = collections.deque()
+        self.lapped: Lapped | None = None
+        self._ready = asyncio.Event()
+        self.delivered = 0
+
+    def wants(self, ev: Event) -> bool:
+        return (self.topics is None or ev.topic in self.topics) and ev.key.startswith(self.key_prefix)
+
+    def offer(self, ev: Event) -> None:
+        if self.lapped is not None:
+            return
+        if len(self.queue) >= self.maxlen:
+            first = self.queue[0].lsn if self.queue else ev.lsn
+            self.cut_off(first, f"subscriber fell {self.maxlen} events behind")
+            return
+        self.queue.append(ev)
+        self._ready.set()
+
+    def cut_off(self, resume_lsn: int, reason: str) -> None:
+        self.queue.clear()
+        self.lapped = Lapped(resume_lsn, reason)
+        self._ready.set()
+
+    async def get(self) -> Event:
+        while not self.queue:
+            if self.lapped is not None:
+                raise self.lapped
+            self._ready.clear()
+            await self._ready.wait()
+        return self.queue.popleft()
+
+
+class Hub:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_pending: int = 100_000) -> None:
+        self.loop = loop
+        self.max_pending = max_pending
+        self.subs: set[Subscription] = set()
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._scheduled = False
+        self._overflow_lsn = 0
+        self.published = 0
+
+    # -- engine side (any thread) -------------------------------------------------
+
+    def on_commit(self, frames: list[bytes]) -> None:
+        """Engine commit listener: hand frames to the loop. Never blocks."""
+        if not self.subs:
+            return
+        if len(self._pending) >= self.max_pending:
+            if not self._overflow_lsn:
+                self._overflow_lsn = record.parse_frame(frames[0])[0]
+        else:
+            self._pending.extend(frames)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                pass  # loop closed: shutting down
+
+    # -- loop side -----------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        pending = self._pending
+        subs = list(self.subs)
+        while pending:
+            lsn, _, ftype, payload = record.parse_frame(pending.popleft())
+            for ev in frame_events(lsn, ftype, payload):
+                self.published += 1
+                for s in subs:
+                    if s.wants(ev):
+                        s.offer(ev)
+        if self._overflow_lsn:
+            for s in subs:
+                s.cut_off(self._overflow_lsn, "the server fell behind fanning out events")
+            self._overflow_lsn = 0
+
+    def subscribe(self, topics: frozenset[str] | None, key_prefix: bytes, maxlen: int) -> Subscription:
+        s = Subscription(topics, key_prefix, maxlen)
+        self.subs.add(s)
+        return s
+
+    def unsubscribe(self, s: Subscription) -> None:
+        self.subs.discard(s)
+
+
+async def _history(engine, from_lsn: int, upto: int, batch: int = 2000) -> AsyncIterator[Event]:
+    """Events with from_lsn <= lsn <= upto read from the retained WAL (off the loop)."""
+    loop = asyncio.get_running_loop()
+    frames = engine.wal().read_from(from_lsn)
+
+    def chunk() -> list:
+        try:
+            return list(itertools.islice(frames, batch))
+        except FileNotFoundError:
+            raise Compacted(from_lsn, engine.wal().earliest_lsn()) from None
+
+    while True:
+        part = await loop.run_in_executor(None, chunk)
+        if not part:
+            return
+        for fr in part:
+            for ev in frame_events(fr.lsn, fr.type, fr.payload):
+                if ev.lsn > upto:
+                    return
+                if ev.lsn >= from_lsn:
+                    yield ev
+
+
+async def stream(hub: Hub, engine, topics: frozenset[str] | None, key_prefix: bytes,
+                 from_lsn: int, maxlen: int) -> AsyncIterator[Event]:
+    """History from `from_lsn` (0: none), then live events, each once, in LSN order.
+
+    Raises Compacted if from_lsn is no longer retained, Lapped if the
+    subscriber falls `maxlen` events behind.
+    """
+    pos = from_lsn
+    if from_lsn:
+        if from_lsn < engine.wal().earliest_lsn():
+            raise Compacted(from_lsn, engine.wal().earliest_lsn())
+        # Catch up from disk until close to live, so that the live queue
+        # does not overflow while history is read.
+        while engine.last_lsn - pos > maxlen // 2:
+            upto = engine.last_lsn
+            async for ev in _history(engine, pos, upto):
+                if (topics is None or ev.topic in topics) and ev.key.startswith(key_prefix):
+                    yield ev
+            pos = upto + 1
+    sub = hub.subscribe(topics, key_prefix, maxlen)
+    try:
+        boundary = engine.last_lsn
+        if from_lsn and pos <= boundary:
+            async for ev in _history(engine, pos, boundary):
+                if sub.wants(ev):
+                    yield ev
+        next_lsn = boundary + 1
+        while True:
+            ev = await sub.get()
+            if ev.lsn < next_lsn:
+                continue  # already replayed from history
+            yield ev
+    finally:
+        hub.unsubscribe(sub)

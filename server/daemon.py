@@ -1,0 +1,188 @@
+"""The daemon's lifecycle, composed in one place.
+
+start:  gRPC listener up with health NOT_SERVING (so probes get an answer
+        while the database recovers), metrics and WebSocket listeners, then
+        the engine opened off the loop, then health SERVING and systemd
+        READY=1.
+run:    SIGHUP reloads the reloadable options and the log level; the systemd
+        watchdog is fed while the loop is alive.
+drain:  on SIGTERM/SIGINT: health NOT_SERVING, systemd STOPPING=1, new
+        calls refused with UNAVAILABLE, subscribers told to resume elsewhere,
+        in-flight calls given `drain_timeout_s` to finish;
+stop:   listeners closed, then the engine closed (memtable flushed, so the
+        next start replays nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from distribution.hub import Hub
+from proto.strata.v1 import strata_pb2 as pb
+from proto.strata.v1 import strata_pb2_grpc as pbg
+from storage import Engine
+
+from . import config as config_mod
+from . import sdnotify
+from .config import Config, grpc_message_limit
+from .logs import set_level
+from .metrics import Metrics
+from .service import AdminService, EventsService, Gate, KVService, tolerant_handlers
+
+log = logging.getLogger("strata.daemon")
+
+SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
+
+
+class Daemon:
+    def __init__(self, cfg: Config, config_path: str | None = None,
+                 flags: dict | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.flags = flags or {}
+        self.metrics = Metrics()
+        self.gate = Gate(cfg, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.engine: Engine | None = None
+        self.server: grpc.aio.Server | None = None
+        self.ws = None
+        self.grpc_port = 0
+        self._stop = asyncio.Event()
+
+    async def _set_health(self, status) -> None:
+        for name in ["", *SERVICES]:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        limit = grpc_message_limit(cfg)
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 60_000),
+        ])
+        target = tolerant_handlers(server)
+        pbg.add_KVServicer_to_server(KVService(self.gate), target)
+        pbg.add_EventsServicer_to_server(EventsService(self.gate), target)
+        pbg.add_AdminServicer_to_server(AdminService(self.gate), target)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if cfg.tls_cert:
+            with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
+                creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+            port = server.add_secure_port(cfg.grpc_listen, creds)
+        else:
+            port = server.add_insecure_port(cfg.grpc_listen)
+        if not port:
+            raise OSError(f"cannot listen on {cfg.grpc_listen}")
+        self.grpc_port = port
+        await server.start()
+        self.server = server
+        if cfg.metrics_listen:
+            self.metrics.serve(cfg.metrics_listen)
+        if cfg.ws_listen:
+            from .ws import start_ws
+
+            self.ws = await start_ws(cfg, self.gate)
+        log.info("listening: grpc %s, websocket %s, metrics %s; recovering %s",
+                 cfg.grpc_listen, cfg.ws_listen or "off", cfg.metrics_listen or "off", cfg.data_dir)
+        loop = asyncio.get_running_loop()
+        self.engine = await loop.run_in_executor(None, self._open_engine)
+        hub = Hub(loop)
+        self.engine.add_commit_listener(hub.on_commit)
+        self.gate.hub = hub
+        self.gate.engine = self.engine
+        self.metrics.attach_engine(self.engine)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        sdnotify.notify(f"READY=1\nSTATUS=serving, last LSN {self.engine.last_lsn}\nMAINPID={__import__('os').getpid()}")
+        log.info("serving in %.3fs (last LSN %d, durability %s)",
+                 time.monotonic() - t0, self.engine.last_lsn, cfg.durability)
+
+    def _open_engine(self) -> Engine:
+        cfg = self.cfg
+        return Engine.open(cfg.data_dir, durability=cfg.durability,
+                           sync_interval_ms=cfg.sync_interval_ms, memtable_size=cfg.memtable_size,
+                           block_cache_size=cfg.block_cache_size,
+                           wal_retention_bytes=cfg.wal_retention_bytes)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read file and environment; apply what can change while running."""
+        try:
+            cfg, _ = config_mod.load(self.config_path, flags=self.flags)
+        except config_mod.ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        changed = [n for n, (_, reloadable) in config_mod.OPTIONS.items()
+                   if reloadable and getattr(cfg, n) != getattr(self.cfg, n)]
+        fixed = [n for n, (_, reloadable) in config_mod.OPTIONS.items()
+                 if not reloadable and getattr(cfg, n) != getattr(self.cfg, n)]
+        for n in changed:
+            setattr(self.cfg, n, getattr(cfg, n))
+        self.gate.reload(self.cfg)
+        set_level(self.cfg.log_level)
+        log.info("reloaded: changed %s%s", ", ".join(changed) or "nothing",
+                 f"; restart needed for {', '.join(fixed)}" if fixed else "")
+
+    async def _watchdog(self, every: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(every)
+
+    async def serve_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        every = sdnotify.watchdog_interval()
+        dog = asyncio.ensure_future(self._watchdog(every)) if every else None
+        await self._stop.wait()
+        if dog is not None:
+            dog.cancel()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        t0 = time.monotonic()
+        log.info("draining: refusing new calls, %.1fs for calls in flight", self.cfg.drain_timeout_s)
+        sdnotify.notify("STOPPING=1")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.gate.draining = True
+        if self.gate.hub is not None:
+            for sub in list(self.gate.hub.subs):
+                sub.cut_off(self.engine.last_lsn + 1 if self.engine else 0, "server shutting down")
+        if self.ws is not None:
+            self.ws.close()
+        if self.server is not None:
+            await self.server.stop(self.cfg.drain_timeout_s)
+        if self.ws is not None:
+            await self.ws.wait_closed()
+        self.metrics.close()
+        if self.engine is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        log.info("stopped cleanly in %.3fs", time.monotonic() - t0)
+
+
+async def run(cfg: Config, config_path: str | None, flags: dict) -> int:
+    d = Daemon(cfg, config_path, flags)
+    try:
+        await d.start()
+    except Exception as e:
+        log.error("startup failed: %s", e, exc_info=not isinstance(e, OSError))
+        await d.stop()
+        return 1
+    await d.serve_until_signalled()
+    await d.stop()
+    return 0

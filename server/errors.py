@@ -1,0 +1,81 @@
+"""The error taxonomy and its mapping to gRPC status codes, in one place.
+
+| class          | gRPC code            | when                                              |
+|----------------|----------------------|---------------------------------------------------|
+| invalid input  | INVALID_ARGUMENT     | bad or oversized key/value/batch; nothing written |
+| not found      | NOT_FOUND            | a named resource (not a key) does not exist        |
+| conflict       | ABORTED              | compare-and-set mismatch (trailer strata-current-lsn) |
+| not master     | FAILED_PRECONDITION  | write sent to a replica (trailer strata-master)   |
+| overload       | RESOURCE_EXHAUSTED   | rate limit, concurrency cap, write stall          |
+| timeout        | DEADLINE_EXCEEDED    | the call's deadline passed                        |
+| transient      | UNAVAILABLE          | starting, recovering, draining: retry elsewhere/later |
+| out of range   | OUT_OF_RANGE         | history older than the WAL retains (trailer strata-earliest-lsn) |
+| internal       | INTERNAL             | a bug, corruption, or a failed disk               |
+
+Transient and overload are retryable (with back-off); the client library
+retries only those, and writes only when they carry a request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from storage import errors as se
+
+log = logging.getLogger("strata.rpc")
+
+
+class ServerError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, trailers: tuple = ()) -> None:
+        super().__init__(message)
+        self.trailers = trailers
+
+
+class InvalidInput(ServerError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Overloaded(ServerError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServerError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(ServerError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class NotFound(ServerError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+def classify(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple]:
+    """(code, message, trailing metadata) for any exception raised by a handler."""
+    if isinstance(exc, ServerError):
+        return exc.code, str(exc), exc.trailers
+    if isinstance(exc, se.InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), ()
+    if isinstance(exc, se.Conflict):
+        return grpc.StatusCode.ABORTED, str(exc), (("strata-current-lsn", str(exc.current_lsn)),)
+    if isinstance(exc, se.WriteStalled):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), ()
+    if isinstance(exc, se.Compacted):
+        return (grpc.StatusCode.OUT_OF_RANGE, str(exc),
+                (("strata-earliest-lsn", str(exc.earliest_lsn)),))
+    if isinstance(exc, se.Closed):
+        if "error" in str(exc) or "failed" in str(exc):
+            return grpc.StatusCode.INTERNAL, f"storage failure: {exc}", ()
+        return grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another node or later", ()
+    if isinstance(exc, se.Corruption):
+        return grpc.StatusCode.INTERNAL, f"storage corruption: {exc}", ()
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", ()
+    log.exception("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", ()

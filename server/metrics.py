@@ -1,0 +1,107 @@
+"""Prometheus metrics: request counters and latencies per method and code, plus
+engine, limiter and subscriber figures read at scrape time.
+
+Served by prometheus_client's HTTP server (its own thread) on metrics_listen.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("strata_requests_total", "RPCs finished, by method and status code",
+                                ["method", "code"], registry=r)
+        self.latency = Histogram("strata_request_seconds", "RPC latency, by method",
+                                 ["method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.open_streams = Gauge("strata_open_streams", "streams open now", registry=r)
+        self.inflight = Gauge("strata_inflight_calls", "unary calls in progress", registry=r)
+        self.refused = Counter("strata_refused_total", "calls refused before running, by reason",
+                               ["reason"], registry=r)
+        self.subscribers = Gauge("strata_subscribers", "event subscribers connected", registry=r)
+        self.subscribers_cut = Counter("strata_subscribers_cut_total",
+                                       "subscribers disconnected for falling behind", registry=r)
+        self._server = None
+        self.engine = None
+
+    def attach_engine(self, engine) -> None:
+        """Export the engine's counters (read at scrape time, no hot-path cost)."""
+        self.engine = engine
+        self.registry.register(_EngineCollector(self))
+
+    def serve(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self._server, _ = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                            registry=self.registry)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port if self._server is not None else 0
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _EngineCollector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        eng = self.m.engine
+        if eng is None:
+            return
+        st = eng.stats
+        counters = {
+            "wal_groups": ("WAL group commits (one write+fsync each in durability=always)", "groups"),
+            "wal_group_frames": ("frames written in group commits", "group_frames"),
+            "flushes": ("memtable flushes to L0", "flushes"),
+            "flush_bytes": ("bytes written by flushes", "flush_bytes"),
+            "flush_seconds": ("time spent flushing", "flush_seconds"),
+            "compactions": ("compactions run (trivial moves excluded)", "compactions"),
+            "compaction_read_bytes": ("bytes read by compactions", "compaction_read_bytes"),
+            "compaction_write_bytes": ("bytes written by compactions", "compaction_write_bytes"),
+            "compaction_seconds": ("time spent compacting", "compaction_seconds"),
+            "write_slowdowns": ("writes delayed 1 ms for L0 pressure", "slowdowns"),
+            "write_stops": ("writes blocked until compaction caught up", "stops"),
+            "write_stall_seconds": ("time writers spent stalled", "stall_seconds"),
+        }
+        for name, (doc, key) in counters.items():
+            c = CounterMetricFamily(f"strata_engine_{name}", doc)
+            c.add_metric([], st[key])
+            yield c
+        g = GaugeMetricFamily("strata_engine_level_bytes", "bytes per LSM level", labels=["level"])
+        f = GaugeMetricFamily("strata_engine_level_files", "tables per LSM level", labels=["level"])
+        for lvl in eng.levels():
+            g.add_metric([str(lvl["level"])], lvl["bytes"])
+            f.add_metric([str(lvl["level"])], lvl["files"])
+        yield g
+        yield f
+        mem = GaugeMetricFamily("strata_engine_memtable_bytes", "bytes in the active memtable")
+        mem.add_metric([], eng._mem.size)
+        yield mem
+        lsn = GaugeMetricFamily("strata_engine_lsn", "last committed and last flushed LSN", labels=["kind"])
+        lsn.add_metric(["last"], eng.last_lsn)
+        lsn.add_metric(["flushed"], eng.flushed_lsn)
+        yield lsn
+        du = eng.disk_usage()
+        disk = GaugeMetricFamily("strata_engine_disk_bytes", "bytes on disk", labels=["kind"])
+        disk.add_metric(["sst"], du["sst_bytes"])
+        disk.add_metric(["wal"], du["wal_bytes"])
+        yield disk
+        wal = eng.wal()
+        fs = GaugeMetricFamily("strata_wal_fsync_total", "fdatasync calls on the WAL")
+        fs.add_metric([], wal.syncs)
+        yield fs

@@ -1,0 +1,457 @@
+"""gRPC services KV, Events and Admin on grpc.aio.
+
+Every call passes the same gate (`Gate`): engine ready, auth token, per-client
+rate limit, concurrency cap, deadline, then the handler; errors are mapped to
+status codes by server.errors.classify. Handlers never block the loop: writes
+await the engine's async commit path (fsync runs on the committer thread),
+scans and admin work run in the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Any, AsyncIterator
+
+import grpc
+
+from distribution.hub import Hub, Lapped, stream as hub_stream
+from proto.strata.v1 import strata_pb2 as pb
+from proto.strata.v1 import strata_pb2_grpc as pbg
+from storage import Engine
+
+from .config import Config
+from .errors import InvalidInput, Overloaded, Unauthenticated, Unavailable, classify
+from .limits import Bulkhead, RateLimiter
+from .metrics import Metrics
+
+log = logging.getLogger("strata.rpc")
+
+VERSION = "0.1.0"
+MAX_TOPIC = 256
+SCAN_CHUNK_ITEMS = 512
+SCAN_CHUNK_BYTES = 1 << 20
+WRITE_STREAM_INFLIGHT = 1024  # requests of one Write stream awaiting their fsync
+
+
+class Malformed:
+    """Stands in for a request whose bytes did not decode (see `tolerant_handlers`)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize):
+    def load(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as e:  # protobuf's DecodeError and friends
+            return Malformed(f"request is not a valid protobuf message: {e}")
+    return load
+
+
+class tolerant_handlers:
+    """Passed to the generated add_*_to_server in place of the server: installs the
+    handlers with deserializers that turn undecodable bytes into `Malformed`,
+    so the gate answers INVALID_ARGUMENT instead of gRPC's UNKNOWN."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    @staticmethod
+    def _patch(handlers: dict) -> None:
+        for name, h in list(handlers.items()):
+            if h.request_deserializer is not None:
+                handlers[name] = h._replace(request_deserializer=_tolerant(h.request_deserializer))
+
+    def add_generic_rpc_handlers(self, generic_handlers) -> None:
+        for g in generic_handlers:
+            self._patch(g._method_handlers)
+        self.server.add_generic_rpc_handlers(generic_handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self._patch(handlers)
+        self.server.add_registered_method_handlers(service, handlers)
+
+
+def _check(request) -> None:
+    if isinstance(request, Malformed):
+        raise InvalidInput(request.error)
+
+
+class RequestIds:
+    """Recently seen request ids -> LSN, so a retried write is answered, not repeated.
+
+    Bounded to `capacity` ids (least recently used forgotten) and kept in
+    memory only: a retry that spans a server restart may write twice.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._done: OrderedDict[str, int] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    async def run(self, request_id: str, write) -> int:
+        if not request_id:
+            return await write()
+        if len(request_id) > 64:
+            raise InvalidInput("request_id is longer than 64 characters")
+        lsn = self._done.get(request_id)
+        if lsn is not None:
+            return lsn
+        fut = self._inflight.get(request_id)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[request_id] = fut
+        try:
+            lsn = await write()
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: a lone caller must not log "never retrieved"
+            raise
+        finally:
+            self._inflight.pop(request_id, None)
+        fut.set_result(lsn)
+        self._done[request_id] = lsn
+        if len(self._done) > self.capacity:
+            self._done.popitem(last=False)
+        return lsn
+
+
+class Gate:
+    """Admission and accounting shared by every RPC."""
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.engine: Engine | None = None
+        self.hub: Hub | None = None
+        self.draining = False
+        self.rate = RateLimiter(cfg.rate_limit, cfg.rate_burst)
+        self.calls = Bulkhead(cfg.max_concurrent_calls)
+        self.streams = Bulkhead(cfg.max_streams)
+        self.ids = RequestIds()
+        self.started = time.monotonic()
+
+    def reload(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.rate.configure(cfg.rate_limit, cfg.rate_burst)
+        self.calls.limit = cfg.max_concurrent_calls
+        self.streams.limit = cfg.max_streams
+
+    def _client(self, context) -> str:
+        peer = context.peer() or ""
+        # "ipv4:127.0.0.1:5000" / "ipv6:[::1]:5000": the address without the port
+        return peer.rsplit(":", 1)[0]
+
+    def _admit(self, context) -> Engine:
+        cfg = self.cfg
+        if cfg.auth_token:
+            md = dict(context.invocation_metadata() or ())
+            got = md.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {cfg.auth_token}".encode()):
+                self.metrics.refused.labels("auth").inc()
+                raise Unauthenticated("missing or wrong token: send `authorization: Bearer <token>`")
+        if self.engine is None:
+            raise Unavailable("server is starting: the database is being recovered; retry shortly")
+        if self.draining:
+            raise Unavailable("server is shutting down; retry on another node or later")
+        if not self.rate.allow(self._client(context)):
+            self.metrics.refused.labels("rate").inc()
+            raise Overloaded(f"rate limit of {cfg.rate_limit:g} requests/s exceeded; back off and retry")
+        return self.engine
+
+    def _deadline(self, context) -> float:
+        left = context.time_remaining()
+        return left if left is not None else self.cfg.default_deadline_s
+
+    async def unary(self, method: str, context, handler, request=None) -> Any:
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        entered = False
+        try:
+            _check(request)
+            engine = self._admit(context)
+            if not self.calls.try_enter():
+                self.metrics.refused.labels("concurrency").inc()
+                raise Overloaded(f"more than {self.calls.limit} calls in progress; back off and retry")
+            entered = True
+            self.metrics.inflight.inc()
+            return await asyncio.wait_for(handler(engine), self._deadline(context))
+        except Exception as e:
+            code, msg, trailers = classify(e)
+            if trailers:
+                context.set_trailing_metadata(trailers)
+            await context.abort(code, msg)
+        finally:
+            if entered:
+                self.calls.leave()
+                self.metrics.inflight.dec()
+            self.metrics.requests.labels(method, code.name).inc()
+            self.metrics.latency.labels(method).observe(time.perf_counter() - t0)
+
+    async def streaming(self, method: str, context, gen, request=None) -> AsyncIterator:
+        code = grpc.StatusCode.OK
+        entered = False
+        try:
+            _check(request)
+            engine = self._admit(context)
+            if not self.streams.try_enter():
+                self.metrics.refused.labels("streams").inc()
+                raise Overloaded(f"more than {self.streams.limit} streams open; back off and retry")
+            entered = True
+            self.metrics.open_streams.inc()
+            async for item in gen(engine):
+                yield item
+        except Exception as e:
+            code, msg, trailers = classify(e)
+            if trailers:
+                context.set_trailing_metadata(trailers)
+            await context.abort(code, msg)
+        finally:
+            if entered:
+                self.streams.leave()
+                self.metrics.open_streams.dec()
+            self.metrics.requests.labels(method, code.name).inc()
+
+
+def _key(cfg: Config, key: bytes) -> bytes:
+    if not key:
+        raise InvalidInput("key must not be empty")
+    if len(key) > cfg.max_key_size:
+        raise InvalidInput(f"key is {len(key)} bytes; the limit is {cfg.max_key_size}")
+    return key
+
+
+def _value(cfg: Config, value: bytes) -> bytes:
+    if len(value) > cfg.max_value_size:
+        raise InvalidInput(f"value is {len(value)} bytes; the limit is {cfg.max_value_size}")
+    return value
+
+
+def _ops(cfg: Config, req) -> list[tuple]:
+    _check(req)
+    if not req.ops:
+        raise InvalidInput("a batch needs at least one operation")
+    if len(req.ops) > cfg.max_batch_ops:
+        raise InvalidInput(f"batch has {len(req.ops)} operations; the limit is {cfg.max_batch_ops}")
+    out: list[tuple] = []
+    size = 0
+    for i, op in enumerate(req.ops):
+        if op.kind == pb.Op.PUT:
+            out.append(("put", _key(cfg, op.key), _value(cfg, op.value)))
+            size += len(op.key) + len(op.value)
+        elif op.kind == pb.Op.DELETE:
+            out.append(("delete", _key(cfg, op.key)))
+            size += len(op.key)
+        else:
+            raise InvalidInput(f"operation {i} has no kind (PUT or DELETE)")
+    if size > cfg.max_batch_bytes:
+        raise InvalidInput(f"batch is {size} bytes; the limit is {cfg.max_batch_bytes}")
+    return out
+
+
+class KVService(pbg.KVServicer):
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def Put(self, request, context):
+        cfg = self.gate.cfg
+
+        async def handle(engine: Engine):
+            key, value = _key(cfg, request.key), _value(cfg, request.value)
+            lsn = await self.gate.ids.run(request.request_id, lambda: engine.put_async(key, value))
+            return pb.PutResponse(lsn=lsn)
+
+        return await self.gate.unary("KV.Put", context, handle, request)
+
+    async def Get(self, request, context):
+        async def handle(engine: Engine):
+            value, lsn = engine.get_entry(_key(self.gate.cfg, request.key))
+            if value is None:
+                return pb.GetResponse(found=False)
+            return pb.GetResponse(found=True, value=value, lsn=lsn)
+
+        return await self.gate.unary("KV.Get", context, handle, request)
+
+    async def Delete(self, request, context):
+        async def handle(engine: Engine):
+            key = _key(self.gate.cfg, request.key)
+            lsn = await self.gate.ids.run(request.request_id, lambda: engine.delete_async(key))
+            return pb.DeleteResponse(lsn=lsn)
+
+        return await self.gate.unary("KV.Delete", context, handle, request)
+
+    async def Batch(self, request, context):
+        async def handle(engine: Engine):
+            ops = _ops(self.gate.cfg, request)
+            lsn = await self.gate.ids.run(request.request_id, lambda: engine.write_batch_async(ops))
+            return pb.BatchResponse(lsn=lsn, id=request.id)
+
+        return await self.gate.unary("KV.Batch", context, handle, request)
+
+    async def CompareAndSet(self, request, context):
+        async def handle(engine: Engine):
+            key = _key(self.gate.cfg, request.key)
+            which = request.WhichOneof("expect")
+            if which is None:
+                raise InvalidInput("set one of expected_lsn, expected_value, expect_absent")
+            kwargs: dict[str, Any] = {which: getattr(request, which)}
+            if which == "expect_absent" and not request.expect_absent:
+                raise InvalidInput("expect_absent must be true when set")
+            if request.delete:
+                lsn = await engine.compare_and_set_async(key, delete=True, **kwargs)
+            else:
+                lsn = await engine.compare_and_set_async(key, _value(self.gate.cfg, request.value),
+                                                         **kwargs)
+            return pb.CompareAndSetResponse(lsn=lsn)
+
+        return await self.gate.unary("KV.CompareAndSet", context, handle, request)
+
+    async def Scan(self, request, context):
+        async def gen(engine: Engine):
+            loop = asyncio.get_running_loop()
+            snap = engine.snapshot()
+            try:
+                it = engine.scan(request.start or None, request.end or None, snapshot=snap)
+                left = request.limit or (1 << 62)
+                keys_only = request.keys_only
+
+                def chunk() -> tuple[list, bool]:
+                    out, size = [], 0
+                    for k, v in it:
+                        out.append(pb.KeyValue(key=k) if keys_only else pb.KeyValue(key=k, value=v))
+                        size += len(k) + (0 if keys_only else len(v))
+                        if len(out) >= min(SCAN_CHUNK_ITEMS, left) or size >= SCAN_CHUNK_BYTES:
+                            return out, True
+                    return out, False
+
+                more = True
+                while more and left > 0:
+                    items, more = await loop.run_in_executor(None, chunk)
+                    if items:
+                        left -= len(items)
+                        yield pb.ScanResponse(items=items, snapshot_lsn=snap.lsn)
+            finally:
+                snap.release()
+
+        async for item in self.gate.streaming("KV.Scan", context, gen, request):
+            yield item
+
+    async def Write(self, request_iterator, context):
+        gate = self.gate
+
+        async def gen(engine: Engine):
+            pending: asyncio.Queue = asyncio.Queue(WRITE_STREAM_INFLIGHT)
+            done = object()
+
+            async def reader() -> None:
+                try:
+                    async for req in request_iterator:
+                        ops = _ops(gate.cfg, req)
+                        task = asyncio.ensure_future(
+                            gate.ids.run(req.request_id, lambda ops=ops: engine.write_batch_async(ops)))
+                        await pending.put((req.id, task))
+                finally:
+                    await pending.put((0, done))
+
+            rtask = asyncio.ensure_future(reader())
+            try:
+                while True:
+                    rid, task = await pending.get()
+                    if task is done:
+                        break
+                    yield pb.BatchResponse(lsn=await task, id=rid)
+                await rtask  # surfaces a bad request's error
+            finally:
+                rtask.cancel()
+
+        async for item in gate.streaming("KV.Write", context, gen):
+            yield item
+
+
+class EventsService(pbg.EventsServicer):
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def Publish(self, request, context):
+        async def handle(engine: Engine):
+            topic = request.topic.encode()
+            if not 1 <= len(topic) <= MAX_TOPIC:
+                raise InvalidInput(f"topic must be 1 .. {MAX_TOPIC} bytes")
+            if request.topic == "kv":
+                raise InvalidInput('topic "kv" is reserved for key-space writes')
+            _value(self.gate.cfg, request.payload)
+            if len(request.key) > self.gate.cfg.max_key_size:
+                raise InvalidInput("event key is over max_key_size")
+            lsn = await engine.append_event_async(topic, request.key, request.payload)
+            return pb.PublishResponse(lsn=lsn)
+
+        return await self.gate.unary("Events.Publish", context, handle, request)
+
+    async def Subscribe(self, request, context):
+        gate = self.gate
+
+        async def gen(engine: Engine):
+            topics = frozenset(request.topics) if request.topics else None
+            gate.metrics.subscribers.inc()
+            try:
+                async for ev in hub_stream(gate.hub, engine, topics, request.key_prefix,
+                                           request.from_lsn, gate.cfg.subscriber_queue):
+                    yield pb.Event(lsn=ev.lsn, topic=ev.topic, key=ev.key, value=ev.value,
+                                   deleted=ev.deleted)
+            except Lapped as e:
+                gate.metrics.subscribers_cut.inc()
+                raise Overloaded(str(e), (("strata-resume-lsn", str(e.resume_lsn)),)) from None
+            finally:
+                gate.metrics.subscribers.dec()
+
+        async for item in gate.streaming("Events.Subscribe", context, gen, request):
+            yield item
+
+
+class AdminService(pbg.AdminServicer):
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def Status(self, request, context):
+        async def handle(engine: Engine):
+            du = engine.disk_usage()
+            return pb.StatusResponse(
+                node=self.gate.cfg.node, role="master", term=engine.term,
+                last_lsn=engine.last_lsn, flushed_lsn=engine.flushed_lsn,
+                levels=[pb.Level(level=lv["level"], files=lv["files"], bytes=lv["bytes"])
+                        for lv in engine.levels() if lv["files"]],
+                sst_bytes=du["sst_bytes"], wal_bytes=du["wal_bytes"], version=VERSION,
+                uptime_seconds=time.monotonic() - self.gate.started,
+                durability=engine.opts.durability)
+
+        return await self.gate.unary("Admin.Status", context, handle, request)
+
+    async def Checkpoint(self, request, context):
+        async def handle(engine: Engine):
+            path = request.path
+            if not path or not os.path.isabs(path):
+                raise InvalidInput("checkpoint path must be an absolute path on the server")
+            if os.path.exists(path):
+                raise InvalidInput(f"checkpoint path {path} already exists")
+            lsn = engine.last_lsn
+            await asyncio.get_running_loop().run_in_executor(None, engine.checkpoint, path)
+            return pb.CheckpointResponse(path=path, lsn=lsn)
+
+        return await self.gate.unary("Admin.Checkpoint", context, handle, request)
+
+    async def Compact(self, request, context):
+        async def handle(engine: Engine):
+            t0 = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(None, engine.compact_all)
+            return pb.CompactResponse(seconds=time.monotonic() - t0)
+
+        return await self.gate.unary("Admin.Compact", context, handle, request)

@@ -1,0 +1,115 @@
+"""Start the real daemon as a subprocess on free loopback ports with a temp data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health_status(addr: str, timeout: float = 1.0) -> int | None:
+    try:
+        with grpc.insecure_channel(addr) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
+                                                        timeout=timeout)
+            return resp.status
+    except grpc.RpcError:
+        return None
+
+
+class Daemon:
+    def __init__(self, data_dir: str, extra_env: dict | None = None, args: list | None = None):
+        self.data_dir = data_dir
+        self.grpc = f"127.0.0.1:{free_port()}"
+        self.ws = f"127.0.0.1:{free_port()}"
+        self.metrics = f"127.0.0.1:{free_port()}"
+        self.env = dict(os.environ, PYTHONPATH=ROOT, **(extra_env or {}))
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(os.path.dirname(data_dir), f"daemon-{time.monotonic_ns()}.log")
+
+    def start(self, wait: bool = True, timeout: float = 30.0) -> "Daemon":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--data-dir", self.data_dir,
+             "--grpc-listen", self.grpc, "--ws-listen", self.ws, "--metrics-listen", self.metrics,
+             *self.args],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=self._log, cwd=ROOT)
+        if wait:
+            self.wait_serving(timeout)
+        return self
+
+    def wait_serving(self, timeout: float = 30.0) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.logs()}")
+            if health_status(self.grpc, 0.5) == health_pb2.HealthCheckResponse.SERVING:
+                return time.monotonic() - t0
+            time.sleep(0.02)
+        raise TimeoutError(f"daemon not serving after {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        out = []
+        for line in self.logs().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate()
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    made: list[Daemon] = []
+
+    def make(extra_env=None, args=None, data_dir=None, start=True) -> Daemon:
+        d = Daemon(data_dir or str(tmp_path / "data"), extra_env, args)
+        made.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in made:
+        d.stop()
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    return daemon_factory()
