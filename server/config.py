@@ -29,7 +29,7 @@ class Config:
     node: str = field(default_factory=socket.gethostname)
     durability: str = "always"
     sync_interval_ms: int = 100
-    memtable_size: int = 4 << 20
+    memtable_size: int = 8 << 20
     block_cache_size: int = 64 << 20
     wal_retention_bytes: int = 64 << 20
     log_level: str = "info"
@@ -68,7 +68,7 @@ OPTIONS: dict[str, tuple[str, bool]] = {
     "max_batch_bytes": ("largest Batch request (bytes of keys and values)", True),
     "max_concurrent_calls": ("unary calls in progress at once; more get RESOURCE_EXHAUSTED", True),
     "max_streams": ("streams (Scan, Write, Subscribe) open at once; more get RESOURCE_EXHAUSTED", True),
-    "rate_limit": ("requests per second per client (peer address or token); 0: unlimited", True),
+    "rate_limit": ("requests per second per client address; 0: unlimited", True),
     "rate_burst": ("token-bucket burst per client (0: one second of rate_limit)", True),
     "default_deadline_s": ("deadline applied to calls that bring none", True),
     "drain_timeout_s": ("on SIGTERM, how long in-flight calls may take to finish", True),

@@ -212,13 +212,32 @@ def _recv(f):
     return msgpack.unpackb(data)
 
 
+class Cancelled(StorageError):
+    """The merge was cancelled (its engine is closing); its outputs are to be discarded."""
+
+
 class MergeWorker:
     """A child process that runs `run_merge` jobs one at a time. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
+        self._running_dir: str | None = None
+        self._cancelled = False
         self.restarts = 0
+
+    def cancel(self, dirpath: str) -> bool:
+        """Kill the worker if it is merging for `dirpath` (a closing engine).
+
+        The running `run` raises Cancelled; the partial outputs are `.tmp`
+        files, removed by the engine (or as orphans at the next open).
+        """
+        p = self._proc
+        if self._running_dir != dirpath or p is None:
+            return False
+        self._cancelled = True
+        p.kill()
+        return True
 
     def _ensure(self) -> subprocess.Popen:
         p = self._proc
@@ -236,6 +255,8 @@ class MergeWorker:
         with self._lock:
             for attempt in range(2):
                 p = self._ensure()
+                self._running_dir = job["dir"]
+                self._cancelled = False
                 try:
                     _send(p.stdin, job)
                     reply = _recv(p.stdout)
@@ -243,10 +264,14 @@ class MergeWorker:
                     p.kill()
                     p.wait()
                     self._proc = None
+                    if self._cancelled:
+                        raise Cancelled("compaction cancelled: the engine is closing") from None
                     self.restarts += 1
                     if attempt == 1:
                         raise StorageError(f"compaction worker died twice: {e}") from None
                     continue
+                finally:
+                    self._running_dir = None
                 if "error" in reply:
                     if reply.get("path") is not None:
                         raise Corruption(reply["path"], reply["offset"], reply["reason"])
