@@ -30,6 +30,18 @@ class Metrics:
                                        "subscribers disconnected for falling behind", registry=r)
         self._server = None
         self.engine = None
+        self._children: dict[tuple[str, str], tuple] = {}
+
+    def observe(self, method: str, code: str, seconds: float | None) -> None:
+        """Count one finished RPC (and its latency). Label children are cached:
+        `labels()` costs several microseconds per call (bench/server)."""
+        child = self._children.get((method, code))
+        if child is None:
+            child = self._children[(method, code)] = (self.requests.labels(method, code),
+                                                      self.latency.labels(method))
+        child[0].inc()
+        if seconds is not None:
+            child[1].observe(seconds)
 
     def attach_engine(self, engine) -> None:
         """Export the engine's counters (read at scrape time, no hot-path cost)."""

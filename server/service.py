@@ -184,7 +184,9 @@ class Gate:
                 raise Overloaded(f"more than {self.calls.limit} calls in progress; back off and retry")
             entered = True
             self.metrics.inflight.inc()
-            return await asyncio.wait_for(handler(engine), self._deadline(context))
+            # asyncio.timeout, not wait_for: no extra task per call.
+            async with asyncio.timeout(self._deadline(context)):
+                return await handler(engine)
         except Exception as e:
             code, msg, trailers = classify(e)
             if trailers:
@@ -194,8 +196,7 @@ class Gate:
             if entered:
                 self.calls.leave()
                 self.metrics.inflight.dec()
-            self.metrics.requests.labels(method, code.name).inc()
-            self.metrics.latency.labels(method).observe(time.perf_counter() - t0)
+            self.metrics.observe(method, code.name, time.perf_counter() - t0)
 
     async def streaming(self, method: str, context, gen, request=None) -> AsyncIterator:
         code = grpc.StatusCode.OK
@@ -219,7 +220,7 @@ class Gate:
             if entered:
                 self.streams.leave()
                 self.metrics.open_streams.dec()
-            self.metrics.requests.labels(method, code.name).inc()
+            self.metrics.observe(method, code.name, None)
 
 
 def _key(cfg: Config, key: bytes) -> bytes:
