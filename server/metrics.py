@@ -7,7 +7,9 @@ Served by prometheus_client's HTTP server (its own thread) on metrics_listen.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from storage.wal import SYNC_BUCKETS
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -114,6 +116,17 @@ class _EngineCollector:
         disk.add_metric(["wal"], du["wal_bytes"])
         yield disk
         wal = eng.wal()
-        fs = GaugeMetricFamily("strata_wal_fsync_total", "fdatasync calls on the WAL")
-        fs.add_metric([], wal.syncs)
-        yield fs
+        buckets, acc = [], 0
+        for le, n in zip((*SYNC_BUCKETS, float("inf")), wal.sync_counts):
+            acc += n
+            buckets.append((str(le) if le != float("inf") else "+Inf", acc))
+        h = HistogramMetricFamily("strata_wal_fsync_seconds", "WAL fdatasync latency")
+        h.add_metric([], buckets, wal.sync_seconds)
+        yield h
+        buckets, acc = [], 0
+        for le, n in eng.group_size_histogram():
+            acc += n
+            buckets.append((str(le) if le >= 0 else "+Inf", acc))
+        g = HistogramMetricFamily("strata_wal_group_frames", "frames per WAL group commit")
+        g.add_metric([], buckets, st["group_frames"])
+        yield g

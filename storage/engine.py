@@ -225,6 +225,9 @@ class Engine:
         self._max_value = opts.max_value_size
         self._throttled = False  # L0 or immutable memtables over a limit: see _install_sv
         self._puts = 0
+        # group commit sizes: bucket i counts groups whose size has bit length i
+        # (at most 2**i - 1 frames); the last bucket takes everything larger
+        self._group_sizes = [0] * 12
         self._stats = {
             "puts": 0, "deletes": 0, "batches": 0, "groups": 0, "group_frames": 0,
             "flushes": 0, "flush_bytes": 0, "flush_seconds": 0.0,
@@ -678,6 +681,7 @@ class Engine:
                     self._notify([w.frame for w in group])
                 self._stats["groups"] += 1
                 self._stats["group_frames"] += len(group)
+                self._group_sizes[min(len(group).bit_length(), len(self._group_sizes) - 1)] += 1
                 if self._mem.size >= self._memtable_size or self._rotate_requested:
                     self._rotate_requested = False
                     self._rotate_locked()
@@ -856,6 +860,11 @@ class Engine:
         out["block_cache_hits"] = self._cache.hits
         out["block_cache_misses"] = self._cache.misses
         return out
+
+    def group_size_histogram(self) -> list[tuple[int, int]]:
+        """[(upper bound on frames per group, groups)] of the WAL group commits so far."""
+        return [((1 << i) - 1 if i < len(self._group_sizes) - 1 else -1, n)
+                for i, n in enumerate(self._group_sizes)]
 
     @property
     def last_lsn(self) -> int:

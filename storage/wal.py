@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from bisect import bisect_left
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from .errors import Compacted, Corruption
 from .vfs import FileSystem, WritableFile
 
 log = logging.getLogger("strata.wal")
+
+# Upper bounds (seconds) of the fdatasync latency histogram (exported by the daemon).
+SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 PREFIX = "wal-"
 SUFFIX = ".log"
@@ -98,6 +102,8 @@ class Wal:
         self._sealed: list[tuple[int, str]] = []
         self.bytes_written = 0
         self.syncs = 0
+        self.sync_counts = [0] * (len(SYNC_BUCKETS) + 1)  # per bucket, last is +Inf
+        self.sync_seconds = 0.0
 
     # ------------------------------------------------------------------ recovery
 
@@ -282,8 +288,12 @@ class Wal:
         with cur.sync_lock:
             if not cur.closed:
                 cur.dirty = False
+                t0 = time.perf_counter()
                 cur.file.sync()
+                dt = time.perf_counter() - t0
                 self.syncs += 1
+                self.sync_seconds += dt
+                self.sync_counts[bisect_left(SYNC_BUCKETS, dt)] += 1
 
     def sync_if_dirty(self) -> None:
         cur = self._cur

@@ -310,3 +310,14 @@ def test_cli_client_commands(daemon):
     assert "role master" in strata("status").stdout
     assert strata("del", "greeting").returncode == 0
     assert strata("get", "greeting").returncode == 1
+
+
+def test_wal_histograms_are_exported(daemon):
+    with Client(daemon.grpc) as c:
+        for i in range(5):
+            c.put(b"h%d" % i, b"v")
+    text = urllib.request.urlopen(f"http://{daemon.metrics}/metrics", timeout=5).read().decode()
+    assert 'strata_wal_fsync_seconds_bucket{le="+Inf"}' in text
+    count = [line for line in text.splitlines() if line.startswith("strata_wal_fsync_seconds_count")]
+    assert count and float(count[0].split()[-1]) >= 5
+    assert 'strata_wal_group_frames_bucket{le="1"}' in text

@@ -1,0 +1,104 @@
+"""systemd notifications, TLS, deadlines and stream caps, through the real daemon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import grpc
+import pytest
+
+from strata_client import Client, errors
+from strata_client._proto import strata_pb2 as pb
+from strata_client._proto import strata_pb2_grpc as pbg
+
+
+def test_sd_notify_ready_watchdog_and_stopping(daemon_factory, tmp_path):
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(0.5)
+    d = daemon_factory(extra_env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"})
+    messages: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("WATCHDOG=1" in m for m in messages):
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+    assert any(m.startswith("READY=1") for m in messages), messages
+    assert any("WATCHDOG=1" in m for m in messages), messages
+    d.proc.send_signal(__import__("signal").SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("STOPPING=1" in m for m in messages):
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+    assert any("STOPPING=1" in m for m in messages), messages
+    assert d.proc.wait(10) == 0
+    sock.close()
+
+
+@pytest.fixture
+def tls_pair(tmp_path):
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is part of the base system here"
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(key), str(cert)
+
+
+def test_tls_from_config(daemon_factory, tls_pair):
+    key, cert = tls_pair
+    d = daemon_factory(extra_env={"STRATA_TLS_KEY": key, "STRATA_TLS_CERT": cert}, start=False)
+    d.start(wait=False)
+    roots = open(cert, "rb").read()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with Client(d.grpc, root_certificates=roots, timeout=2) as c:
+                c.put(b"secure", b"yes")
+                assert c.get(b"secure") == b"yes"
+            break
+        except errors.Unavailable:
+            assert time.monotonic() < deadline, d.logs()
+            time.sleep(0.1)
+    with Client(d.grpc, timeout=2, retry=None) as plain:  # no TLS: refused
+        plain.retry.attempts = 1
+        with pytest.raises(errors.Unavailable):
+            plain.get(b"secure")
+
+
+def test_stream_cap_refuses_with_resource_exhausted(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_MAX_STREAMS": "2"})
+    with grpc.insecure_channel(d.grpc) as ch:
+        events = pbg.EventsStub(ch)
+        subs = [events.Subscribe(pb.SubscribeRequest(topics=["t"])) for _ in range(2)]
+        time.sleep(0.5)  # both are open and waiting
+        third = events.Subscribe(pb.SubscribeRequest(topics=["t"]), timeout=5)
+        with pytest.raises(grpc.RpcError) as e:
+            next(third)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for s in subs:
+            s.cancel()
+
+
+def test_client_deadline_is_honoured(daemon):
+    with grpc.insecure_channel(daemon.grpc) as ch:
+        admin = pbg.AdminStub(ch)
+        kv = pbg.KVStub(ch)
+        kv.Batch(pb.BatchRequest(ops=[pb.Op(kind=pb.Op.PUT, key=b"k%05d" % i, value=b"x" * 500)
+                                      for i in range(5000)]))
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            admin.Compact(pb.CompactRequest(), timeout=0.001)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - t0 < 2
+        assert kv.Get(pb.GetRequest(key=b"k00001")).found  # still serving
