@@ -18,7 +18,11 @@ import math
 import mmh3
 import numpy as np
 
-BITS_PER_KEY = 10
+# 11 bits and 5 probes: 0.65 % false positives in theory, against 0.82 % for
+# 10 bits and 7 probes; a hit pays 5 probes instead of 7 (bench/engine:
+# readrandom-hit; every probe is interpreted Python).
+BITS_PER_KEY = 11
+PROBES = 5
 _MASK64 = (1 << 64) - 1
 
 
@@ -26,14 +30,15 @@ def _k_for(bits_per_key: int) -> int:
     return max(1, min(30, int(round(bits_per_key * math.log(2)))))
 
 
-def build(keys: list[bytes], bits_per_key: int = BITS_PER_KEY) -> bytes:
+def build(keys: list[bytes], bits_per_key: int = BITS_PER_KEY, k: int | None = None) -> bytes:
     """The filter block for `keys` (duplicates allowed).
 
     Vectorised with numpy: the same loop in Python measured 2.5 us per key
     (bench/engine: flush and compaction), which made compaction slower than
     ingest; this runs at ~0.1 us per key.
     """
-    k = _k_for(bits_per_key)
+    if k is None:
+        k = PROBES if bits_per_key == BITS_PER_KEY else _k_for(bits_per_key)
     m = max(64, len(keys) * bits_per_key)
     m = (m + 7) // 8 * 8
     if not keys:
@@ -49,8 +54,11 @@ def build(keys: list[bytes], bits_per_key: int = BITS_PER_KEY) -> bytes:
     return np.packbits(bitmap, bitorder="little").tobytes() + bytes([k])
 
 
+_hash64 = mmh3.hash64
+
+
 class BloomFilter:
-    __slots__ = ("_bits", "_m", "_k")
+    __slots__ = ("_bits", "_m", "_k", "_probes")
 
     def __init__(self, data: bytes) -> None:
         if len(data) < 2:
@@ -58,13 +66,14 @@ class BloomFilter:
         self._bits = data[:-1]
         self._m = len(self._bits) * 8
         self._k = data[-1]
+        self._probes = range(self._k)
 
     def may_contain(self, key: bytes) -> bool:
-        h1, h2 = mmh3.hash64(key, signed=False)
+        h1, h2 = _hash64(key, signed=False)
         m = self._m
         bits = self._bits
-        for i in range(self._k):
+        for i in self._probes:
             pos = ((h1 + i * h2) & _MASK64) % m
-            if not bits[pos >> 3] & (1 << (pos & 7)):
+            if not bits[pos >> 3] >> (pos & 7) & 1:
                 return False
         return True

@@ -242,8 +242,9 @@ class Engine:
         t0 = time.monotonic()
         exists = fs.exists(os.path.join(path, "CURRENT"))
         if not exists and fs.exists(path):
-            leftovers = [n for n in fs.listdir(path)
-                         if n.startswith(("MANIFEST-", "wal-")) or n.endswith(".sst")]
+            # A MANIFEST without CURRENT and without any log or table is a
+            # creation interrupted before CURRENT was written: start over.
+            leftovers = [n for n in fs.listdir(path) if n.startswith("wal-") or n.endswith(".sst")]
             if leftovers:
                 # Never initialise over a database whose CURRENT went missing:
                 # that would delete its tables as orphans.
@@ -752,8 +753,8 @@ class Engine:
 
     def _rotate_locked(self) -> None:
         """Make the memtable immutable and start a new one. REQUIRES: _mutex held."""
-        if not len(self._mem):
-            return
+        if not len(self._mem) or self._bg_error is not None:
+            return  # after a failed write the WAL's state is unknown: do not roll it
         try:
             self._wal.roll(self._visible_lsn + 1)
         except OSError as e:
@@ -1120,7 +1121,7 @@ class Engine:
     def flush(self) -> None:
         """Write the memtable to an L0 table and wait until it is installed."""
         with self._bg_cv:
-            if self._closed:
+            if self._closed or self._bg_error is not None:
                 self._raise_closed()
             if self._queue:
                 # A commit leader is writing a group outside the mutex: rolling

@@ -28,7 +28,9 @@ from typing import Iterator, NamedTuple
 from crc32c import crc32c
 
 MAGIC = b"STRATWAL"
-VERSION = 1
+# 2: the type byte's high bit is the sync-point flag (a version-1 reader
+# would take flagged frames for unknown types and truncate them as damage).
+VERSION = 2
 HEADER = struct.Struct("<8sIQI")
 HEADER_SIZE = HEADER.size  # 24
 FRAME = struct.Struct("<IIQQB")
@@ -57,8 +59,8 @@ _ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
 DATA_TYPES = bytes([TYPE_PUT, TYPE_DELETE, TYPE_BATCH, TYPE_EVENT, TYPE_TERM])
 
 # The commit leader writes at most this many bytes of queued frames at once
-# (more only when a single frame is larger). With durability=always nothing
-# older than the last group can be unsynced, which bounds a torn tail.
+# (more only when a single frame is larger): it bounds a group's latency and
+# the memory of one write.
 MAX_GROUP_BYTES = 4 << 20
 
 
@@ -188,8 +190,8 @@ def next_valid_frame(buf, start: int, marker: bytes) -> int | None:
 
     `marker` (see `marker()`) names the lowest term to look for and the frame
     types. Candidates are found with a C-speed regex on the frame header's
-    term and type bytes (any term >= the marker's, as long as it fits its low
-    byte: terms only grow) and confirmed by the checksum. Used at recovery
+    term and type bytes (terms from the marker's up to the marker's | 0xFFFF:
+    terms only grow) and confirmed by the checksum. Used at recovery
     only, to tell damage in the middle of written data from a torn tail.
     """
     term = struct.unpack_from("<Q", marker)[0]

@@ -188,23 +188,28 @@ class Wal:
         return RecoveredTail(frames, last_lsn, last_term, truncated)
 
     @staticmethod
-    def _synced_group_follows(buf, start: int) -> bool:
-        """Whether a whole synced group, and something after it, lies at `start`.
+    def _synced_group_follows(buf, start: int, marker: bytes) -> bool:
+        """Whether a whole synced group, and something after it, lies at or after `start`.
 
         With durability=always the leader writes a group, fsyncs, and only then
         does the next group get written; the last frame of each synced group
         carries the sync flag. Damage followed by a sync point *and more
         frames* is therefore in synced (acknowledged) data: corruption. Damage
-        in the last group is indistinguishable from a torn write.
+        in the last group is indistinguishable from a torn write. Further
+        damaged frames are skipped over, so a second bad frame cannot hide the
+        synced data behind it.
         """
         seen_sync = False
-        try:
-            for fr in record.iter_frames(buf, start):
-                if seen_sync:
-                    return True
-                seen_sync = record.is_sync_point(fr)
-        except record.BadFrame:
-            pass
+        pos: int | None = start
+        while pos is not None:
+            try:
+                for fr in record.iter_frames(buf, pos):
+                    if seen_sync:
+                        return True
+                    seen_sync = record.is_sync_point(fr)
+                return False
+            except record.BadFrame as e:
+                pos = record.next_valid_frame(buf, e.offset + 1, marker)
         return False
 
     def _recover_segment(self, buf, path: str, first: int, nxt: int | None, newest: bool,
@@ -242,9 +247,9 @@ class Wal:
             dropped = end - bad.offset
             torn = False
             if newest:
-                later = record.next_valid_frame(buf, bad.offset + 1,
-                                                record.marker(max(self._seg_term, self.min_term)))
-                torn = later is None or not self._synced_group_follows(buf, later)
+                mark = record.marker(max(self._seg_term, self.min_term))
+                later = record.next_valid_frame(buf, bad.offset + 1, mark)
+                torn = later is None or not self._synced_group_follows(buf, later, mark)
             return bad.offset, bad.reason, torn, dropped
         if nxt is not None and expected != nxt:
             return end_of_frames, (f"segment ends at LSN {expected - 1} but the next segment starts at "

@@ -8,7 +8,7 @@ writing twice). Publish and compare-and-set are never retried. Back-off is
 exponential with full jitter. A per-endpoint circuit breaker fails calls fast
 after `threshold` consecutive transient failures, for `cooldown` seconds,
 then lets one probe through. A NotMaster answer naming the master is
-followed once.
+followed (once per call, without using up an attempt).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-        return random.uniform(0, min(self.cap_s, self.base_s * (2 ** attempt)))
+        return random.uniform(0, min(self.cap_s, self.base_s * (2 ** min(attempt, 60))))
 
 
 class CircuitBreaker:
@@ -120,10 +120,10 @@ class _Base:
         self._tls = tls or root_certificates is not None
         self._roots = root_certificates
         self._max_message = max_message
-        self._redirected = False
 
     def _stubs(self, channel) -> None:
         self._channel = channel
+        self.breaker.success()  # a new endpoint starts with a closed circuit
         self.kv = pbg.KVStub(channel)
         self.events = pbg.EventsStub(channel)
         self.admin = pbg.AdminStub(channel)
@@ -132,6 +132,8 @@ class _Base:
         err = errors.from_rpc_error(e)
         if err.retryable:
             self.breaker.failure()
+        else:
+            self.breaker.success()  # the endpoint answered: it is up
         return err
 
 
@@ -164,24 +166,28 @@ class Client(_Base):
         self.close()
 
     def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
-        for attempt in range(self.retry.attempts if retry else 1):
+        attempts = self.retry.attempts if retry else 1
+        attempt = 0
+        redirected = False  # one NotMaster redirect per call; it costs no attempt
+        service, name = method.split(".")
+        while True:
             self.breaker.before()
-            stub_method = getattr(getattr(self, method.split(".")[0]), method.split(".")[1])
             try:
-                resp = stub_method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                resp = getattr(getattr(self, service), name)(
+                    request, timeout=timeout or self.timeout, metadata=self._metadata)
                 self.breaker.success()
                 return resp
             except grpc.RpcError as e:
                 err = self._handle(e)
-                if isinstance(err, errors.NotMaster) and err.master and not self._redirected:
-                    self._redirected = True
+                if isinstance(err, errors.NotMaster) and err.master and not redirected:
+                    redirected = True
                     self.close()
                     self._connect(err.master)
                     continue
-                if not (retry and err.retryable) or attempt == self.retry.attempts - 1:
+                attempt += 1
+                if not (retry and err.retryable) or attempt >= attempts:
                     raise err from None
-            time.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
+            time.sleep(self.retry.delay(attempt - 1))
 
     # -- KV
     def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
@@ -217,13 +223,18 @@ class Client(_Base):
         self.breaker.before()
         call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only),
                             timeout=self.timeout, metadata=self._metadata)
+        failed = False
         try:
             for chunk in call:
                 for kv in chunk.items:
                     yield kv.key, kv.value
-            self.breaker.success()
         except grpc.RpcError as e:
+            failed = True
             raise self._handle(e) from None
+        finally:
+            if not failed:  # finished, or abandoned by the caller: the endpoint answered
+                self.breaker.success()
+                call.cancel()
 
     def write_stream(self, batches: Iterable[list[tuple]]) -> Iterator[int]:
         """Send many batches on one Write stream; yields their LSNs in order."""
@@ -295,25 +306,28 @@ class AsyncClient(_Base):
         await self.close()
 
     async def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
-        for attempt in range(self.retry.attempts if retry else 1):
+        attempts = self.retry.attempts if retry else 1
+        attempt = 0
+        redirected = False  # one NotMaster redirect per call; it costs no attempt
+        service, name = method.split(".")
+        while True:
             self.breaker.before()
-            stub_method = getattr(getattr(self, method.split(".")[0]), method.split(".")[1])
             try:
-                resp = await stub_method(request, timeout=timeout or self.timeout,
-                                         metadata=self._metadata)
+                resp = await getattr(getattr(self, service), name)(
+                    request, timeout=timeout or self.timeout, metadata=self._metadata)
                 self.breaker.success()
                 return resp
             except grpc.RpcError as e:
                 err = self._handle(e)
-                if isinstance(err, errors.NotMaster) and err.master and not self._redirected:
-                    self._redirected = True
+                if isinstance(err, errors.NotMaster) and err.master and not redirected:
+                    redirected = True
                     await self.close()
                     self._connect(err.master)
                     continue
-                if not (retry and err.retryable) or attempt == self.retry.attempts - 1:
+                attempt += 1
+                if not (retry and err.retryable) or attempt >= attempts:
                     raise err from None
-            await asyncio.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
+            await asyncio.sleep(self.retry.delay(attempt - 1))
 
     async def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
         req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
@@ -345,13 +359,18 @@ class AsyncClient(_Base):
         self.breaker.before()
         call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only),
                             timeout=self.timeout, metadata=self._metadata)
+        failed = False
         try:
             async for chunk in call:
                 for kv in chunk.items:
                     yield kv.key, kv.value
-            self.breaker.success()
         except grpc.RpcError as e:
+            failed = True
             raise self._handle(e) from None
+        finally:
+            if not failed:  # finished, or abandoned by the caller: the endpoint answered
+                self.breaker.success()
+                call.cancel()
 
     async def publish(self, topic: str, key: bytes, payload: bytes) -> int:
         req = pb.PublishRequest(topic=topic, key=key, payload=payload)

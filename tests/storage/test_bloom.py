@@ -59,7 +59,7 @@ def test_empty_key_list():
     data = build([])
     assert len(data) == 64 // 8 + 1
     assert data[:-1] == bytes(8)
-    assert data[-1] == 7
+    assert data[-1] == bloom.PROBES
     f = BloomFilter(data)
     assert not any(f.may_contain(k) for k in keys(b"x", 1000) + [b""])
 
@@ -70,7 +70,8 @@ def test_layout_size_and_k():
         m = max(64, n * BITS_PER_KEY)
         m = (m + 7) // 8 * 8
         assert len(data) == m // 8 + 1, n
-        assert data[-1] == 7, n
+        assert data[-1] == bloom.PROBES, n  # the default: 11 bits per key, 5 probes
+    assert build(keys(b"k", 10), 10)[-1] == 7  # other densities: k = round(bits * ln 2)
     assert build(keys(b"k", 10), 20)[-1] == 14
     assert build(keys(b"k", 10), 1)[-1] == 1
     assert build(keys(b"k", 10), 100)[-1] == 30  # clamped

@@ -432,9 +432,9 @@ def test_segment_header_bad_crc():
 
 
 def test_segment_header_wrong_version_with_valid_crc():
-    head = struct.pack("<8sIQ", b"STRATWAL", 2, 5)
+    head = struct.pack("<8sIQ", b"STRATWAL", 1, 5)  # version 1 had no sync-point flag
     h = head + struct.pack("<I", crc32c(head))
-    with pytest.raises(ValueError, match=r"^p: unsupported version 2$"):
+    with pytest.raises(ValueError, match=r"^p: unsupported version 1$"):
         decode_header(h, "p")
 
 

@@ -1,0 +1,920 @@
+"""strata_client against scripted fake strata.v1 servers running in-process.
+
+Each test starts real gRPC servers on 127.0.0.1 (free ports) whose KV, Admin
+and Events services answer from a per-method script: a queue of actions
+(a response, an error with trailers, a stream, or a callable) followed by a
+default. Every call the server receives is recorded (method, request,
+metadata), so the tests can count server hits, compare request ids across
+retries and check the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import threading
+import time
+from collections import defaultdict, deque
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from strata_client import AsyncClient, CircuitBreaker, Client, RetryPolicy, errors
+from strata_client._proto import strata_pb2 as pb
+from strata_client._proto import strata_pb2_grpc as pbg
+
+C = grpc.StatusCode
+FAST = dict(base_s=0.001, cap_s=0.01)
+COOLDOWN = 0.2
+
+
+# --------------------------------------------------------------------------- fake server
+
+@dataclass
+class Err:
+    code: grpc.StatusCode
+    details: str = "scripted"
+    trailers: tuple = ()
+
+
+@dataclass
+class Stream:
+    items: list = field(default_factory=list)
+    err: Err | None = None
+
+
+@dataclass
+class Call:
+    method: str
+    request: object
+    metadata: dict
+
+
+DEFAULTS = {
+    "Put": lambda: pb.PutResponse(lsn=11),
+    "Get": lambda: pb.GetResponse(found=True, value=b"v", lsn=10),
+    "Delete": lambda: pb.DeleteResponse(lsn=12),
+    "Batch": lambda: pb.BatchResponse(lsn=13),
+    "CompareAndSet": lambda: pb.CompareAndSetResponse(lsn=14),
+    "Publish": lambda: pb.PublishResponse(lsn=15),
+    "Status": lambda: pb.StatusResponse(node="fake", role="master", last_lsn=99),
+    "Checkpoint": lambda: pb.CheckpointResponse(path="/tmp/cp", lsn=16),
+    "Compact": lambda: pb.CompactResponse(seconds=0.5),
+    "Scan": lambda: Stream([]),
+    "Subscribe": lambda: Stream([]),
+    "Write": lambda: None,  # Write answers each batch itself
+}
+
+
+class Fake:
+    """Scripted behaviour + call log shared by the three servicers of one server."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._queues: dict[str, deque] = defaultdict(deque)
+        self._always: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self.address = ""
+
+    # scripting
+    def then(self, method: str, *actions) -> "Fake":
+        """Answer the next calls of `method` with `actions`, in order."""
+        with self._lock:
+            self._queues[method].extend(actions)
+        return self
+
+    def always(self, method: str, action) -> "Fake":
+        """Answer `method` with `action` once its queue is empty."""
+        with self._lock:
+            self._always[method] = action
+        return self
+
+    # inspection
+    def hits(self, method: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for c in self.calls if method is None or c.method == method)
+
+    def requests(self, method: str) -> list:
+        with self._lock:
+            return [c.request for c in self.calls if c.method == method]
+
+    def wait_hits(self, n: int, timeout: float = 5.0) -> None:
+        with self._cv:
+            assert self._cv.wait_for(lambda: len(self.calls) >= n, timeout), \
+                f"server saw {len(self.calls)} calls, wanted {n}"
+
+    # dispatch
+    def _next(self, method: str, request, context):
+        with self._cv:
+            self.calls.append(Call(method, request, dict(context.invocation_metadata())))
+            self._cv.notify_all()
+            q = self._queues[method]
+            if q:
+                return q.popleft()
+            if method in self._always:
+                return self._always[method]
+        return DEFAULTS[method]()
+
+    @staticmethod
+    def _fail(context, err: Err):
+        if err.trailers:
+            context.set_trailing_metadata(tuple(err.trailers))
+        context.abort(err.code, err.details)
+
+    def unary(self, method: str, request, context):
+        action = self._next(method, request, context)
+        if callable(action) and not isinstance(action, Err):
+            action = action(request, context)
+        if isinstance(action, Err):
+            self._fail(context, action)
+        return action
+
+    def stream(self, method: str, request, context):
+        action = self._next(method, request, context)
+        if callable(action) and not isinstance(action, (Err, Stream)):
+            action = action(request, context)
+        if isinstance(action, Err):
+            self._fail(context, action)
+        for item in action.items:
+            yield item
+        if action.err is not None:
+            self._fail(context, action.err)
+
+
+class _KV(pbg.KVServicer):
+    def __init__(self, fake: Fake) -> None:
+        self.f = fake
+
+    def Put(self, request, context):
+        return self.f.unary("Put", request, context)
+
+    def Get(self, request, context):
+        return self.f.unary("Get", request, context)
+
+    def Delete(self, request, context):
+        return self.f.unary("Delete", request, context)
+
+    def Batch(self, request, context):
+        return self.f.unary("Batch", request, context)
+
+    def CompareAndSet(self, request, context):
+        return self.f.unary("CompareAndSet", request, context)
+
+    def Scan(self, request, context):
+        yield from self.f.stream("Scan", request, context)
+
+    def Write(self, request_iterator, context):
+        for req in request_iterator:
+            self.f._next("Write", req, context)
+            yield pb.BatchResponse(lsn=100 + req.id, id=req.id)
+
+
+class _Events(pbg.EventsServicer):
+    def __init__(self, fake: Fake) -> None:
+        self.f = fake
+
+    def Publish(self, request, context):
+        return self.f.unary("Publish", request, context)
+
+    def Subscribe(self, request, context):
+        yield from self.f.stream("Subscribe", request, context)
+
+
+class _Admin(pbg.AdminServicer):
+    def __init__(self, fake: Fake) -> None:
+        self.f = fake
+
+    def Status(self, request, context):
+        return self.f.unary("Status", request, context)
+
+    def Checkpoint(self, request, context):
+        return self.f.unary("Checkpoint", request, context)
+
+    def Compact(self, request, context):
+        return self.f.unary("Compact", request, context)
+
+
+def _start_fake() -> tuple[Fake, grpc.Server]:
+    fake = Fake()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pbg.add_KVServicer_to_server(_KV(fake), server)
+    pbg.add_EventsServicer_to_server(_Events(fake), server)
+    pbg.add_AdminServicer_to_server(_Admin(fake), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    assert port
+    server.start()
+    fake.address = f"127.0.0.1:{port}"
+    return fake, server
+
+
+@pytest.fixture
+def servers():
+    """Factory: servers() -> a new running Fake; all are stopped at teardown."""
+    started: list[grpc.Server] = []
+
+    def make() -> Fake:
+        fake, server = _start_fake()
+        started.append(server)
+        return fake
+
+    yield make
+    for s in started:
+        s.stop(0)
+
+
+@pytest.fixture
+def fake(servers) -> Fake:
+    return servers()
+
+
+@pytest.fixture
+def clients():
+    """Factory for sync Clients with fast retry timings; closed at teardown."""
+    made: list[Client] = []
+
+    def make(target: str, *, attempts: int = 5, threshold: int = 100, retry=None, **kw) -> Client:
+        c = Client(target, retry=retry or RetryPolicy(attempts=attempts, **FAST),
+                   breaker=CircuitBreaker(threshold=threshold, cooldown_s=COOLDOWN), **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def _async_client(target: str, *, attempts: int = 5, threshold: int = 100, **kw) -> AsyncClient:
+    return AsyncClient(target, retry=RetryPolicy(attempts=attempts, **FAST),
+                       breaker=CircuitBreaker(threshold=threshold, cooldown_s=COOLDOWN), **kw)
+
+
+WRITE_CALLS = {
+    "put": ("Put", lambda c: c.put(b"k", b"v"), 11),
+    "delete": ("Delete", lambda c: c.delete(b"k"), 12),
+    "batch": ("Batch", lambda c: c.batch([("put", b"a", b"1"), ("delete", b"b")]), 13),
+}
+RETRIED_CALLS = {**WRITE_CALLS, "get": ("Get", lambda c: c.get(b"k"), b"v")}
+TRANSIENT = [C.UNAVAILABLE, C.RESOURCE_EXHAUSTED, C.DEADLINE_EXCEEDED]
+
+
+# --------------------------------------------------------------------------- retries
+
+@pytest.mark.parametrize("code", TRANSIENT, ids=lambda c: c.name)
+@pytest.mark.parametrize("name", list(RETRIED_CALLS))
+def test_transient_errors_are_retried(fake, clients, name, code):
+    method, call, expected = RETRIED_CALLS[name]
+    fake.then(method, Err(code), Err(code))
+    c = clients(fake.address)
+    assert call(c) == expected
+    assert fake.hits(method) == 3
+    reqs = fake.requests(method)
+    assert all(r == reqs[0] for r in reqs), "each retry must resend the identical request"
+    if name != "get":
+        ids = {r.request_id for r in reqs}
+        assert len(ids) == 1 and "" not in ids, f"request_id changed between retries: {ids}"
+
+
+@pytest.mark.parametrize("name", list(WRITE_CALLS))
+def test_request_id_differs_between_calls(fake, clients, name):
+    method, call, _ = WRITE_CALLS[name]
+    c = clients(fake.address)
+    for _ in range(3):
+        call(c)
+    ids = [r.request_id for r in fake.requests(method)]
+    assert len(ids) == 3 and all(ids) and len(set(ids)) == 3
+
+
+def test_explicit_request_id_is_sent_on_every_retry(fake, clients):
+    fake.then("Put", Err(C.UNAVAILABLE), Err(C.UNAVAILABLE))
+    c = clients(fake.address)
+    assert c.put(b"k", b"v", request_id="my-id") == 11
+    assert [r.request_id for r in fake.requests("Put")] == ["my-id"] * 3
+    fake.then("Delete", Err(C.UNAVAILABLE))
+    assert c.delete(b"k", request_id="del-id") == 12
+    assert [r.request_id for r in fake.requests("Delete")] == ["del-id"] * 2
+    fake.then("Batch", Err(C.RESOURCE_EXHAUSTED))
+    assert c.batch([("put", b"a", b"1")], request_id="b-id") == 13
+    assert [r.request_id for r in fake.requests("Batch")] == ["b-id"] * 2
+
+
+def test_client_side_deadline_is_retried(fake, clients):
+    def slow(request, context):
+        time.sleep(0.5)
+        return pb.GetResponse(found=True, value=b"late", lsn=1)
+
+    fake.then("Get", slow)
+    c = clients(fake.address, timeout=0.15)
+    assert c.get_entry(b"k") == (b"v", 10)
+    assert fake.hits("Get") == 2
+
+
+def test_retries_stop_after_attempts(fake, clients):
+    fake.always("Put", Err(C.UNAVAILABLE, "draining"))
+    c = clients(fake.address, attempts=3)
+    with pytest.raises(errors.Unavailable) as ei:
+        c.put(b"k", b"v")
+    assert ei.value.code == "UNAVAILABLE" and ei.value.retryable
+    assert "draining" in str(ei.value)
+    assert fake.hits("Put") == 3
+    assert len({r.request_id for r in fake.requests("Put")}) == 1
+
+
+def test_backoff_uses_policy_delay_between_attempts_only(fake):
+    class Recording(RetryPolicy):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.seen: list[int] = []
+
+        def delay(self, attempt: int) -> float:
+            self.seen.append(attempt)
+            return super().delay(attempt)
+
+    policy = Recording(attempts=4, **FAST)
+    fake.always("Get", Err(C.UNAVAILABLE))
+    with Client(fake.address, retry=policy, breaker=CircuitBreaker(threshold=100)) as c:
+        with pytest.raises(errors.Unavailable):
+            c.get(b"k")
+        assert fake.hits("Get") == 4
+        assert policy.seen == [0, 1, 2]  # exponent grows; no sleep after the last try
+        policy.seen.clear()
+        fake.always("Get", pb.GetResponse(found=False))
+        assert c.get(b"k") is None
+        assert policy.seen == []
+
+
+@pytest.mark.parametrize("code,exc", [
+    (C.INVALID_ARGUMENT, errors.InvalidArgument),
+    (C.ABORTED, errors.Conflict),
+    (C.NOT_FOUND, errors.NotFound),
+    (C.UNAUTHENTICATED, errors.Unauthenticated),
+    (C.INTERNAL, errors.Internal),
+    (C.FAILED_PRECONDITION, errors.NotMaster),
+], ids=lambda x: getattr(x, "name", getattr(x, "__name__", "")))
+@pytest.mark.parametrize("name", list(RETRIED_CALLS))
+def test_non_transient_errors_are_not_retried(fake, clients, name, code, exc):
+    method, call, _ = RETRIED_CALLS[name]
+    fake.always(method, Err(code, "nope"))
+    c = clients(fake.address)
+    with pytest.raises(exc) as ei:
+        call(c)
+    assert ei.value.code == code.name and not ei.value.retryable
+    assert fake.hits(method) == 1
+
+
+@pytest.mark.parametrize("code", TRANSIENT, ids=lambda c: c.name)
+def test_publish_and_compare_and_set_are_never_retried(fake, clients, code):
+    fake.always("Publish", Err(code)).always("CompareAndSet", Err(code))
+    c = clients(fake.address)
+    with pytest.raises(errors.StrataError) as ei:
+        c.publish("t", b"k", b"p")
+    assert ei.value.retryable and ei.value.code == code.name
+    with pytest.raises(errors.StrataError) as ei:
+        c.compare_and_set(b"k", b"v", expected_lsn=3)
+    assert ei.value.retryable and ei.value.code == code.name
+    assert fake.hits("Publish") == 1
+    assert fake.hits("CompareAndSet") == 1
+
+
+def test_status_is_retried_admin_writes_are_not(fake, clients):
+    fake.then("Status", Err(C.UNAVAILABLE))
+    fake.always("Checkpoint", Err(C.UNAVAILABLE)).always("Compact", Err(C.UNAVAILABLE))
+    c = clients(fake.address)
+    assert c.status().last_lsn == 99
+    assert fake.hits("Status") == 2
+    with pytest.raises(errors.Unavailable):
+        c.checkpoint("/x")
+    with pytest.raises(errors.Unavailable):
+        c.compact()
+    assert fake.hits("Checkpoint") == 1 and fake.hits("Compact") == 1
+
+
+def test_unreachable_server_is_unavailable_after_retries(clients):
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+    c = clients(addr, attempts=3, timeout=2.0)
+    t0 = time.monotonic()
+    with pytest.raises(errors.Unavailable):
+        c.get(b"k")
+    assert time.monotonic() - t0 < 5
+
+
+# --------------------------------------------------------------------------- RetryPolicy.delay
+
+def test_delay_is_full_jitter_bounded_by_cap():
+    p = RetryPolicy(attempts=10, base_s=0.001, cap_s=0.01)
+    n = 4000
+    for attempt, bound in [(0, 0.001), (1, 0.002), (2, 0.004), (3, 0.008), (4, 0.01),
+                           (5, 0.01), (9, 0.01), (30, 0.01)]:
+        xs = [p.delay(attempt) for _ in range(n)]
+        assert all(0.0 <= x <= bound for x in xs), (attempt, max(xs))
+        assert len(set(xs)) > 0.99 * n, "delays are not jittered"
+        # uniform on [0, bound]: mean bound/2, half the mass below bound/2, spread to both ends
+        assert abs(statistics.fmean(xs) - bound / 2) < 0.05 * bound, (attempt, statistics.fmean(xs))
+        below = sum(x < bound / 2 for x in xs) / n
+        assert 0.45 < below < 0.55, (attempt, below)
+        assert max(xs) > 0.98 * bound and min(xs) < 0.02 * bound
+        assert abs(statistics.pstdev(xs) - bound / 12 ** 0.5) < 0.05 * bound
+
+
+def test_delay_defaults_grow_exponentially_until_cap():
+    p = RetryPolicy()  # base 0.05, cap 2.0
+    maxima = [max(p.delay(a) for _ in range(2000)) for a in range(8)]
+    for a, m in enumerate(maxima):
+        bound = min(2.0, 0.05 * 2 ** a)
+        assert 0.95 * bound < m <= bound, (a, m, bound)
+
+
+def test_delay_stays_bounded_for_very_large_attempt_numbers():
+    # base_s * 2**attempt would overflow a float for attempt >= ~1024: a policy
+    # configured for many attempts must still sleep at most cap_s.
+    p = RetryPolicy(attempts=5000, base_s=0.001, cap_s=0.01)
+    assert 0.0 <= p.delay(1100) <= 0.01
+
+
+# --------------------------------------------------------------------------- circuit breaker
+
+def _trip(c: Client, fake: Fake, threshold: int) -> None:
+    fake.always("Get", Err(C.UNAVAILABLE))
+    for _ in range(threshold):
+        with pytest.raises(errors.Unavailable):
+            c.get(b"k")
+    assert fake.hits("Get") == threshold
+    assert c.breaker.state == "open"
+
+
+def test_breaker_opens_after_threshold_and_fails_fast(fake, clients):
+    c = clients(fake.address, attempts=1, threshold=3)
+    fake.always("Get", Err(C.UNAVAILABLE))
+    for i in range(2):
+        with pytest.raises(errors.Unavailable):
+            c.get(b"k")
+        assert c.breaker.state == "closed"
+    with pytest.raises(errors.Unavailable):
+        c.get(b"k")
+    assert c.breaker.state == "open"
+    assert fake.hits() == 3
+    fake.always("Get", pb.GetResponse(found=True, value=b"x"))  # server would answer now
+    t0 = time.monotonic()
+    for call in (lambda: c.get(b"k"), lambda: c.put(b"k", b"v"), lambda: c.publish("t", b"k", b"p"),
+                 lambda: c.compare_and_set(b"k", b"v", expect_absent=True), lambda: list(c.scan())):
+        with pytest.raises(errors.Unavailable) as ei:
+            call()
+        assert "circuit open" in str(ei.value)
+    assert time.monotonic() - t0 < 0.1
+    assert fake.hits() == 3, "calls reached the server while the circuit was open"
+
+
+def test_breaker_opens_within_one_retried_call(fake, clients):
+    c = clients(fake.address, attempts=5, threshold=3)
+    fake.always("Put", Err(C.RESOURCE_EXHAUSTED))
+    with pytest.raises(errors.Unavailable) as ei:
+        c.put(b"k", b"v")
+    assert "circuit open" in str(ei.value)
+    assert fake.hits("Put") == 3
+
+
+def test_breaker_counts_only_consecutive_transient_failures(fake, clients):
+    c = clients(fake.address, attempts=1, threshold=3)
+    fake.then("Get", Err(C.UNAVAILABLE), Err(C.UNAVAILABLE), pb.GetResponse(found=False),
+              Err(C.UNAVAILABLE), Err(C.UNAVAILABLE))
+    for expect in (errors.Unavailable, errors.Unavailable, None, errors.Unavailable, errors.Unavailable):
+        if expect is None:
+            assert c.get(b"k") is None
+        else:
+            with pytest.raises(expect):
+                c.get(b"k")
+    assert c.breaker.state == "closed"
+    # non-transient answers never trip it
+    fake.always("Get", Err(C.INVALID_ARGUMENT))
+    for _ in range(6):
+        with pytest.raises(errors.InvalidArgument):
+            c.get(b"k")
+    assert c.breaker.state == "closed" and fake.hits("Get") == 11
+
+
+def test_breaker_half_open_lets_one_probe_then_closes(fake, clients):
+    c = clients(fake.address, attempts=1, threshold=2)
+    _trip(c, fake, 2)
+    time.sleep(COOLDOWN + 0.05)
+    assert c.breaker.state == "half-open"
+
+    release = threading.Event()
+
+    def gated(request, context):
+        release.wait(5)
+        return pb.GetResponse(found=True, value=b"probe", lsn=5)
+
+    fake.then("Get", gated)
+    fake.always("Get", pb.GetResponse(found=True, value=b"after", lsn=6))
+    out: list = []
+    probe = threading.Thread(target=lambda: out.append(c.get(b"k")))
+    probe.start()
+    fake.wait_hits(3)
+    # the probe is in flight: every other call fails fast
+    for _ in range(3):
+        with pytest.raises(errors.Unavailable) as ei:
+            c.get(b"k")
+        assert "circuit open" in str(ei.value)
+    assert fake.hits() == 3
+    release.set()
+    probe.join(5)
+    assert out == [b"probe"]
+    assert c.breaker.state == "closed"
+    assert c.get(b"k") == b"after" and c.put(b"k", b"v") == 11
+    assert fake.hits() == 5
+
+
+def test_breaker_probe_failure_reopens(fake, clients):
+    c = clients(fake.address, attempts=1, threshold=2)
+    _trip(c, fake, 2)
+    time.sleep(COOLDOWN + 0.05)
+    with pytest.raises(errors.Unavailable) as ei:
+        c.get(b"k")  # the probe reaches the server and fails
+    assert "circuit open" not in str(ei.value)
+    assert fake.hits() == 3
+    assert c.breaker.state == "open"
+    with pytest.raises(errors.Unavailable) as ei:
+        c.get(b"k")
+    assert "circuit open" in str(ei.value) and fake.hits() == 3
+    time.sleep(COOLDOWN + 0.05)
+    fake.always("Get", pb.GetResponse(found=True, value=b"ok"))
+    assert c.get(b"k") == b"ok"
+    assert c.breaker.state == "closed" and fake.hits() == 4
+
+
+def test_breaker_recovers_when_half_open_probe_gets_non_transient_error(fake, clients):
+    # A probe answered with a non-transient error (INVALID_ARGUMENT, NOT_FOUND,
+    # ABORTED, ...) shows the endpoint is up: the breaker must close, not stay
+    # half-open and fail every later call fast.
+    c = clients(fake.address, attempts=1, threshold=2)
+    _trip(c, fake, 2)
+    time.sleep(COOLDOWN + 0.05)
+    fake.then("Get", Err(C.INVALID_ARGUMENT, "bad key"))
+    fake.always("Get", pb.GetResponse(found=True, value=b"ok"))
+    with pytest.raises(errors.InvalidArgument):
+        c.get(b"k")  # the server answered: it is reachable
+    time.sleep(COOLDOWN + 0.05)
+    assert c.get(b"k") == b"ok"
+
+
+def test_breaker_recovers_when_half_open_scan_probe_is_abandoned(fake, clients):
+    # scan() takes the half-open probe slot; a caller that stops iterating early
+    # (break / generator closed) must still release it.
+    c = clients(fake.address, attempts=1, threshold=2)
+    _trip(c, fake, 2)
+    time.sleep(COOLDOWN + 0.05)
+    fake.then("Scan", Stream([pb.ScanResponse(items=[pb.KeyValue(key=b"a", value=b"1")]),
+                              pb.ScanResponse(items=[pb.KeyValue(key=b"b", value=b"2")])]))
+    fake.always("Get", pb.GetResponse(found=True, value=b"ok"))
+    it = c.scan()
+    assert next(it) == (b"a", b"1")
+    it.close()
+    time.sleep(COOLDOWN + 0.05)
+    assert c.get(b"k") == b"ok"
+
+
+# --------------------------------------------------------------------------- typed errors
+
+def test_conflict_carries_current_lsn(fake, clients):
+    fake.then("CompareAndSet", Err(C.ABORTED, "lsn mismatch", (("strata-current-lsn", "42"),)),
+              Err(C.ABORTED, "absent"))
+    c = clients(fake.address)
+    with pytest.raises(errors.Conflict) as ei:
+        c.compare_and_set(b"k", b"v", expected_lsn=7)
+    assert ei.value.current_lsn == 42 and ei.value.code == "ABORTED"
+    assert "lsn mismatch" in str(ei.value)
+    req = fake.requests("CompareAndSet")[0]
+    assert req.expected_lsn == 7 and req.value == b"v"
+    with pytest.raises(errors.Conflict) as ei:
+        c.compare_and_set(b"k", delete=True, expect_absent=True)
+    assert ei.value.current_lsn == 0
+    assert fake.hits("CompareAndSet") == 2
+    assert fake.requests("CompareAndSet")[1].delete
+
+
+def test_not_master_without_address_is_raised(fake, clients):
+    fake.always("Put", Err(C.FAILED_PRECONDITION, "replica"))
+    c = clients(fake.address)
+    with pytest.raises(errors.NotMaster) as ei:
+        c.put(b"k", b"v")
+    assert ei.value.master == "" and fake.hits("Put") == 1
+
+
+def test_not_master_error_carries_master(fake):
+    # Through a raw stub: the Client itself would follow the address (tested below).
+    fake.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", "10.0.0.9:7400"),)))
+    with grpc.insecure_channel(fake.address) as ch:
+        with pytest.raises(grpc.RpcError) as ei:
+            pbg.KVStub(ch).Put(pb.PutRequest(key=b"k"), timeout=2)
+    err = errors.from_rpc_error(ei.value)
+    assert isinstance(err, errors.NotMaster) and err.master == "10.0.0.9:7400"
+    assert err.code == "FAILED_PRECONDITION" and not err.retryable
+
+
+def test_subscribe_lapped_carries_resume_lsn(fake, clients):
+    evs = [pb.Event(lsn=5, topic="t", key=b"a", value=b"1"),
+           pb.Event(lsn=6, topic="t", key=b"b", deleted=True)]
+    fake.then("Subscribe", Stream(evs, Err(C.RESOURCE_EXHAUSTED, "lapped",
+                                           (("strata-resume-lsn", "17"),))))
+    c = clients(fake.address)
+    got = []
+    with pytest.raises(errors.Lapped) as ei:
+        for ev in c.subscribe(["t"], key_prefix=b"a", from_lsn=5):
+            got.append(ev)
+    assert [(e.lsn, e.key, e.deleted) for e in got] == [(5, b"a", False), (6, b"b", True)]
+    assert ei.value.resume_lsn == 17 and isinstance(ei.value, errors.Overloaded)
+    assert ei.value.code == "RESOURCE_EXHAUSTED"
+    req = fake.requests("Subscribe")[0]
+    assert list(req.topics) == ["t"] and req.key_prefix == b"a" and req.from_lsn == 5
+    assert fake.hits("Subscribe") == 1
+
+
+def test_resource_exhausted_without_resume_is_plain_overloaded(fake, clients):
+    fake.always("Put", Err(C.RESOURCE_EXHAUSTED, "stall"))
+    c = clients(fake.address, attempts=2)
+    with pytest.raises(errors.Overloaded) as ei:
+        c.put(b"k", b"v")
+    assert type(ei.value) is errors.Overloaded and ei.value.retryable
+    assert fake.hits("Put") == 2
+
+
+def test_subscribe_compacted_carries_earliest_lsn(fake, clients):
+    fake.then("Subscribe", Stream([], Err(C.OUT_OF_RANGE, "gone",
+                                          (("strata-earliest-lsn", "100"),))))
+    c = clients(fake.address)
+    with pytest.raises(errors.Compacted) as ei:
+        list(c.subscribe(from_lsn=3))
+    assert ei.value.earliest_lsn == 100 and ei.value.code == "OUT_OF_RANGE"
+    assert not ei.value.retryable
+
+
+def test_from_rpc_error_without_metadata():
+    class Bare(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.ABORTED
+
+        def details(self):
+            return "d"
+
+        def trailing_metadata(self):
+            raise RuntimeError("channel-level error has no metadata")
+
+    e = errors.from_rpc_error(Bare())
+    assert isinstance(e, errors.Conflict) and e.current_lsn == 0 and str(e) == "d"
+    e = errors.from_rpc_error(grpc.RpcError("weird"))
+    assert isinstance(e, errors.Internal) and e.code == "UNKNOWN"
+
+
+# --------------------------------------------------------------------------- NotMaster redirect
+
+def test_not_master_is_followed_to_the_master(servers, clients):
+    replica, master = servers(), servers()
+    replica.always("Put", Err(C.FAILED_PRECONDITION, "replica",
+                              (("strata-master", master.address),)))
+    master.always("Put", pb.PutResponse(lsn=77))
+    c = clients(replica.address, token="tok")
+    assert c.put(b"k", b"v") == 77
+    assert replica.hits() == 1 and master.hits() == 1
+    assert c.target == master.address
+    rid = replica.requests("Put")[0].request_id
+    assert rid and master.requests("Put")[0].request_id == rid
+    assert master.calls[0].metadata["authorization"] == "Bearer tok"
+    # later calls go straight to the master
+    assert c.get(b"k") == b"v"
+    assert replica.hits() == 1 and master.hits("Get") == 1
+
+
+def test_not_master_is_followed_only_once_per_call(servers, clients):
+    a, b = servers(), servers()
+    a.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", b.address),)))
+    b.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", a.address),)))
+    c = clients(a.address)
+    with pytest.raises(errors.NotMaster) as ei:
+        c.put(b"k", b"v")
+    assert ei.value.master == a.address
+    assert a.hits() == 1 and b.hits() == 1
+
+
+@pytest.mark.parametrize("name", ["publish", "compare_and_set"])
+def test_not_master_is_followed_for_unretried_writes(servers, clients, name):
+    # A redirect costs no attempt: a call made without retries (retry=False)
+    # still reaches the master.
+    replica, master = servers(), servers()
+    for m in ("Publish", "CompareAndSet"):
+        replica.always(m, Err(C.FAILED_PRECONDITION, "replica", (("strata-master", master.address),)))
+    c = clients(replica.address)
+    if name == "publish":
+        assert c.publish("t", b"k", b"p") == 15
+    else:
+        assert c.compare_and_set(b"k", b"v", expect_absent=True) == 14
+    assert replica.hits() == 1 and master.hits() == 1
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_not_master_on_last_retry_attempt_is_followed(servers, clients, attempts):
+    # A NotMaster redirect that arrives on the last attempt (or on the only one,
+    # with RetryPolicy(attempts=1)) is still followed.
+    replica, master = servers(), servers()
+    replica.then("Put", *[Err(C.UNAVAILABLE)] * (attempts - 1))
+    replica.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", master.address),)))
+    c = clients(replica.address, attempts=attempts)
+    assert c.put(b"k", b"v") == 11
+    assert replica.hits() == attempts and master.hits() == 1
+
+
+def test_later_master_change_is_followed_too(servers, clients):
+    # One redirect per call, not per client: a long-lived client follows every
+    # later master change too.
+    a, b, m = servers(), servers(), servers()
+    a.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", b.address),)))
+    c = clients(a.address)
+    assert c.put(b"k", b"v") == 11 and c.target == b.address
+    b.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", m.address),)))
+    assert c.put(b"k", b"v") == 11
+    assert c.target == m.address and m.hits() == 1
+
+
+# --------------------------------------------------------------------------- auth, reads, streams
+
+def test_token_is_sent_as_bearer(fake, clients):
+    c = clients(fake.address, token="s3cret")
+    c.get(b"k")
+    c.put(b"k", b"v")
+    list(c.scan())
+    list(c.subscribe())
+    c.publish("t", b"k", b"p")
+    c.status()
+    assert len(fake.calls) == 6
+    assert all(call.metadata.get("authorization") == "Bearer s3cret" for call in fake.calls)
+    plain = clients(fake.address)
+    plain.get(b"k")
+    assert "authorization" not in fake.calls[-1].metadata
+
+
+def test_get_entry_found_and_absent(fake, clients):
+    fake.then("Get", pb.GetResponse(found=True, value=b"", lsn=3), pb.GetResponse(found=False))
+    c = clients(fake.address)
+    assert c.get_entry(b"k") == (b"", 3)  # an empty value is still present
+    assert c.get_entry(b"k") == (None, 0)
+    assert [r.key for r in fake.requests("Get")] == [b"k", b"k"]
+
+
+def test_batch_ops_are_encoded_and_bad_ops_rejected_locally(fake, clients):
+    c = clients(fake.address)
+    assert c.batch([("put", b"a", b"1"), ("delete", b"b")]) == 13
+    ops = fake.requests("Batch")[0].ops
+    assert [(o.kind, o.key, o.value) for o in ops] == [(pb.Op.PUT, b"a", b"1"), (pb.Op.DELETE, b"b", b"")]
+    with pytest.raises(errors.InvalidArgument):
+        c.batch([("merge", b"a", b"1")])
+    assert fake.hits("Batch") == 1
+
+
+def test_scan_yields_pairs_across_chunks(fake, clients):
+    chunks = [pb.ScanResponse(items=[pb.KeyValue(key=b"a", value=b"1"),
+                                     pb.KeyValue(key=b"b", value=b"2")], snapshot_lsn=9),
+              pb.ScanResponse(items=[], snapshot_lsn=9),
+              pb.ScanResponse(items=[pb.KeyValue(key=b"c", value=b"3")], snapshot_lsn=9)]
+    fake.then("Scan", Stream(chunks))
+    c = clients(fake.address)
+    assert list(c.scan(b"a", b"z", limit=10, keys_only=True)) == [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]
+    req = fake.requests("Scan")[0]
+    assert (req.start, req.end, req.limit, req.keys_only) == (b"a", b"z", 10, True)
+
+
+def test_scan_error_mid_stream_is_typed_and_not_retried(fake, clients):
+    fake.then("Scan", Stream([pb.ScanResponse(items=[pb.KeyValue(key=b"a", value=b"1")])],
+                             Err(C.UNAVAILABLE, "draining")))
+    c = clients(fake.address)
+    got = []
+    with pytest.raises(errors.Unavailable):
+        for kv in c.scan():
+            got.append(kv)
+    assert got == [(b"a", b"1")] and fake.hits("Scan") == 1
+
+
+def test_write_stream_yields_lsns_in_order(fake, clients):
+    c = clients(fake.address)
+    lsns = list(c.write_stream([[("put", b"a", b"1")], [("delete", b"a")], [("put", b"b", b"2")]]))
+    assert lsns == [100, 101, 102]
+    reqs = fake.requests("Write")
+    assert [r.id for r in reqs] == [0, 1, 2] and len({r.request_id for r in reqs}) == 3
+
+
+# --------------------------------------------------------------------------- AsyncClient
+
+def test_async_put_and_get_retry_with_same_request_id(fake):
+    fake.then("Put", Err(C.UNAVAILABLE), Err(C.RESOURCE_EXHAUSTED))
+    fake.then("Get", Err(C.DEADLINE_EXCEEDED), Err(C.UNAVAILABLE))
+
+    async def main():
+        async with _async_client(fake.address, token="atok") as c:
+            assert await c.put(b"k", b"v") == 11
+            assert await c.get(b"k") == b"v"
+            assert await c.put(b"k", b"v2") == 11
+
+    asyncio.run(main())
+    ids = [r.request_id for r in fake.requests("Put")]
+    assert len(ids) == 4 and ids[0] and ids[0] == ids[1] == ids[2] and ids[3] != ids[0]
+    assert fake.hits("Get") == 3
+    assert all(c.metadata["authorization"] == "Bearer atok" for c in fake.calls)
+
+
+def test_async_delete_batch_retry(fake):
+    fake.then("Delete", Err(C.UNAVAILABLE)).then("Batch", Err(C.UNAVAILABLE))
+
+    async def main():
+        async with _async_client(fake.address) as c:
+            assert await c.delete(b"k") == 12
+            assert await c.batch([("put", b"a", b"1")]) == 13
+
+    asyncio.run(main())
+    for m in ("Delete", "Batch"):
+        ids = {r.request_id for r in fake.requests(m)}
+        assert fake.hits(m) == 2 and len(ids) == 1 and "" not in ids
+
+
+def test_async_errors_are_typed_and_not_retried(fake):
+    fake.always("Put", Err(C.INVALID_ARGUMENT, "too big"))
+    fake.always("CompareAndSet", Err(C.ABORTED, "mismatch", (("strata-current-lsn", "8"),)))
+    fake.always("Publish", Err(C.UNAVAILABLE))
+    fake.then("Get", Err(C.UNAVAILABLE), Err(C.UNAVAILABLE), Err(C.UNAVAILABLE))
+
+    async def main():
+        async with _async_client(fake.address, attempts=3) as c:
+            with pytest.raises(errors.InvalidArgument):
+                await c.put(b"k", b"v")
+            with pytest.raises(errors.Conflict) as ei:
+                await c.compare_and_set(b"k", b"v", expected_lsn=1)
+            assert ei.value.current_lsn == 8
+            with pytest.raises(errors.Unavailable):
+                await c.publish("t", b"k", b"p")
+            with pytest.raises(errors.Unavailable):
+                await c.get(b"k")
+
+    asyncio.run(main())
+    assert fake.hits("Put") == 1 and fake.hits("CompareAndSet") == 1
+    assert fake.hits("Publish") == 1 and fake.hits("Get") == 3
+
+
+def test_async_not_master_followed_and_breaker(servers):
+    replica, master = servers(), servers()
+    replica.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", master.address),)))
+    master.always("Get", Err(C.UNAVAILABLE))
+
+    async def main():
+        async with _async_client(replica.address, attempts=3, threshold=2) as c:
+            assert await c.put(b"k", b"v") == 11
+            assert c.target == master.address
+            with pytest.raises(errors.Unavailable) as ei:
+                await c.get(b"k")  # 2 transient failures open the circuit mid-retry
+            assert "circuit open" in str(ei.value)
+            assert c.breaker.state == "open"
+            with pytest.raises(errors.Unavailable) as ei:
+                await c.get(b"k")
+            assert "circuit open" in str(ei.value)
+
+    asyncio.run(main())
+    assert replica.hits() == 1 and master.hits("Put") == 1 and master.hits("Get") == 2
+    assert replica.requests("Put")[0].request_id == master.requests("Put")[0].request_id
+
+
+def test_async_scan_and_subscribe(fake):
+    fake.then("Scan", Stream([pb.ScanResponse(items=[pb.KeyValue(key=b"a", value=b"1")]),
+                              pb.ScanResponse(items=[pb.KeyValue(key=b"b", value=b"2"),
+                                                     pb.KeyValue(key=b"c", value=b"3")])]))
+    fake.then("Subscribe", Stream([pb.Event(lsn=4, topic="t", key=b"x")],
+                                  Err(C.RESOURCE_EXHAUSTED, "lapped", (("strata-resume-lsn", "5"),))),
+              Stream([], Err(C.OUT_OF_RANGE, "gone", (("strata-earliest-lsn", "50"),))))
+
+    async def main():
+        async with _async_client(fake.address) as c:
+            assert [kv async for kv in c.scan()] == [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]
+            got = []
+            with pytest.raises(errors.Lapped) as ei:
+                async for ev in c.subscribe(["t"], from_lsn=4):
+                    got.append(ev.lsn)
+            assert got == [4] and ei.value.resume_lsn == 5
+            with pytest.raises(errors.Compacted) as ei:
+                async for _ in c.subscribe(from_lsn=1):
+                    pass
+            assert ei.value.earliest_lsn == 50
+
+    asyncio.run(main())
+
+
+def test_async_not_master_is_followed_for_publish(servers):
+    # As with the sync client: a redirect with retry=False publishes on the master.
+    replica, master = servers(), servers()
+    replica.always("Publish", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", master.address),)))
+
+    async def main():
+        async with _async_client(replica.address) as c:
+            return await c.publish("t", b"k", b"p")
+
+    assert asyncio.run(main()) == 15
+    assert master.hits("Publish") == 1
