@@ -163,7 +163,7 @@ class Gate:
             raise Unavailable("server is starting: the database is being recovered; retry shortly")
         if self.draining:
             raise Unavailable("server is shutting down; retry on another node or later")
-        if not self.rate.allow(self._client(context)):
+        if self.rate.rate > 0 and not self.rate.allow(self._client(context)):
             self.metrics.refused.labels("rate").inc()
             raise Overloaded(f"rate limit of {cfg.rate_limit:g} requests/s exceeded; back off and retry")
         return self.engine

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import mmh3
-import numpy as np
 
 # 11 bits and 5 probes: 0.65 % false positives in theory, against 0.82 % for
 # 10 bits and 7 probes; a hit pays 5 probes instead of 7 (bench/engine:
@@ -43,6 +42,8 @@ def build(keys: list[bytes], bits_per_key: int = BITS_PER_KEY, k: int | None = N
     m = (m + 7) // 8 * 8
     if not keys:
         return bytes(m // 8) + bytes([k])
+    import numpy as np  # only writers need it; readers (and the daemon's start) skip ~100 ms
+
     hashes = np.frombuffer(b"".join(map(mmh3.hash_bytes, keys)), dtype="<u8").reshape(-1, 2)
     h1 = hashes[:, 0:1]
     h2 = hashes[:, 1:2]
