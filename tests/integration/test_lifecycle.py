@@ -102,3 +102,44 @@ def test_client_deadline_is_honoured(daemon):
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - t0 < 2
         assert kv.Get(pb.GetRequest(key=b"k00001")).found  # still serving
+
+
+def test_server_reflection_lists_the_services(daemon):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(daemon.grpc) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        req = reflection_pb2.ServerReflectionRequest(list_services="")
+        (resp,) = list(stub.ServerReflectionInfo(iter([req]), timeout=5))
+        names = {s.name for s in resp.list_services_response.service}
+    assert {"strata.v1.KV", "strata.v1.Events", "strata.v1.Admin",
+            "grpc.health.v1.Health"} <= names
+
+
+def test_health_turns_not_serving_while_draining(daemon_factory):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    d = daemon_factory(extra_env={"STRATA_DRAIN_TIMEOUT_S": "5"})
+    with grpc.insecure_channel(d.grpc) as ch:
+        kv = pbg.KVStub(ch)
+        kv.Batch(pb.BatchRequest(ops=[pb.Op(kind=pb.Op.PUT, key=b"k%05d" % i, value=b"x" * 2000)
+                                      for i in range(4000)]))
+        # A slow call in flight keeps the server draining for a while.
+        slow = pbg.AdminStub(ch).Compact.future(pb.CompactRequest(), timeout=30)
+        time.sleep(0.2)
+        d.proc.send_signal(__import__("signal").SIGTERM)
+        health = health_pb2_grpc.HealthStub(ch)
+        seen = set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and d.proc.poll() is None:
+            try:
+                seen.add(health.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status)
+            except grpc.RpcError:
+                break  # listener closed: the drain is over
+            time.sleep(0.01)
+        try:
+            slow.result()
+        except grpc.RpcError:
+            pass  # cancelled at the end of the drain window, or finished
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen, seen
+    assert d.proc.wait(15) == 0
