@@ -143,3 +143,18 @@ def test_health_turns_not_serving_while_draining(daemon_factory):
             pass  # cancelled at the end of the drain window, or finished
     assert health_pb2.HealthCheckResponse.NOT_SERVING in seen, seen
     assert d.proc.wait(15) == 0
+
+
+def test_concurrent_call_cap_refuses_with_resource_exhausted(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_MAX_CONCURRENT_CALLS": "1"})
+    with grpc.insecure_channel(d.grpc) as ch:
+        kv = pbg.KVStub(ch)
+        kv.Batch(pb.BatchRequest(ops=[pb.Op(kind=pb.Op.PUT, key=b"k%05d" % i, value=b"x" * 2000)
+                                      for i in range(4000)]))
+        slow = pbg.AdminStub(ch).Compact.future(pb.CompactRequest(), timeout=30)
+        time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as e:
+            kv.Get(pb.GetRequest(key=b"k00001"), timeout=5)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        slow.result()
+        assert kv.Get(pb.GetRequest(key=b"k00001")).found  # the slot is free again
