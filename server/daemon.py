@@ -165,8 +165,14 @@ class Daemon:
                 sub.cut_off(self.engine.last_lsn + 1 if self.engine else 0, "server shutting down")
         if self.ws is not None:
             self.ws.close()
+        # Let calls in flight finish while the listener still answers (health
+        # says NOT_SERVING, new calls get UNAVAILABLE): grpc.aio's stop() would
+        # refuse even health checks from its first moment.
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        while self.gate.calls.active > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         if self.server is not None:
-            await self.server.stop(self.cfg.drain_timeout_s)
+            await self.server.stop(max(0.1, deadline - time.monotonic()))
         if self.ws is not None:
             await self.ws.wait_closed()
         self.metrics.close()

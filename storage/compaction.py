@@ -151,6 +151,40 @@ def drop_obsolete(entries: list[tuple], smallest_snapshot: int, drop_tombstones:
     return out
 
 
+def memtable_entries(items) -> list[tuple]:
+    """(key, -lsn, value) entries in internal order from a memtable's dict items.
+
+    `items` is [(key, version-or-versions)], as `MemTable` holds them: one
+    (-lsn, value) pair, or a list of them oldest first (msgpack turns the
+    tuples into lists on the way to the worker; both shapes are accepted).
+    """
+    out: list[tuple] = []
+    append = out.append
+    for key, e in items:
+        if type(e[0]) is int:
+            append((key, e[0], e[1]))
+        else:
+            for neg, value in e:
+                append((key, neg, value))
+    out.sort()
+    return out
+
+
+def run_flush(job: dict, fs: FileSystem | None = None) -> dict:
+    """Write a memtable (job["items"], see memtable_entries) as one table at job["path"].
+
+    Runs in the flush worker process, so sorting and encoding ~100k entries
+    does not hold the GIL of the process that takes writes (bench/engine:
+    fillrandom p99).
+    """
+    fs = fs or OsFS()
+    t0 = time.monotonic()
+    entries = drop_obsolete(memtable_entries(job["items"]), job["smallest_snapshot"], False)
+    path = job["path"]
+    outputs = sstable.build_tables(fs, entries, lambda i: path, 1 << 62)
+    return {"outputs": outputs, "seconds": time.monotonic() - t0}
+
+
 def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
     """Merge the job's input tables into new tables; return their properties.
 
@@ -255,7 +289,7 @@ class MergeWorker:
         with self._lock:
             for attempt in range(2):
                 p = self._ensure()
-                self._running_dir = job["dir"]
+                self._running_dir = job.get("dir")
                 self._cancelled = False
                 try:
                     _send(p.stdin, job)
@@ -302,7 +336,7 @@ def worker_main() -> None:
         except EOFError:
             return
         try:
-            reply = run_merge(job)
+            reply = run_flush(job) if job.get("kind") == "flush" else run_merge(job)
         except Corruption as e:
             reply = {"error": str(e), "path": e.path, "offset": e.offset, "reason": e.reason}
         except Exception as e:  # reported to the engine, which stops writes

@@ -150,6 +150,18 @@ def _merge_worker() -> compaction.MergeWorker:
         return _WORKER
 
 
+_FLUSH_WORKER: compaction.MergeWorker | None = None
+
+
+def _flush_worker() -> compaction.MergeWorker:
+    """A second worker for flushes, so a flush never queues behind a long merge."""
+    global _FLUSH_WORKER
+    with _WORKER_LOCK:
+        if _FLUSH_WORKER is None:
+            _FLUSH_WORKER = compaction.MergeWorker()
+        return _FLUSH_WORKER
+
+
 def _check_bytes(what: str, b: Any, limit: int) -> None:
     if type(b) is not bytes:
         if isinstance(b, (bytearray, memoryview)):
@@ -943,8 +955,14 @@ class Engine:
         with self._mutex:
             self._pending.add(number)
         path = os.path.join(self.path, sstable.table_name(number))
-        entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(), False)
-        outs = sstable.build_tables(self.fs, entries, lambda i: path, 1 << 62)
+        if self.opts.compaction_executor == "process" and isinstance(self.fs, OsFS):
+            # Packing the dict is C; sorting and encoding happen in the worker.
+            job = {"kind": "flush", "path": os.path.abspath(path), "items": list(imm._d.items()),
+                   "smallest_snapshot": self._smallest_snapshot()}
+            outs = _flush_worker().run(job)["outputs"]
+        else:
+            entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(), False)
+            outs = sstable.build_tables(self.fs, entries, lambda i: path, 1 << 62)
         edit: dict = {"flushed_lsn": imm.last_lsn}
         new_readers = {}
         if outs:

@@ -122,8 +122,10 @@ def test_health_turns_not_serving_while_draining(daemon_factory):
     d = daemon_factory(extra_env={"STRATA_DRAIN_TIMEOUT_S": "5"})
     with grpc.insecure_channel(d.grpc) as ch:
         kv = pbg.KVStub(ch)
-        kv.Batch(pb.BatchRequest(ops=[pb.Op(kind=pb.Op.PUT, key=b"k%05d" % i, value=b"x" * 2000)
-                                      for i in range(4000)]))
+        for part in range(3):
+            kv.Batch(pb.BatchRequest(ops=[
+                pb.Op(kind=pb.Op.PUT, key=b"k%d-%05d" % (part, i), value=b"x" * 2000)
+                for i in range(4000)]))
         # A slow call in flight keeps the server draining for a while.
         slow = pbg.AdminStub(ch).Compact.future(pb.CompactRequest(), timeout=30)
         time.sleep(0.2)
