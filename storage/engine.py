@@ -137,29 +137,20 @@ class _Writer:
         self.fut: tuple | None = None  # (loop, future) of an asyncio writer
 
 
-_WORKER: compaction.MergeWorker | None = None
+_WORKERS: dict[str, compaction.MergeWorker] = {}
 _WORKER_LOCK = threading.Lock()
 
 
-def _merge_worker() -> compaction.MergeWorker:
-    """One merge worker process shared by the engines of this process."""
-    global _WORKER
+def _worker(kind: str) -> compaction.MergeWorker:
+    """The worker process for `kind` ("merge" or "flush"), shared by this process's engines.
+
+    Two of them, so that a flush never queues behind a long merge.
+    """
     with _WORKER_LOCK:
-        if _WORKER is None:
-            _WORKER = compaction.MergeWorker()
-        return _WORKER
-
-
-_FLUSH_WORKER: compaction.MergeWorker | None = None
-
-
-def _flush_worker() -> compaction.MergeWorker:
-    """A second worker for flushes, so a flush never queues behind a long merge."""
-    global _FLUSH_WORKER
-    with _WORKER_LOCK:
-        if _FLUSH_WORKER is None:
-            _FLUSH_WORKER = compaction.MergeWorker()
-        return _FLUSH_WORKER
+        w = _WORKERS.get(kind)
+        if w is None:
+            w = _WORKERS[kind] = compaction.MergeWorker()
+        return w
 
 
 def _check_bytes(what: str, b: Any, limit: int) -> None:
@@ -959,7 +950,7 @@ class Engine:
             # Packing the dict is C; sorting and encoding happen in the worker.
             job = {"kind": "flush", "path": os.path.abspath(path), "items": list(imm._d.items()),
                    "smallest_snapshot": self._smallest_snapshot()}
-            outs = _flush_worker().run(job)["outputs"]
+            outs = _worker("flush").run(job)["outputs"]
         else:
             entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(), False)
             outs = sstable.build_tables(self.fs, entries, lambda i: path, 1 << 62)
@@ -1078,7 +1069,7 @@ class Engine:
         }
         if self.opts.compaction_executor == "process" and isinstance(self.fs, OsFS):
             job["inputs"] = [os.path.abspath(p) for p in job["inputs"]]
-            result = _merge_worker().run(job)
+            result = _worker("merge").run(job)
         else:
             result = compaction.run_merge(job, self.fs)
         edit: dict = {"del": [[lvl, f.number] for lvl, f in inputs], "add": []}
@@ -1288,7 +1279,7 @@ class Engine:
                     and isinstance(self.fs, OsFS):
                 # Do not make close (and so a restart) wait seconds for a merge
                 # whose result would only be installed to be compacted again.
-                _merge_worker().cancel(os.path.abspath(self.path))
+                _worker("merge").cancel(os.path.abspath(self.path))
             with self._bg_cv:
                 while self._compacting:
                     self._bg_cv.wait(0.1)
