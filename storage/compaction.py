@@ -60,19 +60,38 @@ class Compaction:
 
 class LevelPicker:
     def __init__(self, l0_trigger: int = 4, base_level_size: int = 10 << 20,
-                 multiplier: int = 10) -> None:
+                 multiplier: int = 10, min_target: int = 4 << 20) -> None:
         self.l0_trigger = l0_trigger
         self.base_level_size = base_level_size
         self.multiplier = multiplier
+        self.min_target = min_target  # one output file: a smaller target only churns
         self.pointers: dict[int, bytes] = {}  # level -> largest key of the last compaction
 
     def target(self, level: int) -> int:
+        """The static target: when the deepest level outgrows it, the tree gets deeper."""
         return self.base_level_size * self.multiplier ** (level - 1)
+
+    def targets(self, v: Version) -> dict[int, float]:
+        """Per-level size targets, sized down from the deepest level (RocksDB's
+        dynamic level bytes): level n aims at deepest / multiplier**(deepest - n),
+        so ~90 % of the data sits in the last level and obsolete versions above
+        it stay near 10 % (space amplification ~1.1x) whatever the database size.
+        The deepest level keeps its static target; no target is below one file.
+        """
+        deepest = max((lvl for lvl in range(1, NUM_LEVELS - 1) if v.levels[lvl]), default=1)
+        bottom = v.level_size(deepest)
+        out: dict[int, float] = {}
+        for lvl in range(1, NUM_LEVELS - 1):
+            if lvl < deepest:
+                out[lvl] = max(self.min_target, bottom / self.multiplier ** (deepest - lvl))
+            else:
+                out[lvl] = self.target(lvl)
+        return out
 
     def scores(self, v: Version) -> list[tuple[float, int]]:
         out = [(len(v.levels[0]) / self.l0_trigger, 0)]
-        for lvl in range(1, NUM_LEVELS - 1):
-            out.append((v.level_size(lvl) / self.target(lvl), lvl))
+        for lvl, target in self.targets(v).items():
+            out.append((v.level_size(lvl) / target, lvl))
         return out
 
     def pick(self, v: Version) -> Compaction | None:

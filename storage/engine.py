@@ -207,7 +207,7 @@ class Engine:
         self._cache = sstable.BlockCache(opts.block_cache_size)
         self.versions = VersionSet(fs, path)
         self._picker = compaction.LevelPicker(opts.l0_compaction_trigger, opts.base_level_size,
-                                              opts.level_multiplier)
+                                              opts.level_multiplier, opts.target_file_size)
         self._mem = MemTable()
         self._imms: tuple[MemTable, ...] = ()
         self._readers: dict[int, sstable.TableReader] = {}

@@ -50,12 +50,12 @@ def parse_cases(text: str):
 def build_case(directive: str, inputs: list[str]):
     words = directive.split()
     assert words[0] == "pick", directive
-    opts = {"l0_trigger": 4, "base": 1000, "multiplier": 10}
+    opts = {"l0_trigger": 4, "base": 1000, "multiplier": 10, "min_target": 1000}
     for w in words[1:]:
         k, v = w.split("=")
         assert k in opts, w
         opts[k] = int(v)
-    picker = LevelPicker(opts["l0_trigger"], opts["base"], opts["multiplier"])
+    picker = LevelPicker(opts["l0_trigger"], opts["base"], opts["multiplier"], opts["min_target"])
     levels: list[list[FileMeta]] = [[] for _ in range(NUM_LEVELS)]
     number = 0
     for line in inputs:
