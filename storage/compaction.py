@@ -1,8 +1,11 @@
 """Leveled compaction: what to compact (the picker) and the merge itself.
 
-Picking (LevelDB's rule, table-tested in tests/storage/test_compaction.py):
-L0 is compacted into L1 when it holds `l0_trigger` files; level n >= 1 into
-n+1 when its size exceeds `base_level_size * multiplier**(n-1)`. The level
+Picking (table-tested in tests/storage/test_compaction.py): L0 is compacted
+into L1 when it holds `l0_trigger` files; level n >= 1 into n+1 when its size
+exceeds its target. The deepest non-empty level D has the static target
+`base_level_size * multiplier**(D-1)` (past it the tree grows a level); the
+levels above it aim at size(D) / multiplier**(D-n), as RocksDB's dynamic
+level bytes, so obsolete versions stay near a tenth of the data. The level
 with the highest score (size / target, or files / trigger for L0) goes first.
 Within a level, files are taken round-robin after the last compacted key, so
 every key range is rewritten in turn.

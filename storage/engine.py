@@ -67,8 +67,9 @@ class Options:
     max_immutable: int = 2
     block_cache_size: int = 64 << 20
     l0_compaction_trigger: int = 4
-    # RocksDB's defaults for the L0 thresholds; a 64 MiB L1 keeps write
-    # amplification (and so the Python merge's load) about half of a 10 MiB one.
+    # RocksDB's defaults for the L0 thresholds. base_level_size is the static
+    # target of the deepest level (past it the tree grows a level); the levels
+    # above it are sized down from it (compaction.LevelPicker.targets).
     l0_slowdown_trigger: int = 20
     l0_stop_trigger: int = 36
     base_level_size: int = 64 << 20
