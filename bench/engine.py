@@ -62,6 +62,7 @@ import tempfile
 import threading
 import time
 import traceback
+from abc import ABC, abstractmethod
 from array import array
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -167,7 +168,7 @@ Put = Callable[[bytes, bytes], Any]
 Get = Callable[[bytes], "bytes | None"]
 
 
-class Adapter:
+class Adapter(ABC):
     """One engine behind the handful of calls the workloads make.
 
     Lifecycle: `open(path, synced)`, calls, `close()`; open again on the same
@@ -181,27 +182,33 @@ class Adapter:
     label = ""
     sync_unsupported: str | None = None  # why synced workloads do not apply
 
+    @abstractmethod
     def open(self, path: str, synced: bool) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def put_fn(self) -> Put:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def get_fn(self) -> Get:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def write_batch(self, pairs: list[tuple[bytes, bytes]]) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def scan(self, start: bytes, limit: int) -> int:
         """Read up to limit items in key order from start; return how many were read."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sync_writer(self) -> tuple[Put, Callable[[], None]]:
-        raise NotImplementedError
+        """See the class docstring."""
 
     def settle(self, full: bool, limit: float) -> None:
         """After a fill, before reopen: let the engine finish the work the fill left.
@@ -1147,18 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine, "wall_seconds": round(wall, 1), "quick": args.quick,
     }
 
-    if args.json:
-        print(json.dumps(summary_json(run)))
-    else:
-        print(render_text(run))
-
-    docs_dir = args.docs
-    if docs_dir is None and not (args.quick or args.json or args.no_docs):
-        docs_dir = str(REPO_ROOT / "docs" / "bench")
-    if docs_dir and not args.no_docs:
-        write_docs(run, Path(docs_dir))
-        if cfg.verbose:
-            print(f"wrote {docs_dir}/engine.md, engine.png, engine.json", file=sys.stderr)
+    report.publish(run, args, "engine", summary_json, render_text, write_docs, cfg.verbose)
     return 0
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
+import sys
 from array import array
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -307,3 +309,23 @@ def bar_chart(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def publish(run: dict, args, name: str, summary_json, render_text, write_docs,
+            verbose: bool) -> None:
+    """Print a run (JSON with --json, else the text table) and write docs/bench/<name>.*
+
+    Docs are written by a full run, or wherever --docs points; --quick,
+    --json and --no-docs write none unless --docs is given.
+    """
+    if args.json:
+        print(json.dumps(summary_json(run)))
+    else:
+        print(render_text(run))
+    docs_dir = args.docs
+    if docs_dir is None and not (args.quick or args.json or args.no_docs):
+        docs_dir = str(Path(os.path.abspath(__file__)).parent.parent / "docs" / "bench")
+    if docs_dir and not args.no_docs:
+        write_docs(run, Path(docs_dir))
+        if verbose:
+            print(f"wrote {docs_dir}/{name}.md, {name}.png, {name}.json", file=sys.stderr)

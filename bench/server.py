@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,20 +205,24 @@ class Point:
 Op = Callable[[int], Awaitable[bool]]  # request i -> answered correctly (a get found its key)
 
 
-class Conn:
+class Conn(ABC):
     """A client connection to one server; `op(point)` returns the request a slot repeats."""
 
+    @abstractmethod
     async def open(self, address: str, inflight: int) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def op(self, p: Point, vals: list[bytes]) -> Op:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     async def load(self, lo: int, hi: int, vals: list[bytes]) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
 
 def _get_keys(p: Point) -> Callable[[int], bytes]:
@@ -1878,17 +1883,7 @@ def main(argv: list[str] | None = None) -> int:
            "services": services, "results": runner.results, "machine": machine,
            "wall_seconds": round(wall, 1), "quick": args.quick}
 
-    if args.json:
-        print(json.dumps(summary_json(run)))
-    else:
-        print(render_text(run))
-    docs_dir = args.docs
-    if docs_dir is None and not (args.quick or args.json or args.no_docs):
-        docs_dir = str(REPO_ROOT / "docs" / "bench")
-    if docs_dir and not args.no_docs:
-        write_docs(run, Path(docs_dir))
-        if cfg.verbose:
-            print(f"wrote {docs_dir}/server.md, server.png, server.json", file=sys.stderr)
+    report.publish(run, args, "server", summary_json, render_text, write_docs, cfg.verbose)
     return 0
 
 
