@@ -107,19 +107,48 @@ class LevelPicker:
             files = v.levels[level]
             ptr = self.pointers.get(level)
             inputs = [next((f for f in files if ptr is None or f.smallest > ptr), files[0])]
-        lo = min(f.smallest for f in inputs)
-        hi = max(f.largest for f in inputs)
-        nxt = v.overlapping(level + 1, lo, hi)
-        if nxt:
-            lo = min(lo, nxt[0].smallest)
-            hi = max(hi, nxt[-1].largest)
-        bottommost = all(not v.overlapping(d, lo, hi) for d in range(level + 2, NUM_LEVELS))
-        trivial = level > 0 and not nxt and len(inputs) == 1
-        if level == 0 and len(inputs) == 1 and not nxt:
-            trivial = True
+        c = compaction_for(v, level, inputs)
         if level > 0:  # LevelDB's rule: resume after the source level's inputs
             self.pointers[level] = max(f.largest for f in inputs)
-        return Compaction(level, inputs, nxt, bottommost, trivial)
+        return c
+
+    def pick_manual(self, v: Version) -> Compaction | None:
+        """A step of a manual full compaction: push the top level down until one level
+        holds everything.
+
+        Levels >= 1 go down ten files at a time, so one merge holds a bounded
+        amount of data. Returns None when the tree is settled (at most one
+        level holds files, and it is not L0).
+        """
+        nonempty = [lvl for lvl in range(NUM_LEVELS - 1) if v.levels[lvl]]
+        if not nonempty or (len(nonempty) == 1 and nonempty[0] > 0
+                            and not v.levels[NUM_LEVELS - 1]):
+            return None
+        level = nonempty[0]
+        inputs = list(v.levels[level]) if level == 0 else list(v.levels[level][:10])
+        c = compaction_for(v, level, inputs)
+        c.trivial_move = False  # a manual compaction rewrites (and so drops) what it can
+        return c
+
+
+def compaction_for(v: Version, level: int, inputs: list[FileMeta]) -> Compaction:
+    """The compaction of `inputs` (files of `level`) into level + 1.
+
+    The next level's overlapping files join the merge, and `bottommost` is
+    decided over the key range of *all* merged files: a tombstone in a wider
+    next-level file may only be dropped if no deeper level holds its key.
+    Deciding it from the source files' range alone would let a delete vanish
+    while an older value of the key still sits deeper (the key would come back).
+    """
+    lo = min(f.smallest for f in inputs)
+    hi = max(f.largest for f in inputs)
+    nxt = v.overlapping(level + 1, lo, hi)
+    if nxt:
+        lo = min(lo, nxt[0].smallest)
+        hi = max(hi, nxt[-1].largest)
+    bottommost = all(not v.overlapping(d, lo, hi) for d in range(level + 2, NUM_LEVELS))
+    trivial = not nxt and len(inputs) == 1
+    return Compaction(level, inputs, nxt, bottommost, trivial)
 
 
 def merge(runs: list[list[tuple]], smallest_snapshot: int, drop_tombstones: bool) -> list[tuple]:

@@ -1004,7 +1004,7 @@ class Engine:
                     continue
                 c = self._picker.pick(self.versions.current)
                 if c is None and self._manual_compaction:
-                    c = self._pick_manual()
+                    c = self._picker.pick_manual(self.versions.current)
                 if c is None:
                     self._manual_compaction = 0
                     self._bg_cv.notify_all()
@@ -1028,25 +1028,6 @@ class Engine:
                 self._compacting = False
                 self._compaction_requested = True
                 self._bg_cv.notify_all()
-
-    def _pick_manual(self) -> compaction.Compaction | None:
-        """compact_all(): push the top level down until one level holds everything.
-
-        Levels >= 1 go down ten files at a time, so one merge holds a bounded
-        amount of data in the worker's memory.
-        """
-        v = self.versions.current
-        nonempty = [lvl for lvl in range(NUM_LEVELS - 1) if v.levels[lvl]]
-        if not nonempty or (len(nonempty) == 1 and nonempty[0] > 0
-                            and not v.levels[NUM_LEVELS - 1]):
-            return None
-        lvl = nonempty[0]
-        files = list(v.levels[lvl]) if lvl == 0 else list(v.levels[lvl][:10])
-        lo = min(f.smallest for f in files)
-        hi = max(f.largest for f in files)
-        nxt = v.overlapping(lvl + 1, lo, hi)
-        bottommost = all(not v.overlapping(d, lo, hi) for d in range(lvl + 2, NUM_LEVELS))
-        return compaction.Compaction(lvl, files, nxt, bottommost, False)
 
     def _run_compaction(self, c: compaction.Compaction) -> None:
         t0 = time.monotonic()

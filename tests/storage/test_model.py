@@ -15,17 +15,21 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from storage import Engine
 from storage.vfs import MemFS
 
-KEYS = st.binary(min_size=1, max_size=6).map(lambda b: b"k" + b)
+# A small key space, so deletes and overwrites hit keys that already sit in tables.
+KEYS = st.integers(0, 150).map(lambda i: b"k%03d" % i) | st.binary(min_size=1, max_size=4)
 VALUES = st.binary(max_size=300)
-OPTS = dict(durability="always", memtable_size=2 << 10, base_level_size=8 << 10,
-            target_file_size=2 << 10, l0_compaction_trigger=2)
+# Targets this small put data in L1..L4 within a few dozen steps, so the manual
+# compaction meets tombstones in every level and wide files above narrow ones.
+OPTS = dict(durability="always", memtable_size=1 << 10, base_level_size=1 << 10,
+            target_file_size=512, l0_compaction_trigger=2)
 
 
 class EngineModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.fs = MemFS()
-        self.db = Engine.open("/db", fs=self.fs, **OPTS)
+        self.opts = dict(OPTS)
+        self.db = Engine.open("/db", fs=self.fs, **self.opts)
         self.model: dict[bytes, bytes] = {}
         self.snaps: list[tuple[object, dict[bytes, bytes]]] = []
 
@@ -77,10 +81,17 @@ class EngineModel(RuleBasedStateMachine):
         self.db.compact_all()
 
     @rule()
-    def reopen(self):
+    def flush(self):
+        self.db.flush()
+
+    @rule(auto_l0=st.booleans())
+    def reopen(self, auto_l0):
+        """Reopen, with or without automatic L0 compactions (without them, L0 files wait
+        for the manual compaction, which then merges them into whatever L1 holds)."""
         self._drop_snapshots()
         self.db.close()
-        self.db = Engine.open("/db", fs=self.fs, **OPTS)
+        self.opts["l0_compaction_trigger"] = OPTS["l0_compaction_trigger"] if auto_l0 else 8
+        self.db = Engine.open("/db", fs=self.fs, **self.opts)
 
     @rule()
     def power_cut(self):
@@ -88,7 +99,7 @@ class EngineModel(RuleBasedStateMachine):
         survivor = self.fs.synced_copy()
         self.db._halt()
         self.fs = survivor
-        self.db = Engine.open("/db", fs=self.fs, **OPTS)
+        self.db = Engine.open("/db", fs=self.fs, **self.opts)
 
     def _drop_snapshots(self):
         for snap, _ in self.snaps:
@@ -97,7 +108,7 @@ class EngineModel(RuleBasedStateMachine):
 
     @invariant()
     def tree_is_bounded(self):
-        assert len(self.db.versions.current.levels[0]) < OPTS["l0_compaction_trigger"] + 12
+        assert len(self.db.versions.current.levels[0]) < self.opts["l0_compaction_trigger"] + 12
 
     def teardown(self):
         self.db.close()
