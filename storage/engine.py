@@ -1175,6 +1175,11 @@ class Engine:
 
         Tables are hard-linked (copied across file systems), the manifest is
         written fresh, and the WAL frames after the flush point are copied.
+        The version, the flush point and the WAL segments are captured under
+        one lock, and the segments are pinned until copied: a flush that
+        purges the log meanwhile cannot take frames the copy needs. The copy
+        holds every write acknowledged before the call. On failure the
+        partial directory is removed.
         """
         if self.fs.exists(dest):
             raise InvalidArgument(f"checkpoint destination {dest} already exists")
@@ -1185,8 +1190,15 @@ class Engine:
             self.versions.ref(version)
             flushed = self.versions.flushed_lsn
             next_file = self.versions.next_file
+            try:
+                segs = self._wal.pin(flushed + 1)
+            except BaseException:
+                self.versions.unref(version)
+                raise
+        made = False
         try:
             self.fs.mkdir(dest)
+            made = True
             self.fs.sync_dir(os.path.dirname(os.path.abspath(dest)))
             for _, f in version.files():
                 src = os.path.join(self.path, sstable.table_name(f.number))
@@ -1204,10 +1216,7 @@ class Engine:
             vs.next_file = next_file
             vs.create()
             vs.close()
-            segs = self._wal.segments()
-            for i, (first, p) in enumerate(segs):
-                if i + 1 < len(segs) and segs[i + 1][0] - 1 <= flushed:
-                    continue
+            for _, p in segs:
                 f = self.fs.open_read(p)
                 try:
                     buf = f.buf
@@ -1225,8 +1234,21 @@ class Engine:
                 out.sync()
                 out.close()
             self.fs.sync_dir(dest)
+        except BaseException:
+            if made:
+                self._remove_partial(dest)
+            raise
         finally:
+            self._wal.unpin(flushed + 1)
             self.versions.unref(version)
+
+    def _remove_partial(self, dest: str) -> None:
+        try:
+            for name in self.fs.listdir(dest):
+                self.fs.remove(os.path.join(dest, name))
+            self.fs.rmdir(dest)
+        except OSError as e:
+            log.error("could not remove the partial checkpoint %s: %s", dest, e)
 
     # ------------------------------------------------------------------ close
 

@@ -48,6 +48,7 @@ class FileSystem(Protocol):
     def mtime(self, path: str) -> float: ...
     def listdir(self, path: str) -> list[str]: ...
     def mkdir(self, path: str) -> None: ...
+    def rmdir(self, path: str) -> None: ...
     def remove(self, path: str) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
     def link(self, src: str, dst: str) -> None: ...
@@ -160,6 +161,9 @@ class OsFS:
 
     def mkdir(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
 
     def remove(self, path: str) -> None:
         os.remove(path)
@@ -310,6 +314,18 @@ class MemFS:
                     self._dirs[child] = {}
                     self._dirs[cur][p] = None
                 cur = child
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory."""
+        with self._lock:
+            full = os.path.normpath(os.path.join("/", path))
+            if full not in self._dirs:
+                raise FileNotFoundError(errno.ENOENT, "no such directory", path)
+            if self._dirs[full]:
+                raise OSError(errno.ENOTEMPTY, "directory not empty", path)
+            del self._dirs[full]
+            d, name = self._split(full)
+            self._dir(d).pop(name, None)
 
     def remove(self, path: str) -> None:
         with self._lock:

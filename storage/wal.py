@@ -8,7 +8,13 @@ lagging replicas read from them.
 
 Thread contract: `append` and `sync` are called by one commit leader at a time
 (the engine's write path serialises them); `sync_if_dirty` may run concurrently
-from the interval-sync thread.
+from the interval-sync thread. The segment list (`_sealed`, `_cur`) is guarded
+by `_lock`: the commit path rolls, the flush thread purges, and readers
+(history, checkpoints) list it concurrently.
+
+Invariant: the segments listed form one unbroken LSN chain, oldest first; the
+open segment is always last and is never deleted; a pinned LSN's segment and
+every later one are never deleted.
 """
 
 from __future__ import annotations
@@ -98,8 +104,11 @@ class Wal:
         self.preallocate = preallocate  # bytes to fallocate per new segment (0: none)
         self._cur: _Segment | None = None
         self.min_term = 0  # the manifest's term: frames after damage are at least this new
-        # first LSN -> path of every segment on disk, oldest first
+        # (first LSN, path) of every sealed segment on disk, oldest first. Guarded by _lock.
         self._sealed: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        # LSNs readers still need (checkpoints, history replay): purge keeps their segments.
+        self._pins: list[int] = []
         self.bytes_written = 0
         self.syncs = 0
         self.sync_counts = [0] * (len(SYNC_BUCKETS) + 1)  # per bucket, last is +Inf
@@ -131,6 +140,14 @@ class Wal:
           loudly.
         """
         segs = self.list_segments()
+        # Segments are purged only when wholly flushed, so the oldest one left
+        # starts at or before after_lsn + 1. One that starts later means frames
+        # were lost (a deleted segment): refuse rather than open with a hole.
+        if segs and segs[0][0] > after_lsn + 1 and not repair:
+            raise Corruption(segs[0][1], 0,
+                             f"the oldest WAL segment starts at LSN {segs[0][0]} but the tables "
+                             f"hold only up to LSN {after_lsn}: frames {after_lsn + 1}.."
+                             f"{segs[0][0] - 1} are missing")
         frames: list[record.Frame] = []
         last_lsn = 0
         last_term = 0
@@ -184,7 +201,8 @@ class Wal:
             keep.append((first, path))
             if not torn:
                 break
-        self._sealed = keep
+        with self._lock:
+            self._sealed = keep
         return RecoveredTail(frames, last_lsn, last_term, truncated)
 
     @staticmethod
@@ -260,19 +278,39 @@ class Wal:
 
     def start(self, next_lsn: int) -> None:
         """Open a fresh segment whose first frame will carry `next_lsn`."""
-        self._open_segment(next_lsn)
-
-    def _open_segment(self, first_lsn: int) -> None:
-        path = os.path.join(self.dir, segment_name(first_lsn))
+        path = os.path.join(self.dir, segment_name(next_lsn))
         if self.fs.exists(path):
-            # An empty segment from an earlier run (no frame was ever written).
-            self._sealed = [s for s in self._sealed if s[1] != path]
+            # An empty segment from an earlier run (recovery found no frame in
+            # it, or the LSN it names would be the last one's successor).
+            with self._lock:
+                self._sealed = [s for s in self._sealed if s[1] != path]
             self.fs.remove(path)
-        f = self.fs.create(path, self.preallocate)
-        f.write(record.encode_header(first_lsn))
-        f.sync()
-        self.fs.sync_dir(self.dir)
-        self._cur = _Segment(first_lsn, path, f, record.HEADER_SIZE)
+        seg = self._create_segment(next_lsn)
+        with self._lock:
+            self._cur = seg
+
+    def _create_segment(self, first_lsn: int) -> _Segment:
+        """Create, preallocate and sync a segment holding only its header.
+
+        On failure (ENOSPC while preallocating, say) the half-made file is
+        removed, so that nothing ever lists it; the caller's state is unchanged.
+        """
+        path = os.path.join(self.dir, segment_name(first_lsn))
+        f = None
+        try:
+            f = self.fs.create(path, self.preallocate)
+            f.write(record.encode_header(first_lsn))
+            f.sync()
+            self.fs.sync_dir(self.dir)
+        except BaseException:
+            try:
+                if f is not None:
+                    f.close()
+                self.fs.remove(path)
+            except OSError:
+                pass  # left for recovery, which drops a segment with no frames
+            raise
+        return _Segment(first_lsn, path, f, record.HEADER_SIZE)
 
     def append(self, data: bytes, first_lsn: int) -> None:
         """Write one group of encoded frames; `first_lsn` is the first frame's LSN."""
@@ -317,14 +355,26 @@ class Wal:
             self._roll(next_lsn)
 
     def _roll(self, next_lsn: int) -> None:
+        """Seal the open segment and make a new one current.
+
+        The new segment exists before the old one is sealed: if creating it
+        fails, the old one stays the open segment and the list is unchanged
+        (listing a segment as both sealed and open once let purge delete it).
+        """
         old = self._cur
         assert old is not None
-        with old.sync_lock:
-            old.file.sync()
-            old.file.close()
-            old.closed = True
-        self._sealed.append((old.first_lsn, old.path))
-        self._open_segment(next_lsn)
+        new = self._create_segment(next_lsn)
+        try:
+            with old.sync_lock:
+                old.file.sync()
+                old.file.close()
+                old.closed = True
+        except BaseException:
+            new.file.close()
+            raise
+        with self._lock:
+            self._sealed.append((old.first_lsn, old.path))
+            self._cur = new
 
     def close(self) -> None:
         cur = self._cur
@@ -334,16 +384,40 @@ class Wal:
                     cur.file.sync()
                     cur.file.close()
                     cur.closed = True
-            self._sealed.append((cur.first_lsn, cur.path))
-            self._cur = None
+            with self._lock:
+                self._sealed.append((cur.first_lsn, cur.path))
+                self._cur = None
 
     # ------------------------------------------------------------------ retention
 
     def segments(self) -> list[tuple[int, str]]:
+        """(first LSN, path) of every segment, oldest first, the open one last."""
+        with self._lock:
+            return self._segments_locked()
+
+    def _segments_locked(self) -> list[tuple[int, str]]:
         segs = list(self._sealed)
         if self._cur is not None:
             segs.append((self._cur.first_lsn, self._cur.path))
         return segs
+
+    def pin(self, lsn: int) -> list[tuple[int, str]]:
+        """Keep the segment holding `lsn` and all later ones until `unpin(lsn)`.
+
+        Returns the segments from the one holding `lsn` on, listed at the
+        moment of pinning. Raises Compacted if `lsn` is no longer retained.
+        """
+        with self._lock:
+            segs = self._segments_locked()
+            if not segs or lsn < segs[0][0]:
+                raise Compacted(lsn, segs[0][0] if segs else 0)
+            self._pins.append(lsn)
+        start = max(i for i, (first, _) in enumerate(segs) if first <= lsn)
+        return segs[start:]
+
+    def unpin(self, lsn: int) -> None:
+        with self._lock:
+            self._pins.remove(lsn)
 
     def purge(self, flushed_lsn: int) -> list[str]:
         """Delete sealed segments wholly at or below `flushed_lsn` past retention.
@@ -352,8 +426,12 @@ class Wal:
         their total size is within `retention_bytes` or they are younger than
         `retention_age_s`; the first segment that fits neither ends the run and
         it and everything older is deleted, so retained history never has holes.
+        Segments a pin still needs are kept whatever the policy says.
         """
-        segs = self.segments()
+        with self._lock:
+            segs = self._segments_locked()
+            if self._pins:
+                flushed_lsn = min(flushed_lsn, min(self._pins) - 1)
         removable = [segs[i] for i in range(len(segs) - 1) if segs[i + 1][0] - 1 <= flushed_lsn]
         kept_bytes = 0
         now = time.time()
@@ -370,52 +448,66 @@ class Wal:
                 continue
             cut = i
             break
-        removed = []
-        for first, path in removable[: cut + 1]:
+        doomed = [path for _, path in removable[: cut + 1]]
+        if not doomed:
+            return []
+        # Unlist first, then unlink: a reader that lists after this never sees
+        # a segment that is about to vanish. Only the oldest go, so the list
+        # stays one unbroken chain.
+        with self._lock:
+            gone = set(doomed)
+            self._sealed = [s for s in self._sealed if s[1] not in gone]
+        for path in doomed:
             try:
                 self.fs.remove(path)
             except FileNotFoundError:
                 pass
-            removed.append(path)
-        if removed:
-            gone = set(removed)
-            self._sealed = [s for s in self._sealed if s[1] not in gone]
-        return removed
+        return doomed
 
     # ------------------------------------------------------------------ reading
 
     def earliest_lsn(self) -> int:
-        segs = self.segments()
+        with self._lock:
+            segs = self._segments_locked()
         return segs[0][0] if segs else 0
 
     def read_from(self, lsn: int) -> Iterator[record.Frame]:
         """Yield retained frames with LSN >= lsn (frames of a batch that spans it too).
 
         Raises Compacted if `lsn` is older than the oldest retained segment.
-        Only durable, fully written frames are returned: the open segment is
-        read up to the size written so far.
+        The segments read are pinned until the iterator is exhausted or closed.
+        Only fully written frames are returned: the open segment is read up to
+        the size written so far. The LSN chain is checked across segments: a
+        gap raises Corruption rather than skipping frames.
         """
-        segs = self.segments()
-        if not segs:
-            return
-        if lsn < segs[0][0]:
-            raise Compacted(lsn, segs[0][0])
-        start = 0
-        for i, (first, _) in enumerate(segs):
-            if first <= lsn:
-                start = i
-        for i in range(start, len(segs)):
-            first, path = segs[i]
-            limit = self._cur.size if self._cur is not None and path == self._cur.path else None
-            f = self.fs.open_read(path)
-            try:
-                buf = f.buf if limit is None else f.buf[:limit]
+        with self._lock:
+            if not self._segments_locked():
+                return
+        segs = self.pin(lsn)
+        try:
+            expected: int | None = None
+            for first, path in segs:
+                if expected is not None and first != expected:
+                    raise Corruption(path, 0, f"segment starts at LSN {first} but the previous "
+                                              f"one ended at LSN {expected - 1}: frames are missing")
+                cur = self._cur
+                limit = cur.size if cur is not None and path == cur.path else None
+                f = self.fs.open_read(path)
                 try:
-                    for fr in record.iter_frames(buf, record.HEADER_SIZE):
-                        if fr.lsn + frame_lsn_count(fr.type, fr.payload) - 1 >= lsn:
-                            yield record.Frame(fr.offset, fr.lsn, fr.term, fr.type, fr.payload,
-                                               memoryview(bytes(fr.raw)))
-                except record.BadFrame as e:
-                    raise Corruption(path, e.offset, e.reason) from None
-            finally:
-                f.close()
+                    buf = f.buf if limit is None else f.buf[:limit]
+                    expected = first
+                    try:
+                        for fr in record.iter_frames(buf, record.HEADER_SIZE):
+                            if fr.lsn != expected:
+                                raise record.BadFrame(
+                                    fr.offset, f"LSN {fr.lsn} where {expected} was expected")
+                            expected = fr.lsn + frame_lsn_count(fr.type, fr.payload)
+                            if expected - 1 >= lsn:
+                                yield record.Frame(fr.offset, fr.lsn, fr.term, fr.type,
+                                                   fr.payload, memoryview(bytes(fr.raw)))
+                    except record.BadFrame as e:
+                        raise Corruption(path, e.offset, e.reason) from None
+                finally:
+                    f.close()
+        finally:
+            self.unpin(lsn)
