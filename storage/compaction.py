@@ -112,20 +112,24 @@ class LevelPicker:
             self.pointers[level] = max(f.largest for f in inputs)
         return c
 
-    def pick_manual(self, v: Version) -> Compaction | None:
+    def pick_manual(self, v: Version, upto_lsn: int = _MAX_LSN) -> Compaction | None:
         """A step of a manual full compaction: push the top level down until one level
-        holds everything.
+        holds everything written up to `upto_lsn`.
 
-        Levels >= 1 go down ten files at a time, so one merge holds a bounded
-        amount of data. Returns None when the tree is settled (at most one
-        level holds files, and it is not L0).
+        Files holding only later writes (min LSN > upto_lsn: flushed after the
+        manual compaction began) are not chased, so it ends under a steady
+        write load. Levels >= 1 go down ten files at a time, so one merge
+        holds a bounded amount of data. Returns None when settled: at most one
+        level holds such files, and it is not L0.
         """
-        nonempty = [lvl for lvl in range(NUM_LEVELS - 1) if v.levels[lvl]]
-        if not nonempty or (len(nonempty) == 1 and nonempty[0] > 0
-                            and not v.levels[NUM_LEVELS - 1]):
+        def old(files: list[FileMeta]) -> list[FileMeta]:
+            return [f for f in files if f.min_lsn <= upto_lsn]
+
+        nonempty = [lvl for lvl in range(NUM_LEVELS) if old(v.levels[lvl])]
+        if not nonempty or (len(nonempty) == 1 and nonempty[0] > 0):
             return None
         level = nonempty[0]
-        inputs = list(v.levels[level]) if level == 0 else list(v.levels[level][:10])
+        inputs = old(v.levels[level]) if level == 0 else old(v.levels[level])[:10]
         c = compaction_for(v, level, inputs)
         c.trivial_move = False  # a manual compaction rewrites (and so drops) what it can
         return c

@@ -218,6 +218,7 @@ class Engine:
         self._compaction_requested = False
         # Table numbers being written and not yet installed: never obsolete.
         self._pending: set[int] = set()
+        # compact_all() in progress: the last LSN it must push down (0: none running)
         self._manual_compaction = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._committer_wake = threading.Semaphore(0)
@@ -300,6 +301,12 @@ class Engine:
         self._start_thread(self._compaction_loop, "strata-compaction")
         if opts.durability == "interval":
             self._start_thread(self._interval_sync_loop, "strata-wal-sync")
+        if len(mem):
+            # The replayed tail was fsynced by recovery, but after an fsync error
+            # the page cache it was read from may hold pages the disk never got
+            # (fsyncgate). Writing them into a table makes the recovered state
+            # durable from memory before any new write builds on it.
+            self.flush()
         log.info("opened %s in %.3fs: %d tables, %d WAL frames replayed, last LSN %d",
                  path, time.monotonic() - t0, len(self._readers), len(tail.frames), last)
         with self._mutex:
@@ -917,7 +924,12 @@ class Engine:
     def _interval_sync_loop(self) -> None:
         period = self.opts.sync_interval_ms / 1000.0
         while not self._closed:
-            time.sleep(period)
+            deadline = time.monotonic() + period
+            with self._bg_cv:  # a condition rather than sleep: close wakes it
+                while not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self._bg_cv.wait(left)
+            if self._closed:
+                return
             try:
                 self._wal.sync_if_dirty()
             except OSError as e:
@@ -1004,7 +1016,7 @@ class Engine:
                     continue
                 c = self._picker.pick(self.versions.current)
                 if c is None and self._manual_compaction:
-                    c = self._picker.pick_manual(self.versions.current)
+                    c = self._picker.pick_manual(self.versions.current, self._manual_compaction)
                 if c is None:
                     self._manual_compaction = 0
                     self._bg_cv.notify_all()
@@ -1131,7 +1143,10 @@ class Engine:
         self.flush()
         deadline = time.monotonic() + timeout
         with self._bg_cv:
-            self._manual_compaction = 1
+            # The data present now is pushed down; what writes add meanwhile is
+            # left to the automatic compactions, so a manual compaction ends
+            # under a steady write load too.
+            self._manual_compaction = max(1, self._visible_lsn)
             self._maybe_schedule_locked()
             while (self._manual_compaction or self._compacting or self._compaction_requested) \
                     and self._bg_error is None:

@@ -54,6 +54,7 @@ class FileSystem(Protocol):
     def link(self, src: str, dst: str) -> None: ...
     def truncate(self, path: str, size: int) -> None: ...
     def sync_dir(self, path: str) -> None: ...
+    def sync_file(self, path: str) -> None: ...
 
 
 def write_file_atomic(fs: FileSystem, path: str, data: bytes) -> None:
@@ -184,6 +185,14 @@ class OsFS:
 
     def sync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync_file(self, path: str) -> None:
+        """fsync a file this process did not write (what an earlier run left in the page cache)."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
@@ -394,6 +403,11 @@ class MemFS:
             copy._synced_dirs = {d: dict(e) for d, e in copy._dirs.items()}
             return copy
 
+    def sync_file(self, path: str) -> None:
+        with self._lock:
+            inode = self._inode(path)
+            inode.synced = bytes(inode.data)
+
     def reset_to_synced_state(self) -> None:
         """Simulate a power cut: drop every unsynced byte and directory entry."""
         with self._lock:
@@ -482,6 +496,10 @@ class FaultFS:
     def remove(self, path: str) -> None:
         self._maybe_fail("remove")
         self.inner.remove(path)
+
+    def sync_file(self, path: str) -> None:
+        self._maybe_fail("sync")
+        self.inner.sync_file(path)
 
     def __getattr__(self, name: str):  # open_read, exists, listdir, ... pass through
         return getattr(self.inner, name)

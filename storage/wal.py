@@ -109,6 +109,7 @@ class Wal:
         self._lock = threading.Lock()
         # LSNs readers still need (checkpoints, history replay): purge keeps their segments.
         self._pins: list[int] = []
+        self.failed: OSError | None = None  # the fsync error that ended this log's life
         self.bytes_written = 0
         self.syncs = 0
         self.sync_counts = [0] * (len(SYNC_BUCKETS) + 1)  # per bucket, last is +Inf
@@ -149,6 +150,7 @@ class Wal:
                              f"hold only up to LSN {after_lsn}: frames {after_lsn + 1}.."
                              f"{segs[0][0] - 1} are missing")
         frames: list[record.Frame] = []
+        replayed = 0  # len(frames) once the segments read so far were made durable
         last_lsn = 0
         last_term = 0
         truncated = 0
@@ -169,6 +171,9 @@ class Wal:
                 f.close()
             if damage is None:
                 keep.append((first, path))
+                if len(frames) > replayed:
+                    self._make_durable(path)
+                    replayed = len(frames)
                 last_lsn = max(last_lsn, self._seg_last)
                 last_term = max(last_term, self._seg_term)
                 continue
@@ -197,13 +202,22 @@ class Wal:
                           "later segments", path, offset, reason, dropped, len(segs) - i - 1)
                 for _, p in segs[i + 1 :]:
                     self.fs.remove(p)
-            self.fs.truncate(path, offset)
+            self.fs.truncate(path, offset)  # truncate syncs what is left
             keep.append((first, path))
             if not torn:
                 break
         with self._lock:
             self._sealed = keep
         return RecoveredTail(frames, last_lsn, last_term, truncated)
+
+    def _make_durable(self, path: str) -> None:
+        """fsync a segment whose frames recovery replays.
+
+        After a SIGKILL they may exist only in the page cache: new writes
+        must not be acknowledged on top of frames a power cut can still take
+        (the log would then have a hole between this segment and the next).
+        """
+        self.fs.sync_file(path)
 
     @staticmethod
     def _synced_group_follows(buf, start: int, marker: bytes) -> bool:
@@ -330,9 +344,18 @@ class Wal:
             return
         with cur.sync_lock:
             if not cur.closed:
+                if self.failed is not None:
+                    raise OSError(self.failed.errno, f"an earlier WAL fsync failed: {self.failed}")
                 cur.dirty = False
                 t0 = time.perf_counter()
-                cur.file.sync()
+                try:
+                    cur.file.sync()
+                except OSError as e:
+                    # fsyncgate: once the kernel has reported a writeback error it
+                    # may have dropped the dirty pages, and a second fsync "succeeds"
+                    # without writing them. Never sync this log again.
+                    self.failed = e
+                    raise
                 dt = time.perf_counter() - t0
                 self.syncs += 1
                 self.sync_seconds += dt
@@ -377,11 +400,14 @@ class Wal:
             self._cur = new
 
     def close(self) -> None:
+        """Sync and close the open segment. After a failed fsync it is closed unsynced:
+        what it holds past the last successful sync is of unknown durability."""
         cur = self._cur
         if cur is not None:
             with cur.sync_lock:
                 if not cur.closed:
-                    cur.file.sync()
+                    if self.failed is None:
+                        cur.file.sync()
                     cur.file.close()
                     cur.closed = True
             with self._lock:
