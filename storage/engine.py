@@ -643,11 +643,18 @@ class Engine:
     def _committer_loop(self) -> None:
         """Leads groups whose head is an asyncio writer (see _write_async)."""
         while True:
-            self._committer_wake.acquire()
+            # Once closed, poll: the queue drains of groups led by their own
+            # thread writers, and nobody may be left to wake this thread.
+            self._committer_wake.acquire(timeout=0.05 if self._closed else None)
             with self._mutex:
                 if not self._queue:
                     if self._closed:
                         return
+                    continue
+                if self._queue[0].fut is None:
+                    # A thread writer heads the queue and leads its own group (a
+                    # wake-up from close() or a stale one must not make a second
+                    # leader write the same frames).
                     continue
             self._lead_group()
 
@@ -783,18 +790,44 @@ class Engine:
         """The value of key at the snapshot (default: every write acknowledged so far)."""
         if type(key) is not bytes:
             _check_bytes("key", key, self.opts.max_key_size)
-        return self._lookup(key, self._visible_lsn if snapshot is None else snapshot.lsn)[1]
+        if snapshot is not None:
+            return self._lookup(key, snapshot.lsn)[1]
+        sv = self._sv
+        lsn = self._visible_lsn
+        while self._sv is not sv:  # see _read_point
+            sv = self._sv
+            lsn = self._visible_lsn
+        return self._lookup(key, lsn, sv)[1]
 
     def get_entry(self, key: bytes, snapshot: Snapshot | None = None) -> tuple[bytes | None, int]:
         """(value, lsn of the write that produced it); (None, 0) if absent or deleted."""
         if type(key) is not bytes:
             _check_bytes("key", key, self.opts.max_key_size)
-        neg, value = self._lookup(key, self._visible_lsn if snapshot is None else snapshot.lsn)
+        if snapshot is not None:
+            neg, value = self._lookup(key, snapshot.lsn)
+        else:
+            sv, lsn = self._read_point()
+            neg, value = self._lookup(key, lsn, sv)
         return (value, -neg) if value is not None else (None, 0)
 
-    def _lookup(self, key: bytes, snap: int) -> tuple[int, bytes | None]:
+    def _read_point(self) -> tuple[tuple, int]:
+        """(read view, LSN) taken together, as a seqlock: the LSN is read between two
+        reads of the view that agree.
+
+        Read apart, a flush or compaction installed in between could have dropped
+        a version the LSN needs (it keeps only what the oldest reader it knew of
+        sees). With both from one moment, the view holds no table written after
+        the LSN was published, and its memtables hold every write up to it.
+        """
+        while True:
+            sv = self._sv
+            lsn = self._visible_lsn
+            if self._sv is sv:
+                return sv, lsn
+
+    def _lookup(self, key: bytes, snap: int, sv: tuple | None = None) -> tuple[int, bytes | None]:
         """(-lsn, value) of key's newest version <= snap, tombstones included; (0, None) if none."""
-        mem, imms, version, readers = self._sv
+        mem, imms, version, readers = self._sv if sv is None else sv
         hit = mem.get(key, snap)
         if hit[0]:
             return hit
@@ -831,8 +864,10 @@ class Engine:
         for b, what in ((start, "start"), (end, "end")):
             if b is not None and type(b) is not bytes:
                 raise InvalidArgument(f"scan {what} must be bytes or None")
-        snap = self._visible_lsn if snapshot is None else snapshot.lsn
-        return self._scan(snap, start, end, self._sv)
+        if snapshot is not None:
+            return self._scan(snapshot.lsn, start, end, self._sv)
+        sv, snap = self._read_point()
+        return self._scan(snap, start, end, sv)
 
     def _scan(self, snap, start, end, sv) -> Iterator[tuple[bytes, bytes]]:
         mem, imms, version, readers = sv
@@ -1302,8 +1337,12 @@ class Engine:
             with self._bg_cv:
                 while self._compacting:
                     self._bg_cv.wait(0.1)
-                self._closed = True
+                self._closed = True  # no write joins the queue from here on
                 self._bg_cv.notify_all()
+                # Groups already queued are still being written: let them finish
+                # before the log is closed under them.
+                while self._queue:
+                    self._bg_cv.wait(0.01)
             self._committer_wake.release()
             for t in self._threads:
                 t.join(timeout=30)
