@@ -9,10 +9,12 @@ subscriber.
 
 Bounds and overflow policy (docs/operations.md, "Subscriptions"):
 - each subscriber holds at most `maxlen` undelivered events; one more and it
-  is cut off with `Lapped(resume_lsn)`, the LSN to resume from through
-  history replay, instead of buffering without bound;
+  is cut off: it gets what its queue holds, then `Lapped(resume_lsn)` with
+  the first LSN it has not received, to resume from through history replay,
+  instead of buffering without bound;
 - the hand-over deque holds at most `max_pending` frames; if the loop falls
-  that far behind, every subscriber is cut off the same way.
+  that far behind, every subscriber is cut off the same way at the first
+  frame that did not fit.
 History (`stream(..., from_lsn=N)`) is replayed from the WAL segments on
 disk, then handed over to the live feed with no gap and no duplicate
 (events are deduplicated by LSN at the seam).
@@ -40,11 +42,13 @@ class Event(NamedTuple):
 
 
 class Lapped(Exception):
-    """The subscriber fell behind its bound; resume from `resume_lsn`."""
+    """The subscriber was cut off; resume from `resume_lsn`, the first event it has not
+    received (never past one: a resume may repeat events, it never skips any)."""
 
     def __init__(self, resume_lsn: int, reason: str) -> None:
         super().__init__(f"{reason}; resume from LSN {resume_lsn}")
         self.resume_lsn = resume_lsn
+        self.reason = reason
 
 
 KV_TOPIC = "kv"
@@ -84,15 +88,22 @@ class Subscription:
         if self.lapped is not None:
             return
         if len(self.queue) >= self.maxlen:
-            first = self.queue[0].lsn if self.queue else ev.lsn
-            self.cut_off(first, f"subscriber fell {self.maxlen} events behind")
+            self.cut_off(ev.lsn, f"subscriber fell {self.maxlen} events behind")
             return
         self.queue.append(ev)
         self._ready.set()
 
-    def cut_off(self, resume_lsn: int, reason: str) -> None:
-        self.queue.clear()
-        self.lapped = Lapped(resume_lsn, reason)
+    def cut_off(self, next_lsn: int, reason: str) -> None:
+        """Cut the subscriber off from the live feed; `next_lsn` is the first LSN not
+        offered to it.
+
+        What its queue already holds is still delivered; then `get` raises
+        Lapped(next_lsn): the resume point is always the first event the
+        subscriber has not received. Cut off once, it keeps that first point.
+        """
+        if self.lapped is not None:
+            return
+        self.lapped = Lapped(next_lsn, reason)
         self._ready.set()
 
     async def get(self) -> Event:
@@ -113,6 +124,8 @@ class Hub:
         self._scheduled = False
         self._overflow_lsn = 0
         self.published = 0
+        # The LSN after the last frame drained: the next one any subscriber is offered.
+        self.next_lsn = 0
 
     # -- engine side (any thread) -------------------------------------------------
 
@@ -140,11 +153,13 @@ class Hub:
         subs = list(self.subs)
         while pending:
             lsn, _, ftype, payload = record.parse_frame(pending.popleft())
-            for ev in frame_events(lsn, ftype, payload):
+            events = frame_events(lsn, ftype, payload)
+            for ev in events:
                 self.published += 1
                 for s in subs:
                     if s.wants(ev):
                         s.offer(ev)
+            self.next_lsn = (events[-1].lsn if events else lsn) + 1
         if self._overflow_lsn:
             for s in subs:
                 s.cut_off(self._overflow_lsn, "the server fell behind fanning out events")
@@ -157,6 +172,20 @@ class Hub:
 
     def unsubscribe(self, s: Subscription) -> None:
         self.subs.discard(s)
+
+    def cut_off_all(self, reason: str, engine=None) -> None:
+        """Cut every subscriber off (shutdown), each at the first event it has not received.
+
+        Frames still waiting in the hand-over deque were offered to nobody:
+        a subscriber with an empty queue resumes at the first of them.
+        """
+        nxt = self.next_lsn
+        if self._pending:
+            nxt = record.parse_frame(self._pending[0])[0]
+        elif not nxt and engine is not None:
+            nxt = engine.last_lsn + 1  # nothing drained yet: nothing offered
+        for s in list(self.subs):
+            s.cut_off(nxt, reason)
 
 
 async def _history(engine, from_lsn: int, upto: int, batch: int = 2000) -> AsyncIterator[Event]:
@@ -208,11 +237,21 @@ async def stream(hub: Hub, engine, topics: frozenset[str] | None, key_prefix: by
             async for ev in _history(engine, pos, boundary):
                 if sub.wants(ev):
                     yield ev
-        next_lsn = boundary + 1
+                if sub.lapped is not None:  # cut off (shutdown) while replaying history
+                    raise Lapped(ev.lsn + 1, sub.lapped.reason)
+        # Everything below next_lsn was replayed or is below from_lsn: a
+        # from_lsn beyond the last LSN waits for that LSN.
+        next_lsn = max(boundary + 1, from_lsn)
         while True:
-            ev = await sub.get()
+            try:
+                ev = await sub.get()
+            except Lapped as e:
+                if e.resume_lsn < next_lsn:  # its queue held events history had replayed
+                    raise Lapped(next_lsn, e.reason) from None
+                raise
             if ev.lsn < next_lsn:
                 continue  # already replayed from history
+            next_lsn = ev.lsn + 1
             yield ev
     finally:
         hub.unsubscribe(sub)

@@ -161,8 +161,7 @@ class Daemon:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.gate.draining = True
         if self.gate.hub is not None:
-            for sub in list(self.gate.hub.subs):
-                sub.cut_off(self.engine.last_lsn + 1 if self.engine else 0, "server shutting down")
+            self.gate.hub.cut_off_all("server shutting down", self.engine)
         if self.ws is not None:
             self.ws.close()
         # Let calls in flight finish while the listener still answers (health

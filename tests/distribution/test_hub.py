@@ -42,13 +42,16 @@ def test_filters_and_overflow_cut_off_with_resume_lsn():
         assert (await asyncio.wait_for(orders.get(), 5)).lsn == 1
         assert (await asyncio.wait_for(accts.get(), 5)).key == b"acct:1"
         assert not accts.queue  # b"other" filtered out
-        # Four more order events for a queue of three: cut off at the oldest undelivered.
+        # Four more order events for a queue of three: the three queued are delivered,
+        # then the cut-off names the first one it never got.
         hub.on_commit([frame(n, record.TYPE_EVENT, [b"orders", b"o", b"x"]) for n in range(4, 8)])
         await asyncio.sleep(0.05)
+        got = []
         with pytest.raises(Lapped) as e:
             while True:
-                await asyncio.wait_for(orders.get(), 5)
-        assert e.value.resume_lsn == 4
+                got.append((await asyncio.wait_for(orders.get(), 5)).lsn)
+        assert got == [4, 5, 6]
+        assert e.value.resume_lsn == 7
         hub.unsubscribe(orders)
         hub.unsubscribe(accts)
         hub.on_commit([frame(8, record.TYPE_PUT, [b"x", b"y"])])  # nobody listening: dropped
@@ -63,11 +66,86 @@ def test_hub_overflow_cuts_every_subscriber():
         sub = hub.subscribe(None, b"", maxlen=100)
         hub.on_commit([frame(1, record.TYPE_PUT, [b"a", b"1"]), frame(2, record.TYPE_PUT, [b"b", b"2"])])
         hub.on_commit([frame(3, record.TYPE_PUT, [b"c", b"3"])])  # pending is full: overflow
+        hub.on_commit([frame(4, record.TYPE_PUT, [b"d", b"4"])])  # still full: a later drop
         await asyncio.sleep(0.05)
+        got = []
         with pytest.raises(Lapped) as e:
             while True:
-                await asyncio.wait_for(sub.get(), 5)
+                got.append((await asyncio.wait_for(sub.get(), 5)).lsn)
+        # 1 and 2 were queued before the overflow: delivered, never skipped (they were
+        # once cleared and the subscriber told to resume at 3).
+        assert got == [1, 2]
         assert e.value.resume_lsn == 3
+
+    asyncio.run(main())
+
+
+def test_a_cut_off_keeps_its_first_resume_point():
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        sub = hub.subscribe(None, b"", maxlen=2)
+        hub.on_commit([frame(n, record.TYPE_PUT, [b"k", b"v"]) for n in (1, 2, 3)])
+        await asyncio.sleep(0.05)  # 3 did not fit: cut off at 3
+        hub.cut_off_all("server shutting down")  # would say 4: must not overwrite
+        got = []
+        with pytest.raises(Lapped) as e:
+            while True:
+                got.append((await asyncio.wait_for(sub.get(), 5)).lsn)
+        assert got == [1, 2] and e.value.resume_lsn == 3
+
+    asyncio.run(main())
+
+
+def test_shutdown_cut_off_resumes_at_the_first_event_not_received(tmp_path):
+    """A subscriber thousands of events behind at SIGTERM was told to resume after all of
+    them: it must resume at the first one it never got."""
+    async def main():
+        with Engine.open(str(tmp_path / "db"), durability="none") as db:
+            hub = Hub(asyncio.get_running_loop())
+            db.add_commit_listener(hub.on_commit)
+            received = []
+
+            async def consume():
+                async for ev in stream(hub, db, None, b"", 0, maxlen=100_000):
+                    received.append(ev.lsn)
+                    if len(received) <= 10:
+                        await asyncio.sleep(0.01)  # a slow reader
+
+            task = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.05)
+            for i in range(3000):
+                db.put(b"k%05d" % i, b"v")
+            await asyncio.sleep(0.01)
+            hub.cut_off_all("server shutting down", db)
+            with pytest.raises(Lapped) as e:
+                await asyncio.wait_for(task, 10)
+            assert received == list(range(1, len(received) + 1))
+            assert e.value.resume_lsn == received[-1] + 1
+            assert e.value.resume_lsn <= 3001
+
+    asyncio.run(main())
+
+
+def test_stream_from_beyond_the_last_lsn_delivers_nothing_below_it(tmp_path):
+    async def main():
+        with Engine.open(str(tmp_path / "db"), durability="none") as db:
+            hub = Hub(asyncio.get_running_loop())
+            db.add_commit_listener(hub.on_commit)
+            db.put(b"a", b"1")
+            got = []
+
+            async def consume():
+                async for ev in stream(hub, db, None, b"", 10, maxlen=1000):
+                    got.append(ev.lsn)
+                    if ev.lsn >= 12:
+                        return
+
+            task = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.1)
+            for i in range(15):
+                db.put(b"k%02d" % i, b"v")
+            await asyncio.wait_for(task, 10)
+            assert got == [10, 11, 12]
 
     asyncio.run(main())
 
