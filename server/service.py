@@ -88,6 +88,12 @@ def _check(request) -> None:
 class RequestIds:
     """Recently seen request ids -> LSN, so a retried write is answered, not repeated.
 
+    The write runs as its own task: when the caller goes away (deadline,
+    cancelled stream) the write still commits, and its outcome is recorded
+    under its id whatever happens to the caller, so the client's retry with
+    the same id gets the LSN instead of writing again. A retry that arrives
+    while the write is in flight waits for that same write.
+
     Bounded to `capacity` ids (least recently used forgotten) and kept in
     memory only: a retry that spans a server restart may write twice.
     """
@@ -95,7 +101,7 @@ class RequestIds:
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._done: OrderedDict[str, int] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._inflight: dict[str, asyncio.Task] = {}
 
     async def run(self, request_id: str, write) -> int:
         if not request_id:
@@ -105,24 +111,25 @@ class RequestIds:
         lsn = self._done.get(request_id)
         if lsn is not None:
             return lsn
-        fut = self._inflight.get(request_id)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[request_id] = fut
-        try:
-            lsn = await write()
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # retrieved: a lone caller must not log "never retrieved"
-            raise
-        finally:
-            self._inflight.pop(request_id, None)
-        fut.set_result(lsn)
-        self._done[request_id] = lsn
+        task = self._inflight.get(request_id)
+        if task is None:
+            task = asyncio.ensure_future(write())
+            self._inflight[request_id] = task
+            task.add_done_callback(lambda t, rid=request_id: self._finished(rid, t))
+        # shield: a caller's cancellation must not cancel the write it started.
+        return await asyncio.shield(task)
+
+    def _finished(self, request_id: str, task: asyncio.Task) -> None:
+        self._inflight.pop(request_id, None)
+        if task.cancelled() or task.exception() is not None:
+            return  # not written (or outcome unknown and the engine stopped): a retry may write
+        self._done[request_id] = task.result()
         if len(self._done) > self.capacity:
             self._done.popitem(last=False)
-        return lsn
+
+    def lsn(self, request_id: str) -> int | None:
+        """The LSN recorded for a finished write with this id, if still remembered."""
+        return self._done.get(request_id)
 
 
 class Gate:
