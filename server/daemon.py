@@ -159,7 +159,7 @@ class Daemon:
         log.info("draining: refusing new calls, %.1fs for calls in flight", self.cfg.drain_timeout_s)
         sdnotify.notify("STOPPING=1")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.gate.draining = True
+        self.gate.drain()
         if self.gate.hub is not None:
             self.gate.hub.cut_off_all("server shutting down", self.engine)
         if self.ws is not None:
@@ -168,7 +168,8 @@ class Daemon:
         # says NOT_SERVING, new calls get UNAVAILABLE): grpc.aio's stop() would
         # refuse even health checks from its first moment.
         deadline = time.monotonic() + self.cfg.drain_timeout_s
-        while self.gate.calls.active > 0 and time.monotonic() < deadline:
+        while (self.gate.calls.active > 0 or self.gate.streams.active > 0) \
+                and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self.server is not None:
             await self.server.stop(max(0.1, deadline - time.monotonic()))

@@ -141,6 +141,8 @@ class Gate:
         self.engine: Engine | None = None
         self.hub: Hub | None = None
         self.draining = False
+        # reader tasks of open Write streams: told to stop reading when draining
+        self.write_readers: set[asyncio.Task] = set()
         self.rate = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         self.calls = Bulkhead(cfg.max_concurrent_calls)
         self.streams = Bulkhead(cfg.max_streams)
@@ -157,6 +159,13 @@ class Gate:
         peer = context.peer() or ""
         # "ipv4:127.0.0.1:5000" / "ipv6:[::1]:5000": the address without the port
         return peer.rsplit(":", 1)[0]
+
+    def drain(self) -> None:
+        """Refuse new calls; Write streams stop reading new messages, answer the ones
+        they took and end with UNAVAILABLE (their client resends the rest elsewhere)."""
+        self.draining = True
+        for t in list(self.write_readers):
+            t.cancel()
 
     def _admit(self, context) -> Engine:
         cfg = self.cfg
@@ -371,14 +380,21 @@ class KVService(pbg.KVServicer):
                     await pending.put((0, done))
 
             rtask = asyncio.ensure_future(reader())
+            gate.write_readers.add(rtask)
             try:
                 while True:
                     rid, task = await pending.get()
                     if task is done:
                         break
                     yield pb.BatchResponse(lsn=await task, id=rid)
+                if rtask.cancelled() and gate.draining:
+                    # Every message read was answered above; the rest were never
+                    # taken, so the client can resend them (with their ids) elsewhere.
+                    raise Unavailable("server is shutting down; resend unanswered writes "
+                                      "on another node or later")
                 await rtask  # surfaces a bad request's error
             finally:
+                gate.write_readers.discard(rtask)
                 rtask.cancel()
 
         async for item in gate.streaming("KV.Write", context, gen):

@@ -168,3 +168,49 @@ def test_concurrent_call_cap_refuses_with_resource_exhausted(daemon_factory):
         slow.result()
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
         assert kv.Get(pb.GetRequest(key=b"k0-00001")).found  # the slot is free again
+
+
+def test_sigterm_ends_write_streams_promptly_and_loses_no_acknowledged_write(daemon_factory):
+    """Write streams used to keep getting writes acknowledged through the drain, then be
+    cancelled, and shutdown always took the whole drain timeout. They stop reading,
+    answer what they took, and end with UNAVAILABLE."""
+    import signal
+    import threading
+
+    d = daemon_factory(extra_env={"STRATA_DRAIN_TIMEOUT_S": "20"})
+    acked: dict[int, int] = {}
+    ended: list[grpc.RpcError] = []
+    started = threading.Event()
+
+    def requests():
+        for i in range(1, 2_000_000):
+            yield pb.BatchRequest(id=i, request_id=f"w-{i}", ops=[
+                pb.Op(kind=pb.Op.PUT, key=b"w%07d" % i, value=b"v")])
+            if i == 200:
+                started.set()
+
+    def run():
+        with grpc.insecure_channel(d.grpc) as ch:
+            try:
+                for resp in pbg.KVStub(ch).Write(requests(), timeout=60):
+                    acked[resp.id] = resp.lsn
+            except grpc.RpcError as e:
+                ended.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert started.wait(20)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(15) == 0
+    took = time.monotonic() - t0
+    t.join(15)
+    assert took < 10, f"shutdown took {took:.1f}s of a 20 s drain window"
+    assert ended and ended[0].code() == grpc.StatusCode.UNAVAILABLE, ended
+    assert len(acked) > 100
+    d2 = daemon_factory(data_dir=d.data_dir)
+    with grpc.insecure_channel(d2.grpc) as ch:
+        kv = pbg.KVStub(ch)
+        for i in sorted(acked)[:: max(1, len(acked) // 300)] + [max(acked)]:
+            assert kv.Get(pb.GetRequest(key=b"w%07d" % i)).found, i
