@@ -226,6 +226,10 @@ class Engine:
         self._listeners: list = []
         self._always = opts.durability == "always"
         self._memtable_size = opts.memtable_size
+        # Event frames fill the log but not the memtable: past this many bytes in
+        # the open segment the memtable rotates anyway (empty, if need be), so the
+        # flush point moves and retention can purge event-only log too.
+        self._log_limit = 2 * opts.memtable_size
         self._max_key = opts.max_key_size
         self._max_value = opts.max_value_size
         self._throttled = False  # L0 or immutable memtables over a limit: see _install_sv
@@ -598,7 +602,7 @@ class Engine:
             self._visible_lsn = last
             if self._listeners:
                 self._notify([frame])
-            if mem.size >= self._memtable_size:
+            if mem.size >= self._memtable_size or self._wal.open_bytes >= self._log_limit:
                 self._rotate_locked()
         return last
 
@@ -701,7 +705,8 @@ class Engine:
                 self._stats["groups"] += 1
                 self._stats["group_frames"] += len(group)
                 self._group_sizes[min(len(group).bit_length(), len(self._group_sizes) - 1)] += 1
-                if self._mem.size >= self._memtable_size or self._rotate_requested:
+                if self._mem.size >= self._memtable_size or self._rotate_requested \
+                        or self._wal.open_bytes >= self._log_limit:
                     self._rotate_requested = False
                     self._rotate_locked()
                 del q[: len(group)]
@@ -771,14 +776,20 @@ class Engine:
 
     def _rotate_locked(self) -> None:
         """Make the memtable immutable and start a new one. REQUIRES: _mutex held."""
-        if not len(self._mem) or self._bg_error is not None:
+        if self._bg_error is not None:
             return  # after a failed write the WAL's state is unknown: do not roll it
+        if not len(self._mem) and self._wal.open_bytes <= record.HEADER_SIZE:
+            return  # nothing written since the last rotation
         try:
             self._wal.roll(self._visible_lsn + 1)
         except OSError as e:
             # Writes already applied stay acknowledged; later ones are refused.
             self._fail(e)
             return
+        # The flush point this memtable's flush sets: every frame up to here is in
+        # a sealed segment, and every key-space write among them in this memtable
+        # or an older one (events need no table).
+        self._mem.last_lsn = max(self._mem.last_lsn, self._visible_lsn)
         self._imms = self._imms + (self._mem,)
         self._mem = MemTable()
         self._install_sv()
@@ -994,7 +1005,9 @@ class Engine:
         with self._mutex:
             self._pending.add(number)
         path = os.path.join(self.path, sstable.table_name(number))
-        if self.opts.compaction_executor == "process" and isinstance(self.fs, OsFS):
+        if not len(imm):
+            outs = []  # rotated for the log's sake (events only): no table, a new flush point
+        elif self.opts.compaction_executor == "process" and isinstance(self.fs, OsFS):
             # Packing the dict is C; sorting and encoding happen in the worker.
             job = {"kind": "flush", "path": os.path.abspath(path), "items": list(imm._d.items()),
                    "smallest_snapshot": self._smallest_snapshot()}

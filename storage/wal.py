@@ -361,6 +361,12 @@ class Wal:
                 self.sync_seconds += dt
                 self.sync_counts[bisect_left(SYNC_BUCKETS, dt)] += 1
 
+    @property
+    def open_bytes(self) -> int:
+        """Bytes in the open segment, header included (0 when closed)."""
+        cur = self._cur
+        return cur.size if cur is not None else 0
+
     def sync_if_dirty(self) -> None:
         cur = self._cur
         if cur is not None and cur.dirty:
