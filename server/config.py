@@ -162,8 +162,16 @@ def validate(cfg: Config) -> None:
 
 
 def grpc_message_limit(cfg: Config) -> int:
-    """Largest gRPC message the server accepts: a full batch plus its framing."""
-    return cfg.max_batch_bytes + cfg.max_batch_ops * 16 + (64 << 10)
+    """Largest gRPC message the transport accepts: what the engine's own limits could
+    ever admit (a full batch, or the largest key and value), plus framing.
+
+    The transport's limit is fixed when the server starts, while the configured
+    limits reload on SIGHUP; so the transport admits the most any configuration
+    may, and requests over the configured limits get INVALID_ARGUMENT from the
+    handlers (a clear error, never RESOURCE_EXHAUSTED, which clients retry).
+    """
+    del cfg  # deliberately independent of the (reloadable) configured limits
+    return max(_ENGINE_MAX_BATCH, (64 << 10) + _ENGINE_MAX_VALUE) + 100_000 * 16 + (64 << 10)
 
 
 def render(cfg: Config, sources: dict[str, str]) -> str:

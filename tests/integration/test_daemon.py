@@ -321,3 +321,28 @@ def test_wal_histograms_are_exported(daemon):
     count = [line for line in text.splitlines() if line.startswith("strata_wal_fsync_seconds_count")]
     assert count and float(count[0].split()[-1]) >= 5
     assert 'strata_wal_group_frames_bucket{le="1"}' in text
+
+
+def test_value_limit_and_its_reload_do_not_depend_on_the_batch_limit(daemon_factory, tmp_path):
+    """The transport limit was derived from max_batch_bytes alone: a 2 MiB put under a
+    4 MiB max_value_size got RESOURCE_EXHAUSTED (which clients retry), and raising a limit
+    on SIGHUP never reached the transport."""
+    conf = tmp_path / "strata.toml"
+    conf.write_text("max_batch_bytes = 1048576\nmax_value_size = 4194304\n")
+    d = daemon_factory(args=["--config", str(conf)])
+    big = b"v" * (2 << 20)
+    with Client(d.grpc) as c:
+        c.put(b"big", big)
+        assert c.get(b"big") == big
+        with pytest.raises(errors.InvalidArgument):
+            c.put(b"bigger", b"v" * (5 << 20))
+        conf.write_text("max_batch_bytes = 1048576\nmax_value_size = 8388608\n")
+        d.proc.send_signal(__import__("signal").SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                c.put(b"bigger", b"v" * (5 << 20))
+                break
+            except errors.InvalidArgument:
+                time.sleep(0.05)
+        assert c.get(b"bigger") == b"v" * (5 << 20)
