@@ -136,6 +136,16 @@ class _Base:
             self.breaker.success()  # the endpoint answered: it is up
         return err
 
+    def _handle_stream_end(self, e: grpc.RpcError) -> errors.StrataError:
+        """A subscription's end. Its own deadline running out, or the server cutting a
+        slow reader off with a resume LSN, says nothing against the server: the
+        endpoint answered, and the breaker must not open over idle subscriptions."""
+        err = errors.from_rpc_error(e)
+        if isinstance(err, (errors.Lapped, errors.DeadlineExceeded)):
+            self.breaker.success()
+            return err
+        return self._handle(e)
+
 
 class Client(_Base):
     """Blocking client. Thread-safe; one channel (HTTP/2 connection) per client."""
@@ -262,7 +272,7 @@ class Client(_Base):
         try:
             yield from call
         except grpc.RpcError as e:
-            raise self._handle(e) from None
+            raise self._handle_stream_end(e) from None
 
     # -- Admin
     def status(self):
@@ -385,7 +395,7 @@ class AsyncClient(_Base):
             async for ev in call:
                 yield ev
         except grpc.RpcError as e:
-            raise self._handle(e) from None
+            raise self._handle_stream_end(e) from None
 
     async def status(self):
         return await self._call("admin.Status", pb.StatusRequest(), retry=True)

@@ -918,3 +918,22 @@ def test_async_not_master_is_followed_for_publish(servers):
 
     assert asyncio.run(main()) == 15
     assert master.hits("Publish") == 1
+
+
+def test_idle_or_lapped_subscriptions_do_not_open_the_breaker(fake, clients):
+    """Five subscriptions ending on their own deadline, or cut off as slow readers with a
+    resume LSN, used to open the breaker against a healthy server."""
+    c = clients(fake.address, threshold=3)
+    for _ in range(3):
+        fake.then("Subscribe", Stream([], Err(C.DEADLINE_EXCEEDED, "deadline")))
+        with pytest.raises(errors.DeadlineExceeded):
+            list(c.subscribe(timeout=5))
+    for _ in range(3):
+        fake.then("Subscribe", Stream([], Err(C.RESOURCE_EXHAUSTED, "behind",
+                                              (("strata-resume-lsn", "42"),))))
+        with pytest.raises(errors.Lapped) as ei:
+            list(c.subscribe())
+        assert ei.value.resume_lsn == 42
+    assert c.breaker.state == "closed"
+    fake.always("Get", pb.GetResponse(found=True, value=b"x"))
+    assert c.get(b"k") == b"x"

@@ -490,3 +490,22 @@ def test_event_only_traffic_keeps_the_log_bounded(path):
         assert db.last_lsn == last
         db.put(b"k", b"v")
         assert db.get(b"k") == b"v"
+
+
+@pytest.mark.parametrize("durability", ["always", "none"])
+def test_write_counters_are_exact_under_concurrent_writers(path, durability):
+    with Engine.open(path, durability=durability) as db:
+        def writer(t: int) -> None:
+            for i in range(1500):
+                db.put(b"t%d-%d" % (t, i), b"v")
+                if i % 3 == 0:
+                    db.delete(b"t%d-%d" % (t, i))
+                if i % 5 == 0:
+                    db.write_batch([("put", b"b%d-%d" % (t, i), b"v")])
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        st = db.stats
+        assert (st["puts"], st["deletes"], st["batches"]) == (8 * 1500, 8 * 500, 8 * 300)
