@@ -32,7 +32,7 @@ ENV STRATA_DATA_DIR=/data \
     STRATA_METRICS_LISTEN=0.0.0.0:7402
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["python", "-m", "server.healthcheck", "127.0.0.1:7400"]
+  CMD ["python", "-m", "server.healthcheck"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["strata"]

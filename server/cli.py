@@ -23,7 +23,8 @@ FLAG_OPTIONS = ("data_dir", "grpc_listen", "ws_listen", "metrics_listen", "durab
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--config", default=os.environ.get("STRATA_CONFIG") or None,
+                   help="TOML configuration file (default: $STRATA_CONFIG)")
     for name in FLAG_OPTIONS:
         kwargs: dict = {"help": config_mod.OPTIONS[name][0], "default": None}
         if name == "durability":

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +14,8 @@ import grpc
 import pytest
 
 from strata_client import Client, errors
+
+from .conftest import ROOT
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
@@ -214,3 +217,25 @@ def test_sigterm_ends_write_streams_promptly_and_loses_no_acknowledged_write(dae
         kv = pbg.KVStub(ch)
         for i in sorted(acked)[:: max(1, len(acked) // 300)] + [max(acked)]:
             assert kv.Get(pb.GetRequest(key=b"w%07d" % i)).found, i
+
+
+def test_healthcheck_command_speaks_tls_when_the_daemon_does(daemon_factory, tls_pair):
+    """The Docker HEALTHCHECK dialled plaintext and so could never pass for a TLS daemon."""
+    key, cert = tls_pair
+    env = {"STRATA_TLS_KEY": key, "STRATA_TLS_CERT": cert}
+    d = daemon_factory(extra_env=env, start=False)
+    d.start(wait=False)
+    probe_env = dict(d.env, STRATA_GRPC_LISTEN=d.grpc)
+    deadline = time.monotonic() + 30
+    while True:
+        r = subprocess.run([sys.executable, "-m", "server.healthcheck"], env=probe_env,
+                           capture_output=True, text=True, cwd=ROOT)
+        if r.returncode == 0:
+            break
+        assert time.monotonic() < deadline, r.stderr + d.logs()
+        time.sleep(0.2)
+    # The same probe without the daemon's TLS settings is refused: it proves nothing.
+    plain = {k: v for k, v in probe_env.items() if not k.startswith("STRATA_TLS")}
+    r = subprocess.run([sys.executable, "-m", "server.healthcheck", d.grpc], env=plain,
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "unhealthy" in r.stderr
