@@ -45,6 +45,8 @@ class Config:
     drain_timeout_s: float = 10.0
     subscriber_queue: int = 10_000
     auth_token: str = ""
+    admin_token: str = ""
+    backup_dir: str = ""
     tls_cert: str = ""
     tls_key: str = ""
 
@@ -74,6 +76,10 @@ OPTIONS: dict[str, tuple[str, bool]] = {
     "drain_timeout_s": ("on SIGTERM, how long in-flight calls may take to finish", True),
     "subscriber_queue": ("events buffered per subscriber before it is cut off", True),
     "auth_token": ("shared token required in `authorization: Bearer <token>` (empty: no auth)", False),
+    "admin_token": ("token Admin.Checkpoint and Admin.Compact require instead of auth_token "
+                    "(empty: auth_token suffices)", False),
+    "backup_dir": ("directory Admin.Checkpoint writes into, by relative name "
+                   "(empty: <data_dir>/checkpoints, on the same file system: hard links)", False),
     "tls_cert": ("PEM certificate chain for gRPC TLS (with tls_key)", False),
     "tls_key": ("PEM private key for gRPC TLS", False),
 }
@@ -161,6 +167,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
 
 
+def backup_dir(cfg: Config) -> str:
+    """Where Admin.Checkpoint writes: `backup_dir`, or <data_dir>/checkpoints by default."""
+    return os.path.abspath(cfg.backup_dir or os.path.join(cfg.data_dir, "checkpoints"))
+
+
 def grpc_message_limit(cfg: Config) -> int:
     """Largest gRPC message the transport accepts: what the engine's own limits could
     ever admit (a full batch, or the largest key and value), plus framing.
@@ -179,7 +190,7 @@ def render(cfg: Config, sources: dict[str, str]) -> str:
     lines = ["# effective Strata configuration (value  # source: help)"]
     for name in _FIELDS:
         value = getattr(cfg, name)
-        if name == "auth_token" and value:
+        if name in ("auth_token", "admin_token") and value:
             value = "<set>"
         text = f'"{value}"' if isinstance(value, str) else repr(value)
         lines.append(f"{name} = {text}  # {sources[name]}: {OPTIONS[name][0]}")

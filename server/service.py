@@ -24,7 +24,7 @@ from proto.strata.v1 import strata_pb2 as pb
 from proto.strata.v1 import strata_pb2_grpc as pbg
 from storage import Engine
 
-from .config import Config
+from .config import Config, backup_dir
 from .errors import InvalidInput, Overloaded, Unauthenticated, Unavailable, classify
 from .limits import Bulkhead, RateLimiter
 from .metrics import Metrics
@@ -83,6 +83,10 @@ class tolerant_handlers:
 def _check(request) -> None:
     if isinstance(request, Malformed):
         raise InvalidInput(request.error)
+
+
+# Calls that write files or rewrite the database: with admin_token set, only it admits them.
+ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Compact"})
 
 
 class RequestIds:
@@ -167,14 +171,25 @@ class Gate:
         for t in list(self.write_readers):
             t.cancel()
 
-    def _admit(self, context) -> Engine:
+    def _authorize(self, context, method: str) -> None:
+        """The data token admits data calls; with `admin_token` set, Admin.Checkpoint and
+        Admin.Compact take only it (it admits every other call too)."""
         cfg = self.cfg
-        if cfg.auth_token:
-            md = dict(context.invocation_metadata() or ())
-            got = md.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {cfg.auth_token}".encode()):
-                self.metrics.refused.labels("auth").inc()
-                raise Unauthenticated("missing or wrong token: send `authorization: Bearer <token>`")
+        admin = method in ADMIN_METHODS and bool(cfg.admin_token)
+        if not (cfg.auth_token or admin):
+            return
+        got = dict(context.invocation_metadata() or ()).get("authorization", "").encode()
+        tokens = [cfg.admin_token] if admin else [t for t in (cfg.auth_token, cfg.admin_token) if t]
+        if not any(hmac.compare_digest(got, f"Bearer {t}".encode()) for t in tokens):
+            self.metrics.refused.labels("auth").inc()
+            if admin:
+                raise Unauthenticated(f"{method} needs the admin token: "
+                                      f"send `authorization: Bearer <admin_token>`")
+            raise Unauthenticated("missing or wrong token: send `authorization: Bearer <token>`")
+
+    def _admit(self, context, method: str) -> Engine:
+        cfg = self.cfg
+        self._authorize(context, method)
         if self.engine is None:
             raise Unavailable("server is starting: the database is being recovered; retry shortly")
         if self.draining:
@@ -194,7 +209,7 @@ class Gate:
         entered = False
         try:
             _check(request)
-            engine = self._admit(context)
+            engine = self._admit(context, method)
             if not self.calls.try_enter():
                 self.metrics.refused.labels("concurrency").inc()
                 raise Overloaded(f"more than {self.calls.limit} calls in progress; back off and retry")
@@ -219,7 +234,7 @@ class Gate:
         entered = False
         try:
             _check(request)
-            engine = self._admit(context)
+            engine = self._admit(context, method)
             if not self.streams.try_enter():
                 self.metrics.refused.labels("streams").inc()
                 raise Overloaded(f"more than {self.streams.limit} streams open; back off and retry")
@@ -441,6 +456,28 @@ class EventsService(pbg.EventsServicer):
             yield item
 
 
+def checkpoint_path(root: str, name: str) -> str:
+    """The absolute path for checkpoint `name` under `root` (created if missing).
+
+    Only relative names are taken; one that leaves `root` (`..`, or through a
+    symbolic link) is refused: a token holder may write checkpoints, not
+    files anywhere the daemon can reach.
+    """
+    if not name or os.path.isabs(name) or "\0" in name:
+        raise InvalidInput("checkpoint path must be a relative name, created under the "
+                           "server's backup_dir")
+    os.makedirs(root, exist_ok=True)
+    real_root = os.path.realpath(root)
+    path = os.path.normpath(os.path.join(real_root, name))
+    parent = os.path.realpath(os.path.dirname(path))
+    if os.path.commonpath([real_root, parent]) != real_root or path == real_root:
+        raise InvalidInput(f"checkpoint path {name!r} leaves the backup directory")
+    if os.path.lexists(path):
+        raise InvalidInput(f"checkpoint {name!r} already exists")
+    os.makedirs(parent, exist_ok=True)
+    return path
+
+
 class AdminService(pbg.AdminServicer):
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
@@ -461,11 +498,7 @@ class AdminService(pbg.AdminServicer):
 
     async def Checkpoint(self, request, context):
         async def handle(engine: Engine):
-            path = request.path
-            if not path or not os.path.isabs(path):
-                raise InvalidInput("checkpoint path must be an absolute path on the server")
-            if os.path.exists(path):
-                raise InvalidInput(f"checkpoint path {path} already exists")
+            path = checkpoint_path(backup_dir(self.gate.cfg), request.path)
             lsn = engine.last_lsn
             await asyncio.get_running_loop().run_in_executor(None, engine.checkpoint, path)
             return pb.CheckpointResponse(path=path, lsn=lsn)

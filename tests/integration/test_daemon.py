@@ -146,8 +146,9 @@ def test_bad_input_gets_documented_codes_and_leaves_data_intact(daemon_factory):
             == C.INVALID_ARGUMENT
         assert code_of(pbg.EventsStub(ch).Publish, pb.PublishRequest(topic="kv")) \
             == C.INVALID_ARGUMENT
-        assert code_of(pbg.AdminStub(ch).Checkpoint, pb.CheckpointRequest(path="relative")) \
-            == C.INVALID_ARGUMENT
+        for bad in ("/tmp/absolute", "../escape", "a/../../escape", ""):
+            assert code_of(pbg.AdminStub(ch).Checkpoint, pb.CheckpointRequest(path=bad)) \
+                == C.INVALID_ARGUMENT, bad
         # Malformed protobuf bytes on a real method.
         raw = ch.unary_unary("/strata.v1.KV/Put", request_serializer=lambda b: b,
                              response_deserializer=lambda b: b)
@@ -350,3 +351,44 @@ def test_value_limit_and_its_reload_do_not_depend_on_the_batch_limit(daemon_fact
             except errors.InvalidArgument:
                 time.sleep(0.05)
         assert c.get(b"bigger") == b"v" * (5 << 20)
+
+
+def test_checkpoints_go_under_backup_dir_by_relative_name(daemon_factory, tmp_path):
+    """Admin.Checkpoint used to write wherever an absolute path pointed; now a relative
+    name under backup_dir, and nothing that leaves it (.., symlinks)."""
+    backups = tmp_path / "backups"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    backups.mkdir()
+    (backups / "link").symlink_to(outside)
+    d = daemon_factory(extra_env={"STRATA_BACKUP_DIR": str(backups)})
+    with Client(d.grpc) as c:
+        for i in range(200):
+            c.put(b"k%03d" % i, b"v%d" % i)
+        lsn = c.checkpoint("nightly/2026-12-02")
+        assert lsn >= 200
+        for bad in ("link/cp", "../outside/cp", "/abs", "nightly/2026-12-02"):
+            with pytest.raises(errors.InvalidArgument):
+                c.checkpoint(bad)
+    assert not os.listdir(outside)
+    cp = backups / "nightly" / "2026-12-02"
+    assert (cp / "CURRENT").exists()
+    d2 = daemon_factory(data_dir=str(cp))
+    with Client(d2.grpc) as c:
+        assert c.get(b"k199") == b"v199"
+
+
+def test_admin_token_guards_checkpoint_and_compact(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_AUTH_TOKEN": "data", "STRATA_ADMIN_TOKEN": "admin"})
+    with Client(d.grpc, token="data") as c:
+        c.put(b"k", b"v")
+        c.status()
+        with pytest.raises(errors.Unauthenticated):
+            c.checkpoint("cp1")
+        with pytest.raises(errors.Unauthenticated):
+            c.compact()
+    with Client(d.grpc, token="admin") as c:
+        assert c.checkpoint("cp1") >= 1
+        c.compact()
+        assert c.get(b"k") == b"v"
+    assert os.path.exists(os.path.join(d.data_dir, "checkpoints", "cp1", "CURRENT"))
