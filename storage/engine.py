@@ -199,6 +199,9 @@ class Engine:
         self.fs = fs
         self.opts = opts
         self._mutex = threading.Lock()
+        # Serialises version edits (flush, compaction) and checkpoint captures;
+        # taken before _mutex, never while holding it.
+        self._edit_lock = threading.Lock()
         self._bg_cv = threading.Condition(self._mutex)
         self._queue: list[_Writer] = []
         self._next_lsn = 1
@@ -1032,14 +1035,13 @@ class Engine:
             edit["add"] = [meta.to_wire(0)]
             new_readers[number] = self._open_table(number)
         self.fs.sync_dir(self.path)
-        with self._mutex:
-            self.versions.log_and_apply(edit)
-            self._readers.update(new_readers)
+
+        def installed() -> None:
             self._pending.discard(number)
             self._imms = self._imms[1:]
-            self._install_sv()
-            self._bg_cv.notify_all()
             self._maybe_schedule_locked()
+
+        self._log_and_apply(edit, new_readers, (), installed)
         size = sum(p["file_size"] for _, p in outs)
         dt = time.monotonic() - t0
         self._stats["flushes"] += 1
@@ -1049,6 +1051,30 @@ class Engine:
                  sstable.table_name(number), len(imm), size, dt, size / max(dt, 1e-9) / 1e6)
         self._wal.purge(self.versions.flushed_lsn)
         self._delete_obsolete()
+
+    def _log_and_apply(self, edit: dict, new_readers: dict | None = None, gone=(),
+                       installed=None) -> None:
+        """Make a version edit durable, then install it and publish a new read view.
+
+        The manifest write and its fsync run outside `_mutex` (LevelDB's
+        LogAndApply unlocks around them), so commit groups never wait for
+        them; `_edit_lock` keeps edits in order and lets a checkpoint capture
+        the version and the flush point as one. Readers of new tables are
+        registered before any view can list them. `installed` runs under
+        `_mutex` with the new version in place.
+        """
+        with self._edit_lock:
+            if new_readers:
+                with self._mutex:
+                    self._readers.update(new_readers)
+            self.versions.log_and_apply(edit)
+            with self._mutex:
+                for n in gone:
+                    self._readers.pop(n, None)
+                if installed is not None:
+                    installed()
+                self._install_sv()
+                self._bg_cv.notify_all()
 
     def _smallest_snapshot(self) -> int:
         with self._mutex:
@@ -1102,10 +1128,7 @@ class Engine:
         if c.trivial_move:
             f = c.inputs[0]
             edit = {"del": [[c.level, f.number]], "add": [f.to_wire(c.output_level)]}
-            with self._mutex:
-                self.versions.log_and_apply(edit)
-                self._install_sv()
-                self._bg_cv.notify_all()
+            self._log_and_apply(edit)
             self._stats["trivial_moves"] += 1
             return
         inputs = [(c.level, f) for f in c.inputs] + [(c.output_level, f) for f in c.next_inputs]
@@ -1135,14 +1158,8 @@ class Engine:
             edit["add"].append(meta.to_wire(c.output_level))
             new_readers[number] = self._open_table(number)
         self.fs.sync_dir(self.path)
-        with self._mutex:
-            self.versions.log_and_apply(edit)
-            for _, f in inputs:
-                self._readers.pop(f.number, None)
-            self._readers.update(new_readers)
-            self._pending.difference_update(new_readers)
-            self._install_sv()
-            self._bg_cv.notify_all()
+        self._log_and_apply(edit, new_readers, [f.number for _, f in inputs],
+                            lambda: self._pending.difference_update(new_readers))
         dt = time.monotonic() - t0
         self._stats["compactions"] += 1
         self._stats["compaction_read_bytes"] += result["read_bytes"]
@@ -1254,7 +1271,7 @@ class Engine:
         """
         if self.fs.exists(dest):
             raise InvalidArgument(f"checkpoint destination {dest} already exists")
-        with self._mutex:
+        with self._edit_lock, self._mutex:
             if self._closed:
                 self._raise_closed()
             version = self.versions.current
