@@ -42,7 +42,7 @@ from .errors import Closed, Conflict, Corruption, InvalidArgument, StorageError,
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet, manifest_name
 from .memtable import MemTable
 from .vfs import FileSystem, MemFS, OsFS
-from .wal import Wal, frame_lsn_count
+from .wal import Wal, frame_lsn_count, segment_name
 
 _packb = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb() builds one per call
 _encode_frame = record.encode_frame
@@ -1304,8 +1304,8 @@ class Engine:
             vs.next_file = next_file
             vs.create()
             vs.close()
-            for _, p in segs:
-                f = self.fs.open_read(p)
+            for first, p in segs:
+                f = self._wal.open_segment(first, p)
                 try:
                     buf = f.buf
                     end = record.HEADER_SIZE
@@ -1317,7 +1317,7 @@ class Engine:
                     data = bytes(buf[:end])
                 finally:
                     f.close()
-                out = self.fs.create(os.path.join(dest, os.path.basename(p)))
+                out = self.fs.create(os.path.join(dest, segment_name(first)))
                 out.write(data)
                 out.sync()
                 out.close()
@@ -1352,6 +1352,7 @@ class Engine:
         self._committer_wake.release()
         for t in self._threads:
             t.join(10)
+        self._wal.halt()
         self._release_lock_file()
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ every later one are never deleted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from bisect import bisect_left
@@ -40,6 +41,10 @@ SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 
 PREFIX = "wal-"
 SUFFIX = ".log"
+# The next segment, made ahead of time (created, preallocated, synced) so that a
+# roll on the commit path costs no fsync. Once it is in use it holds a header
+# and frames until the background thread renames it to its segment name.
+NEXT_NAME = "wal.next"
 
 
 def segment_name(first_lsn: int) -> str:
@@ -61,6 +66,13 @@ def frame_lsn_count(ftype: int, payload: bytes) -> int:
     return 1
 
 
+def _holds_sync_point(buf) -> bool:
+    try:
+        return any(record.is_sync_point(fr) for fr in record.iter_frames(buf, record.HEADER_SIZE))
+    except record.BadFrame:
+        return False
+
+
 @dataclass
 class RecoveredTail:
     frames: list[record.Frame]
@@ -71,6 +83,8 @@ class RecoveredTail:
 
 class _Segment:
     __slots__ = ("first_lsn", "path", "file", "size", "sync_lock", "closed", "dirty", "created")
+    # `path` changes once, under Wal._lock, when a segment made from the spare
+    # is renamed from NEXT_NAME to its segment name.
 
     def __init__(self, first_lsn: int, path: str, file: WritableFile, size: int) -> None:
         self.first_lsn = first_lsn
@@ -110,6 +124,15 @@ class Wal:
         # LSNs readers still need (checkpoints, history replay): purge keeps their segments.
         self._pins: list[int] = []
         self.failed: OSError | None = None  # the fsync error that ended this log's life
+        # Roll work left to the background thread: (sealed segment to sync and
+        # close, open segment to rename from NEXT_NAME). At most one at a time.
+        self._pending: tuple[_Segment, _Segment] | None = None
+        self._spare: WritableFile | None = None  # NEXT_NAME, ready, header not written
+        self._bg_lock = threading.Lock()  # serialises the roll work and spare making
+        self._bg_cv = threading.Condition()
+        self._bg_thread: threading.Thread | None = None
+        self._bg_stop = False
+        self.background_errors = 0
         self.bytes_written = 0
         self.syncs = 0
         self.sync_counts = [0] * (len(SYNC_BUCKETS) + 1)  # per bucket, last is +Inf
@@ -140,6 +163,7 @@ class Wal:
           the log is cut at the damage and everything after it is dropped,
           loudly.
         """
+        self._adopt_next()
         segs = self.list_segments()
         # Segments are purged only when wholly flushed, so the oldest one left
         # starts at or before after_lsn + 1. One that starts later means frames
@@ -209,6 +233,57 @@ class Wal:
         with self._lock:
             self._sealed = keep
         return RecoveredTail(frames, last_lsn, last_term, truncated)
+
+    def _adopt_next(self) -> None:
+        """Give NEXT_NAME its segment name if it was in use.
+
+        A process killed between a roll and the background rename leaves the
+        open segment under NEXT_NAME; its header names its first LSN. It is
+        adopted (and the usual chain checks then apply) when it follows the
+        newest segment's last whole frame, when there is no other segment, or
+        when it holds a synced group (durable acknowledged writes: a hole
+        before it is corruption, never silently dropped). Otherwise it is an
+        unused spare, or the log before it lost unsynced frames in a power cut
+        (the background syncs the older segment before anything later): it
+        holds no durable acknowledged write and is removed, leaving the log a
+        consistent prefix.
+        """
+        path = os.path.join(self.dir, NEXT_NAME)
+        if not self.fs.exists(path):
+            return
+        data = self.fs.read_bytes(path)
+        try:
+            first = record.decode_header(data, path)
+        except ValueError:
+            first = None
+        segs = self.list_segments()
+        adopt = first is not None and (not segs or self._ends_at(segs[-1]) + 1 == first
+                                       or _holds_sync_point(data))
+        if adopt and not any(lsn == first for lsn, _ in segs):
+            final = os.path.join(self.dir, segment_name(first))
+            log.info("adopting %s as %s (the process stopped before renaming it)", path, final)
+            self.fs.rename(path, final)
+        else:
+            if first is not None:
+                log.warning("removing %s: its frames from LSN %d follow a log that lost "
+                            "unsynced frames (a power cut); none of them was synced", path, first)
+            self.fs.remove(path)
+        self.fs.sync_dir(self.dir)
+
+    def _ends_at(self, seg: tuple[int, str]) -> int:
+        """The last LSN of the unbroken run of whole frames at the start of `seg`."""
+        first, path = seg
+        buf = self.fs.read_bytes(path)
+        expected = first
+        try:
+            record.decode_header(buf, path)
+            for fr in record.iter_frames(buf, record.HEADER_SIZE):
+                if fr.lsn != expected:
+                    break
+                expected = fr.lsn + frame_lsn_count(fr.type, fr.payload)
+        except (ValueError, record.BadFrame):
+            pass
+        return expected - 1
 
     def _make_durable(self, path: str) -> None:
         """fsync a segment whose frames recovery replays.
@@ -291,7 +366,8 @@ class Wal:
     # ------------------------------------------------------------------ writing
 
     def start(self, next_lsn: int) -> None:
-        """Open a fresh segment whose first frame will carry `next_lsn`."""
+        """Open a fresh segment whose first frame will carry `next_lsn`; start the
+        background thread that finishes rolls and keeps a spare segment ready."""
         path = os.path.join(self.dir, segment_name(next_lsn))
         if self.fs.exists(path):
             # An empty segment from an earlier run (recovery found no frame in
@@ -302,6 +378,103 @@ class Wal:
         seg = self._create_segment(next_lsn)
         with self._lock:
             self._cur = seg
+        self._bg_stop = False
+        self._bg_thread = threading.Thread(target=self._background, name="strata-wal-roll",
+                                           daemon=True)
+        self._bg_thread.start()
+
+    # -- background: finish rolls, keep a spare ---------------------------------------
+
+    def _background(self) -> None:
+        while True:
+            with self._bg_cv:
+                while not self._bg_stop and self._pending is None and self._spare is not None:
+                    self._bg_cv.wait()
+                if self._bg_stop:
+                    return
+            try:
+                self._finish_roll()
+                self._make_spare()
+            except OSError as e:
+                # Left for the commit path, which does the same work inline and
+                # reports the error to its caller (the engine then stops writes).
+                self.background_errors += 1
+                log.warning("WAL background work failed (the next roll will retry it): %s", e)
+                with self._bg_cv:
+                    self._bg_cv.wait(1.0)
+
+    def _finish_roll(self) -> None:
+        """Sync and close the sealed segment, then rename the open one into place.
+
+        Order matters for a power cut: the new segment gets its name (and so
+        counts as part of the log) only after everything before it is durable.
+        """
+        with self._bg_lock:
+            pending = self._pending
+            if pending is None:
+                return
+            old, new = pending
+            with old.sync_lock:
+                if not old.closed:
+                    if old.dirty:
+                        self._sync_file(old)
+                    old.file.close()
+                    old.closed = True
+            final = os.path.join(self.dir, segment_name(new.first_lsn))
+            self.fs.rename(new.path, final)
+            self.fs.sync_dir(self.dir)
+            with self._lock:
+                new.path = final
+                self._pending = None
+
+    def _make_spare(self) -> None:
+        with self._bg_lock:
+            if self._spare is not None or self._bg_stop:
+                return
+            path = os.path.join(self.dir, NEXT_NAME)
+            f = None
+            try:
+                f = self.fs.create(path, self.preallocate)
+                f.sync()
+                self.fs.sync_dir(self.dir)
+            except BaseException:
+                try:
+                    if f is not None:
+                        f.close()
+                    self.fs.remove(path)
+                except OSError:
+                    pass
+                raise
+            self._spare = f
+
+    def _stop_background(self, finish: bool) -> None:
+        with self._bg_cv:
+            self._bg_stop = True
+            self._bg_cv.notify_all()
+        t = self._bg_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(30)
+        self._bg_thread = None
+        if finish:
+            self._finish_roll()
+        elif self._pending is not None:  # crash test or failed log: leave it as it is
+            old = self._pending[0]
+            with old.sync_lock:
+                if not old.closed:
+                    old.file.close()
+                    old.closed = True
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+            if finish:
+                try:
+                    self.fs.remove(os.path.join(self.dir, NEXT_NAME))
+                except OSError:
+                    pass
+
+    def halt(self) -> None:
+        """Stop the background thread without finishing anything (crash tests)."""
+        self._stop_background(finish=False)
 
     def _create_segment(self, first_lsn: int) -> _Segment:
         """Create, preallocate and sync a segment holding only its header.
@@ -339,27 +512,39 @@ class Wal:
         self.bytes_written += n
 
     def sync(self) -> None:
+        """fsync the open segment (and first a sealed one a roll left unsynced, so that
+        no later frame is durable while an earlier one is not)."""
+        pending = self._pending
+        if pending is not None and pending[0].dirty:
+            old = pending[0]
+            with old.sync_lock:
+                if not old.closed and old.dirty:
+                    self._sync_file(old)
         cur = self._cur
         if cur is None:
             return
         with cur.sync_lock:
             if not cur.closed:
-                if self.failed is not None:
-                    raise OSError(self.failed.errno, f"an earlier WAL fsync failed: {self.failed}")
-                cur.dirty = False
-                t0 = time.perf_counter()
-                try:
-                    cur.file.sync()
-                except OSError as e:
-                    # fsyncgate: once the kernel has reported a writeback error it
-                    # may have dropped the dirty pages, and a second fsync "succeeds"
-                    # without writing them. Never sync this log again.
-                    self.failed = e
-                    raise
-                dt = time.perf_counter() - t0
-                self.syncs += 1
-                self.sync_seconds += dt
-                self.sync_counts[bisect_left(SYNC_BUCKETS, dt)] += 1
+                self._sync_file(cur)
+
+    def _sync_file(self, seg: _Segment) -> None:
+        """REQUIRES: seg.sync_lock held."""
+        if self.failed is not None:
+            raise OSError(self.failed.errno, f"an earlier WAL fsync failed: {self.failed}")
+        seg.dirty = False
+        t0 = time.perf_counter()
+        try:
+            seg.file.sync()
+        except OSError as e:
+            # fsyncgate: once the kernel has reported a writeback error it
+            # may have dropped the dirty pages, and a second fsync "succeeds"
+            # without writing them. Never sync this log again.
+            self.failed = e
+            raise
+        dt = time.perf_counter() - t0
+        self.syncs += 1
+        self.sync_seconds += dt
+        self.sync_counts[bisect_left(SYNC_BUCKETS, dt)] += 1
 
     @property
     def open_bytes(self) -> int:
@@ -386,28 +571,68 @@ class Wal:
     def _roll(self, next_lsn: int) -> None:
         """Seal the open segment and make a new one current.
 
-        The new segment exists before the old one is sealed: if creating it
-        fails, the old one stays the open segment and the list is unchanged
-        (listing a segment as both sealed and open once let purge delete it).
+        Fast path (no fsync, no file creation: the commit path calls this):
+        the spare becomes the open segment with its header written, and the
+        background thread syncs and closes the old one and renames the new
+        one. Otherwise, or when a roll is still unfinished, the same work is
+        done here. The new segment exists before the old one is sealed: if
+        making it fails, the old one stays the open segment and the list is
+        unchanged (listing a segment as both sealed and open once let purge
+        delete it).
         """
         old = self._cur
         assert old is not None
+        # The spare is taken under _bg_lock, so the background thread cannot make
+        # a new spare over it meanwhile; if that thread holds the lock (it is
+        # syncing), take the slow path rather than wait for it.
+        if self._bg_lock.acquire(blocking=False):
+            try:
+                spare = self._spare if self._pending is None else None
+                if spare is not None:
+                    self._spare = None
+                    try:
+                        spare.write(record.encode_header(next_lsn))
+                    except BaseException:
+                        spare.close()
+                        raise
+                    new = _Segment(next_lsn, os.path.join(self.dir, NEXT_NAME), spare,
+                                   record.HEADER_SIZE)
+                    new.dirty = True
+                    with self._lock:
+                        self._sealed.append((old.first_lsn, old.path))
+                        self._cur = new
+                        self._pending = (old, new)
+            finally:
+                self._bg_lock.release()
+            if spare is not None:
+                with self._bg_cv:
+                    self._bg_cv.notify_all()
+                return
+        self._finish_roll()  # the previous roll's work first: one at a time, in order
         new = self._create_segment(next_lsn)
         try:
             with old.sync_lock:
-                old.file.sync()
-                old.file.close()
-                old.closed = True
+                if not old.closed:
+                    self._sync_file(old)
+                    old.file.close()
+                    old.closed = True
         except BaseException:
             new.file.close()
             raise
         with self._lock:
             self._sealed.append((old.first_lsn, old.path))
             self._cur = new
+        with self._bg_cv:
+            self._bg_cv.notify_all()
 
     def close(self) -> None:
-        """Sync and close the open segment. After a failed fsync it is closed unsynced:
-        what it holds past the last successful sync is of unknown durability."""
+        """Finish a pending roll, sync and close the open segment. After a failed fsync
+        it is closed unsynced: what it holds past the last successful sync is of
+        unknown durability."""
+        if self.failed is None:
+            self._stop_background(finish=True)
+        else:
+            self._stop_background(finish=False)
         cur = self._cur
         if cur is not None:
             with cur.sync_lock:
@@ -498,6 +723,33 @@ class Wal:
 
     # ------------------------------------------------------------------ reading
 
+    def open_segment(self, first_lsn: int, path: str):
+        """Open a listed segment for reading, following it if a roll renamed it from
+        NEXT_NAME since it was listed.
+
+        Under NEXT_NAME the file is taken only if its header names `first_lsn`:
+        once renamed, NEXT_NAME may already be the next, empty spare.
+        """
+        if os.path.basename(path) != NEXT_NAME:
+            return self.fs.open_read(path)
+        final = os.path.join(self.dir, segment_name(first_lsn))
+        for _ in range(3):
+            try:
+                return self.fs.open_read(final)
+            except FileNotFoundError:
+                pass
+            try:
+                f = self.fs.open_read(path)
+            except FileNotFoundError:
+                continue
+            try:
+                if record.decode_header(f.buf, path) == first_lsn:
+                    return f
+            except ValueError:
+                pass
+            f.close()
+        raise FileNotFoundError(errno.ENOENT, "WAL segment vanished while being opened", final)
+
     def earliest_lsn(self) -> int:
         with self._lock:
             segs = self._segments_locked()
@@ -523,8 +775,8 @@ class Wal:
                     raise Corruption(path, 0, f"segment starts at LSN {first} but the previous "
                                               f"one ended at LSN {expected - 1}: frames are missing")
                 cur = self._cur
-                limit = cur.size if cur is not None and path == cur.path else None
-                f = self.fs.open_read(path)
+                limit = cur.size if cur is not None and first == cur.first_lsn else None
+                f = self.open_segment(first, path)
                 try:
                     buf = f.buf if limit is None else f.buf[:limit]
                     expected = first

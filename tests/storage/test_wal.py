@@ -286,7 +286,7 @@ def _torn_cut(kind):
 def test_torn_tail_is_truncated_and_later_writes_append_cleanly(env, kind):
     fs, d, _ = env
     w = write_log(env, [3, 5])
-    newest = w.segments()[-1][1]
+    newest = os.path.join(w.dir, segment_name(w.segments()[-1][0]))
     good_end = H + 5 * len(put(4))
     torn = _torn_cut(kind)
     assert torn[-1] != 0  # trailing zeros would read as the zero-fill
@@ -339,7 +339,7 @@ def test_damage_within_one_group_of_the_end_of_newest_segment_is_a_torn_tail(env
     fs, d, _ = env
     w = write_log(env, [3, 5])
     w.close()
-    newest = w.segments()[-1][1]
+    newest = os.path.join(w.dir, segment_name(w.segments()[-1][0]))
     offs = frame_offsets(fs, newest)
     off, lsn = offs[2]
     end = offs[-1][0] + len(put(8))
@@ -531,7 +531,7 @@ def test_damaged_header_of_newest_segment_is_corruption_not_an_empty_segment(env
     fs, d, _ = env
     w = write_log(env, [3, 3])
     w.close()
-    newest = w.segments()[-1][1]
+    newest = os.path.join(w.dir, segment_name(w.segments()[-1][0]))
     patch(fs, newest, flip(13))
     with pytest.raises(Corruption) as ei:
         new_wal(env).recover(0)
