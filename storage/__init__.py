@@ -11,11 +11,11 @@ Usable on its own as an embedded library::
 """
 
 from .engine import Engine, Options, Snapshot
-from .errors import (Closed, Compacted, Conflict, Corruption, InvalidArgument, StorageError, TooLarge,
-                     WriteStalled)
+from .errors import (Closed, Compacted, Conflict, Corruption, InvalidArgument, NoSpace, StorageError,
+                     TooLarge, WritesStopped, WriteStalled)
 
 __all__ = [
     "Engine", "Options", "Snapshot",
     "StorageError", "InvalidArgument", "TooLarge", "Corruption", "Closed", "WriteStalled", "Compacted",
-    "Conflict",
+    "Conflict", "WritesStopped", "NoSpace",
 ]

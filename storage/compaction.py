@@ -364,7 +364,11 @@ class MergeWorker:
                 if "error" in reply:
                     if reply.get("path") is not None:
                         raise Corruption(reply["path"], reply["offset"], reply["reason"])
-                    raise StorageError(f"compaction failed in the worker: {reply['error']}")
+                    what = "flush" if job.get("kind") == "flush" else "compaction"
+                    if reply.get("errno"):  # an I/O error: keep it one (a full disk pauses)
+                        raise OSError(reply["errno"], f"{what} failed in the worker: "
+                                      f"{reply['error']}", reply.get("filename"))
+                    raise StorageError(f"{what} failed in the worker: {reply['error']}")
                 return reply
         raise AssertionError("unreachable")
 
@@ -394,6 +398,9 @@ def worker_main() -> None:
             reply = run_flush(job) if job.get("kind") == "flush" else run_merge(job)
         except Corruption as e:
             reply = {"error": str(e), "path": e.path, "offset": e.offset, "reason": e.reason}
+        except OSError as e:
+            reply = {"error": f"{type(e).__name__}: {e}", "errno": e.errno or 0,
+                     "filename": e.filename if isinstance(e.filename, str) else None}
         except Exception as e:  # reported to the engine, which stops writes
             reply = {"error": f"{type(e).__name__}: {e}"}
         _send(stdout, reply)

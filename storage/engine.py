@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import fcntl
 import heapq
 import logging
@@ -38,7 +39,8 @@ import msgpack
 from sortedcontainers import SortedList
 
 from . import compaction, record, sstable
-from .errors import Closed, Conflict, Corruption, InvalidArgument, StorageError, TooLarge, WriteStalled
+from .errors import (Closed, Conflict, Corruption, InvalidArgument, NoSpace, StorageError, TooLarge,
+                     WritesStopped, WriteStalled)
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet, manifest_name
 from .memtable import MemTable
 from .vfs import FileSystem, MemFS, OsFS
@@ -138,6 +140,8 @@ class _Writer:
         self.fut: tuple | None = None  # (loop, future) of an asyncio writer
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
 _COUNTER_BY_TYPE = {record.TYPE_PUT: "puts", record.TYPE_DELETE: "deletes",
                     record.TYPE_BATCH: "batches", record.TYPE_EVENT: "events"}
 
@@ -208,7 +212,7 @@ class Engine:
         self._visible_lsn = 0
         self.term = 0
         self._closed = True
-        self._bg_error: BaseException | None = None
+        self._bg_error: WritesStopped | None = None
         self._snapshots: SortedList = SortedList()
         self._lock_fd = -1
         self._cache = sstable.BlockCache(opts.block_cache_size)
@@ -226,6 +230,9 @@ class Engine:
         self._pending: set[int] = set()
         # compact_all() in progress: the last LSN it must push down (0: none running)
         self._manual_compaction = 0
+        self._paused: dict[str, str] = {}  # background work waiting for disk space
+        self._roll_failing = False  # WAL rolls are failing for space (logged once)
+        self._pause_s = 1.0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._committer_wake = threading.Semaphore(0)
         self._rotate_requested = False  # flush() asked the current commit leader to rotate
@@ -236,6 +243,7 @@ class Engine:
         # the open segment the memtable rotates anyway (empty, if need be), so the
         # flush point moves and retention can purge event-only log too.
         self._log_limit = 2 * opts.memtable_size
+        self._rotated_at = 0  # the log's bytes_written at the last rotation
         self._max_key = opts.max_key_size
         self._max_value = opts.max_value_size
         self._throttled = False  # L0 or immutable memtables over a limit: see _install_sv
@@ -302,7 +310,13 @@ class Engine:
         last = max(tail.last_lsn, flushed, max_table_lsn)
         self._next_lsn = last + 1
         self._visible_lsn = last
-        self._wal.start(self._next_lsn)
+        no_room: OSError | None = self.versions.manifest_error
+        try:
+            self._wal.start(self._next_lsn)
+        except OSError as e:
+            if not _no_space(e):
+                raise
+            no_room = e  # open for reads; writes wait for space (_resume_loop)
         self._wal_append = self._wal.append
         self._install_sv()
         self._closed = False
@@ -311,12 +325,18 @@ class Engine:
         self._start_thread(self._compaction_loop, "strata-compaction")
         if opts.durability == "interval":
             self._start_thread(self._interval_sync_loop, "strata-wal-sync")
-        if len(mem):
+        if no_room is not None:
+            with self._mutex:
+                self._fail(no_room, "opening for writes", resumable=True)
+        elif len(mem):
             # The replayed tail was fsynced by recovery, but after an fsync error
             # the page cache it was read from may hold pages the disk never got
             # (fsyncgate). Writing them into a table makes the recovered state
             # durable from memory before any new write builds on it.
-            self.flush()
+            try:
+                self.flush()
+            except NoSpace as e:
+                log.warning("%s: the replayed WAL tail stays in the log for now: %s", path, e)
         log.info("opened %s in %.3fs: %d tables, %d WAL frames replayed, last LSN %d",
                  path, time.monotonic() - t0, len(self._readers), len(tail.frames), last)
         with self._mutex:
@@ -397,8 +417,7 @@ class Engine:
             try:
                 self._wal_append(frame, lsn)
             except OSError as e:
-                self._fail(e)
-                raise Closed(f"write failed and the engine stopped accepting writes: {e}") from e
+                raise self._fail(e, "WAL write", resumable=True, outcome_unknown=True) from e
             mem = self._mem
             mem.add(lsn, key, value)
             self._visible_lsn = lsn
@@ -597,15 +616,15 @@ class Engine:
             try:
                 self._wal_append(frame, lsn)
             except OSError as e:
-                self._fail(e)
-                raise Closed(f"write failed and the engine stopped accepting writes: {e}") from e
+                raise self._fail(e, "WAL write", resumable=True, outcome_unknown=True) from e
             mem = self._mem
             for i, (k, v) in enumerate(kvs):
                 mem.add(lsn + i, k, v)
             self._visible_lsn = last
             if self._listeners:
                 self._notify([frame])
-            if mem.size >= self._memtable_size or self._wal.open_bytes >= self._log_limit:
+            if mem.size >= self._memtable_size \
+                    or self._wal.bytes_written - self._rotated_at >= self._log_limit:
                 self._rotate_locked()
         return last
 
@@ -701,12 +720,17 @@ class Engine:
         futures: dict[asyncio.AbstractEventLoop, list] = {}
         with self._mutex:
             if error is not None:
-                self._fail(error)
-                err = Closed(f"write failed and the engine stopped accepting writes: {error}")
-                err.__cause__ = error
-                done = group + q[len(group):]  # nothing after a failed sync may be acknowledged
-                for w in done:
+                # A write(2) that failed may have written part of the group; an
+                # fsync that failed leaves it unknown what reached the disk: the
+                # group's writes may be present after a restart. Writers queued
+                # behind it were never written.
+                err = self._fail(error, "WAL write" if self._wal.failed is None else "WAL fsync",
+                                 resumable=self._wal.failed is None, outcome_unknown=True)
+                for w in group:
                     w.error = err
+                for w in q[len(group):]:
+                    w.error = self._stopped()
+                done = group + q[len(group):]  # nothing after a failed write may be acknowledged
                 q.clear()
             else:
                 self._visible_lsn = group[-1].last_lsn
@@ -716,7 +740,7 @@ class Engine:
                 self._stats["group_frames"] += len(group)
                 self._group_sizes[min(len(group).bit_length(), len(self._group_sizes) - 1)] += 1
                 if self._mem.size >= self._memtable_size or self._rotate_requested \
-                        or self._wal.open_bytes >= self._log_limit:
+                        or self._wal.bytes_written - self._rotated_at >= self._log_limit:
                     self._rotate_requested = False
                     self._rotate_locked()
                 del q[: len(group)]
@@ -740,20 +764,74 @@ class Engine:
 
     def _raise_closed(self) -> None:
         if self._bg_error is not None:
-            raise Closed(f"engine stopped after an error: {self._bg_error}")
+            raise self._stopped()
         raise Closed("engine is closed")
 
-    def _fail(self, error: BaseException) -> None:
-        """Stop accepting writes after an I/O error. REQUIRES: _mutex held.
+    def _stopped(self, outcome_unknown: bool = False) -> WritesStopped:
+        """A fresh copy of the error that stopped writes, for one caller to raise."""
+        e = self._bg_error
+        assert e is not None
+        msg = str(e)
+        if outcome_unknown:
+            msg = ("this write's outcome is unknown: it may be present after a restart. " + msg)
+        return type(e)(msg, e.cause, e.path, e.resumable, outcome_unknown)
 
-        After a failed write or fsync the state of the file is unknown (the
-        kernel may have dropped the dirty pages), so retrying could acknowledge
-        data that is not on disk. Reads keep working; reopen to recover.
+    def _fail(self, error: BaseException, what: str, resumable: bool = False,
+              outcome_unknown: bool = False) -> WritesStopped:
+        """Stop accepting writes after an I/O error; return the error for the caller that
+        hit it. REQUIRES: _mutex held.
+
+        After a failed fsync the state of the file is unknown (the kernel may
+        have dropped the dirty pages), so retrying could acknowledge data that
+        is not on disk: a restart is needed. A full disk where nothing was
+        left half-done, or where the half-written tail can be cut off
+        (`resumable`), resumes by itself once space is freed (`_resume_loop`).
+        Reads keep working either way.
         """
         if self._bg_error is None:
-            log.error("engine %s stops accepting writes: %s", self.path, error)
-            self._bg_error = error
+            nospace = isinstance(error, OSError) and error.errno in _NO_SPACE
+            resumable = resumable and nospace
+            path = getattr(error, "filename", None) or self.path
+            msg = (f"{what} failed in {path}: {error}; writes stopped"
+                   + ("; they resume once space is freed" if resumable else
+                      "; restart the server to resume them"))
+            self._bg_error = (NoSpace if nospace else WritesStopped)(msg, error, path, resumable)
+            log.error("%s", msg)
             self._bg_cv.notify_all()
+            if resumable:
+                self._start_thread(self._resume_loop, "strata-resume")
+        return self._stopped(outcome_unknown)
+
+    @property
+    def write_error(self) -> WritesStopped | None:
+        """Why writes are stopped (None while they are taken): for health and status."""
+        return self._bg_error
+
+    def _resume_loop(self) -> None:
+        """After a full disk: retry every half second until space is back, then make the
+        log sound again (cut a half-written frame, open a segment) and take writes."""
+        need = 2 << 20  # a margin, so that writes do not flap on the last bytes
+        while True:
+            with self._bg_cv:
+                self._bg_cv.wait(0.5)
+                err = self._bg_error
+                if self._closed or err is None or not err.resumable:
+                    return
+            try:
+                if self.fs.free_bytes(self.path) < need:
+                    continue
+                with self._edit_lock:
+                    self.versions.ensure_manifest()
+                with self._mutex:
+                    self._wal.recover_after_failed_write(self._visible_lsn + 1)
+                    self._next_lsn = self._visible_lsn + 1
+                    self._bg_error = None
+                    self._install_sv()
+                    self._bg_cv.notify_all()
+                log.warning("%s: writes resumed (%s)", self.path, err)
+                return
+            except OSError as e:
+                log.debug("resume of %s not possible yet: %s", self.path, e)
 
     def _make_room(self) -> None:
         """Apply the write slowdown / stop thresholds before a write."""
@@ -789,14 +867,25 @@ class Engine:
         """Make the memtable immutable and start a new one. REQUIRES: _mutex held."""
         if self._bg_error is not None:
             return  # after a failed write the WAL's state is unknown: do not roll it
-        if not len(self._mem) and self._wal.open_bytes <= record.HEADER_SIZE:
+        if not len(self._mem) and self._wal.bytes_written == self._rotated_at:
             return  # nothing written since the last rotation
+        self._rotated_at = self._wal.bytes_written
         try:
             self._wal.roll(self._visible_lsn + 1)
         except OSError as e:
-            # Writes already applied stay acknowledged; later ones are refused.
-            self._fail(e)
-            return
+            if not _no_space(e):
+                # Writes already applied stay acknowledged; later ones are refused.
+                self._fail(e, "WAL roll")
+                return
+            # No room for a new segment: the memtable still rotates (its flush may
+            # free space) and the log goes on in the open segment, which then
+            # holds more than one memtable's writes. Nothing was left half-done.
+            if not self._roll_failing:
+                log.warning("%s: no space to start a WAL segment (%s); continuing in %s",
+                            self.path, e, self._wal.segments()[-1][1])
+            self._roll_failing = True
+        else:
+            self._roll_failing = False
         # The flush point this memtable's flush sets: every frame up to here is in
         # a sealed segment, and every key-space write among them in this memtable
         # or an older one (events need no table).
@@ -991,7 +1080,7 @@ class Engine:
                 self._wal.sync_if_dirty()
             except OSError as e:
                 with self._mutex:
-                    self._fail(e)
+                    self._fail(e, "WAL fsync")
                 return
 
     def _flush_loop(self) -> None:
@@ -1004,11 +1093,15 @@ class Engine:
                 imm = self._imms[0]
             try:
                 self._flush(imm)
-            except BaseException as e:  # keep the thread alive to report; writes stop
-                log.exception("flush failed")
-                with self._mutex:
-                    self._fail(e)
+            except BaseException as e:
+                if _no_space(e) and self._pause("flush", e):
+                    continue  # retried once space is back; writes stall at max_immutable
+                if not isinstance(e, WritesStopped):
+                    log.exception("flush failed")
+                    with self._mutex:
+                        self._fail(e, "flush")
                 return
+            self._resumed("flush")
 
     def _flush(self, imm: MemTable) -> None:
         t0 = time.monotonic()
@@ -1016,16 +1109,27 @@ class Engine:
         with self._mutex:
             self._pending.add(number)
         path = os.path.join(self.path, sstable.table_name(number))
-        if not len(imm):
-            outs = []  # rotated for the log's sake (events only): no table, a new flush point
-        elif self.opts.compaction_executor == "process" and isinstance(self.fs, OsFS):
-            # Packing the dict is C; sorting and encoding happen in the worker.
-            job = {"kind": "flush", "path": os.path.abspath(path), "items": list(imm._d.items()),
-                   "smallest_snapshot": self._smallest_snapshot()}
-            outs = _worker("flush").run(job)["outputs"]
-        else:
-            entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(), False)
-            outs = sstable.build_tables(self.fs, entries, lambda i: path, 1 << 62)
+        try:
+            if not len(imm):
+                outs = []  # rotated for the log's sake (events only): no table, a new flush point
+            elif self.opts.compaction_executor == "process" and isinstance(self.fs, OsFS):
+                # Packing the dict is C; sorting and encoding happen in the worker.
+                job = {"kind": "flush", "path": os.path.abspath(path),
+                       "items": list(imm._d.items()), "smallest_snapshot": self._smallest_snapshot()}
+                outs = _worker("flush").run(job)["outputs"]
+            else:
+                entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(),
+                                                   False)
+                outs = sstable.build_tables(self.fs, entries, lambda i: path, 1 << 62)
+        except BaseException:
+            # The half-written table goes now (its space is what the retry needs).
+            try:
+                self.fs.remove(path)
+            except OSError:
+                pass
+            with self._mutex:
+                self._pending.discard(number)
+            raise
         edit: dict = {"flushed_lsn": imm.last_lsn}
         new_readers = {}
         if outs:
@@ -1067,7 +1171,13 @@ class Engine:
             if new_readers:
                 with self._mutex:
                     self._readers.update(new_readers)
-            self.versions.log_and_apply(edit)
+            try:
+                self.versions.log_and_apply(edit)
+            except BaseException as e:
+                # A manifest edit half-written cannot be appended after: a
+                # restart recovers it (a torn last edit is dropped).
+                with self._mutex:
+                    raise self._fail(e, "manifest write") from e
             with self._mutex:
                 for n in gone:
                     self._readers.pop(n, None)
@@ -1113,15 +1223,62 @@ class Engine:
                     self._bg_cv.notify_all()
                 return
             except BaseException as e:
-                log.exception("compaction failed")
-                with self._mutex:
+                with self._bg_cv:
                     self._compacting = False
-                    self._fail(e)
+                    self._bg_cv.notify_all()
+                if _no_space(e):
+                    self._remove_partial_outputs()
+                    if self._pause("compaction", e):
+                        with self._bg_cv:
+                            self._compaction_requested = True
+                        continue  # writes go on; L0 grows into the slowdown thresholds
+                if not isinstance(e, WritesStopped):
+                    log.exception("compaction failed")
+                    with self._mutex:
+                        self._fail(e, "compaction")
                 return
+            self._resumed("compaction")
             with self._bg_cv:
                 self._compacting = False
                 self._compaction_requested = True
                 self._bg_cv.notify_all()
+
+    def _pause(self, what: str, error: BaseException) -> bool:
+        """A flush or compaction ran out of space: wait, then let the caller retry.
+
+        Returns False if the engine is closing. WAL writes may still fit:
+        writes go on until the usual stall thresholds (immutable memtables,
+        L0 files) hold them, and fail only if the log itself runs out.
+        """
+        with self._bg_cv:
+            if what not in self._paused:
+                log.warning("%s: %s paused, no space left (%s); retrying every %.0f s",
+                            self.path, what, error, self._pause_s)
+                self._stats["paused_" + what] = self._stats.get("paused_" + what, 0) + 1
+            self._paused[what] = str(error)
+            self._bg_cv.wait(self._pause_s)
+            return not self._closed
+
+    def _resumed(self, what: str) -> None:
+        if what in self._paused:
+            with self._bg_cv:
+                if self._paused.pop(what, None) is not None:
+                    log.warning("%s: %s resumed", self.path, what)
+
+    @property
+    def paused(self) -> dict[str, str]:
+        """Background work waiting for disk space: {"flush"|"compaction": error}."""
+        return dict(self._paused)
+
+    def _remove_partial_outputs(self) -> None:
+        """Delete the temporary outputs of a compaction cut short (orphans at next open
+        otherwise: removing them now gives the space back at once)."""
+        for name in self.fs.listdir(self.path):
+            if name.startswith("compaction-") and name.endswith(".sst.tmp"):
+                try:
+                    self.fs.remove(os.path.join(self.path, name))
+                except OSError:
+                    pass
 
     def _run_compaction(self, c: compaction.Compaction) -> None:
         t0 = time.monotonic()
@@ -1207,6 +1364,9 @@ class Engine:
             else:
                 self._rotate_locked()
             while (self._imms or self._rotate_requested) and self._bg_error is None:
+                if "flush" in self._paused:
+                    raise NoSpace(f"flush of {self.path} is waiting for disk space: "
+                                  f"{self._paused['flush']}", None, self.path, True)
                 self._bg_cv.wait(0.1)
             if self._bg_error is not None:
                 self._raise_closed()
@@ -1225,6 +1385,10 @@ class Engine:
                     and self._bg_error is None:
                 if time.monotonic() > deadline:
                     raise TimeoutError("compaction did not finish in time")
+                if "compaction" in self._paused:
+                    self._manual_compaction = 0
+                    raise NoSpace(f"compaction of {self.path} is waiting for disk space: "
+                                  f"{self._paused['compaction']}", None, self.path, True)
                 self._bg_cv.wait(0.1)
             if self._bg_error is not None:
                 self._raise_closed()
@@ -1385,15 +1549,35 @@ class Engine:
             self._committer_wake.release()
             for t in self._threads:
                 t.join(timeout=30)
-            self._wal.close()
-            if self._bg_error is None:
-                self._wal.purge(self.versions.flushed_lsn)
+            failure: OSError | None = None
+            try:
+                self._wal.close()
+            except OSError as e:  # a file system remounted read-only, a dying disk
+                failure = e
+            if self._bg_error is None and failure is None:
+                try:
+                    self._wal.purge(self.versions.flushed_lsn)
+                except OSError as e:
+                    log.warning("%s: WAL segments not purged at close: %s", self.path, e)
             self.versions.close()
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
+            if failure is not None:
+                lost = ("no acknowledged write is lost (each was synced before it was "
+                        "acknowledged), but unacknowledged ones may be present after a restart"
+                        if self._always else
+                        f"writes acknowledged since its last sync may be lost "
+                        f"(durability={self.opts.durability})")
+                msg = f"closing {self.path}: the WAL could not be synced ({failure}); {lost}"
+                log.error("%s", msg)
+                raise WritesStopped(msg, failure, getattr(failure, "filename", None) or self.path)
         finally:
             self._closed = True
             self._release_lock_file()
+
+
+def _no_space(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _NO_SPACE
 
 
 def _frame_ops(ftype: int, lsn: int, payload: bytes) -> list[tuple[int, bytes, bytes | None]]:

@@ -45,6 +45,30 @@ class Closed(StorageError):
     """The engine was closed, or failed and refuses further writes."""
 
 
+class WritesStopped(Closed):
+    """The engine stopped taking writes after an I/O error; reads keep working.
+
+    `cause` is the OSError, `path` the file it concerned (when known).
+    `resumable` says whether writes come back by themselves once the cause
+    is gone (a full disk that gets space again); otherwise a restart is
+    needed (a failed fsync: the page cache can no longer be trusted).
+    `outcome_unknown` is set on the error returned to the writers of a group
+    whose fsync failed: their write may still be present after a restart.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None, path: str | None = None,
+                 resumable: bool = False, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.path = path
+        self.resumable = resumable
+        self.outcome_unknown = outcome_unknown
+
+
+class NoSpace(WritesStopped):
+    """The disk is full: writes are refused until space is freed, then resume."""
+
+
 class WriteStalled(StorageError):
     """A write could not proceed within its deadline because L0 is full."""
 

@@ -18,6 +18,7 @@ file is deleted only when no live version lists it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -134,6 +135,7 @@ class VersionSet:
         self.manifest_number = 0
         self._manifest: WritableFile | None = None
         self._manifest_size = 0
+        self.manifest_error: OSError | None = None  # recovery found no space for a new one
         self._pinned: dict[int, Version] = {}
         self._lock = threading.Lock()
 
@@ -266,7 +268,21 @@ class VersionSet:
         self.manifest_number = int(name[9:])
         self.next_file = max(self.next_file, self.manifest_number + 1)
         self.current = Version(levels)
-        self._start_manifest()
+        try:
+            self._start_manifest()
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full disk: the database opens for reads on the manifest it has;
+            # the next edit (or ensure_manifest) starts the fresh one.
+            self.manifest_error = e
+            log.warning("%s: no space for a new manifest (%s); opening on %s", self.dir, e, name)
+
+    def ensure_manifest(self) -> None:
+        """Start the fresh manifest that recovery could not write (a full disk)."""
+        if self._manifest is None:
+            self._start_manifest()
+            self.manifest_error = None
 
     def log_and_apply(self, edit: dict) -> Version:
         """Make `edit` durable in the manifest, then install the new version."""
@@ -275,7 +291,7 @@ class VersionSet:
         edit["term"] = self.term
         if "flushed_lsn" in edit:
             edit["flushed_lsn"] = max(edit["flushed_lsn"], self.flushed_lsn)
-        if self._manifest_size > MAX_MANIFEST:
+        if self._manifest is None or self._manifest_size > MAX_MANIFEST:
             new = Version(apply_edit(self.current.levels, edit))
             flushed = edit.get("flushed_lsn", self.flushed_lsn)
             self._start_manifest(new, flushed)  # durable first, then installed

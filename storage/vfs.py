@@ -28,6 +28,7 @@ from typing import Protocol
 class WritableFile(Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
     def sync(self) -> None: ...
+    def truncate(self, size: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -55,6 +56,7 @@ class FileSystem(Protocol):
     def truncate(self, path: str, size: int) -> None: ...
     def sync_dir(self, path: str) -> None: ...
     def sync_file(self, path: str) -> None: ...
+    def free_bytes(self, path: str) -> int: ...
 
 
 def write_file_atomic(fs: FileSystem, path: str, data: bytes) -> None:
@@ -104,6 +106,12 @@ class _OsWritable:
 
     def sync(self) -> None:
         os.fdatasync(self._fd)
+
+    def truncate(self, size: int) -> None:
+        """Cut the file to `size` bytes and write on from there (a half-written frame
+        after a full disk)."""
+        os.ftruncate(self._fd, size)
+        os.lseek(self._fd, size, os.SEEK_SET)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -190,6 +198,11 @@ class OsFS:
         finally:
             os.close(fd)
 
+    def free_bytes(self, path: str) -> int:
+        """Bytes an unprivileged writer may still use on the file system holding `path`."""
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+
     def sync_file(self, path: str) -> None:
         """fsync a file this process did not write (what an earlier run left in the page cache)."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -229,6 +242,10 @@ class _MemWritable:
     def sync(self) -> None:
         with self._fs._lock:
             self._inode.synced = bytes(self._inode.data)
+
+    def truncate(self, size: int) -> None:
+        with self._fs._lock:
+            del self._inode.data[size:]
 
     def close(self) -> None:
         self._closed = True
@@ -408,6 +425,9 @@ class MemFS:
             inode = self._inode(path)
             inode.synced = bytes(inode.data)
 
+    def free_bytes(self, path: str) -> int:
+        return 1 << 62  # memory: a full disk is FaultFS's to simulate
+
     def reset_to_synced_state(self) -> None:
         """Simulate a power cut: drop every unsynced byte and directory entry."""
         with self._lock:
@@ -440,12 +460,20 @@ class _FaultWritable:
         self._inner = inner
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._fs._maybe_fail("write")
+        try:
+            self._fs._maybe_fail("write")
+        except OSError:
+            if self._fs.partial_writes:  # a short write, then the error: as write(2) may do
+                self._inner.write(bytes(data)[: len(data) // 2])
+            raise
         self._inner.write(data)
 
     def sync(self) -> None:
         self._fs._maybe_fail("sync")
         self._inner.sync()
+
+    def truncate(self, size: int) -> None:
+        self._inner.truncate(size)
 
     def close(self) -> None:
         self._inner.close()
@@ -463,10 +491,15 @@ class FaultFS:
         self.inner = inner
         self._lock = threading.Lock()
         self._rules: dict[str, list[int]] = {}  # kind -> [remaining_ok, errno, once]
+        self.partial_writes = False
 
-    def fail(self, kind: str, after: int = 0, err: int = errno.ENOSPC, once: bool = False) -> None:
+    def fail(self, kind: str, after: int = 0, err: int = errno.ENOSPC, once: bool = False,
+             partial: bool = False) -> None:
+        """`partial`: a failing write first writes half its bytes (a short write)."""
         with self._lock:
             self._rules[kind] = [after, err, int(once)]
+            if kind == "write":
+                self.partial_writes = partial
 
     def heal(self) -> None:
         with self._lock:
@@ -500,6 +533,12 @@ class FaultFS:
     def sync_file(self, path: str) -> None:
         self._maybe_fail("sync")
         self.inner.sync_file(path)
+
+    def free_bytes(self, path: str) -> int:
+        """0 while writes are made to fail with ENOSPC: the disk looks full."""
+        with self._lock:
+            full = any(rule[1] in (errno.ENOSPC, errno.EDQUOT) for rule in self._rules.values())
+        return 0 if full else self.inner.free_bytes(path)
 
     def __getattr__(self, name: str):  # open_read, exists, listdir, ... pass through
         return getattr(self.inner, name)

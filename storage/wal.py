@@ -133,6 +133,7 @@ class Wal:
         self._bg_thread: threading.Thread | None = None
         self._bg_stop = False
         self.background_errors = 0
+        self._bg_failing = False
         self.bytes_written = 0
         self.syncs = 0
         self.sync_counts = [0] * (len(SYNC_BUCKETS) + 1)  # per bucket, last is +Inf
@@ -375,7 +376,15 @@ class Wal:
             with self._lock:
                 self._sealed = [s for s in self._sealed if s[1] != path]
             self.fs.remove(path)
-        seg = self._create_segment(next_lsn)
+        try:
+            seg = self._create_segment(next_lsn)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.preallocate:
+                raise
+            # Too little space to preallocate: a plain segment still takes writes.
+            log.warning("%s: no space to preallocate a WAL segment (%s); writing without",
+                        self.dir, e)
+            seg = self._create_segment(next_lsn, preallocate=False)
         with self._lock:
             self._cur = seg
         self._bg_stop = False
@@ -399,9 +408,14 @@ class Wal:
                 # Left for the commit path, which does the same work inline and
                 # reports the error to its caller (the engine then stops writes).
                 self.background_errors += 1
-                log.warning("WAL background work failed (the next roll will retry it): %s", e)
+                if not self._bg_failing:  # once per episode: a full disk repeats it
+                    log.warning("WAL background work failed (retried every second, and by the "
+                                "next roll): %s", e)
+                self._bg_failing = True
                 with self._bg_cv:
                     self._bg_cv.wait(1.0)
+                continue
+            self._bg_failing = False
 
     def _finish_roll(self) -> None:
         """Sync and close the sealed segment, then rename the open one into place.
@@ -472,11 +486,31 @@ class Wal:
                 except OSError:
                     pass
 
+    def recover_after_failed_write(self, next_lsn: int) -> None:
+        """Make the log sound to take writes again after a full disk stopped them.
+
+        A write(2) that ran out of space may have left part of a frame behind
+        the last whole one: the open segment is cut back to the bytes counted
+        as written, and synced. If no segment could be opened at all, one is
+        started at `next_lsn`. Raises OSError while that is still impossible,
+        and for a log whose fsync failed (it is never trusted again).
+        """
+        if self.failed is not None:
+            raise OSError(self.failed.errno, f"an earlier WAL fsync failed: {self.failed}")
+        cur = self._cur
+        if cur is None:
+            self.start(next_lsn)
+            return
+        self._finish_roll()
+        with cur.sync_lock:
+            cur.file.truncate(cur.size)
+            self._sync_file(cur)
+
     def halt(self) -> None:
         """Stop the background thread without finishing anything (crash tests)."""
         self._stop_background(finish=False)
 
-    def _create_segment(self, first_lsn: int) -> _Segment:
+    def _create_segment(self, first_lsn: int, preallocate: bool = True) -> _Segment:
         """Create, preallocate and sync a segment holding only its header.
 
         On failure (ENOSPC while preallocating, say) the half-made file is
@@ -485,7 +519,7 @@ class Wal:
         path = os.path.join(self.dir, segment_name(first_lsn))
         f = None
         try:
-            f = self.fs.create(path, self.preallocate)
+            f = self.fs.create(path, self.preallocate if preallocate else 0)
             f.write(record.encode_header(first_lsn))
             f.sync()
             self.fs.sync_dir(self.dir)
@@ -545,12 +579,6 @@ class Wal:
         self.syncs += 1
         self.sync_seconds += dt
         self.sync_counts[bisect_left(SYNC_BUCKETS, dt)] += 1
-
-    @property
-    def open_bytes(self) -> int:
-        """Bytes in the open segment, header included (0 when closed)."""
-        cur = self._cur
-        return cur.size if cur is not None else 0
 
     def sync_if_dirty(self) -> None:
         cur = self._cur
@@ -644,6 +672,9 @@ class Wal:
             with self._lock:
                 self._sealed.append((cur.first_lsn, cur.path))
                 self._cur = None
+        if self.failed is not None:
+            raise OSError(self.failed.errno, f"the WAL was closed unsynced after a failed fsync: "
+                                             f"{self.failed}", self.dir)
 
     # ------------------------------------------------------------------ retention
 
