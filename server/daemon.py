@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from distribution.hub import Hub
 from proto.strata.v1 import strata_pb2 as pb
 from proto.strata.v1 import strata_pb2_grpc as pbg
-from storage import Engine
+from storage import Engine, StorageError
 
 from . import config as config_mod
 from . import sdnotify
@@ -55,6 +55,7 @@ class Daemon:
         self.ws = None
         self.grpc_port = 0
         self._stop = asyncio.Event()
+        self._health_task: asyncio.Task | None = None
 
     async def _set_health(self, status) -> None:
         for name in ["", *SERVICES]:
@@ -106,6 +107,7 @@ class Daemon:
         self.gate.engine = self.engine
         self.metrics.attach_engine(self.engine)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._health_task = asyncio.ensure_future(self._watch_writes())
         sdnotify.notify(f"READY=1\nSTATUS=serving, last LSN {self.engine.last_lsn}\nMAINPID={__import__('os').getpid()}")
         log.info("serving in %.3fs (last LSN %d, durability %s)",
                  time.monotonic() - t0, self.engine.last_lsn, cfg.durability)
@@ -135,6 +137,24 @@ class Daemon:
         log.info("reloaded: changed %s%s", ", ".join(changed) or "nothing",
                  f"; restart needed for {', '.join(fixed)}" if fixed else "")
 
+    async def _watch_writes(self, every: float = 0.25) -> None:
+        """Health follows the engine: NOT_SERVING while writes are stopped (a full disk,
+        a failed fsync), SERVING again when they resume. Reads keep being answered."""
+        serving = True
+        while not self.gate.draining:
+            err = self.engine.write_error if self.engine is not None else None
+            if (err is None) != serving:
+                serving = err is None
+                status = health_pb2.HealthCheckResponse
+                await self._set_health(status.SERVING if serving else status.NOT_SERVING)
+                if serving:
+                    log.warning("writes resumed: health SERVING")
+                    sdnotify.notify("STATUS=serving")
+                else:
+                    log.error("writes stopped, health NOT_SERVING: %s", err)
+                    sdnotify.notify(f"STATUS=writes stopped: {err}")
+            await asyncio.sleep(every)
+
     async def _watchdog(self, every: float) -> None:
         while True:
             sdnotify.notify("WATCHDOG=1")
@@ -160,6 +180,8 @@ class Daemon:
         sdnotify.notify("STOPPING=1")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.gate.drain()
+        if self._health_task is not None:
+            self._health_task.cancel()
         if self.gate.hub is not None:
             self.gate.hub.cut_off_all("server shutting down", self.engine)
         if self.ws is not None:
@@ -176,9 +198,21 @@ class Daemon:
         if self.ws is not None:
             await self.ws.wait_closed()
         self.metrics.close()
+        clean = True
         if self.engine is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
-        log.info("stopped cleanly in %.3fs", time.monotonic() - t0)
+            err = self.engine.write_error
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+            except StorageError as e:
+                log.error("closing the database: %s", e)
+                clean = False
+            if err is not None:
+                log.error("stopped in %.3fs; writes had stopped: %s", time.monotonic() - t0, err)
+                return
+        if clean:
+            log.info("stopped cleanly in %.3fs", time.monotonic() - t0)
+        else:
+            log.error("stopped in %.3fs, not cleanly (see above)", time.monotonic() - t0)
 
 
 async def run(cfg: Config, config_path: str | None, flags: dict) -> int:

@@ -6,11 +6,11 @@
 | not found      | NOT_FOUND            | a named resource (not a key) does not exist        |
 | conflict       | ABORTED              | compare-and-set mismatch (trailer strata-current-lsn) |
 | not master     | FAILED_PRECONDITION  | write sent to a replica (trailer strata-master)   |
-| overload       | RESOURCE_EXHAUSTED   | rate limit, concurrency cap, write stall          |
+| overload       | RESOURCE_EXHAUSTED   | rate limit, concurrency cap, write stall, disk full |
 | timeout        | DEADLINE_EXCEEDED    | the call's deadline passed                        |
 | transient      | UNAVAILABLE          | starting, recovering, draining: retry elsewhere/later |
 | out of range   | OUT_OF_RANGE         | history older than the WAL retains (trailer strata-earliest-lsn) |
-| internal       | INTERNAL             | a bug, corruption, or a failed disk               |
+| internal       | INTERNAL             | a bug, corruption, or a failed disk; a write whose outcome is unknown (trailer strata-outcome: unknown) |
 
 Transient and overload are retryable (with back-off); the client library
 retries only those, and writes only when they carry a request id.
@@ -69,9 +69,13 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple]:
     if isinstance(exc, se.Compacted):
         return (grpc.StatusCode.OUT_OF_RANGE, str(exc),
                 (("strata-earliest-lsn", str(exc.earliest_lsn)),))
+    if isinstance(exc, se.WritesStopped):
+        if exc.outcome_unknown:  # not retried by clients: the write may be present
+            return grpc.StatusCode.INTERNAL, str(exc), (("strata-outcome", "unknown"),)
+        if isinstance(exc, se.NoSpace):  # gRPC's own "the file system is out of space"
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), ()
+        return grpc.StatusCode.INTERNAL, f"storage failure: {exc}", ()
     if isinstance(exc, se.Closed):
-        if "error" in str(exc) or "failed" in str(exc):
-            return grpc.StatusCode.INTERNAL, f"storage failure: {exc}", ()
         return grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another node or later", ()
     if isinstance(exc, se.Corruption):
         return grpc.StatusCode.INTERNAL, f"storage corruption: {exc}", ()

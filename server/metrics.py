@@ -110,6 +110,20 @@ class _EngineCollector:
         lsn.add_metric(["last"], eng.last_lsn)
         lsn.add_metric(["flushed"], eng.flushed_lsn)
         yield lsn
+        err = eng.write_error
+        w = GaugeMetricFamily("strata_engine_writes_stopped",
+                              "1 while writes are stopped, by reason (no_space resumes by itself; "
+                              "io_error needs a restart)", labels=["reason"])
+        nospace = err is not None and err.resumable
+        w.add_metric(["no_space"], 1 if nospace else 0)
+        w.add_metric(["io_error"], 1 if err is not None and not nospace else 0)
+        yield w
+        p = GaugeMetricFamily("strata_engine_background_paused",
+                              "1 while flushes or compactions wait for disk space", labels=["work"])
+        paused = eng.paused
+        for work in ("flush", "compaction"):
+            p.add_metric([work], 1 if work in paused else 0)
+        yield p
         du = eng.disk_usage()
         disk = GaugeMetricFamily("strata_engine_disk_bytes", "bytes on disk", labels=["kind"])
         disk.add_metric(["sst"], du["sst_bytes"])

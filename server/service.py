@@ -492,7 +492,10 @@ class AdminService(pbg.AdminServicer):
                         for lv in engine.levels() if lv["files"]],
                 sst_bytes=du["sst_bytes"], wal_bytes=du["wal_bytes"], version=VERSION,
                 uptime_seconds=time.monotonic() - self.gate.started,
-                durability=engine.opts.durability)
+                durability=engine.opts.durability,
+                writable=engine.write_error is None,
+                write_error=str(engine.write_error or ""),
+                paused=sorted(engine.paused))
 
         return await self.gate.unary("Admin.Status", context, handle, request)
 

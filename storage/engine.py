@@ -804,8 +804,29 @@ class Engine:
 
     @property
     def write_error(self) -> WritesStopped | None:
-        """Why writes are stopped (None while they are taken): for health and status."""
-        return self._bg_error
+        """Why writes are stopped (None while they are taken): for health and status.
+
+        Also a full disk that holds up a flush or compaction which writes are
+        waiting for: they are refused with NoSpace until space is freed.
+        """
+        return self._bg_error or self._stalled_for_space()
+
+    def _stalled_for_space(self) -> NoSpace | None:
+        """NoSpace if writes are held by a stall threshold that only paused background
+        work could lift (a flush or compaction waiting for disk space)."""
+        paused = self._paused
+        if not paused:
+            return None
+        opts = self.opts
+        if "flush" in paused and len(self._imms) >= opts.max_immutable:
+            why = f"flushes are waiting for disk space ({paused['flush']})"
+        elif "compaction" in paused and \
+                len(self.versions.current.levels[0]) >= opts.l0_stop_trigger:
+            why = f"compactions are waiting for disk space ({paused['compaction']})"
+        else:
+            return None
+        return NoSpace(f"{self.path}: writes refused: {why}; they resume once space is freed",
+                       None, self.path, resumable=True)
 
     def _resume_loop(self) -> None:
         """After a full disk: retry every half second until space is back, then make the
@@ -853,6 +874,9 @@ class Engine:
                    or len(self.versions.current.levels[0]) >= opts.l0_stop_trigger):
                 if self._closed or self._bg_error is not None:
                     self._raise_closed()
+                stalled = self._stalled_for_space()
+                if stalled is not None:  # no progress before space is freed: say so now
+                    raise stalled
                 if not counted:
                     self._stats["stops"] += 1
                     counted = True

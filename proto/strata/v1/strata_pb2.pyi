@@ -206,7 +206,7 @@ class Peer(_message.Message):
     def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., acked_lsn: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node", "role", "term", "last_lsn", "flushed_lsn", "levels", "sst_bytes", "wal_bytes", "peers", "version", "uptime_seconds", "durability")
+    __slots__ = ("node", "role", "term", "last_lsn", "flushed_lsn", "levels", "sst_bytes", "wal_bytes", "peers", "version", "uptime_seconds", "durability", "writable", "write_error", "paused")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,9 @@ class StatusResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    WRITABLE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
     node: str
     role: str
     term: int
@@ -231,7 +234,10 @@ class StatusResponse(_message.Message):
     version: str
     uptime_seconds: float
     durability: str
-    def __init__(self, node: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., levels: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., sst_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ...) -> None: ...
+    writable: bool
+    write_error: str
+    paused: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., levels: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., sst_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., writable: _Optional[bool] = ..., write_error: _Optional[str] = ..., paused: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("path",)
