@@ -63,8 +63,13 @@ class Compaction:
 
 class LevelPicker:
     def __init__(self, l0_trigger: int = 4, base_level_size: int = 10 << 20,
-                 multiplier: int = 10, min_target: int = 4 << 20) -> None:
+                 multiplier: int = 10, min_target: int = 4 << 20,
+                 max_compaction_bytes: int | None = None) -> None:
         self.l0_trigger = l0_trigger
+        # One L0 compaction takes the oldest L0 files up to this many bytes (at
+        # least two files), so its duration and its output stay bounded however
+        # far L0 fell behind (RocksDB's max_compaction_bytes: 25 target files).
+        self.max_compaction_bytes = max_compaction_bytes or 25 * min_target
         self.base_level_size = base_level_size
         self.multiplier = multiplier
         self.min_target = min_target  # one output file: a smaller target only churns
@@ -102,7 +107,7 @@ class LevelPicker:
         if score < 1.0:
             return None
         if level == 0:
-            inputs = list(v.levels[0])
+            inputs = self._oldest_l0(v)
         else:
             files = v.levels[level]
             ptr = self.pointers.get(level)
@@ -112,15 +117,30 @@ class LevelPicker:
             self.pointers[level] = max(f.largest for f in inputs)
         return c
 
+    def _oldest_l0(self, v: Version) -> list[FileMeta]:
+        """The oldest L0 files within max_compaction_bytes (at least two), newest first.
+
+        Only the oldest may go: a newer L0 file left above an older one moved
+        down keeps newer data above older, as reads expect.
+        """
+        files = v.levels[0]
+        total = 0
+        n = 0
+        for f in reversed(files):  # L0 is listed newest first
+            if n >= 2 and total + f.size > self.max_compaction_bytes:
+                break
+            total += f.size
+            n += 1
+        return list(files[len(files) - n:])
+
     def pick_manual(self, v: Version, upto_lsn: int = _MAX_LSN) -> Compaction | None:
         """A step of a manual full compaction: push the top level down until one level
         holds everything written up to `upto_lsn`.
 
         Files holding only later writes (min LSN > upto_lsn: flushed after the
         manual compaction began) are not chased, so it ends under a steady
-        write load. Levels >= 1 go down ten files at a time, so one merge
-        holds a bounded amount of data. Returns None when settled: at most one
-        level holds such files, and it is not L0.
+        write load. A level goes down max_compaction_bytes at a time. Returns
+        None when settled: at most one level holds such files, and it is not L0.
         """
         def old(files: list[FileMeta]) -> list[FileMeta]:
             return [f for f in files if f.min_lsn <= upto_lsn]
@@ -129,7 +149,15 @@ class LevelPicker:
         if not nonempty or (len(nonempty) == 1 and nonempty[0] > 0):
             return None
         level = nonempty[0]
-        inputs = old(v.levels[level]) if level == 0 else old(v.levels[level])[:10]
+        if level == 0:
+            inputs = [f for f in self._oldest_l0(v) if f.min_lsn <= upto_lsn]  # the oldest
+        else:
+            inputs, total = [], 0
+            for f in old(v.levels[level]):
+                if inputs and total + f.size > self.max_compaction_bytes:
+                    break
+                inputs.append(f)
+                total += f.size
         c = compaction_for(v, level, inputs)
         c.trivial_move = False  # a manual compaction rewrites (and so drops) what it can
         return c
@@ -240,6 +268,30 @@ def run_flush(job: dict, fs: FileSystem | None = None) -> dict:
     return {"outputs": outputs, "seconds": time.monotonic() - t0}
 
 
+# Encoded input bytes merged at once (decoded, about 3-5x that in Python objects):
+# bounds a compaction's memory whatever the size of its inputs.
+MERGE_WINDOW_BYTES = 16 << 20
+
+
+def _windows(readers: list, window: int) -> list[tuple[bytes | None, bytes | None]]:
+    """[start, end) key ranges covering every input, each holding about `window` bytes
+    of input blocks. An end is a block's last key + b"\\0": the smallest key above it,
+    so the key itself (all its versions) stays in the range that ends there."""
+    bounds = sorted(b for r in readers for b in r.block_bounds())
+    cuts: list[bytes] = []
+    acc = 0
+    for key, size in bounds:
+        acc += size
+        if acc >= window:
+            cut = key + b"\0"
+            if not cuts or cut > cuts[-1]:
+                cuts.append(cut)
+            acc = 0
+    starts: list[bytes | None] = [None, *cuts]
+    ends: list[bytes | None] = [*cuts, None]
+    return list(zip(starts, ends))
+
+
 def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
     """Merge the job's input tables into new tables; return their properties.
 
@@ -251,20 +303,27 @@ def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
     """
     fs = fs or OsFS()
     t0 = time.monotonic()
-    runs = []
-    read_bytes = 0
-    for i, p in enumerate(job["inputs"]):
-        r = sstable.TableReader(fs, p, -1 - i, None)
-        try:
-            runs.append(r.all_entries())
-            read_bytes += r.file_size
-        finally:
+    readers = []
+    try:
+        for i, p in enumerate(job["inputs"]):
+            readers.append(sstable.TableReader(fs, p, -1 - i, None))
+        read_bytes = sum(r.file_size for r in readers)
+        sink = sstable.TableSink(
+            fs, lambda i: os.path.join(job["dir"], f"{job['prefix']}-{i}.sst.tmp"),
+            job["target_file_size"])
+        # The key space is cut into windows of about `window` encoded bytes of input;
+        # each window is merged (concatenated and sorted in C) and handed to the sink.
+        # Every version of a key falls into one window, so the dropping rules see
+        # them together; memory stays near one window plus one output table.
+        window = job.get("window_bytes", MERGE_WINDOW_BYTES)
+        for start, end in _windows(readers, window):
+            runs = [run for run in (r.range_entries(start, end) for r in readers) if run]
+            if runs:
+                sink.add(merge(runs, job["smallest_snapshot"], job["drop_tombstones"]))
+        outputs = sink.finish()
+    finally:
+        for r in readers:
             r.close()
-    entries = merge(runs, job["smallest_snapshot"], job["drop_tombstones"])
-    del runs
-    outputs = sstable.build_tables(
-        fs, entries, lambda i: os.path.join(job["dir"], f"{job['prefix']}-{i}.sst.tmp"),
-        job["target_file_size"])
     return {
         "outputs": outputs,
         "read_bytes": read_bytes,

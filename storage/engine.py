@@ -77,6 +77,8 @@ class Options:
     base_level_size: int = 64 << 20
     level_multiplier: int = 10
     target_file_size: int = 4 << 20
+    # Input bytes of one compaction from L0, or of one manual step (0: 25 target files).
+    max_compaction_bytes: int = 0
     wal_segment_size: int = 64 << 20
     wal_retention_bytes: int = 64 << 20
     wal_retention_age_s: float = 0.0
@@ -218,7 +220,8 @@ class Engine:
         self._cache = sstable.BlockCache(opts.block_cache_size)
         self.versions = VersionSet(fs, path)
         self._picker = compaction.LevelPicker(opts.l0_compaction_trigger, opts.base_level_size,
-                                              opts.level_multiplier, opts.target_file_size)
+                                              opts.level_multiplier, opts.target_file_size,
+                                              opts.max_compaction_bytes or None)
         self._mem = MemTable()
         self._imms: tuple[MemTable, ...] = ()
         self._readers: dict[int, sstable.TableReader] = {}

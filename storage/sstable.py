@@ -102,6 +102,50 @@ def build_tables(fs: FileSystem, entries: list[tuple], path_for, target_file_siz
     return out
 
 
+class TableSink:
+    """Writes tables of about `target_file_size` from sorted runs of entries handed over
+    one after another (a streaming merge's output), holding about 1.25 tables' worth
+    of entries beyond the run being added. `finish()` returns [(path, props)] as
+    `build_tables` does; on error the tables written so far are the caller's to remove.
+    """
+
+    def __init__(self, fs: FileSystem, path_for, target_file_size: int) -> None:
+        self.fs = fs
+        self.path_for = path_for
+        self.target = target_file_size
+        self.outputs: list[tuple[str, dict]] = []
+        self._buf: list[tuple] = []
+        self._bytes = 0
+
+    def add(self, entries: list[tuple]) -> None:
+        """Append entries that sort after everything added before."""
+        if not entries:
+            return
+        self._buf += entries
+        self._bytes += sum(_entry_sizes(entries))
+        if self._bytes >= self.target + self.target // 4:
+            self._drain(keep_tail=True)
+
+    def _drain(self, keep_tail: bool) -> None:
+        buf = self._buf
+        cum = list(accumulate(_entry_sizes(buf)))
+        lo = 0
+        while lo < len(buf):
+            hi = _boundary(buf, cum, lo, self.target)
+            if keep_tail and hi >= len(buf):
+                break  # less than a table left: it waits for more entries
+            path = self.path_for(len(self.outputs))
+            self.outputs.append((path, _write_table(self.fs, path, buf, cum, lo, hi,
+                                                    BLOCK_SIZE, bloom.BITS_PER_KEY)))
+            lo = hi
+        self._buf = buf[lo:]
+        self._bytes = (cum[-1] - (cum[lo - 1] if lo else 0)) if self._buf else 0
+
+    def finish(self) -> list[tuple[str, dict]]:
+        self._drain(keep_tail=False)
+        return self.outputs
+
+
 def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int], lo: int,
                  hi: int, block_size: int, bloom_bits: int) -> dict:
     f = fs.create(path)
@@ -331,6 +375,31 @@ class TableReader:
                 raise Corruption(self.path, off, f"undecodable block: {e}") from None
             out += zip(flat[0::3], flat[1::3], flat[2::3])
         return out
+
+    def block_bounds(self) -> list[tuple[bytes, int]]:
+        """(last key, encoded size) of every data block: where a streaming merge may cut."""
+        return list(zip(self._last_keys, self._sizes))
+
+    def range_entries(self, start: bytes | None, end: bytes | None) -> list[tuple]:
+        """Every entry with start <= key < end (None: unbounded), as a list, decoding
+        whole blocks in C and bypassing the block cache (compaction input)."""
+        i = 0 if start is None else bisect_left(self._last_keys, start)
+        out: list = []
+        n = len(self._last_keys)
+        while i < n:
+            off, size = self._offsets[i], self._sizes[i]
+            try:
+                flat = msgpack.unpackb(self._read_block(off, size), use_list=True)
+            except (ValueError, msgpack.UnpackException) as e:
+                raise Corruption(self.path, off, f"undecodable block: {e}") from None
+            out += zip(flat[0::3], flat[1::3], flat[2::3])
+            if end is not None and self._last_keys[i] >= end:
+                break
+            i += 1
+        # (k,) sorts before every (k, -lsn, value): bisect finds the first entry of k.
+        lo = 0 if start is None else bisect_left(out, (start,))
+        hi = len(out) if end is None else bisect_left(out, (end,))
+        return out[lo:hi] if lo or hi < len(out) else out
 
     def entries_from(self, start: bytes | None = None, end: bytes | None = None
                      ) -> Iterator[tuple[bytes, int, bytes | None]]:
