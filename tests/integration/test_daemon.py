@@ -392,3 +392,53 @@ def test_admin_token_guards_checkpoint_and_compact(daemon_factory):
         c.compact()
         assert c.get(b"k") == b"v"
     assert os.path.exists(os.path.join(d.data_dir, "checkpoints", "cp1", "CURRENT"))
+
+
+def test_a_put_retried_after_its_deadline_is_written_once(daemon):
+    """A Put whose deadline expired while it waited for its group's fsync still commits;
+    its retry with the same request_id must get that LSN, not write again (34-51 of 400
+    such puts used to appear twice in the WAL history)."""
+    import asyncio
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        timed_out = 0
+        async with grpc.aio.insecure_channel(daemon.grpc) as ch:
+            kv = pbg.KVStub(ch)
+
+            async def background(n: int) -> None:  # keeps every group commit busy
+                for i in range(100_000):
+                    if stop.is_set():
+                        return
+                    await kv.Put(pb.PutRequest(key=b"bg%02d-%06d" % (n, i), value=b"x" * 200))
+
+            bg = [asyncio.ensure_future(background(n)) for n in range(64)]
+            try:
+                await asyncio.sleep(0.2)
+                for i in range(400):
+                    req = pb.PutRequest(key=b"probe%04d" % i, value=b"v",
+                                        request_id=f"probe-{i}")
+                    try:
+                        await kv.Put(req, timeout=0.004 + 0.036 * (i % 10) / 10)
+                    except grpc.aio.AioRpcError as e:
+                        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+                        timed_out += 1
+                        await kv.Put(req, timeout=30)  # the client's retry, same id
+            finally:
+                stop.set()
+                await asyncio.gather(*bg, return_exceptions=True)
+        return timed_out
+
+    timed_out = asyncio.run(main())
+    assert timed_out > 0, "no put timed out: the test proved nothing"
+    seen: dict[bytes, int] = {}
+    with grpc.insecure_channel(daemon.grpc) as ch:
+        pbg.KVStub(ch).Put(pb.PutRequest(key=b"probe~end", value=b"."))  # after every probe
+        for ev in pbg.EventsStub(ch).Subscribe(
+                pb.SubscribeRequest(topics=["kv"], key_prefix=b"probe", from_lsn=1), timeout=60):
+            if ev.key == b"probe~end":
+                break
+            seen[ev.key] = seen.get(ev.key, 0) + 1
+    twice = {k: n for k, n in seen.items() if n > 1}
+    assert not twice, f"{len(twice)} of 400 puts written more than once ({timed_out} timed out)"
+    assert len(seen) == 400
