@@ -12,10 +12,8 @@ COPY storage ./storage
 COPY server ./server
 COPY distribution ./distribution
 COPY replication ./replication
-COPY proto ./proto
-COPY bench ./bench
 COPY client ./client
-RUN pip install . \
+RUN pip install ./client . \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin strata \
  && mkdir -p /data \
  && chown strata:strata /data
@@ -32,7 +30,7 @@ ENV STRATA_DATA_DIR=/data \
     STRATA_METRICS_LISTEN=0.0.0.0:7402
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["python", "-m", "server.healthcheck"]
+  CMD ["python", "-m", "strata.server.healthcheck"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["strata"]

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                             dir=os.environ.get("STRATA_BENCH_DIR") or None)
     results = []
     try:
-        from storage import Engine
+        from strata.storage import Engine
 
         def open_strata():
             db = Engine.open(os.path.join(root, "strata"), durability="none")

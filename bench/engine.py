@@ -260,7 +260,7 @@ class StrataAdapter(Adapter):
     label = "Strata"
 
     def __init__(self) -> None:
-        from storage import Engine  # ImportError marks the engine missing
+        from strata.storage import Engine  # ImportError marks the engine missing
 
         self._engine_cls = Engine
         self.db: Any = None

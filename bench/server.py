@@ -11,7 +11,7 @@ Method (the same for every server, in one run):
   with a fresh data directory under `--dir` (default `$STRATA_BENCH_DIR` or
   `../tmp-bench` beside the repository: the work tree's disk, never a tmpfs
   unless asked), and stopped with SIGTERM. Servers run one after another.
-  - strata: `python -m server.cli serve` with STRATA_DURABILITY=always (a put
+  - strata: `python -m strata.server.cli serve` with STRATA_DURABILITY=always (a put
     is acknowledged after its group's fsync), once with the default event
     loop (STRATA_EVENT_LOOP=uvloop) and once with STRATA_EVENT_LOOP=asyncio.
   - etcd: one member, default options (a put is acknowledged after raft
@@ -940,7 +940,7 @@ class StrataServer(Server):
         self.starts += 1
         self.log_name = f"daemon-{self.starts}.log"
         self.metrics_address = f"127.0.0.1:{_free_port()}"
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--data-dir", self.data_dir,
+        cmd = [sys.executable, "-m", "strata.server.cli", "serve", "--data-dir", self.data_dir,
                "--grpc-listen", self.address, "--ws-listen", f"127.0.0.1:{_free_port()}",
                "--metrics-listen", self.metrics_address]
         # only what we set: a STRATA_* variable of the caller's shell must not change the figures
@@ -1625,7 +1625,7 @@ def render_markdown(run: dict[str, Any], has_chart: bool) -> str:
     lines += [
         "- Servers: started by the bench one after another, each on free loopback ports with a "
         f"fresh data directory on the measured disk ({m['data_dir_fs']}), stopped with SIGTERM.",
-        "  - Strata: `python -m server.cli serve --data-dir D --grpc-listen 127.0.0.1:P "
+        "  - Strata: `python -m strata.server.cli serve --data-dir D --grpc-listen 127.0.0.1:P "
         "--ws-listen ... --metrics-listen ...` with `STRATA_DURABILITY=always` (acknowledged "
         "after the group's fsync) and `STRATA_EVENT_LOOP=uvloop` (the default); the `*-asyncio` "
         "rows start a second daemon with `STRATA_EVENT_LOOP=asyncio`. Ready = the gRPC health "

@@ -29,8 +29,8 @@ from typing import AsyncIterator, NamedTuple
 
 import msgpack
 
-from storage import record
-from storage.errors import Compacted
+from strata.storage import record
+from strata.storage.errors import Compacted
 
 
 class Event(NamedTuple):

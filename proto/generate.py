@@ -3,10 +3,10 @@
     python proto/generate.py          # write the stubs
     python proto/generate.py --check  # exit 1 if the checked-in stubs are stale
 
-Two copies are generated from the one .proto: `proto/strata/v1/` for the
-daemon and `client/strata_client/_proto/` for the client distribution, which
-must not import the daemon's packages. Only the import line of the gRPC
-module differs between them.
+The stubs exist once, in the client distribution (`strata_client._proto`),
+which must not import the daemon's packages; the daemon imports them from
+there (it depends on strata-client), as etcd's server and client both import
+`api/etcdserverpb`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = "strata/v1/strata.proto"
 TARGETS = {
-    os.path.join(ROOT, "proto", "strata", "v1"): "proto.strata.v1",
     os.path.join(ROOT, "client", "strata_client", "_proto"): "strata_client._proto",
 }
 FILES = ("strata_pb2.py", "strata_pb2.pyi", "strata_pb2_grpc.py")

@@ -24,10 +24,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from distribution.hub import Hub
-from proto.strata.v1 import strata_pb2 as pb
-from proto.strata.v1 import strata_pb2_grpc as pbg
-from storage import Engine, StorageError
+from strata.distribution.hub import Hub
+from strata_client._proto import strata_pb2 as pb
+from strata_client._proto import strata_pb2_grpc as pbg
+from strata.storage import Engine, StorageError
 
 from . import config as config_mod
 from . import sdnotify

@@ -23,7 +23,7 @@ import logging
 
 import grpc
 
-from storage import errors as se
+from strata.storage import errors as se
 
 log = logging.getLogger("strata.rpc")
 

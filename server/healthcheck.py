@@ -1,4 +1,4 @@
-"""`python -m server.healthcheck [HOST:PORT] [--server-name NAME]`: exit 0 if SERVING.
+"""`python -m strata.server.healthcheck [HOST:PORT] [--server-name NAME]`: exit 0 if SERVING.
 
 Used by the Docker HEALTHCHECK (no grpc_health_probe binary needed in the
 image). It reads the daemon's own configuration (STRATA_* variables, and
@@ -30,7 +30,7 @@ def _channel(target: str, cert_path: str, server_name: str | None) -> grpc.Chann
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m server.healthcheck")
+    ap = argparse.ArgumentParser(prog="python -m strata.server.healthcheck")
     ap.add_argument("target", nargs="?", help="HOST:PORT (default: the configured gRPC port)")
     ap.add_argument("--server-name", help="name to check the daemon's TLS certificate against")
     args = ap.parse_args(argv)

@@ -19,10 +19,10 @@ from typing import Any, AsyncIterator
 
 import grpc
 
-from distribution.hub import Hub, Lapped, stream as hub_stream
-from proto.strata.v1 import strata_pb2 as pb
-from proto.strata.v1 import strata_pb2_grpc as pbg
-from storage import Engine
+from strata.distribution.hub import Hub, Lapped, stream as hub_stream
+from strata_client._proto import strata_pb2 as pb
+from strata_client._proto import strata_pb2_grpc as pbg
+from strata.storage import Engine
 
 from .config import Config, backup_dir
 from .errors import InvalidInput, Overloaded, Unauthenticated, Unavailable, classify

@@ -26,8 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from distribution.hub import Lapped, stream
-from storage.errors import Compacted
+from strata.distribution.hub import Lapped, stream
+from strata.storage.errors import Compacted
 
 from .config import Config
 

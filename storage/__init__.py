@@ -2,7 +2,7 @@
 
 Usable on its own as an embedded library::
 
-    from storage import Engine
+    from strata.storage import Engine
     with Engine.open("/var/lib/app/db", durability="always") as db:
         lsn = db.put(b"key", b"value")
         assert db.get(b"key") == b"value"

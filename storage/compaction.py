@@ -334,7 +334,7 @@ def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
 
 # ---------------------------------------------------------------- worker process
 #
-# Merges run in a child process started with `python -m storage.merge_worker`,
+# Merges run in a child process started with `python -m strata.storage.merge_worker`,
 # talking length-prefixed msgpack over its stdin/stdout. A plain subprocess
 # rather than multiprocessing: it needs no importable __main__ in the parent
 # (an embedding program may have none) and a crashed worker is restarted
@@ -390,12 +390,8 @@ class MergeWorker:
     def _ensure(self) -> subprocess.Popen:
         p = self._proc
         if p is None or p.poll() is not None:
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            env = dict(os.environ)
-            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            p = subprocess.Popen([sys.executable, "-m", "storage.merge_worker"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                 close_fds=True)
+            p = subprocess.Popen([sys.executable, "-m", "strata.storage.merge_worker"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
             self._proc = p
         return p
 

@@ -8,8 +8,8 @@ import threading
 import msgpack
 import pytest
 
-from distribution.hub import Event, Hub, Lapped, frame_events, stream
-from storage import Compacted, Engine, record
+from strata.distribution.hub import Event, Hub, Lapped, frame_events, stream
+from strata.storage import Compacted, Engine, record
 
 
 def frame(lsn: int, ftype: int, payload) -> bytes:

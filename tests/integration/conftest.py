@@ -47,7 +47,7 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 30.0) -> "Daemon":
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--data-dir", self.data_dir,
+            [sys.executable, "-m", "strata.server.cli", "serve", "--data-dir", self.data_dir,
              "--grpc-listen", self.grpc, "--ws-listen", self.ws, "--metrics-listen", self.metrics,
              *self.args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=self._log, cwd=ROOT)

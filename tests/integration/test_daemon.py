@@ -177,7 +177,7 @@ def test_random_bytes_on_ports_leave_the_daemon_healthy(daemon):
 
 
 def test_health_reports_not_serving_while_recovering(daemon_factory, tmp_path):
-    from storage import Engine
+    from strata.storage import Engine
 
     data = str(tmp_path / "data")
     db = Engine.open(data, durability="none", memtable_size=1 << 30)
@@ -201,7 +201,7 @@ def test_health_reports_not_serving_while_recovering(daemon_factory, tmp_path):
 
 
 def test_calls_during_recovery_get_unavailable(daemon_factory, tmp_path):
-    from storage import Engine
+    from strata.storage import Engine
 
     data = str(tmp_path / "data")
     db = Engine.open(data, durability="none", memtable_size=1 << 30)
@@ -288,14 +288,14 @@ def test_config_command_shows_sources(tmp_path):
     conf = tmp_path / "s.toml"
     conf.write_text('durability = "interval"\n')
     out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "config", "--config", str(conf), "--data-dir", "/x"],
+        [sys.executable, "-m", "strata.server.cli", "config", "--config", str(conf), "--data-dir", "/x"],
         env=dict(os.environ, PYTHONPATH=ROOT, STRATA_MEMTABLE_SIZE="1048576"),
         capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert f'durability = "interval"  # {conf}' in out
     assert 'data_dir = "/x"  # flag --data-dir' in out
     assert "memtable_size = 1048576  # STRATA_MEMTABLE_SIZE" in out
     assert 'grpc_listen = "127.0.0.1:7400"  # default' in out
-    bad = subprocess.run([sys.executable, "-m", "server.cli", "config"],
+    bad = subprocess.run([sys.executable, "-m", "strata.server.cli", "config"],
                          env=dict(os.environ, PYTHONPATH=ROOT, STRATA_DURABILITY="sometimes"),
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "durability" in bad.stderr
@@ -305,7 +305,7 @@ def test_cli_client_commands(daemon):
     env = dict(os.environ, PYTHONPATH=ROOT, STRATA_SERVER=daemon.grpc)
 
     def strata(*args):
-        return subprocess.run([sys.executable, "-m", "server.cli", *args], env=env, cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "strata.server.cli", *args], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
 
     assert strata("put", "greeting", "hello").returncode == 0

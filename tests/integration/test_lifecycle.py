@@ -228,7 +228,7 @@ def test_healthcheck_command_speaks_tls_when_the_daemon_does(daemon_factory, tls
     probe_env = dict(d.env, STRATA_GRPC_LISTEN=d.grpc)
     deadline = time.monotonic() + 30
     while True:
-        r = subprocess.run([sys.executable, "-m", "server.healthcheck"], env=probe_env,
+        r = subprocess.run([sys.executable, "-m", "strata.server.healthcheck"], env=probe_env,
                            capture_output=True, text=True, cwd=ROOT)
         if r.returncode == 0:
             break
@@ -236,7 +236,7 @@ def test_healthcheck_command_speaks_tls_when_the_daemon_does(daemon_factory, tls
         time.sleep(0.2)
     # The same probe without the daemon's TLS settings is refused: it proves nothing.
     plain = {k: v for k, v in probe_env.items() if not k.startswith("STRATA_TLS")}
-    r = subprocess.run([sys.executable, "-m", "server.healthcheck", d.grpc], env=plain,
+    r = subprocess.run([sys.executable, "-m", "strata.server.healthcheck", d.grpc], env=plain,
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "unhealthy" in r.stderr
 

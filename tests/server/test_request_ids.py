@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from server.service import RequestIds
+from strata.server.service import RequestIds
 
 
 def test_a_write_whose_caller_timed_out_still_records_its_lsn():

@@ -7,7 +7,7 @@ acknowledged before it sent SIGKILL.
 
 import sys
 
-from storage import Engine
+from strata.storage import Engine
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mmh3
 import pytest
 
-from storage import bloom
-from storage.bloom import BITS_PER_KEY, BloomFilter, build
+from strata.storage import bloom
+from strata.storage.bloom import BITS_PER_KEY, BloomFilter, build
 
 
 def keys(prefix: bytes, n: int, start: int = 0) -> list[bytes]:

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.compaction import LevelPicker, drop_obsolete, merge, run_merge
-from storage.errors import Corruption
-from storage.manifest import NUM_LEVELS, FileMeta, Version
-from storage.sstable import TableReader, build_tables
-from storage.vfs import MemFS
+from strata.storage.compaction import LevelPicker, drop_obsolete, merge, run_merge
+from strata.storage.errors import Corruption
+from strata.storage.manifest import NUM_LEVELS, FileMeta, Version
+from strata.storage.sstable import TableReader, build_tables
+from strata.storage.vfs import MemFS
 
 TESTDATA = Path(__file__).parent / "testdata" / "compaction_picker.txt"
 
@@ -339,9 +339,9 @@ def test_run_merge_keeps_versions_for_snapshots(fs):
 
 MERGE_RSS_SCRIPT = r"""
 import json, os, sys
-from storage import sstable
-from storage.compaction import run_merge
-from storage.vfs import OsFS
+from strata.storage import sstable
+from strata.storage.compaction import run_merge
+from strata.storage.vfs import OsFS
 d, window = sys.argv[1], int(sys.argv[2])
 fs = OsFS()
 paths = []

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from storage import Engine
+from strata.storage import Engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

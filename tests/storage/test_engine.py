@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from storage import Closed, Engine, InvalidArgument, TooLarge
-from storage.errors import StorageError
+from strata.storage import Closed, Engine, InvalidArgument, TooLarge
+from strata.storage.errors import StorageError
 
 
 def k(i: int) -> bytes:
@@ -297,7 +297,7 @@ def test_async_writers_share_fsyncs_without_a_thread_each(path):
 
 @pytest.mark.parametrize("durability", ["always", "none"])
 def test_compare_and_set(path, durability):
-    from storage import Conflict
+    from strata.storage import Conflict
 
     with Engine.open(path, durability=durability) as db:
         lsn = db.compare_and_set(b"c", b"1", expect_absent=True)
@@ -337,7 +337,7 @@ def test_compare_and_set(path, durability):
 
 
 def test_commit_listener_sees_every_frame_in_lsn_order(path):
-    from storage import record
+    from strata.storage import record
 
     seen = []
     with Engine.open(path, durability="always") as db:
@@ -359,7 +359,7 @@ def test_manual_compaction_keeps_a_delete_whose_old_value_sits_deeper():
     """A tombstone in a wide L1 file hides an old value in L2; compact_all() merges a narrow
     L0 file outside L2's range into it. The tombstone must survive that merge (it did not:
     "bottommost" was decided from the L0 file's range, and the deleted key came back)."""
-    from storage.vfs import MemFS
+    from strata.storage.vfs import MemFS
 
     fs = MemFS()
     opts = dict(durability="none", memtable_size=1 << 20, target_file_size=4 << 10,
@@ -399,7 +399,7 @@ def test_close_under_thread_writers_has_one_commit_leader():
     """close() wakes the committer thread; it used to lead the group a thread writer was
     already leading (frames written twice: 'LSN 1196 where 1200 was expected' at reopen,
     'release unlocked lock', a 30 s hang in close)."""
-    from storage.vfs import MemFS
+    from strata.storage.vfs import MemFS
 
     for round_ in range(15):
         fs = MemFS()
@@ -437,7 +437,7 @@ def test_close_under_thread_writers_has_one_commit_leader():
 def test_get_sees_a_consistent_read_point_while_flushes_install():
     """A key overwritten all the time is never absent: get() must not pair an older LSN
     with a read view whose new table dropped the version that LSN needs."""
-    from storage.vfs import MemFS
+    from strata.storage.vfs import MemFS
 
     db = Engine.open("/db", fs=MemFS(), durability="none", memtable_size=4 << 10,
                      compaction_executor="thread", l0_compaction_trigger=2,

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from storage import Closed, Corruption, Engine, WriteStalled
-from storage.vfs import FaultFS, MemFS
+from strata.storage import Closed, Corruption, Engine, WriteStalled
+from strata.storage.vfs import FaultFS, MemFS
 
 SMALL = dict(memtable_size=32 << 10, base_level_size=128 << 10, target_file_size=32 << 10)
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from storage import Engine, NoSpace, WritesStopped
-from storage.vfs import FaultFS, MemFS
+from strata.storage import Engine, NoSpace, WritesStopped
+from strata.storage.vfs import FaultFS, MemFS
 
 
 def k(i: int) -> bytes:

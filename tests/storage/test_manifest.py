@@ -8,10 +8,10 @@ import os
 import msgpack
 import pytest
 
-from storage import manifest, record
-from storage.errors import Corruption
-from storage.manifest import NUM_LEVELS, FileMeta, Version, VersionSet, apply_edit, manifest_name
-from storage.vfs import FaultFS, MemFS
+from strata.storage import manifest, record
+from strata.storage.errors import Corruption
+from strata.storage.manifest import NUM_LEVELS, FileMeta, Version, VersionSet, apply_edit, manifest_name
+from strata.storage.vfs import FaultFS, MemFS
 
 D = "/db"
 

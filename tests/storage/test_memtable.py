@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 
-from storage.memtable import ENTRY_OVERHEAD, MemTable
+from strata.storage.memtable import ENTRY_OVERHEAD, MemTable
 
 
 NOT_FOUND = (0, None)

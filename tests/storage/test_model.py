@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from storage import Engine
-from storage.vfs import MemFS
+from strata.storage import Engine
+from strata.storage.vfs import MemFS
 
 # A small key space, so deletes and overwrites hit keys that already sit in tables.
 KEYS = st.integers(0, 150).map(lambda i: b"k%03d" % i) | st.binary(min_size=1, max_size=4)

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from storage import Closed, Engine
-from storage.vfs import FaultFS, MemFS
+from strata.storage import Closed, Engine
+from strata.storage.vfs import FaultFS, MemFS
 
 SMALL = dict(memtable_size=32 << 10, base_level_size=128 << 10, target_file_size=32 << 10,
              l0_compaction_trigger=2)

@@ -12,8 +12,8 @@ import struct
 import pytest
 from crc32c import crc32c
 
-from storage import record
-from storage.record import (
+from strata.storage import record
+from strata.storage.record import (
     FRAME_HEADER_SIZE,
     HEADER_SIZE,
     MAX_PAYLOAD,

@@ -14,9 +14,9 @@ import struct
 import msgpack
 import pytest
 
-from storage.errors import Corruption
-from storage.sstable import FOOTER_SIZE, TRAILER_SIZE, BlockCache, TableReader, build_tables
-from storage.vfs import FaultFS, MemFS
+from strata.storage.errors import Corruption
+from strata.storage.sstable import FOOTER_SIZE, TRAILER_SIZE, BlockCache, TableReader, build_tables
+from strata.storage.vfs import FaultFS, MemFS
 
 FOOTER = struct.Struct("<QIQIQII8s")
 
@@ -169,7 +169,7 @@ def test_entries_from_bounds(fs, block_size):
 
 
 def test_roundtrip_on_the_os_file_system(tmp_path):
-    from storage.vfs import OsFS
+    from strata.storage.vfs import OsFS
 
     osfs = OsFS()
     entries = make_entries(nkeys=100, seed=12)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from storage.vfs import FaultFS, MemFS, OsFS, write_file_atomic
+from strata.storage.vfs import FaultFS, MemFS, OsFS, write_file_atomic
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import os
 import msgpack
 import pytest
 
-from storage import record
-from storage.errors import Compacted, Corruption, StorageError
-from storage.vfs import MemFS, OsFS
-from storage.wal import Wal, frame_lsn_count, parse_segment_name, segment_name
+from strata.storage import record
+from strata.storage.errors import Compacted, Corruption, StorageError
+from strata.storage.vfs import MemFS, OsFS
+from strata.storage.wal import Wal, frame_lsn_count, parse_segment_name, segment_name
 
 H = record.HEADER_SIZE
 FH = record.FRAME_HEADER_SIZE

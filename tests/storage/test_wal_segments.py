@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from storage import Closed, Corruption, Engine
-from storage.vfs import FaultFS, MemFS
-from storage.wal import Wal
+from strata.storage import Closed, Corruption, Engine
+from strata.storage.vfs import FaultFS, MemFS
+from strata.storage.wal import Wal
 
 from .test_wal import put
 

@@ -1,1 +1,0 @@
-"""The public gRPC interface (`strata.v1`) and its generated stubs."""
