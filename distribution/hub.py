@@ -27,7 +27,6 @@ import collections
 import itertools
 from typing import AsyncIterator, NamedTuple
 
-import msgpack
 
 from strata.storage import record
 from strata.storage.errors import Compacted
@@ -55,18 +54,12 @@ KV_TOPIC = "kv"
 
 
 def frame_events(lsn: int, ftype: int, payload: bytes) -> list[Event]:
-    if ftype == record.TYPE_PUT:
-        k, v = msgpack.unpackb(payload)
-        return [Event(lsn, KV_TOPIC, k, v, False)]
-    if ftype == record.TYPE_DELETE:
-        return [Event(lsn, KV_TOPIC, msgpack.unpackb(payload), b"", True)]
-    if ftype == record.TYPE_BATCH:
-        return [Event(lsn + i, KV_TOPIC, k, v if op == 1 else b"", op != 1)
-                for i, (op, k, v) in enumerate(msgpack.unpackb(payload))]
+    """The events of one committed WAL frame (record.decode_ops for the key space)."""
     if ftype == record.TYPE_EVENT:
-        topic, k, v = msgpack.unpackb(payload)
+        topic, k, v = record.decode_event(payload)
         return [Event(lsn, topic.decode(errors="replace"), k, v, False)]
-    return []
+    return [Event(op_lsn, KV_TOPIC, k, b"" if v is None else v, v is None)
+            for op_lsn, k, v in record.decode_ops(ftype, lsn, payload)]
 
 
 class Subscription:
@@ -191,13 +184,13 @@ class Hub:
 async def _history(engine, from_lsn: int, upto: int, batch: int = 2000) -> AsyncIterator[Event]:
     """Events with from_lsn <= lsn <= upto read from the retained WAL (off the loop)."""
     loop = asyncio.get_running_loop()
-    frames = engine.wal().read_from(from_lsn)
+    frames = engine.read_log(from_lsn)
 
     def chunk() -> list:
         try:
             return list(itertools.islice(frames, batch))
         except FileNotFoundError:
-            raise Compacted(from_lsn, engine.wal().earliest_lsn()) from None
+            raise Compacted(from_lsn, engine.earliest_lsn) from None
 
     while True:
         part = await loop.run_in_executor(None, chunk)
@@ -220,8 +213,8 @@ async def stream(hub: Hub, engine, topics: frozenset[str] | None, key_prefix: by
     """
     pos = from_lsn
     if from_lsn:
-        if from_lsn < engine.wal().earliest_lsn():
-            raise Compacted(from_lsn, engine.wal().earliest_lsn())
+        if from_lsn < engine.earliest_lsn:
+            raise Compacted(from_lsn, engine.earliest_lsn)
         # Catch up from disk until close to live, so that the live queue
         # does not overflow while history is read.
         while engine.last_lsn - pos > maxlen // 2:

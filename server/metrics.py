@@ -9,7 +9,6 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from strata.storage.wal import SYNC_BUCKETS
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -104,7 +103,7 @@ class _EngineCollector:
         yield g
         yield f
         mem = GaugeMetricFamily("strata_engine_memtable_bytes", "bytes in the active memtable")
-        mem.add_metric([], eng._mem.size)
+        mem.add_metric([], st["memtable_bytes"])
         yield mem
         lsn = GaugeMetricFamily("strata_engine_lsn", "last committed and last flushed LSN", labels=["kind"])
         lsn.add_metric(["last"], eng.last_lsn)
@@ -129,13 +128,13 @@ class _EngineCollector:
         disk.add_metric(["sst"], du["sst_bytes"])
         disk.add_metric(["wal"], du["wal_bytes"])
         yield disk
-        wal = eng.wal()
+        wal = eng.wal_stats()
         buckets, acc = [], 0
-        for le, n in zip((*SYNC_BUCKETS, float("inf")), wal.sync_counts):
+        for le, n in wal["sync_buckets"]:
             acc += n
             buckets.append((str(le) if le != float("inf") else "+Inf", acc))
         h = HistogramMetricFamily("strata_wal_fsync_seconds", "WAL fdatasync latency")
-        h.add_metric([], buckets, wal.sync_seconds)
+        h.add_metric([], buckets, wal["sync_seconds"])
         yield h
         buckets, acc = [], 0
         for le, n in eng.group_size_histogram():

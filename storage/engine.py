@@ -44,7 +44,7 @@ from .errors import (Closed, Conflict, Corruption, InvalidArgument, NoSpace, Sto
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet, manifest_name
 from .memtable import MemTable
 from .vfs import FileSystem, MemFS, OsFS
-from .wal import Wal, frame_lsn_count, segment_name
+from .wal import SYNC_BUCKETS, Wal, segment_name
 
 _packb = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb() builds one per call
 _encode_frame = record.encode_frame
@@ -303,7 +303,7 @@ class Engine:
         self._stats["wal_truncated_bytes"] = tail.truncated_bytes
         mem = self._mem
         for fr in tail.frames:
-            ops = _frame_ops(fr.type, fr.lsn, fr.payload)
+            ops = record.decode_ops(fr.type, fr.lsn, fr.payload)
             if ops:
                 mem.add_many([op for op in ops if op[0] > flushed])
         self._stats["recovered_frames"] = len(tail.frames)
@@ -1042,6 +1042,7 @@ class Engine:
         """Counters since open: writes, groups, flushes, compactions, stalls, recovery."""
         out = dict(self._stats)
         out["puts"] += self._puts
+        out["memtable_bytes"] = self._mem.size
         out["block_cache_hits"] = self._cache.hits
         out["block_cache_misses"] = self._cache.misses
         return out
@@ -1060,7 +1061,31 @@ class Engine:
         return self.versions.flushed_lsn
 
     def wal(self) -> Wal:
+        """The log itself: for tests and tools. Other layers use read_log, earliest_lsn
+        and wal_stats."""
         return self._wal
+
+    def read_log(self, from_lsn: int) -> Iterator[record.Frame]:
+        """The retained WAL frames from `from_lsn` on (a batch spanning it included), in
+        LSN order, as the committed frames were written. The segments read are pinned
+        until the iterator is exhausted or closed. Raises Compacted(earliest_lsn) when
+        `from_lsn` is no longer retained, Corruption on a damaged frame or a gap.
+        Replication ships and history subscribers replay exactly these frames."""
+        return self._wal.read_from(from_lsn)
+
+    @property
+    def earliest_lsn(self) -> int:
+        """The oldest LSN read_log can still return (0: nothing retained)."""
+        return self._wal.earliest_lsn()
+
+    def wal_stats(self) -> dict:
+        """WAL fsync figures: {"syncs", "sync_seconds", "sync_buckets": [(upper bound in
+        seconds or inf, count)], "bytes_written"}."""
+        w = self._wal
+        bounds = (*SYNC_BUCKETS, float("inf"))
+        return {"syncs": w.syncs, "sync_seconds": w.sync_seconds,
+                "sync_buckets": list(zip(bounds, w.sync_counts)),
+                "bytes_written": w.bytes_written}
 
     # ------------------------------------------------------------------ async
 
@@ -1605,19 +1630,6 @@ class Engine:
 
 def _no_space(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in _NO_SPACE
-
-
-def _frame_ops(ftype: int, lsn: int, payload: bytes) -> list[tuple[int, bytes, bytes | None]]:
-    """The key-space operations a WAL frame carries, with their LSNs."""
-    if ftype == record.TYPE_PUT:
-        k, v = msgpack.unpackb(payload)
-        return [(lsn, k, v)]
-    if ftype == record.TYPE_DELETE:
-        return [(lsn, msgpack.unpackb(payload), None)]
-    if ftype == record.TYPE_BATCH:
-        return [(lsn + i, k, v if op == 1 else None)
-                for i, (op, k, v) in enumerate(msgpack.unpackb(payload))]
-    return []
 
 
 def _chain(readers: list[sstable.TableReader], start, end) -> Iterator:

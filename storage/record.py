@@ -25,6 +25,7 @@ import re
 import struct
 from typing import Iterator, NamedTuple
 
+import msgpack
 from crc32c import crc32c
 
 MAGIC = b"STRATWAL"
@@ -109,6 +110,35 @@ def parse_frame(data: bytes) -> tuple[int, int, int, bytes]:
     """(lsn, term, type, payload) of one frame produced by this process (not checked)."""
     length, _, lsn, term, ftype = FRAME.unpack_from(data, 0)
     return lsn, term, ftype & TYPE_MASK, data[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length]
+
+
+def decode_ops(ftype: int, lsn: int, payload: bytes) -> list[tuple[int, bytes, bytes | None]]:
+    """The key-space operations a data frame carries: [(lsn, key, value or None for a
+    delete)], one LSN each (a batch's ops take consecutive LSNs from the frame's).
+    Events and term markers carry none. The one decoder of payloads: the engine's
+    recovery, the WAL's LSN chain and the event hub all read frames through it."""
+    if ftype == TYPE_PUT:
+        k, v = msgpack.unpackb(payload)
+        return [(lsn, k, v)]
+    if ftype == TYPE_DELETE:
+        return [(lsn, msgpack.unpackb(payload), None)]
+    if ftype == TYPE_BATCH:
+        return [(lsn + i, k, v if op == 1 else None)
+                for i, (op, k, v) in enumerate(msgpack.unpackb(payload))]
+    return []
+
+
+def decode_event(payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """(topic, key, payload) of a TYPE_EVENT frame."""
+    topic, key, value = msgpack.unpackb(payload)
+    return topic, key, value
+
+
+def lsn_count(ftype: int, payload: bytes) -> int:
+    """How many LSNs a frame consumes: one per operation of a batch, else one."""
+    if ftype == TYPE_BATCH:
+        return len(msgpack.unpackb(payload))
+    return 1
 
 
 def mark_sync(frame: bytes) -> bytes:

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-import msgpack
 
 from . import record
 from .errors import Compacted, Corruption
@@ -59,11 +58,6 @@ def parse_segment_name(name: str) -> int | None:
     return None
 
 
-def frame_lsn_count(ftype: int, payload: bytes) -> int:
-    """How many LSNs a frame consumes: one per operation of a batch, else one."""
-    if ftype == record.TYPE_BATCH:
-        return len(msgpack.unpackb(payload))
-    return 1
 
 
 def _holds_sync_point(buf) -> bool:
@@ -281,7 +275,7 @@ class Wal:
             for fr in record.iter_frames(buf, record.HEADER_SIZE):
                 if fr.lsn != expected:
                     break
-                expected = fr.lsn + frame_lsn_count(fr.type, fr.payload)
+                expected = fr.lsn + record.lsn_count(fr.type, fr.payload)
         except (ValueError, record.BadFrame):
             pass
         return expected - 1
@@ -344,7 +338,7 @@ class Wal:
             for fr in record.iter_frames(buf, record.HEADER_SIZE):
                 if fr.lsn != expected:
                     raise record.BadFrame(fr.offset, f"LSN {fr.lsn} where {expected} was expected")
-                expected = fr.lsn + frame_lsn_count(fr.type, fr.payload)
+                expected = fr.lsn + record.lsn_count(fr.type, fr.payload)
                 if expected - 1 > after_lsn:
                     frames.append(fr)
                 self._seg_last = expected - 1
@@ -816,7 +810,7 @@ class Wal:
                             if fr.lsn != expected:
                                 raise record.BadFrame(
                                     fr.offset, f"LSN {fr.lsn} where {expected} was expected")
-                            expected = fr.lsn + frame_lsn_count(fr.type, fr.payload)
+                            expected = fr.lsn + record.lsn_count(fr.type, fr.payload)
                             if expected - 1 >= lsn:
                                 yield record.Frame(fr.offset, fr.lsn, fr.term, fr.type,
                                                    fr.payload, memoryview(bytes(fr.raw)))

@@ -16,7 +16,7 @@ import pytest
 from strata.storage import record
 from strata.storage.errors import Compacted, Corruption, StorageError
 from strata.storage.vfs import MemFS, OsFS
-from strata.storage.wal import Wal, frame_lsn_count, parse_segment_name, segment_name
+from strata.storage.wal import Wal, parse_segment_name, segment_name
 
 H = record.HEADER_SIZE
 FH = record.FRAME_HEADER_SIZE
@@ -116,11 +116,16 @@ def test_segment_names_sort_by_lsn_and_parse_back():
     assert [parse_segment_name(n) for n in sorted(names)] == [1, 2, 9, 10, 100]
 
 
-def test_frame_lsn_count():
-    assert frame_lsn_count(record.TYPE_PUT, msgpack.packb([b"k", b"v"])) == 1
-    assert frame_lsn_count(record.TYPE_DELETE, msgpack.packb(b"k")) == 1
-    assert frame_lsn_count(record.TYPE_EVENT, msgpack.packb([b"t", b"k", b"p"])) == 1
-    assert frame_lsn_count(record.TYPE_BATCH, msgpack.packb([[1, b"a", b"1"]] * 7)) == 7
+def test_lsn_count_and_decode_ops():
+    assert record.lsn_count(record.TYPE_PUT, msgpack.packb([b"k", b"v"])) == 1
+    assert record.lsn_count(record.TYPE_DELETE, msgpack.packb(b"k")) == 1
+    assert record.lsn_count(record.TYPE_EVENT, msgpack.packb([b"t", b"k", b"p"])) == 1
+    assert record.lsn_count(record.TYPE_BATCH, msgpack.packb([[1, b"a", b"1"]] * 7)) == 7
+    assert record.decode_ops(record.TYPE_PUT, 5, msgpack.packb([b"k", b"v"])) == [(5, b"k", b"v")]
+    assert record.decode_ops(record.TYPE_DELETE, 6, msgpack.packb(b"k")) == [(6, b"k", None)]
+    assert record.decode_ops(record.TYPE_BATCH, 7, msgpack.packb([[1, b"a", b"1"], [2, b"b", None]])) \
+        == [(7, b"a", b"1"), (8, b"b", None)]
+    assert record.decode_ops(record.TYPE_EVENT, 9, msgpack.packb([b"t", b"k", b"p"])) == []
 
 
 def test_list_segments_ignores_other_files(env):
