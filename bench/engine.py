@@ -64,10 +64,11 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from array import array
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import report
 
@@ -210,7 +211,7 @@ class Adapter(ABC):
     def sync_writer(self) -> tuple[Put, Callable[[], None]]:
         """See the class docstring."""
 
-    def settle(self, full: bool, limit: float) -> None:
+    def settle(self, full: bool, limit: float) -> None:  # noqa: B027 - optional hook
         """After a fill, before reopen: let the engine finish the work the fill left.
 
         full=False: commit what is pending and wait (up to `limit` seconds) for
@@ -1206,7 +1207,7 @@ def summary_json(run: dict[str, Any]) -> dict[str, Any]:
     for wl in run["config"]["workloads"]:
         unit = WORKLOAD_BY_NAME[wl].unit
 
-        def rounded(v: float | None) -> float | None:
+        def rounded(v: float | None, unit: str = unit) -> float | None:
             return None if v is None else round(v, 3 if unit == "ms" else 1)
 
         out.append({
@@ -1255,7 +1256,6 @@ def detail_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[s
     rows = []
     notes: list[str] = []
     for wl in run["config"]["workloads"]:
-        w = WORKLOAD_BY_NAME[wl]
         for e in run["engines"]:
             res = run["results"].get(e, {})
             rec = res.get("workloads", {}).get(wl, {})
@@ -1268,7 +1268,6 @@ def detail_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[s
                     notes.append(note)
                 rows.append([wl, LABELS[e], "", status, "", "", "", "", ""])
                 continue
-            val = rec.get("value")
             shown = _cell_value(run, e, wl)
             ratio = "" if e == "strata" else report.fmt_ratio(_ratio(run, wl, e))
             if rec.get("wrong_answers"):

@@ -19,8 +19,8 @@ import platform
 import subprocess
 import sys
 from array import array
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 # ---------------------------------------------------------------- measuring
 
@@ -250,7 +250,7 @@ def machine_info(data_dir: str, packages: Sequence[str] = ()) -> dict[str, objec
         mem = None
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "cpu_model": _cpu_model(),

@@ -62,9 +62,10 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from array import array
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from bench import report
 
@@ -234,6 +235,7 @@ def _get_keys(p: Point) -> Callable[[int], bytes]:
 class StrataConn(Conn):
     def __init__(self) -> None:
         import grpc
+
         from strata_client._proto import strata_pb2, strata_pb2_grpc
 
         self.grpc, self.pb, self.pbg = grpc, strata_pb2, strata_pb2_grpc
@@ -305,9 +307,9 @@ class StrataConn(Conn):
 
 class EtcdConn(Conn):
     def __init__(self) -> None:
-        import grpc
         import etcd_pb2  # generated from bench/etcd.proto into a dir on sys.path
         import etcd_pb2_grpc
+        import grpc
 
         self.grpc, self.pb, self.pbg = grpc, etcd_pb2, etcd_pb2_grpc
         self.channel: Any = None
@@ -857,7 +859,8 @@ class Server:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-            raise ServerError(f"{self.system} still running {timeout:.0f} s after SIGTERM; killed")
+            raise ServerError(
+                f"{self.system} still running {timeout:.0f} s after SIGTERM; killed") from None
         finally:
             self.close_probe()
         ms = (time.perf_counter() - t0) * 1e3

@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from typing import AsyncIterator, NamedTuple
-
+from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 from strata.storage import record
 from strata.storage.errors import Compacted

@@ -25,9 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from strata.distribution.hub import Hub
+from strata.storage import Engine, StorageError
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
-from strata.storage import Engine, StorageError
 
 from . import config as config_mod
 from . import sdnotify

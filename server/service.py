@@ -15,14 +15,16 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
-from strata.distribution.hub import Hub, Lapped, stream as hub_stream
+from strata.distribution.hub import Hub, Lapped
+from strata.distribution.hub import stream as hub_stream
+from strata.storage import Engine
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
-from strata.storage import Engine
 
 from .config import Config, backup_dir
 from .errors import InvalidInput, Overloaded, Unauthenticated, Unavailable, classify

@@ -11,8 +11,18 @@ Usable on its own as an embedded library::
 """
 
 from .engine import Engine, Options, Snapshot
-from .errors import (Closed, Compacted, Conflict, Corruption, InvalidArgument, NoSpace, StorageError,
-                     TooLarge, WritesStopped, WriteStalled)
+from .errors import (
+                     Closed,
+                     Compacted,
+                     Conflict,
+                     Corruption,
+                     InvalidArgument,
+                     NoSpace,
+                     StorageError,
+                     TooLarge,
+                     WritesStopped,
+                     WriteStalled,
+)
 
 __all__ = [
     "Engine", "Options", "Snapshot",

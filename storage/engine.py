@@ -32,18 +32,28 @@ import shutil
 import threading
 import time
 from _thread import allocate_lock
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import msgpack
 from sortedcontainers import SortedList
 
 from . import compaction, record, sstable
-from .errors import (Closed, Conflict, Corruption, InvalidArgument, NoSpace, StorageError, TooLarge,
-                     WritesStopped, WriteStalled)
+from .errors import (
+    Closed,
+    Conflict,
+    Corruption,
+    InvalidArgument,
+    NoSpace,
+    StorageError,
+    TooLarge,
+    WritesStopped,
+    WriteStalled,
+)
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet, manifest_name
 from .memtable import MemTable
-from .vfs import FileSystem, MemFS, OsFS
+from .vfs import FileSystem, OsFS
 from .wal import SYNC_BUCKETS, Wal, segment_name
 
 _packb = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb() builds one per call
@@ -98,7 +108,7 @@ class Snapshot:
 
     __slots__ = ("lsn", "_engine", "_released")
 
-    def __init__(self, engine: "Engine", lsn: int) -> None:
+    def __init__(self, engine: Engine, lsn: int) -> None:
         self.lsn = lsn
         self._engine = engine
         self._released = False
@@ -108,7 +118,7 @@ class Snapshot:
             self._released = True
             self._engine._release_snapshot(self.lsn)
 
-    def __enter__(self) -> "Snapshot":
+    def __enter__(self) -> Snapshot:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,7 +188,7 @@ class Engine:
     # ------------------------------------------------------------------ open
 
     @classmethod
-    def open(cls, path: str, *, fs: FileSystem | None = None, **options: Any) -> "Engine":
+    def open(cls, path: str, *, fs: FileSystem | None = None, **options: Any) -> Engine:
         opts = Options()
         for k, v in options.items():
             if not hasattr(opts, k):
@@ -393,7 +403,7 @@ class Engine:
         t.start()
         self._threads.append(t)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:

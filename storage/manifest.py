@@ -52,7 +52,7 @@ class FileMeta:
                 self.entries, self.min_lsn, self.max_lsn]
 
     @staticmethod
-    def from_wire(w: list) -> tuple[int, "FileMeta"]:
+    def from_wire(w: list) -> tuple[int, FileMeta]:
         return w[0], FileMeta(w[1], w[2], w[3], w[4], w[5], w[6], w[7])
 
 

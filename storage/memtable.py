@@ -27,7 +27,7 @@ LSN order), so each key's chain is oldest first.
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from sortedcontainers import SortedList
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import msgpack
 from crc32c import crc32c
@@ -147,7 +148,7 @@ def mark_sync(frame: bytes) -> bytes:
     return encode_frame(lsn, term, ftype | SYNC_FLAG, payload)
 
 
-def is_sync_point(fr: "Frame") -> bool:
+def is_sync_point(fr: Frame) -> bool:
     return bool(fr.raw[24] & SYNC_FLAG)
 
 

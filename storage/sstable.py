@@ -32,9 +32,9 @@ import struct
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Iterator
 from itertools import accumulate, chain
 from operator import itemgetter
-from typing import Iterator
 
 import msgpack
 from crc32c import crc32c

@@ -391,7 +391,7 @@ class MemFS:
             full = os.path.normpath(os.path.join("/", path))
             self._synced_dirs[full] = dict(self._dir(full))
 
-    def synced_copy(self) -> "MemFS":
+    def synced_copy(self) -> MemFS:
         """A new MemFS holding only what survives a power cut right now.
 
         Lets a test cut the power at any instant while the engine keeps

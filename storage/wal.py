@@ -22,12 +22,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from bisect import bisect_left
 import threading
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
-
 
 from . import record
 from .errors import Compacted, Corruption

@@ -81,13 +81,13 @@ class Fake:
         self.address = ""
 
     # scripting
-    def then(self, method: str, *actions) -> "Fake":
+    def then(self, method: str, *actions) -> Fake:
         """Answer the next calls of `method` with `actions`, in order."""
         with self._lock:
             self._queues[method].extend(actions)
         return self
 
-    def always(self, method: str, action) -> "Fake":
+    def always(self, method: str, action) -> Fake:
         """Answer `method` with `action` once its queue is empty."""
         with self._lock:
             self._always[method] = action
@@ -139,8 +139,7 @@ class Fake:
             action = action(request, context)
         if isinstance(action, Err):
             self._fail(context, action)
-        for item in action.items:
-            yield item
+        yield from action.items
         if action.err is not None:
             self._fail(context, action.err)
 
@@ -450,7 +449,7 @@ def _trip(c: Client, fake: Fake, threshold: int) -> None:
 def test_breaker_opens_after_threshold_and_fails_fast(fake, clients):
     c = clients(fake.address, attempts=1, threshold=3)
     fake.always("Get", Err(C.UNAVAILABLE))
-    for i in range(2):
+    for _ in range(2):
         with pytest.raises(errors.Unavailable):
             c.get(b"k")
         assert c.breaker.state == "closed"

@@ -44,7 +44,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(os.path.dirname(data_dir), f"daemon-{time.monotonic_ns()}.log")
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> "Daemon":
+    def start(self, wait: bool = True, timeout: float = 30.0) -> Daemon:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "strata.server.cli", "serve", "--data-dir", self.data_dir,

@@ -14,10 +14,10 @@ import grpc
 import pytest
 
 from strata_client import Client, errors
-
-from .conftest import ROOT
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
+
+from .conftest import ROOT
 
 
 def test_sd_notify_ready_watchdog_and_stopping(daemon_factory, tmp_path):
@@ -178,7 +178,6 @@ def test_sigterm_ends_write_streams_promptly_and_loses_no_acknowledged_write(dae
     cancelled, and shutdown always took the whole drain timeout. They stop reading,
     answer what they took, and end with UNAVAILABLE."""
     import signal
-    import threading
 
     d = daemon_factory(extra_env={"STRATA_DRAIN_TIMEOUT_S": "20"})
     acked: dict[int, int] = {}

@@ -24,7 +24,7 @@ def main() -> None:
             out.write("B " + " ".join(kk.decode() for kk in keys) + "\n")
         else:
             db.put(key, b"v%d" % i * 8)
-            out.write("P %s\n" % key.decode())
+            out.write(f"P {key.decode()}\n")
         out.flush()
         i += 1
 

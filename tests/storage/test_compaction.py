@@ -257,7 +257,7 @@ def random_runs(seed, nruns=3, n=400):
     lsns = list(range(1, nruns * n + 1))
     rnd.shuffle(lsns)
     runs = []
-    for r in range(nruns):
+    for _ in range(nruns):
         run = {}
         for _ in range(n):
             key = b"key%04d" % rnd.randrange(300)

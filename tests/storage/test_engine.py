@@ -407,7 +407,7 @@ def test_close_under_thread_writers_has_one_commit_leader():
         acked: list[bytes] = []
         errors: list[BaseException] = []
 
-        def writer(t: int) -> None:
+        def writer(t: int, db=db, acked=acked, errors=errors) -> None:
             for i in range(100_000):
                 key = b"t%d-%06d" % (t, i)
                 try:

@@ -7,7 +7,6 @@ import threading
 
 from strata.storage.memtable import ENTRY_OVERHEAD, MemTable
 
-
 NOT_FOUND = (0, None)
 
 

@@ -699,7 +699,6 @@ def test_purge_respects_retention_bytes(mem):
 
 
 def test_purge_keeps_segments_that_are_not_wholly_flushed(mem):
-    fs = mem[0]
     w = write_log(mem, [2, 2, 2, 2])  # 1-2, 3-4, 5-6, 7-8 (open)
     w.retention_bytes = 0
     assert w.purge(3) == [os.path.join("/db", segment_name(1))]  # 3-4 holds LSN 4 > 3

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from strata.storage import Closed, Corruption, Engine
+from strata.storage import Corruption, Engine
 from strata.storage.vfs import FaultFS, MemFS
 from strata.storage.wal import Wal
 
