@@ -24,11 +24,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import fcntl
 import heapq
 import logging
 import os
-import shutil
 import threading
 import time
 from _thread import allocate_lock
@@ -53,7 +51,7 @@ from .errors import (
 )
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet, manifest_name
 from .memtable import MemTable
-from .vfs import FileSystem, OsFS
+from .vfs import FileLock, FileSystem, OsFS
 from .wal import SYNC_BUCKETS, Wal, segment_name
 
 _packb = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb() builds one per call
@@ -226,7 +224,7 @@ class Engine:
         self._closed = True
         self._bg_error: WritesStopped | None = None
         self._snapshots: SortedList = SortedList()
-        self._lock_fd = -1
+        self._lock: FileLock | None = None  # the LOCK file, held while open
         self._cache = sstable.BlockCache(opts.block_cache_size)
         self.versions = VersionSet(fs, path)
         self._picker = compaction.LevelPicker(opts.l0_compaction_trigger, opts.base_level_size,
@@ -248,6 +246,9 @@ class Engine:
         self._pause_s = 1.0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._committer_wake = threading.Semaphore(0)
+        # Where worker processes find this database, if flushes and merges run in
+        # them (not on a file system only this process can see).
+        self._worker_dir = fs.local_path(path) if opts.compaction_executor == "process" else None
         self._rotate_requested = False  # flush() asked the current commit leader to rotate
         self._listeners: list = []
         self._always = opts.durability == "always"
@@ -306,7 +307,7 @@ class Engine:
                         retention_bytes=opts.wal_retention_bytes,
                         retention_age_s=opts.wal_retention_age_s,
                         preallocate=(min(opts.wal_segment_size, opts.memtable_size + (1 << 20))
-                                     if opts.wal_preallocate and isinstance(fs, OsFS) else 0))
+                                     if opts.wal_preallocate else 0))
         flushed = self.versions.flushed_lsn
         self._wal.min_term = self.versions.term
         tail = self._wal.recover(flushed, repair=opts.repair)
@@ -356,20 +357,16 @@ class Engine:
             self._maybe_schedule_locked()
 
     def _acquire_lock_file(self) -> None:
-        if not isinstance(self.fs, OsFS):
-            return
-        fd = os.open(os.path.join(self.path, "LOCK"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StorageError(f"{self.path} is locked by another process") from None
-        self._lock_fd = fd
+            self._lock = self.fs.lock(os.path.join(self.path, "LOCK"))
+        except BlockingIOError:
+            raise StorageError(f"{self.path} is locked by another process or engine "
+                               f"(its LOCK file is held)") from None
 
     def _release_lock_file(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _remove_orphans(self) -> None:
         """Delete files an interrupted flush or compaction left behind."""
@@ -1174,9 +1171,9 @@ class Engine:
         try:
             if not len(imm):
                 outs = []  # rotated for the log's sake (events only): no table, a new flush point
-            elif self.opts.compaction_executor == "process" and isinstance(self.fs, OsFS):
+            elif self._worker_dir is not None:
                 # Packing the dict is C; sorting and encoding happen in the worker.
-                job = {"kind": "flush", "path": os.path.abspath(path),
+                job = {"kind": "flush", "path": self.fs.local_path(path),
                        "items": list(imm._d.items()), "smallest_snapshot": self._smallest_snapshot()}
                 outs = _worker("flush").run(job)["outputs"]
             else:
@@ -1351,16 +1348,17 @@ class Engine:
             self._stats["trivial_moves"] += 1
             return
         inputs = [(c.level, f) for f in c.inputs] + [(c.output_level, f) for f in c.next_inputs]
+        local = self._worker_dir
         job = {
-            "dir": os.path.abspath(self.path) if isinstance(self.fs, OsFS) else self.path,
-            "inputs": [os.path.join(self.path, sstable.table_name(f.number)) for _, f in inputs],
+            "dir": local or self.path,
+            "inputs": [os.path.join(local or self.path, sstable.table_name(f.number))
+                       for _, f in inputs],
             "smallest_snapshot": self._smallest_snapshot(),
             "drop_tombstones": c.bottommost,
             "target_file_size": self.opts.target_file_size,
             "prefix": f"compaction-{self.versions.new_file_number()}",
         }
-        if self.opts.compaction_executor == "process" and isinstance(self.fs, OsFS):
-            job["inputs"] = [os.path.abspath(p) for p in job["inputs"]]
+        if local is not None:
             result = _worker("merge").run(job)
         else:
             result = compaction.run_merge(job, self.fs)
@@ -1517,13 +1515,7 @@ class Engine:
             for _, f in version.files():
                 src = os.path.join(self.path, sstable.table_name(f.number))
                 dst = os.path.join(dest, sstable.table_name(f.number))
-                try:
-                    self.fs.link(src, dst)
-                except OSError:
-                    if isinstance(self.fs, OsFS):
-                        shutil.copyfile(src, dst)
-                    else:
-                        raise
+                self.fs.link_or_copy(src, dst)
             vs = VersionSet(self.fs, dest)
             vs.current = version
             vs.flushed_lsn = flushed
@@ -1594,11 +1586,10 @@ class Engine:
                     self.flush()
                 except StorageError:
                     pass
-            if self._compacting and self.opts.compaction_executor == "process" \
-                    and isinstance(self.fs, OsFS):
+            if self._compacting and self._worker_dir is not None:
                 # Do not make close (and so a restart) wait seconds for a merge
                 # whose result would only be installed to be compacted again.
-                _worker("merge").cancel(os.path.abspath(self.path))
+                _worker("merge").cancel(self._worker_dir)
             with self._bg_cv:
                 while self._compacting:
                     self._bg_cv.wait(0.1)

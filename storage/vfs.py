@@ -18,8 +18,10 @@ group to `WritableFile.write` and syncs once.
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
+import shutil
 import threading
 import time
 from typing import Protocol
@@ -40,7 +42,18 @@ class ReadableFile(Protocol):
     def close(self) -> None: ...
 
 
+class FileLock(Protocol):
+    def release(self) -> None: ...
+
+
 class FileSystem(Protocol):
+    """The engine's only way to the disk (LevelDB's Env, Pebble's vfs.FS).
+
+    Callers never ask which file system they were given: what differs is a
+    capability (`local_path`) or a method with one meaning everywhere
+    (`lock`, `link_or_copy`).
+    """
+
     def create(self, path: str, preallocate: int = 0) -> WritableFile: ...
     def open_read(self, path: str) -> ReadableFile: ...
     def read_bytes(self, path: str) -> bytes: ...
@@ -57,6 +70,20 @@ class FileSystem(Protocol):
     def sync_dir(self, path: str) -> None: ...
     def sync_file(self, path: str) -> None: ...
     def free_bytes(self, path: str) -> int: ...
+
+    def lock(self, path: str) -> FileLock:
+        """Take the exclusive lock file `path`; raise BlockingIOError if it is held."""
+        ...
+
+    def link_or_copy(self, src: str, dst: str) -> None:
+        """Hard-link src to dst, or copy it (synced) where links are impossible."""
+        ...
+
+    def local_path(self, path: str) -> str | None:
+        """`path` as another process may open it through the OS, or None if the files
+        live elsewhere (in memory) or must not be touched behind this object's back
+        (fault injection): work is then kept in this process."""
+        ...
 
 
 def write_file_atomic(fs: FileSystem, path: str, data: bytes) -> None:
@@ -143,6 +170,18 @@ class _OsReadable:
             self._mm = None
 
 
+class _OsLock:
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = -1
+
+
 class OsFS:
     """The real file system."""
 
@@ -173,6 +212,27 @@ class OsFS:
 
     def rmdir(self, path: str) -> None:
         os.rmdir(path)
+
+    def lock(self, path: str) -> _OsLock:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise BlockingIOError(errno.EWOULDBLOCK, "locked by another process", path) from None
+        return _OsLock(fd)
+
+    def link_or_copy(self, src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(src, dst)
+            self.sync_file(dst)
+
+    def local_path(self, path: str) -> str | None:
+        return os.path.abspath(path)
 
     def remove(self, path: str) -> None:
         os.remove(path)
@@ -261,6 +321,18 @@ class _MemReadable:
         pass
 
 
+class _MemLock:
+    __slots__ = ("_fs", "_key")
+
+    def __init__(self, fs: MemFS, key: str) -> None:
+        self._fs = fs
+        self._key = key
+
+    def release(self) -> None:
+        with self._fs._lock:
+            self._fs._locks.discard(self._key)
+
+
 class MemFS:
     """A strict in-memory file system: a power cut is `reset_to_synced_state()`.
 
@@ -274,6 +346,7 @@ class MemFS:
         # dir path -> {name: inode or None for a sub-directory}
         self._dirs: dict[str, dict[str, _Inode | None]] = {"/": {}}
         self._synced_dirs: dict[str, dict[str, _Inode | None]] = {"/": {}}
+        self._locks: set[str] = set()  # paths locked by lock(): held in this process only
 
     @staticmethod
     def _split(path: str) -> tuple[str, str]:
@@ -428,6 +501,20 @@ class MemFS:
     def free_bytes(self, path: str) -> int:
         return 1 << 62  # memory: a full disk is FaultFS's to simulate
 
+    def lock(self, path: str) -> _MemLock:
+        key = os.path.normpath(os.path.join("/", path))
+        with self._lock:
+            if key in self._locks:
+                raise BlockingIOError(errno.EWOULDBLOCK, "locked", path)
+            self._locks.add(key)
+        return _MemLock(self, key)
+
+    def link_or_copy(self, src: str, dst: str) -> None:
+        self.link(src, dst)  # one inode, as a hard link; tables are never modified
+
+    def local_path(self, path: str) -> str | None:
+        return None
+
     def reset_to_synced_state(self) -> None:
         """Simulate a power cut: drop every unsynced byte and directory entry."""
         with self._lock:
@@ -533,6 +620,13 @@ class FaultFS:
     def sync_file(self, path: str) -> None:
         self._maybe_fail("sync")
         self.inner.sync_file(path)
+
+    def local_path(self, path: str) -> str | None:
+        return None  # faults are injected here: no worker process may bypass it
+
+    def link_or_copy(self, src: str, dst: str) -> None:
+        self._maybe_fail("create")
+        self.inner.link_or_copy(src, dst)
 
     def free_bytes(self, path: str) -> int:
         """0 while writes are made to fail with ENOSPC: the disk looks full."""

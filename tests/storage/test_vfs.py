@@ -466,3 +466,46 @@ def test_faultfs_over_osfs(tmp_path):
     f.write(b"c")
     f.close()
     assert ffs.read_bytes(p) == b"ac"
+
+
+def test_every_file_system_locks_the_database(tmp_path):
+    """A FaultFS(OsFS()) used to run without a LOCK file; MemFS had none either."""
+    from strata.storage import Engine
+    from strata.storage.errors import StorageError
+
+
+    for fs, path in ((FaultFS(OsFS()), str(tmp_path / "db")), (MemFS(), "/db")):
+        with Engine.open(path, fs=fs, compaction_executor="thread"):
+            with pytest.raises(StorageError, match="locked"):
+                Engine.open(path, fs=fs, compaction_executor="thread")
+        with Engine.open(path, fs=fs, compaction_executor="thread"):
+            pass  # released at close
+
+
+def test_local_path_says_where_worker_processes_may_go(tmp_path):
+
+
+    assert OsFS().local_path(str(tmp_path)) == str(tmp_path)
+    assert MemFS().local_path("/db") is None
+    assert FaultFS(OsFS()).local_path(str(tmp_path)) is None  # faults must not be bypassed
+
+
+def test_link_or_copy_copies_across_file_systems(tmp_path):
+    """A checkpoint on another file system: hard links fail with EXDEV, so copy."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        src = tmp_path / "a"
+        src.write_bytes(b"table bytes")
+        OsFS().link_or_copy(str(src), str(mnt / "a"))
+        assert (mnt / "a").read_bytes() == b"table bytes"
+        assert os.stat(src).st_nlink == 1  # copied, not linked
+        OsFS().link_or_copy(str(src), str(tmp_path / "b"))
+        assert os.stat(src).st_nlink == 2  # same file system: linked
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
