@@ -39,6 +39,7 @@ import msgpack
 
 from . import sstable
 from .errors import Corruption, StorageError
+from .filenames import compaction_output
 from .manifest import NUM_LEVELS, FileMeta, Version
 from .vfs import FileSystem, OsFS
 
@@ -309,7 +310,7 @@ def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
             readers.append(sstable.TableReader(fs, p, -1 - i, None))
         read_bytes = sum(r.file_size for r in readers)
         sink = sstable.TableSink(
-            fs, lambda i: os.path.join(job["dir"], f"{job['prefix']}-{i}.sst.tmp"),
+            fs, lambda i: os.path.join(job["dir"], compaction_output(job["prefix"], i)),
             job["target_file_size"])
         # The key space is cut into windows of about `window` encoded bytes of input;
         # each window is merged (concatenated and sorted in C) and handed to the sink.

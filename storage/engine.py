@@ -49,10 +49,23 @@ from .errors import (
     WritesStopped,
     WriteStalled,
 )
-from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet, manifest_name
+from .filenames import (
+    CURRENT,
+    LOCK,
+    compaction_prefix,
+    is_compaction_output,
+    is_temporary,
+    manifest_name,
+    parse_manifest_name,
+    parse_segment_name,
+    parse_table_name,
+    segment_name,
+    table_name,
+)
+from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet
 from .memtable import MemTable
 from .vfs import FileLock, FileSystem, OsFS
-from .wal import SYNC_BUCKETS, Wal, segment_name
+from .wal import SYNC_BUCKETS, Wal
 
 _packb = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb() builds one per call
 _encode_frame = record.encode_frame
@@ -277,15 +290,16 @@ class Engine:
     def _open(self) -> None:
         fs, path, opts = self.fs, self.path, self.opts
         t0 = time.monotonic()
-        exists = fs.exists(os.path.join(path, "CURRENT"))
+        exists = fs.exists(os.path.join(path, CURRENT))
         if not exists and fs.exists(path):
             # A MANIFEST without CURRENT and without any log or table is a
             # creation interrupted before CURRENT was written: start over.
-            leftovers = [n for n in fs.listdir(path) if n.startswith("wal-") or n.endswith(".sst")]
+            leftovers = [n for n in fs.listdir(path)
+                         if parse_segment_name(n) is not None or parse_table_name(n) is not None]
             if leftovers:
                 # Never initialise over a database whose CURRENT went missing:
                 # that would delete its tables as orphans.
-                raise Corruption(os.path.join(path, "CURRENT"), 0,
+                raise Corruption(os.path.join(path, CURRENT), 0,
                                  f"CURRENT is missing but the directory holds database files "
                                  f"({', '.join(sorted(leftovers)[:3])}...); restore CURRENT "
                                  f"(it names the newest MANIFEST-*) or open a checkpoint")
@@ -358,7 +372,7 @@ class Engine:
 
     def _acquire_lock_file(self) -> None:
         try:
-            self._lock = self.fs.lock(os.path.join(self.path, "LOCK"))
+            self._lock = self.fs.lock(os.path.join(self.path, LOCK))
         except BlockingIOError:
             raise StorageError(f"{self.path} is locked by another process or engine "
                                f"(its LOCK file is held)") from None
@@ -374,20 +388,14 @@ class Engine:
         current_manifest = manifest_name(self.versions.manifest_number)
         for name in self.fs.listdir(self.path):
             p = os.path.join(self.path, name)
-            orphan = False
-            if name.endswith(".tmp"):
-                orphan = True
-            elif name.endswith(".sst"):
-                stem = name[:-4]
-                orphan = stem.isdigit() and int(stem) not in live
-            elif name.startswith("MANIFEST-") and name != current_manifest:
-                orphan = True
-            if orphan:
+            number = parse_table_name(name)
+            if is_temporary(name) or (number is not None and number not in live) or \
+                    (parse_manifest_name(name) is not None and name != current_manifest):
                 log.info("removing orphan file %s", p)
                 self.fs.remove(p)
 
     def _open_table(self, number: int) -> sstable.TableReader:
-        return sstable.TableReader(self.fs, os.path.join(self.path, sstable.table_name(number)),
+        return sstable.TableReader(self.fs, os.path.join(self.path, table_name(number)),
                                    number, self._cache)
 
     def _install_sv(self) -> None:
@@ -1167,7 +1175,7 @@ class Engine:
         number = self.versions.new_file_number()
         with self._mutex:
             self._pending.add(number)
-        path = os.path.join(self.path, sstable.table_name(number))
+        path = os.path.join(self.path, table_name(number))
         try:
             if not len(imm):
                 outs = []  # rotated for the log's sake (events only): no table, a new flush point
@@ -1211,7 +1219,7 @@ class Engine:
         self._stats["flush_bytes"] += size
         self._stats["flush_seconds"] += dt
         log.info("flushed memtable to %s: %d entries, %d bytes in %.3fs (%.1f MB/s)",
-                 sstable.table_name(number), len(imm), size, dt, size / max(dt, 1e-9) / 1e6)
+                 table_name(number), len(imm), size, dt, size / max(dt, 1e-9) / 1e6)
         self._wal.purge(self.versions.flushed_lsn)
         self._delete_obsolete()
 
@@ -1333,7 +1341,7 @@ class Engine:
         """Delete the temporary outputs of a compaction cut short (orphans at next open
         otherwise: removing them now gives the space back at once)."""
         for name in self.fs.listdir(self.path):
-            if name.startswith("compaction-") and name.endswith(".sst.tmp"):
+            if is_compaction_output(name):
                 try:
                     self.fs.remove(os.path.join(self.path, name))
                 except OSError:
@@ -1351,12 +1359,12 @@ class Engine:
         local = self._worker_dir
         job = {
             "dir": local or self.path,
-            "inputs": [os.path.join(local or self.path, sstable.table_name(f.number))
+            "inputs": [os.path.join(local or self.path, table_name(f.number))
                        for _, f in inputs],
             "smallest_snapshot": self._smallest_snapshot(),
             "drop_tombstones": c.bottommost,
             "target_file_size": self.opts.target_file_size,
-            "prefix": f"compaction-{self.versions.new_file_number()}",
+            "prefix": compaction_prefix(self.versions.new_file_number()),
         }
         if local is not None:
             result = _worker("merge").run(job)
@@ -1368,7 +1376,7 @@ class Engine:
             number = self.versions.new_file_number()
             with self._mutex:
                 self._pending.add(number)
-            final = os.path.join(self.path, sstable.table_name(number))
+            final = os.path.join(self.path, table_name(number))
             self.fs.rename(tmp, final)
             meta = FileMeta(number, props["file_size"], props["smallest"], props["largest"],
                             props["entries"], props["min_lsn"], props["max_lsn"])
@@ -1403,7 +1411,8 @@ class Engine:
             for n in [n for n in self._readers if n not in live]:
                 del self._readers[n]
         for name in names:
-            if name.endswith(".sst") and name[:-4].isdigit() and int(name[:-4]) not in live:
+            number = parse_table_name(name)
+            if number is not None and number not in live:
                 try:
                     self.fs.remove(os.path.join(self.path, name))
                 except FileNotFoundError:
@@ -1513,8 +1522,8 @@ class Engine:
             made = True
             self.fs.sync_dir(os.path.dirname(os.path.abspath(dest)))
             for _, f in version.files():
-                src = os.path.join(self.path, sstable.table_name(f.number))
-                dst = os.path.join(dest, sstable.table_name(f.number))
+                src = os.path.join(self.path, table_name(f.number))
+                dst = os.path.join(dest, table_name(f.number))
                 self.fs.link_or_copy(src, dst)
             vs = VersionSet(self.fs, dest)
             vs.current = version

@@ -29,6 +29,7 @@ import msgpack
 
 from . import record
 from .errors import Corruption
+from .filenames import CURRENT, manifest_name, parse_manifest_name
 from .vfs import FileSystem, WritableFile, write_file_atomic
 
 log = logging.getLogger("strata.manifest")
@@ -114,10 +115,6 @@ def apply_edit(levels: list[list[FileMeta]], edit: dict) -> list[list[FileMeta]]
     return new
 
 
-def manifest_name(number: int) -> str:
-    return f"MANIFEST-{number:06d}"
-
-
 class VersionSet:
     """The current version, the manifest that records it, and the pinned versions.
 
@@ -194,7 +191,7 @@ class VersionSet:
         except BaseException:
             f.close()
             raise
-        write_file_atomic(self.fs, os.path.join(self.dir, "CURRENT"),
+        write_file_atomic(self.fs, os.path.join(self.dir, CURRENT),
                           (manifest_name(number) + "\n").encode())
         old, old_number = self._manifest, self.manifest_number
         self._manifest, self.manifest_number, self._manifest_size = f, number, len(data)
@@ -212,9 +209,10 @@ class VersionSet:
 
     def recover(self) -> None:
         """Load the version named by CURRENT, then start a fresh manifest."""
-        current = os.path.join(self.dir, "CURRENT")
+        current = os.path.join(self.dir, CURRENT)
         name = self.fs.read_bytes(current).decode(errors="replace").strip()
-        if not name.startswith("MANIFEST-") or not name[9:].isdigit():
+        number = parse_manifest_name(name)
+        if number is None:
             raise Corruption(current, 0, f"CURRENT names {name!r}, not a manifest")
         path = os.path.join(self.dir, name)
         if not self.fs.exists(path):
@@ -265,7 +263,7 @@ class VersionSet:
                 if not self.fs.exists(table):
                     raise Corruption(path, 0, f"table {os.path.basename(table)} (L{lvl}) listed in "
                                               f"the manifest is missing")
-        self.manifest_number = int(name[9:])
+        self.manifest_number = number
         self.next_file = max(self.next_file, self.manifest_number + 1)
         self.current = Version(levels)
         try:

@@ -54,10 +54,6 @@ COMPRESSION_NONE = 0
 BLOCK_SIZE = 4096
 
 
-def table_name(number: int) -> str:
-    return f"{number:06d}.sst"
-
-
 def _finish_block(contents: bytes) -> bytes:
     return contents + TRAILER.pack(COMPRESSION_NONE, crc32c(contents + b"\x00"))
 

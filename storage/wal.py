@@ -30,34 +30,13 @@ from dataclasses import dataclass
 
 from . import record
 from .errors import Compacted, Corruption
+from .filenames import NEXT_SEGMENT, parse_segment_name, segment_name
 from .vfs import FileSystem, WritableFile
 
 log = logging.getLogger("strata.wal")
 
 # Upper bounds (seconds) of the fdatasync latency histogram (exported by the daemon).
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-
-PREFIX = "wal-"
-SUFFIX = ".log"
-# The next segment, made ahead of time (created, preallocated, synced) so that a
-# roll on the commit path costs no fsync. Once it is in use it holds a header
-# and frames until the background thread renames it to its segment name.
-NEXT_NAME = "wal.next"
-
-
-def segment_name(first_lsn: int) -> str:
-    return f"{PREFIX}{first_lsn:020d}{SUFFIX}"
-
-
-def parse_segment_name(name: str) -> int | None:
-    if name.startswith(PREFIX) and name.endswith(SUFFIX):
-        digits = name[len(PREFIX) : -len(SUFFIX)]
-        if digits.isdigit():
-            return int(digits)
-    return None
-
-
-
 
 def _holds_sync_point(buf) -> bool:
     try:
@@ -77,7 +56,7 @@ class RecoveredTail:
 class _Segment:
     __slots__ = ("first_lsn", "path", "file", "size", "sync_lock", "closed", "dirty", "created")
     # `path` changes once, under Wal._lock, when a segment made from the spare
-    # is renamed from NEXT_NAME to its segment name.
+    # is renamed from NEXT_SEGMENT to its segment name.
 
     def __init__(self, first_lsn: int, path: str, file: WritableFile, size: int) -> None:
         self.first_lsn = first_lsn
@@ -118,9 +97,9 @@ class Wal:
         self._pins: list[int] = []
         self.failed: OSError | None = None  # the fsync error that ended this log's life
         # Roll work left to the background thread: (sealed segment to sync and
-        # close, open segment to rename from NEXT_NAME). At most one at a time.
+        # close, open segment to rename from NEXT_SEGMENT). At most one at a time.
         self._pending: tuple[_Segment, _Segment] | None = None
-        self._spare: WritableFile | None = None  # NEXT_NAME, ready, header not written
+        self._spare: WritableFile | None = None  # NEXT_SEGMENT, ready, header not written
         self._bg_lock = threading.Lock()  # serialises the roll work and spare making
         self._bg_cv = threading.Condition()
         self._bg_thread: threading.Thread | None = None
@@ -229,10 +208,10 @@ class Wal:
         return RecoveredTail(frames, last_lsn, last_term, truncated)
 
     def _adopt_next(self) -> None:
-        """Give NEXT_NAME its segment name if it was in use.
+        """Give NEXT_SEGMENT its segment name if it was in use.
 
         A process killed between a roll and the background rename leaves the
-        open segment under NEXT_NAME; its header names its first LSN. It is
+        open segment under NEXT_SEGMENT; its header names its first LSN. It is
         adopted (and the usual chain checks then apply) when it follows the
         newest segment's last whole frame, when there is no other segment, or
         when it holds a synced group (durable acknowledged writes: a hole
@@ -242,7 +221,7 @@ class Wal:
         holds no durable acknowledged write and is removed, leaving the log a
         consistent prefix.
         """
-        path = os.path.join(self.dir, NEXT_NAME)
+        path = os.path.join(self.dir, NEXT_SEGMENT)
         if not self.fs.exists(path):
             return
         data = self.fs.read_bytes(path)
@@ -438,7 +417,7 @@ class Wal:
         with self._bg_lock:
             if self._spare is not None or self._bg_stop:
                 return
-            path = os.path.join(self.dir, NEXT_NAME)
+            path = os.path.join(self.dir, NEXT_SEGMENT)
             f = None
             try:
                 f = self.fs.create(path, self.preallocate)
@@ -475,7 +454,7 @@ class Wal:
             spare.close()
             if finish:
                 try:
-                    self.fs.remove(os.path.join(self.dir, NEXT_NAME))
+                    self.fs.remove(os.path.join(self.dir, NEXT_SEGMENT))
                 except OSError:
                     pass
 
@@ -616,7 +595,7 @@ class Wal:
                     except BaseException:
                         spare.close()
                         raise
-                    new = _Segment(next_lsn, os.path.join(self.dir, NEXT_NAME), spare,
+                    new = _Segment(next_lsn, os.path.join(self.dir, NEXT_SEGMENT), spare,
                                    record.HEADER_SIZE)
                     new.dirty = True
                     with self._lock:
@@ -749,12 +728,12 @@ class Wal:
 
     def open_segment(self, first_lsn: int, path: str):
         """Open a listed segment for reading, following it if a roll renamed it from
-        NEXT_NAME since it was listed.
+        NEXT_SEGMENT since it was listed.
 
-        Under NEXT_NAME the file is taken only if its header names `first_lsn`:
-        once renamed, NEXT_NAME may already be the next, empty spare.
+        Under NEXT_SEGMENT the file is taken only if its header names `first_lsn`:
+        once renamed, NEXT_SEGMENT may already be the next, empty spare.
         """
-        if os.path.basename(path) != NEXT_NAME:
+        if os.path.basename(path) != NEXT_SEGMENT:
             return self.fs.open_read(path)
         final = os.path.join(self.dir, segment_name(first_lsn))
         for _ in range(3):

@@ -10,13 +10,13 @@ import pytest
 
 from strata.storage import manifest, record
 from strata.storage.errors import Corruption
+from strata.storage.filenames import manifest_name
 from strata.storage.manifest import (
     NUM_LEVELS,
     FileMeta,
     Version,
     VersionSet,
     apply_edit,
-    manifest_name,
 )
 from strata.storage.vfs import FaultFS, MemFS
 

@@ -509,3 +509,19 @@ def test_link_or_copy_copies_across_file_systems(tmp_path):
         assert os.stat(src).st_nlink == 2  # same file system: linked
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_file_names_round_trip():
+    from strata.storage import filenames as fn
+
+    assert fn.parse_segment_name(fn.segment_name(12345)) == 12345
+    assert fn.segment_name(1) == "wal-00000000000000000001.log"
+    assert fn.parse_table_name(fn.table_name(7)) == 7 and fn.table_name(7) == "000007.sst"
+    assert fn.parse_table_name(fn.table_name(12345678)) == 12345678
+    assert fn.parse_manifest_name(fn.manifest_name(3)) == 3
+    assert fn.is_compaction_output(fn.compaction_output(fn.compaction_prefix(9), 2))
+    for other in ("CURRENT", "LOCK", "wal.next", "x.sst", "wal-12.log.tmp", "MANIFEST-x"):
+        assert fn.parse_segment_name(other) is None or other == "wal-12.log.tmp"
+        assert fn.parse_table_name(other) is None
+        assert fn.parse_manifest_name(other) is None
+    assert fn.parse_segment_name("wal-12.log.tmp") is None

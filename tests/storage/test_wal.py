@@ -15,8 +15,9 @@ import pytest
 
 from strata.storage import record
 from strata.storage.errors import Compacted, Corruption, StorageError
+from strata.storage.filenames import parse_segment_name, segment_name
 from strata.storage.vfs import MemFS, OsFS
-from strata.storage.wal import Wal, parse_segment_name, segment_name
+from strata.storage.wal import Wal
 
 H = record.HEADER_SIZE
 FH = record.FRAME_HEADER_SIZE
