@@ -16,6 +16,8 @@ import asyncio
 import os
 import sys
 
+from strata.storage.options import DURABILITY_MODES
+
 from . import config as config_mod
 
 FLAG_OPTIONS = ("data_dir", "grpc_listen", "ws_listen", "metrics_listen", "durability", "log_level",
@@ -28,7 +30,7 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     for name in FLAG_OPTIONS:
         kwargs: dict = {"help": config_mod.OPTIONS[name][0], "default": None}
         if name == "durability":
-            kwargs["choices"] = ("always", "interval", "none")
+            kwargs["choices"] = DURABILITY_MODES
         p.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)
 
 

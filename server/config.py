@@ -15,84 +15,90 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from strata.storage.errors import InvalidArgument
+from strata.storage.options import (
+    DURABILITY_MODES,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_OPS,
+    MAX_KEY_SIZE,
+    MAX_VALUE_SIZE,
+    Options,
+)
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, malformed or out of range; says which and why."""
 
 
+def _opt(default: Any, help: str, reload: bool = False, **kw: Any) -> Any:
+    """A Config field with its documentation and whether SIGHUP reloads it."""
+    return field(default=default, metadata={"help": help, "reload": reload}, **kw)
+
+
 @dataclass
 class Config:
-    data_dir: str = "./data"
-    grpc_listen: str = "127.0.0.1:7400"
-    ws_listen: str = "127.0.0.1:7401"
-    metrics_listen: str = "127.0.0.1:7402"
-    node: str = field(default_factory=socket.gethostname)
-    durability: str = "always"
-    sync_interval_ms: int = 100
-    memtable_size: int = 8 << 20
-    block_cache_size: int = 64 << 20
-    wal_retention_bytes: int = 64 << 20
-    log_level: str = "info"
-    max_key_size: int = 64 << 10
-    max_value_size: int = 4 << 20
-    max_batch_ops: int = 10_000
-    max_batch_bytes: int = 16 << 20
-    max_concurrent_calls: int = 2048
-    max_streams: int = 512
-    rate_limit: float = 0.0
-    rate_burst: int = 0
-    default_deadline_s: float = 30.0
-    drain_timeout_s: float = 10.0
-    subscriber_queue: int = 10_000
-    auth_token: str = ""
-    admin_token: str = ""
-    backup_dir: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
+    data_dir: str = _opt("./data", "database directory (created if missing)")
+    grpc_listen: str = _opt("127.0.0.1:7400", "gRPC address host:port")
+    ws_listen: str = _opt("127.0.0.1:7401", "WebSocket address host:port (empty: disabled)")
+    metrics_listen: str = _opt("127.0.0.1:7402",
+                               "Prometheus /metrics address host:port (empty: disabled)")
+    node: str = field(default_factory=socket.gethostname, metadata={
+        "help": "this node's name in status, logs and metrics (default: host name)",
+        "reload": False})
+    durability: str = _opt("always", "when a write is acknowledged: "
+                           + ", ".join(DURABILITY_MODES) + " (docs/durability.md)")
+    sync_interval_ms: int = _opt(100, "fsync period of durability=interval")
+    memtable_size: int = _opt(8 << 20, "bytes of writes buffered in memory before a flush to L0")
+    block_cache_size: int = _opt(64 << 20, "bytes of decoded table blocks cached")
+    wal_retention_bytes: int = _opt(64 << 20, "flushed WAL kept for history replay (bytes)")
+    log_level: str = _opt("info", "debug, info, warning, error", True)
+    max_key_size: int = _opt(MAX_KEY_SIZE, f"largest key accepted (bytes; at most {MAX_KEY_SIZE})",
+                             True)
+    max_value_size: int = _opt(4 << 20, f"largest value accepted (bytes; at most {MAX_VALUE_SIZE})",
+                               True)
+    max_batch_ops: int = _opt(10_000, f"most operations in one Batch / Write request "
+                                      f"(at most {MAX_BATCH_OPS})", True)
+    max_batch_bytes: int = _opt(16 << 20, f"largest Batch request (bytes of keys and values; "
+                                          f"at most {MAX_BATCH_BYTES})", True)
+    max_concurrent_calls: int = _opt(
+        2048, "unary calls in progress at once; more get RESOURCE_EXHAUSTED", True)
+    max_streams: int = _opt(
+        512, "streams (Scan, Write, Subscribe) open at once; more get RESOURCE_EXHAUSTED", True)
+    rate_limit: float = _opt(0.0, "requests per second per client address; 0: unlimited", True)
+    rate_burst: int = _opt(0, "token-bucket burst per client (0: one second of rate_limit)", True)
+    default_deadline_s: float = _opt(30.0, "deadline applied to calls that bring none", True)
+    drain_timeout_s: float = _opt(10.0, "on SIGTERM, how long in-flight calls may take to finish",
+                                  True)
+    subscriber_queue: int = _opt(10_000, "events buffered per subscriber before it is cut off",
+                                 True)
+    auth_token: str = _opt(
+        "", "shared token required in `authorization: Bearer <token>` (empty: no auth)")
+    admin_token: str = _opt("", "token Admin.Checkpoint and Admin.Compact require instead of "
+                                "auth_token (empty: auth_token suffices)")
+    backup_dir: str = _opt("", "directory Admin.Checkpoint writes into, by relative name "
+                               "(empty: <data_dir>/checkpoints, on the same file system: hard links)")
+    tls_cert: str = _opt("", "PEM certificate chain for gRPC TLS (with tls_key)")
+    tls_key: str = _opt("", "PEM private key for gRPC TLS")
+    engine: dict = field(default_factory=dict, metadata={
+        "help": "[engine] table: further engine options by name (storage/options.py), "
+                "e.g. l0_compaction_trigger, target_file_size, wal_segment_size",
+        "reload": False})
 
 
-# name -> (help, reloadable on SIGHUP)
+# name -> (help, reloadable on SIGHUP), from the fields themselves
 OPTIONS: dict[str, tuple[str, bool]] = {
-    "data_dir": ("database directory (created if missing)", False),
-    "grpc_listen": ("gRPC address host:port", False),
-    "ws_listen": ("WebSocket address host:port (empty: disabled)", False),
-    "metrics_listen": ("Prometheus /metrics address host:port (empty: disabled)", False),
-    "node": ("this node's name in status, logs and metrics (default: host name)", False),
-    "durability": ("when a write is acknowledged: always (after fsync), interval, none", False),
-    "sync_interval_ms": ("fsync period of durability=interval", False),
-    "memtable_size": ("bytes of writes buffered in memory before a flush to L0", False),
-    "block_cache_size": ("bytes of decoded table blocks cached", False),
-    "wal_retention_bytes": ("flushed WAL kept for history replay (bytes)", False),
-    "log_level": ("debug, info, warning, error", True),
-    "max_key_size": ("largest key accepted (bytes)", True),
-    "max_value_size": ("largest value accepted (bytes)", True),
-    "max_batch_ops": ("most operations in one Batch / Write request", True),
-    "max_batch_bytes": ("largest Batch request (bytes of keys and values)", True),
-    "max_concurrent_calls": ("unary calls in progress at once; more get RESOURCE_EXHAUSTED", True),
-    "max_streams": ("streams (Scan, Write, Subscribe) open at once; more get RESOURCE_EXHAUSTED", True),
-    "rate_limit": ("requests per second per client address; 0: unlimited", True),
-    "rate_burst": ("token-bucket burst per client (0: one second of rate_limit)", True),
-    "default_deadline_s": ("deadline applied to calls that bring none", True),
-    "drain_timeout_s": ("on SIGTERM, how long in-flight calls may take to finish", True),
-    "subscriber_queue": ("events buffered per subscriber before it is cut off", True),
-    "auth_token": ("shared token required in `authorization: Bearer <token>` (empty: no auth)", False),
-    "admin_token": ("token Admin.Checkpoint and Admin.Compact require instead of auth_token "
-                    "(empty: auth_token suffices)", False),
-    "backup_dir": ("directory Admin.Checkpoint writes into, by relative name "
-                   "(empty: <data_dir>/checkpoints, on the same file system: hard links)", False),
-    "tls_cert": ("PEM certificate chain for gRPC TLS (with tls_key)", False),
-    "tls_key": ("PEM private key for gRPC TLS", False),
-}
+    f.name: (f.metadata["help"], f.metadata["reload"]) for f in dataclasses.fields(Config)}
 
 ENV_PREFIX = "STRATA_"
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-# The engine refuses limits past its frame size; so does the config, earlier.
-_ENGINE_MAX_VALUE = 16 << 20
-_ENGINE_MAX_BATCH = 31 << 20
 
 
 def _coerce(name: str, raw: Any, source: str) -> Any:
     default = getattr(Config(), name)
+    if isinstance(default, dict):  # the [engine] table: only from the file
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{name} from {source}: a table is expected, not {raw!r}")
+        return dict(raw)
     try:
         if isinstance(default, bool):
             if isinstance(raw, str):
@@ -141,8 +147,9 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
 
 
 def validate(cfg: Config) -> None:
-    if cfg.durability not in ("always", "interval", "none"):
-        raise ConfigError(f"durability must be always, interval or none, not {cfg.durability!r}")
+    if cfg.durability not in DURABILITY_MODES:
+        raise ConfigError(f"durability must be one of {', '.join(DURABILITY_MODES)}, "
+                          f"not {cfg.durability!r}")
     for name in ("grpc_listen", "ws_listen", "metrics_listen"):
         value = getattr(cfg, name)
         if name != "grpc_listen" and not value:
@@ -150,12 +157,15 @@ def validate(cfg: Config) -> None:
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"{name} must be host:port, not {value!r}")
-    if not 1 <= cfg.max_key_size <= 64 << 10:
-        raise ConfigError("max_key_size must be 1 .. 65536")
-    if not 0 <= cfg.max_value_size <= _ENGINE_MAX_VALUE:
-        raise ConfigError(f"max_value_size must be 0 .. {_ENGINE_MAX_VALUE}")
-    if not 1 <= cfg.max_batch_bytes <= _ENGINE_MAX_BATCH:
-        raise ConfigError(f"max_batch_bytes must be 1 .. {_ENGINE_MAX_BATCH}")
+    for name, low, high in (("max_key_size", 1, MAX_KEY_SIZE), ("max_value_size", 0, MAX_VALUE_SIZE),
+                            ("max_batch_bytes", 1, MAX_BATCH_BYTES),
+                            ("max_batch_ops", 1, MAX_BATCH_OPS)):
+        if not low <= getattr(cfg, name) <= high:
+            raise ConfigError(f"{name} must be {low} .. {high}, not {getattr(cfg, name)}")
+    try:
+        engine_options(cfg)
+    except InvalidArgument as e:
+        raise ConfigError(f"[engine]: {e}") from None
     for name in ("max_batch_ops", "max_concurrent_calls", "max_streams", "subscriber_queue"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
@@ -165,6 +175,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError("tls_cert and tls_key go together")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
+
+
+def engine_options(cfg: Config) -> Options:
+    """The engine's options: the daemon's own settings, then the [engine] table."""
+    given = {"durability": cfg.durability, "sync_interval_ms": cfg.sync_interval_ms,
+             "memtable_size": cfg.memtable_size, "block_cache_size": cfg.block_cache_size,
+             "wal_retention_bytes": cfg.wal_retention_bytes}
+    clash = sorted(set(given) & set(cfg.engine))
+    if clash:
+        raise InvalidArgument(f"set {', '.join(clash)} at the top level, not in [engine]")
+    return Options.make(**given, **cfg.engine)
 
 
 def backup_dir(cfg: Config) -> str:
@@ -182,7 +203,7 @@ def grpc_message_limit(cfg: Config) -> int:
     handlers (a clear error, never RESOURCE_EXHAUSTED, which clients retry).
     """
     del cfg  # deliberately independent of the (reloadable) configured limits
-    return max(_ENGINE_MAX_BATCH, (64 << 10) + _ENGINE_MAX_VALUE) + 100_000 * 16 + (64 << 10)
+    return max(MAX_BATCH_BYTES, MAX_KEY_SIZE + MAX_VALUE_SIZE) + MAX_BATCH_OPS * 16 + (64 << 10)
 
 
 def render(cfg: Config, sources: dict[str, str]) -> str:
@@ -190,11 +211,20 @@ def render(cfg: Config, sources: dict[str, str]) -> str:
     lines = ["# effective Strata configuration (value  # source: help)"]
     for name in _FIELDS:
         value = getattr(cfg, name)
+        if isinstance(value, dict):
+            continue  # tables come after every top-level key, as TOML wants
         if name in ("auth_token", "admin_token") and value:
             value = "<set>"
-        text = f'"{value}"' if isinstance(value, str) else repr(value)
-        lines.append(f"{name} = {text}  # {sources[name]}: {OPTIONS[name][0]}")
+        lines.append(f"{name} = {_toml(value)}  # {sources[name]}: {OPTIONS[name][0]}")
+    lines.append(f"[engine]  # {sources['engine']}: {OPTIONS['engine'][0]}")
+    lines += [f"{k} = {_toml(v)}" for k, v in sorted(cfg.engine.items())]
     return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def markdown() -> str:

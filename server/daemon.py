@@ -16,6 +16,7 @@ stop:   listeners closed, then the engine closed (memtable flushed, so the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -113,11 +114,8 @@ class Daemon:
                  time.monotonic() - t0, self.engine.last_lsn, cfg.durability)
 
     def _open_engine(self) -> Engine:
-        cfg = self.cfg
-        return Engine.open(cfg.data_dir, durability=cfg.durability,
-                           sync_interval_ms=cfg.sync_interval_ms, memtable_size=cfg.memtable_size,
-                           block_cache_size=cfg.block_cache_size,
-                           wal_retention_bytes=cfg.wal_retention_bytes)
+        opts = dataclasses.asdict(config_mod.engine_options(self.cfg))
+        return Engine.open(self.cfg.data_dir, **opts)
 
     def reload(self) -> None:
         """SIGHUP: re-read file and environment; apply what can change while running."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.metadata
 import logging
 import os
 import time
@@ -33,7 +34,10 @@ from .metrics import Metrics
 
 log = logging.getLogger("strata.rpc")
 
-VERSION = "0.1.0"
+try:
+    VERSION = importlib.metadata.version("strata")
+except importlib.metadata.PackageNotFoundError:  # run from a tree that was never installed
+    VERSION = "unknown"
 MAX_TOPIC = 256
 SCAN_CHUNK_ITEMS = 512
 SCAN_CHUNK_BYTES = 1 << 20

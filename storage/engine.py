@@ -31,7 +31,6 @@ import threading
 import time
 from _thread import allocate_lock
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -64,6 +63,7 @@ from .filenames import (
 )
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet
 from .memtable import MemTable
+from .options import MAX_GROUP_BYTES, Options
 from .vfs import FileLock, FileSystem, OsFS
 from .wal import SYNC_BUCKETS, Wal
 
@@ -71,48 +71,6 @@ _packb = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb() builds on
 _encode_frame = record.encode_frame
 
 log = logging.getLogger("strata.engine")
-
-DURABILITY_MODES = ("always", "interval", "none")
-
-# Limits. A key or value over these is refused before anything is written.
-MAX_KEY_SIZE = 64 << 10
-MAX_VALUE_SIZE = 16 << 20
-MAX_BATCH_OPS = 100_000
-MAX_BATCH_BYTES = record.MAX_PAYLOAD - (1 << 20)
-MAX_GROUP_BYTES = record.MAX_GROUP_BYTES
-
-
-@dataclass
-class Options:
-    durability: str = "always"
-    sync_interval_ms: int = 100
-    memtable_size: int = 8 << 20
-    max_immutable: int = 2
-    block_cache_size: int = 64 << 20
-    l0_compaction_trigger: int = 4
-    # RocksDB's defaults for the L0 thresholds. base_level_size is the static
-    # target of the deepest level (past it the tree grows a level); the levels
-    # above it are sized down from it (compaction.LevelPicker.targets).
-    l0_slowdown_trigger: int = 20
-    l0_stop_trigger: int = 36
-    base_level_size: int = 64 << 20
-    level_multiplier: int = 10
-    target_file_size: int = 4 << 20
-    # Input bytes of one compaction from L0, or of one manual step (0: 25 target files).
-    max_compaction_bytes: int = 0
-    wal_segment_size: int = 64 << 20
-    wal_retention_bytes: int = 64 << 20
-    wal_retention_age_s: float = 0.0
-    wal_preallocate: bool = True
-    compaction_executor: str = "process"  # "process" | "thread"
-    max_key_size: int = MAX_KEY_SIZE
-    max_value_size: int = MAX_VALUE_SIZE
-    max_batch_ops: int = MAX_BATCH_OPS
-    max_batch_bytes: int = MAX_BATCH_BYTES
-    stall_timeout_s: float = 60.0
-    repair: bool = False
-    create_if_missing: bool = True
-
 
 class Snapshot:
     """A consistent read point. Release it (or use `with`) so compaction can drop old versions."""
@@ -200,20 +158,7 @@ class Engine:
 
     @classmethod
     def open(cls, path: str, *, fs: FileSystem | None = None, **options: Any) -> Engine:
-        opts = Options()
-        for k, v in options.items():
-            if not hasattr(opts, k):
-                raise InvalidArgument(f"unknown engine option {k!r}")
-            setattr(opts, k, v)
-        # One frame must carry the largest write the limits admit.
-        biggest = max(opts.max_key_size + opts.max_value_size, opts.max_batch_bytes) + 64
-        if biggest > record.MAX_PAYLOAD:
-            raise InvalidArgument(
-                f"max_key_size + max_value_size and max_batch_bytes must stay below the "
-                f"{record.MAX_PAYLOAD}-byte frame limit (with headroom); got {biggest - 64}")
-        if opts.durability not in DURABILITY_MODES:
-            raise InvalidArgument(f"durability must be one of {DURABILITY_MODES}, not {opts.durability!r}")
-        eng = cls(path, fs or OsFS(), opts)
+        eng = cls(path, fs or OsFS(), Options.make(**options))
         try:
             eng._open()
         except BaseException:

@@ -1,0 +1,84 @@
+"""Engine options and the hard limits they live within.
+
+`Engine.open(path, **options)` takes these as keyword arguments; the daemon's
+configuration takes its limits and durability modes from here rather than
+restating them (docs/operations.md lists both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from . import record
+from .errors import InvalidArgument
+
+DURABILITY_MODES = ("always", "interval", "none")
+
+# Hard limits: a key, value or batch over them is refused before anything is
+# written, whatever the options say. One WAL frame carries one write, so a
+# batch stays a megabyte below the frame's payload limit (record.MAX_PAYLOAD).
+MAX_KEY_SIZE = 64 << 10
+MAX_VALUE_SIZE = 16 << 20
+MAX_BATCH_OPS = 100_000
+MAX_BATCH_BYTES = record.MAX_PAYLOAD - (1 << 20)
+MAX_GROUP_BYTES = record.MAX_GROUP_BYTES
+
+
+@dataclass
+class Options:
+    durability: str = "always"  # one of DURABILITY_MODES; docs/durability.md
+    sync_interval_ms: int = 100  # fsync period of durability=interval
+    memtable_size: int = 8 << 20  # a memtable rotates (and its WAL segment rolls) past this
+    max_immutable: int = 2  # rotated memtables waiting for their flush before writes stop
+    block_cache_size: int = 64 << 20  # decoded table blocks kept in memory
+    l0_compaction_trigger: int = 4
+    # RocksDB's defaults for the L0 thresholds. base_level_size is the static
+    # target of the deepest level (past it the tree grows a level); the levels
+    # above it are sized down from it (compaction.LevelPicker.targets).
+    l0_slowdown_trigger: int = 20
+    l0_stop_trigger: int = 36
+    base_level_size: int = 64 << 20
+    level_multiplier: int = 10
+    target_file_size: int = 4 << 20
+    # Input bytes of one compaction from L0, or of one manual step (0: 25 target files).
+    max_compaction_bytes: int = 0
+    wal_segment_size: int = 64 << 20
+    wal_retention_bytes: int = 64 << 20  # flushed log kept for history readers and replicas
+    wal_retention_age_s: float = 0.0
+    wal_preallocate: bool = True
+    compaction_executor: str = "process"  # "process" | "thread"
+    max_key_size: int = MAX_KEY_SIZE
+    max_value_size: int = MAX_VALUE_SIZE
+    max_batch_ops: int = MAX_BATCH_OPS
+    max_batch_bytes: int = MAX_BATCH_BYTES
+    stall_timeout_s: float = 60.0  # a write held by the stop thresholds gives up after this
+    repair: bool = False  # cut the WAL at damage instead of refusing to open
+    create_if_missing: bool = True
+
+    @classmethod
+    def make(cls, **options) -> Options:
+        """Options from keyword arguments; InvalidArgument for an unknown name or a
+        value outside the hard limits."""
+        opts = cls()
+        names = {f.name for f in fields(cls)}
+        for k, v in options.items():
+            if k not in names:
+                raise InvalidArgument(f"unknown engine option {k!r}")
+            setattr(opts, k, v)
+        if opts.durability not in DURABILITY_MODES:
+            raise InvalidArgument(
+                f"durability must be one of {DURABILITY_MODES}, not {opts.durability!r}")
+        if opts.compaction_executor not in ("process", "thread"):
+            raise InvalidArgument("compaction_executor must be 'process' or 'thread'")
+        for name, limit in (("max_key_size", MAX_KEY_SIZE), ("max_value_size", MAX_VALUE_SIZE),
+                            ("max_batch_ops", MAX_BATCH_OPS), ("max_batch_bytes", MAX_BATCH_BYTES)):
+            low = 0 if name == "max_value_size" else 1  # empty values are values
+            if not low <= getattr(opts, name) <= limit:
+                raise InvalidArgument(f"{name} must be {low} .. {limit}, not {getattr(opts, name)}")
+        # One frame must carry the largest write the limits admit.
+        biggest = max(opts.max_key_size + opts.max_value_size, opts.max_batch_bytes) + 64
+        if biggest > record.MAX_PAYLOAD:
+            raise InvalidArgument(
+                f"max_key_size + max_value_size and max_batch_bytes must stay below the "
+                f"{record.MAX_PAYLOAD}-byte frame limit (with headroom); got {biggest - 64}")
+        return opts

@@ -1,0 +1,80 @@
+"""Configuration in-process: precedence and sources, limits from the engine, the [engine]
+table, the generated docs table."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from strata.server import config as c
+from strata.storage.options import MAX_VALUE_SIZE, Options
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_defaults_work_with_no_file_and_no_environment():
+    cfg, sources = c.load(env={})
+    assert cfg.data_dir == "./data" and cfg.grpc_listen == "127.0.0.1:7400"
+    assert set(sources.values()) == {"default"}
+
+
+def test_file_then_environment_then_flags(tmp_path):
+    conf = tmp_path / "s.toml"
+    conf.write_text('durability = "interval"\nmemtable_size = 1048576\nlog_level = "debug"\n')
+    cfg, sources = c.load(str(conf), env={"STRATA_MEMTABLE_SIZE": "2097152",
+                                          "STRATA_LOG_LEVEL": "warning"},
+                          flags={"log_level": "error"})
+    assert (cfg.durability, sources["durability"]) == ("interval", str(conf))
+    assert (cfg.memtable_size, sources["memtable_size"]) == (2 << 20, "STRATA_MEMTABLE_SIZE")
+    assert (cfg.log_level, sources["log_level"]) == ("error", "flag --log-level")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("max_value_size = 99999999999\n", "max_value_size must be 0 .. "),
+    ("max_key_size = 0\n", "max_key_size must be 1 .. "),
+    ('durability = "sometimes"\n', "durability must be one of always, interval, none"),
+    ("nonsense = 1\n", "unknown option 'nonsense'"),
+    ('memtable_size = "big"\n', "is not a int"),
+    ("[engine]\nl0_stop_trigger = 'x'\nno_such = 1\n", r"\[engine\]: unknown engine option"),
+    ("[engine]\nmemtable_size = 1\n", r"set memtable_size at the top level"),
+    ('tls_cert = "a.pem"\n', "tls_cert and tls_key go together"),
+])
+def test_bad_values_are_refused_with_what_and_why(tmp_path, text, match):
+    conf = tmp_path / "s.toml"
+    conf.write_text(text)
+    with pytest.raises(c.ConfigError, match=match):
+        c.load(str(conf), env={})
+
+
+def test_limits_come_from_the_engine():
+    """The proto and config once disagreed on the largest value: both now say what
+    storage.options says, and the transport admits whatever a reload may allow."""
+    assert c.grpc_message_limit(c.Config()) > MAX_VALUE_SIZE
+    help_text = c.OPTIONS["max_value_size"][0]
+    assert str(MAX_VALUE_SIZE) in help_text
+
+
+def test_the_engine_table_reaches_the_engine(tmp_path):
+    conf = tmp_path / "s.toml"
+    conf.write_text('durability = "none"\n[engine]\nl0_compaction_trigger = 8\n'
+                    "target_file_size = 1048576\n")
+    cfg, sources = c.load(str(conf), env={})
+    opts = c.engine_options(cfg)
+    assert isinstance(opts, Options)
+    assert (opts.durability, opts.l0_compaction_trigger, opts.target_file_size) == \
+        ("none", 8, 1 << 20)
+    rendered = c.render(cfg, sources)
+    assert "[engine]" in rendered and "l0_compaction_trigger = 8" in rendered
+    import tomllib
+    assert tomllib.loads(rendered.replace("# ", "#"))["engine"]["target_file_size"] == 1 << 20
+
+
+def test_every_option_documents_itself_and_the_docs_table_is_current():
+    for name, (text, reload) in c.OPTIONS.items():
+        assert text and isinstance(reload, bool), name
+    with open(os.path.join(ROOT, "docs", "operations.md")) as f:
+        doc = f.read()
+    for row in c.markdown().splitlines():
+        assert row in doc, f"docs/operations.md lacks the row {row!r}: regenerate it with " \
+                           f"`strata config --markdown`"
