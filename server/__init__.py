@@ -1,1 +1,2 @@
-"""The Strata daemon: configuration, CLI, lifecycle (gRPC services arrive with the daemon issue)."""
+"""The Strata daemon: configuration, CLI, gRPC services (KV, Events, Admin, health,
+reflection), WebSocket subscriptions, limits, metrics and lifecycle."""

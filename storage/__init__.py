@@ -10,19 +10,20 @@ Usable on its own as an embedded library::
 `storage` imports nothing from the other Strata packages.
 """
 
-from .engine import Engine, Options, Snapshot
+from .engine import Engine, Snapshot
 from .errors import (
-                     Closed,
-                     Compacted,
-                     Conflict,
-                     Corruption,
-                     InvalidArgument,
-                     NoSpace,
-                     StorageError,
-                     TooLarge,
-                     WritesStopped,
-                     WriteStalled,
+    Closed,
+    Compacted,
+    Conflict,
+    Corruption,
+    InvalidArgument,
+    NoSpace,
+    StorageError,
+    TooLarge,
+    WritesStopped,
+    WriteStalled,
 )
+from .options import Options
 
 __all__ = [
     "Engine", "Options", "Snapshot",

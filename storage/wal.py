@@ -417,21 +417,8 @@ class Wal:
         with self._bg_lock:
             if self._spare is not None or self._bg_stop:
                 return
-            path = os.path.join(self.dir, NEXT_SEGMENT)
-            f = None
-            try:
-                f = self.fs.create(path, self.preallocate)
-                f.sync()
-                self.fs.sync_dir(self.dir)
-            except BaseException:
-                try:
-                    if f is not None:
-                        f.close()
-                    self.fs.remove(path)
-                except OSError:
-                    pass
-                raise
-            self._spare = f
+            self._spare = self._new_file(os.path.join(self.dir, NEXT_SEGMENT), self.preallocate,
+                                         b"")
 
     def _stop_background(self, finish: bool) -> None:
         with self._bg_cv:
@@ -489,10 +476,19 @@ class Wal:
         removed, so that nothing ever lists it; the caller's state is unchanged.
         """
         path = os.path.join(self.dir, segment_name(first_lsn))
+        f = self._new_file(path, self.preallocate if preallocate else 0,
+                           record.encode_header(first_lsn))
+        return _Segment(first_lsn, path, f, record.HEADER_SIZE)
+
+    def _new_file(self, path: str, preallocate: int, header: bytes) -> WritableFile:
+        """Create `path` holding `header`, synced, its directory entry synced. On
+        failure the half-made file is removed (or left for recovery, which drops a
+        segment with no frames) and the error raised."""
         f = None
         try:
-            f = self.fs.create(path, self.preallocate if preallocate else 0)
-            f.write(record.encode_header(first_lsn))
+            f = self.fs.create(path, preallocate)
+            if header:
+                f.write(header)
             f.sync()
             self.fs.sync_dir(self.dir)
         except BaseException:
@@ -501,9 +497,9 @@ class Wal:
                     f.close()
                 self.fs.remove(path)
             except OSError:
-                pass  # left for recovery, which drops a segment with no frames
+                pass
             raise
-        return _Segment(first_lsn, path, f, record.HEADER_SIZE)
+        return f
 
     def append(self, data: bytes, first_lsn: int) -> None:
         """Write one group of encoded frames; `first_lsn` is the first frame's LSN."""
