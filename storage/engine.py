@@ -36,7 +36,7 @@ from typing import Any
 import msgpack
 from sortedcontainers import SortedList
 
-from . import compaction, record, sstable
+from . import checkpoint, compaction, record, sstable
 from .errors import (
     Closed,
     Conflict,
@@ -58,7 +58,6 @@ from .filenames import (
     parse_manifest_name,
     parse_segment_name,
     parse_table_name,
-    segment_name,
     table_name,
 )
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet
@@ -1439,13 +1438,10 @@ class Engine:
     def checkpoint(self, dest: str) -> None:
         """Write a consistent, openable copy of the database into `dest` (must not exist).
 
-        Tables are hard-linked (copied across file systems), the manifest is
-        written fresh, and the WAL frames after the flush point are copied.
         The version, the flush point and the WAL segments are captured under
         one lock, and the segments are pinned until copied: a flush that
         purges the log meanwhile cannot take frames the copy needs. The copy
-        holds every write acknowledged before the call. On failure the
-        partial directory is removed.
+        (storage/checkpoint.py) holds every write acknowledged before the call.
         """
         if self.fs.exists(dest):
             raise InvalidArgument(f"checkpoint destination {dest} already exists")
@@ -1461,54 +1457,12 @@ class Engine:
             except BaseException:
                 self.versions.unref(version)
                 raise
-        made = False
         try:
-            self.fs.mkdir(dest)
-            made = True
-            self.fs.sync_dir(os.path.dirname(os.path.abspath(dest)))
-            for _, f in version.files():
-                src = os.path.join(self.path, table_name(f.number))
-                dst = os.path.join(dest, table_name(f.number))
-                self.fs.link_or_copy(src, dst)
-            vs = VersionSet(self.fs, dest)
-            vs.current = version
-            vs.flushed_lsn = flushed
-            vs.next_file = next_file
-            vs.create()
-            vs.close()
-            for first, p in segs:
-                f = self._wal.open_segment(first, p)
-                try:
-                    buf = f.buf
-                    end = record.HEADER_SIZE
-                    try:
-                        for fr in record.iter_frames(buf, record.HEADER_SIZE):
-                            end = fr.offset + record.FRAME_HEADER_SIZE + len(fr.payload)
-                    except record.BadFrame:
-                        pass  # a frame being written right now: stop before it
-                    data = bytes(buf[:end])
-                finally:
-                    f.close()
-                out = self.fs.create(os.path.join(dest, segment_name(first)))
-                out.write(data)
-                out.sync()
-                out.close()
-            self.fs.sync_dir(dest)
-        except BaseException:
-            if made:
-                self._remove_partial(dest)
-            raise
+            checkpoint.write(self.fs, self.path, dest, version, flushed, next_file,
+                             self._wal, segs)
         finally:
             self._wal.unpin(flushed + 1)
             self.versions.unref(version)
-
-    def _remove_partial(self, dest: str) -> None:
-        try:
-            for name in self.fs.listdir(dest):
-                self.fs.remove(os.path.join(dest, name))
-            self.fs.rmdir(dest)
-        except OSError as e:
-            log.error("could not remove the partial checkpoint %s: %s", dest, e)
 
     # ------------------------------------------------------------------ close
 

@@ -32,6 +32,7 @@ class EngineModel(RuleBasedStateMachine):
         self.db = Engine.open("/db", fs=self.fs, **self.opts)
         self.model: dict[bytes, bytes] = {}
         self.snaps: list[tuple[object, dict[bytes, bytes]]] = []
+        self.checkpoints = 0
 
     @rule(key=KEYS, value=VALUES)
     def put(self, key, value):
@@ -83,6 +84,15 @@ class EngineModel(RuleBasedStateMachine):
     @rule()
     def flush(self):
         self.db.flush()
+
+    @rule()
+    def checkpoint(self):
+        """A checkpoint opens as a database holding exactly what was acknowledged."""
+        self.checkpoints += 1
+        dest = f"/cp{self.checkpoints}"
+        self.db.checkpoint(dest)
+        with Engine.open(dest, fs=self.fs, **self.opts) as cp:
+            assert dict(cp.scan()) == self.model
 
     @rule(auto_l0=st.booleans())
     def reopen(self, auto_l0):
