@@ -29,7 +29,6 @@ import logging
 import os
 import threading
 import time
-from _thread import allocate_lock
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -37,6 +36,7 @@ import msgpack
 from sortedcontainers import SortedList
 
 from . import checkpoint, compaction, record, sstable
+from .commit import CommitPipeline, Writer
 from .errors import (
     Closed,
     Conflict,
@@ -62,7 +62,7 @@ from .filenames import (
 )
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet
 from .memtable import MemTable
-from .options import MAX_GROUP_BYTES, Options
+from .options import Options
 from .vfs import FileLock, FileSystem, OsFS
 from .wal import SYNC_BUCKETS, Wal
 
@@ -94,30 +94,6 @@ class Snapshot:
 
     def __repr__(self) -> str:
         return f"Snapshot(lsn={self.lsn})"
-
-
-def _resolve(items: list) -> None:
-    """Resolve the futures of one group on their loop (called via call_soon_threadsafe)."""
-    for fut, w in items:
-        if not fut.done():
-            if w.error is not None:
-                fut.set_exception(w.error)
-            else:
-                fut.set_result(w.last_lsn)
-
-
-class _Writer:
-    __slots__ = ("frame", "lsn", "ops", "last_lsn", "wake", "done", "error", "fut")
-
-    def __init__(self, frame: bytes, lsn: int, ops: list, last_lsn: int) -> None:
-        self.frame = frame
-        self.lsn = lsn
-        self.ops = ops  # [(lsn, key, value|None), ...]
-        self.last_lsn = last_lsn
-        self.wake = None
-        self.done = False
-        self.error: BaseException | None = None
-        self.fut: tuple | None = None  # (loop, future) of an asyncio writer
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -174,7 +150,7 @@ class Engine:
         # taken before _mutex, never while holding it.
         self._edit_lock = threading.Lock()
         self._bg_cv = threading.Condition(self._mutex)
-        self._queue: list[_Writer] = []
+        self._commit = CommitPipeline(self, self._mutex)
         self._next_lsn = 1
         self._visible_lsn = 0
         self.term = 0
@@ -202,7 +178,6 @@ class Engine:
         self._roll_failing = False  # WAL rolls are failing for space (logged once)
         self._pause_s = 1.0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._committer_wake = threading.Semaphore(0)
         # Where worker processes find this database, if flushes and merges run in
         # them (not on a file system only this process can see).
         self._worker_dir = fs.local_path(path) if opts.compaction_executor == "process" else None
@@ -293,7 +268,7 @@ class Engine:
         self._install_sv()
         self._closed = False
         self._start_thread(self._flush_loop, "strata-flush")
-        self._start_thread(self._committer_loop, "strata-committer")
+        self._start_thread(self._commit.run_committer, "strata-committer")
         self._start_thread(self._compaction_loop, "strata-compaction")
         if opts.durability == "interval":
             self._start_thread(self._interval_sync_loop, "strata-wal-sync")
@@ -448,7 +423,7 @@ class Engine:
 
     def _current_locked(self, key: bytes) -> tuple[bytes | None, int]:
         """Key's newest version counting writes still queued for commit. REQUIRES: _mutex."""
-        for w in reversed(self._queue):
+        for w in reversed(self._commit.queue):
             for lsn, k, v in reversed(w.ops):
                 if k == key:
                     return (v, lsn) if v is not None else (None, 0)
@@ -548,19 +523,7 @@ class Engine:
             return self._write_unsynced(ftype, payload, kvs, check)
         with self._mutex:
             w = self._enqueue_locked(ftype, payload, kvs, check)
-            if len(self._queue) > 1:
-                w.wake = allocate_lock()
-                w.wake.acquire()
-        if w.wake is not None:
-            w.wake.acquire()  # released when our group is done or we are the new leader
-            if w.done:
-                if w.error is not None:
-                    raise w.error
-                return w.last_lsn
-        self._lead_group()
-        if w.error is not None:
-            raise w.error
-        return w.last_lsn
+        return self._commit.commit(w)
 
     def _write_unsynced(self, ftype: int, payload: bytes, kvs, check=None) -> int:
         """durability none/interval: nothing to wait for, so write and apply under the mutex."""
@@ -590,7 +553,8 @@ class Engine:
                 self._rotate_locked()
         return last
 
-    def _enqueue_locked(self, ftype: int, payload: bytes, kvs, check=None) -> _Writer:
+    def _enqueue_locked(self, ftype: int, payload: bytes, kvs, check=None,
+                        fut: tuple | None = None) -> Writer:
         """Assign LSNs and join the commit queue. REQUIRES: _mutex held."""
         if self._closed or self._bg_error is not None:
             self._raise_closed()
@@ -600,9 +564,10 @@ class Engine:
         last = lsn + (len(kvs) or 1) - 1
         self._next_lsn = last + 1
         self._count_locked(ftype)
-        w = _Writer(_encode_frame(lsn, self.term, ftype, payload), lsn,
-                    [(lsn + i, k, v) for i, (k, v) in enumerate(kvs)], last)
-        self._queue.append(w)
+        w = Writer(_encode_frame(lsn, self.term, ftype, payload), lsn,
+                   [(lsn + i, k, v) for i, (k, v) in enumerate(kvs)], last)
+        w.fut = fut
+        self._commit.enqueue_locked(w)
         return w
 
     def _count_locked(self, ftype: int) -> None:
@@ -629,100 +594,45 @@ class Engine:
             return self._write_unsynced(ftype, payload, kvs, check)
         fut = loop.create_future()
         with self._mutex:
-            w = self._enqueue_locked(ftype, payload, kvs, check)
-            w.fut = (loop, fut)
-            if len(self._queue) == 1:
-                self._committer_wake.release()
+            self._enqueue_locked(ftype, payload, kvs, check, (loop, fut))
         return await fut
 
-    def _committer_loop(self) -> None:
-        """Leads groups whose head is an asyncio writer (see _write_async)."""
-        while True:
-            # Once closed, poll: the queue drains of groups led by their own
-            # thread writers, and nobody may be left to wake this thread.
-            self._committer_wake.acquire(timeout=0.05 if self._closed else None)
-            with self._mutex:
-                if not self._queue:
-                    if self._closed:
-                        return
-                    continue
-                if self._queue[0].fut is None:
-                    # A thread writer heads the queue and leads its own group (a
-                    # wake-up from close() or a stale one must not make a second
-                    # leader write the same frames).
-                    continue
-            self._lead_group()
+    # -- CommitEnv: what the commit pipeline (storage/commit.py) needs from the engine
 
-    def _lead_group(self) -> None:
-        """Commit the queue's head group. REQUIRES: the caller is the queue's head."""
-        with self._mutex:
-            q = self._queue
-            group = [q[0]]
-            size = len(q[0].frame)
-            for w in q[1:]:
-                size += len(w.frame)
-                if size > MAX_GROUP_BYTES:
-                    break
-                group.append(w)
-        error: BaseException | None = None
-        try:
-            # The group's last frame carries the sync-point flag: recovery can
-            # then tell damage in synced data from a torn last group.
-            last = record.mark_sync(group[-1].frame)
-            data = last if len(group) == 1 else b"".join([w.frame for w in group[:-1]] + [last])
-            self._wal.append(data, group[0].lsn)
-            self._wal.sync()
-        except BaseException as e:
-            error = e
-        if error is None:
-            mem = self._mem  # only the leader rotates, so this stays ours
-            for w in group:
-                for op in w.ops:
-                    mem.add(*op)
-        futures: dict[asyncio.AbstractEventLoop, list] = {}
-        with self._mutex:
-            if error is not None:
-                # A write(2) that failed may have written part of the group; an
-                # fsync that failed leaves it unknown what reached the disk: the
-                # group's writes may be present after a restart. Writers queued
-                # behind it were never written.
-                err = self._fail(error, "WAL write" if self._wal.failed is None else "WAL fsync",
-                                 resumable=self._wal.failed is None, outcome_unknown=True)
-                for w in group:
-                    w.error = err
-                for w in q[len(group):]:
-                    w.error = self._stopped()
-                done = group + q[len(group):]  # nothing after a failed write may be acknowledged
-                q.clear()
-            else:
-                self._visible_lsn = group[-1].last_lsn
-                if self._listeners:
-                    self._notify([w.frame for w in group])
-                self._stats["groups"] += 1
-                self._stats["group_frames"] += len(group)
-                self._group_sizes[min(len(group).bit_length(), len(self._group_sizes) - 1)] += 1
-                if self._mem.size >= self._memtable_size or self._rotate_requested \
-                        or self._wal.bytes_written - self._rotated_at >= self._log_limit:
-                    self._rotate_requested = False
-                    self._rotate_locked()
-                del q[: len(group)]
-                done = group
-            for i, w in enumerate(done):
-                if w.fut is not None:
-                    futures.setdefault(w.fut[0], []).append((w.fut[1], w))
-                elif i > 0:  # done[0] is this thread's own writer when it is a thread
-                    w.done = True
-                    w.wake.release()
-            if q:
-                if q[0].fut is not None:
-                    self._committer_wake.release()
-                else:
-                    q[0].wake.release()  # the next head leads the next group
-        for loop, items in futures.items():
-            try:
-                loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:
-                pass  # the loop was closed; nobody is waiting
+    def write_group(self, group: list[Writer]) -> None:
+        # The group's last frame carries the sync-point flag: recovery can
+        # then tell damage in synced data from a torn last group.
+        last = record.mark_sync(group[-1].frame)
+        data = last if len(group) == 1 else b"".join([w.frame for w in group[:-1]] + [last])
+        self._wal.append(data, group[0].lsn)
+        self._wal.sync()
+
+    def apply_group(self, group: list[Writer]) -> None:
+        mem = self._mem  # only the leader rotates, so this stays ours
+        for w in group:
+            for op in w.ops:
+                mem.add(*op)
+
+    def publish_locked(self, group: list[Writer]) -> None:
+        self._visible_lsn = group[-1].last_lsn
+        if self._listeners:
+            self._notify([w.frame for w in group])
+        self._stats["groups"] += 1
+        self._stats["group_frames"] += len(group)
+        self._group_sizes[min(len(group).bit_length(), len(self._group_sizes) - 1)] += 1
+        if self._mem.size >= self._memtable_size or self._rotate_requested \
+                or self._wal.bytes_written - self._rotated_at >= self._log_limit:
+            self._rotate_requested = False
+            self._rotate_locked()
+
+    def fail_locked(self, error: BaseException) -> tuple[BaseException, BaseException]:
+        # A write(2) that failed may have written part of the group; an fsync
+        # that failed leaves it unknown what reached the disk: the group's
+        # writes may be present after a restart. Writers queued behind it were
+        # never written.
+        err = self._fail(error, "WAL write" if self._wal.failed is None else "WAL fsync",
+                         resumable=self._wal.failed is None, outcome_unknown=True)
+        return err, self._stopped()
 
     def _raise_closed(self) -> None:
         if self._bg_error is not None:
@@ -1369,7 +1279,7 @@ class Engine:
         with self._bg_cv:
             if self._closed or self._bg_error is not None:
                 self._raise_closed()
-            if self._queue:
+            if self._commit.queue:
                 # A commit leader is writing a group outside the mutex: rolling
                 # the WAL now would start the new segment at an LSN already
                 # written to the old one. The leader rotates when it finishes.
@@ -1474,8 +1384,9 @@ class Engine:
         """
         with self._bg_cv:
             self._closed = True
+            self._commit.closed = True
             self._bg_cv.notify_all()
-        self._committer_wake.release()
+        self._commit.wake_committer()
         for t in self._threads:
             t.join(10)
         self._wal.halt()
@@ -1502,12 +1413,13 @@ class Engine:
                 while self._compacting:
                     self._bg_cv.wait(0.1)
                 self._closed = True  # no write joins the queue from here on
+                self._commit.closed = True
                 self._bg_cv.notify_all()
                 # Groups already queued are still being written: let them finish
                 # before the log is closed under them.
-                while self._queue:
+                while self._commit.queue:
                     self._bg_cv.wait(0.01)
-            self._committer_wake.release()
+            self._commit.wake_committer()
             for t in self._threads:
                 t.join(timeout=30)
             failure: OSError | None = None
