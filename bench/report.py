@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: measuring, formatting, machine facts, charts.
 
-Nothing here knows about a particular workload. `bench/engine.py` (and later
-`bench/server.py`) measure, then hand plain dicts and lists to these helpers to
+Nothing here knows about a particular workload. `bench/engine/` and
+`bench/server/` measure, then hand plain dicts and lists to these helpers to
 print tables, write the Markdown page under `docs/bench/` and draw the PNG.
 
 Contract: pure functions, no global state; matplotlib is imported lazily (and
