@@ -1,0 +1,121 @@
+"""Gate: admission of every RPC (auth, startup, draining, rate, bulkheads) in-process,
+with a stand-in for the gRPC context and no server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from strata.server.config import Config
+from strata.server.errors import Overloaded, Unauthenticated, Unavailable
+from strata.server.metrics import Metrics
+from strata.server.service import Gate
+
+
+class Context:
+    """What Gate reads from a grpc.aio context, and what it writes on failure."""
+
+    def __init__(self, token: str | None = None, peer: str = "ipv4:127.0.0.1:5000",
+                 remaining: float | None = None) -> None:
+        self.md = (("authorization", f"Bearer {token}"),) if token else ()
+        self._peer = peer
+        self._remaining = remaining
+        self.aborted: tuple | None = None
+        self.trailers: tuple = ()
+
+    def invocation_metadata(self):
+        return self.md
+
+    def peer(self) -> str:
+        return self._peer
+
+    def time_remaining(self):
+        return self._remaining
+
+    def set_trailing_metadata(self, md) -> None:
+        self.trailers = md
+
+    async def abort(self, code, message):
+        self.aborted = (code, message)
+        raise RuntimeError("aborted")  # grpc.aio's abort raises too
+
+
+def gate(**cfg) -> Gate:
+    g = Gate(Config(**cfg), Metrics())
+    g.engine = object()  # admission only needs one to be there
+    return g
+
+
+def test_tokens():
+    g = gate(auth_token="data", admin_token="admin")
+    with pytest.raises(Unauthenticated):
+        g._admit(Context(), "KV.Put")
+    with pytest.raises(Unauthenticated):
+        g._admit(Context("wrong"), "KV.Get")
+    assert g._admit(Context("data"), "KV.Put") is g.engine
+    assert g._admit(Context("admin"), "KV.Put") is g.engine  # the admin token admits all
+    with pytest.raises(Unauthenticated, match="admin token"):
+        g._admit(Context("data"), "Admin.Checkpoint")
+    assert g._admit(Context("admin"), "Admin.Compact") is g.engine
+    assert g._admit(Context("data"), "Admin.Status") is g.engine
+    open_gate = gate()
+    assert open_gate._admit(Context(), "Admin.Compact") is open_gate.engine
+
+
+def test_starting_and_draining_are_unavailable():
+    g = gate()
+    g.engine = None
+    with pytest.raises(Unavailable, match="starting"):
+        g._admit(Context(), "KV.Get")
+    g = gate()
+    g.drain()
+    with pytest.raises(Unavailable, match="shutting down"):
+        g._admit(Context(), "KV.Get")
+
+
+def test_rate_limit_is_per_client_address_and_reloads():
+    g = gate(rate_limit=2, rate_burst=2)
+    a, b = Context(peer="ipv4:10.0.0.1:1"), Context(peer="ipv4:10.0.0.2:1")
+    g._admit(a, "KV.Get")
+    g._admit(a, "KV.Get")
+    with pytest.raises(Overloaded):
+        g._admit(a, "KV.Get")
+    g._admit(b, "KV.Get")  # another address, another bucket
+    g.reload(Config(rate_limit=0))
+    for _ in range(10):
+        g._admit(a, "KV.Get")  # 0: unlimited
+
+
+def test_unary_maps_errors_and_frees_the_call_slot():
+    g = gate(max_concurrent_calls=1)
+
+    async def main():
+        async def ok(engine):
+            assert g.calls.active == 1
+            return "answer"
+
+        assert await g.unary("KV.Get", Context(), ok) == "answer"
+        assert g.calls.active == 0
+
+        async def stalls(engine):
+            from strata.storage.errors import WriteStalled
+            raise WriteStalled(36, 60.0)
+
+        ctx = Context()
+        with pytest.raises(RuntimeError, match="aborted"):
+            await g.unary("KV.Put", ctx, stalls)
+        assert ctx.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert g.calls.active == 0
+
+        async def slow(engine):
+            await asyncio.sleep(10)
+
+        ctx = Context(remaining=0.05)  # the client's deadline
+        with pytest.raises(RuntimeError, match="aborted"):
+            await g.unary("KV.Get", ctx, slow)
+        assert ctx.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert g.calls.active == 0
+
+    asyncio.run(main())
