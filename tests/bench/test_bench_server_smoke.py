@@ -26,11 +26,12 @@ def _positive(x: object) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_server_bench_json_shape(tmp_path: Path) -> None:
+def test_server_bench_json_shape(tmp_path: Path, tmp_path_factory) -> None:
+    docs = tmp_path_factory.mktemp("docs")
     cmd = [
         sys.executable, "-m", "bench", "server", "--quick", "--json", "--quiet",
         "--engines", "strata", "--seconds", "0.2", "--inflight", "1,8",
-        "--read-keys", "300", "--batch-ops", "20", "--dir", str(tmp_path),
+        "--read-keys", "300", "--batch-ops", "20", "--dir", str(tmp_path), "--docs", str(docs),
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
                           check=False)
@@ -56,3 +57,9 @@ def test_server_bench_json_shape(tmp_path: Path) -> None:
         assert all(v is None for v in e["peers"].values())
     # the run stopped every server and removed its data
     assert not any(tmp_path.iterdir())
+    # the page: bench/server/page.md filled in, every placeholder replaced
+    page = (docs / "server.md").read_text()
+    assert "${" not in page and "\n\n\n" not in page
+    for heading in ("## Summary", "## Detail", "## Strata group commit", "## Workloads",
+                    "## Method", "## Machine"):
+        assert heading in page, heading
