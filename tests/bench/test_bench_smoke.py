@@ -32,8 +32,9 @@ def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
 
 
-def test_engine_bench_json_shape(tmp_path: Path) -> None:
-    proc = _run(tmp_path, "--engines", ",".join(["strata", *sorted(PEERS)]))
+def test_engine_bench_json_shape(tmp_path: Path, tmp_path_factory) -> None:
+    docs = tmp_path_factory.mktemp("docs")
+    proc = _run(tmp_path, "--engines", ",".join(["strata", *sorted(PEERS)]), "--docs", str(docs))
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)  # stdout holds the JSON document and nothing else
     assert set(doc) == {"workloads"}
@@ -51,6 +52,11 @@ def test_engine_bench_json_shape(tmp_path: Path) -> None:
             assert value is None or (isinstance(value, (int, float)) and value > 0)
     # the run cleans up after itself
     assert not any(tmp_path.iterdir())
+    # the page: bench/engine/page.md filled in, every placeholder replaced
+    page = (docs / "engine.md").read_text()
+    assert "${" not in page and "\n\n\n" not in page
+    for heading in ("## Summary", "## Detail", "## Workloads", "## Method", "## Machine"):
+        assert heading in page, heading
 
 
 def test_engine_bench_only_and_engines(tmp_path: Path) -> None:
