@@ -240,7 +240,7 @@ def test_healthcheck_command_speaks_tls_when_the_daemon_does(daemon_factory, tls
     assert r.returncode == 1 and "unhealthy" in r.stderr
 
 
-def test_full_disk_is_reported_and_writes_resume_when_space_is_freed(daemon_factory, tmp_path):
+def test_full_disk_is_reported_and_writes_resume_when_space_is_freed(tmpfs, daemon_factory):
     """A failed engine stayed hidden (health SERVING, no status field, INTERNAL for every
     write, no recovery without a restart). On a real 32 MiB tmpfs: fill it, see the
     state in health, Status and /metrics, free space, see writes come back."""
@@ -250,53 +250,46 @@ def test_full_disk_is_reported_and_writes_resume_when_space_is_freed(daemon_fact
 
     from .conftest import health_status
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
-    try:
-        d = daemon_factory(data_dir=str(mnt / "data"),
-                           extra_env={"STRATA_MEMTABLE_SIZE": str(1 << 20)})
-        acked = []
-        with Client(d.grpc, retry=None) as c:
-            for i in range(200):
+    mnt = tmpfs(32)
+    d = daemon_factory(data_dir=str(mnt / "data"),
+                       extra_env={"STRATA_MEMTABLE_SIZE": str(1 << 20)})
+    acked = []
+    with Client(d.grpc, retry=None) as c:
+        for i in range(200):
+            c.put(b"k%06d" % i, b"v" * 1000)
+            acked.append(i)
+        st = os.statvfs(str(mnt))
+        with open(mnt / "filler", "wb") as f:
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - (256 << 10)))
+        with pytest.raises((errors.Overloaded, errors.Internal)) as e:
+            for i in range(200, 100_000):
                 c.put(b"k%06d" % i, b"v" * 1000)
                 acked.append(i)
-            st = os.statvfs(str(mnt))
-            with open(mnt / "filler", "wb") as f:
-                f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - (256 << 10)))
-            with pytest.raises((errors.Overloaded, errors.Internal)) as e:
-                for i in range(200, 100_000):
-                    c.put(b"k%06d" % i, b"v" * 1000)
-                    acked.append(i)
-            assert "No space left" in str(e.value) or "no space" in str(e.value).lower()
-        # A fresh client: the first one's breaker rightly opened on the retried failures.
-        with Client(d.grpc, retry=None) as c:
-            deadline = time.monotonic() + 10
-            while health_status(d.grpc) != health_pb2.HealthCheckResponse.NOT_SERVING:
-                assert time.monotonic() < deadline, "health did not turn NOT_SERVING"
-                time.sleep(0.05)
-            status = c.status()
-            assert not status.writable and "No space left" in status.write_error
-            metrics = urllib.request.urlopen(f"http://{d.metrics}/metrics", timeout=5).read()
-            assert b'strata_engine_writes_stopped{reason="no_space"} 1.0' in metrics
-            assert c.get(b"k000000") == b"v" * 1000, "reads keep working"
-            os.remove(mnt / "filler")
-            deadline = time.monotonic() + 15
-            while health_status(d.grpc) != health_pb2.HealthCheckResponse.SERVING:
-                assert time.monotonic() < deadline, "writes did not resume: " + d.logs()[-2000:]
-                time.sleep(0.05)
-            assert c.status().writable
-            c.put(b"after", b"space is back")
-            acked.append(-1)
-        assert d.terminate() == 0
-        d2 = daemon_factory(data_dir=str(mnt / "data"))
-        with Client(d2.grpc) as c:
-            assert c.get(b"after") == b"space is back"
-            for i in acked[::25]:
-                if i >= 0:
-                    assert c.get(b"k%06d" % i) == b"v" * 1000, i
-        d2.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        assert "No space left" in str(e.value) or "no space" in str(e.value).lower()
+    # A fresh client: the first one's breaker rightly opened on the retried failures.
+    with Client(d.grpc, retry=None) as c:
+        deadline = time.monotonic() + 10
+        while health_status(d.grpc) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health did not turn NOT_SERVING"
+            time.sleep(0.05)
+        status = c.status()
+        assert not status.writable and "No space left" in status.write_error
+        metrics = urllib.request.urlopen(f"http://{d.metrics}/metrics", timeout=5).read()
+        assert b'strata_engine_writes_stopped{reason="no_space"} 1.0' in metrics
+        assert c.get(b"k000000") == b"v" * 1000, "reads keep working"
+        os.remove(mnt / "filler")
+        deadline = time.monotonic() + 15
+        while health_status(d.grpc) != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "writes did not resume: " + d.logs()[-2000:]
+            time.sleep(0.05)
+        assert c.status().writable
+        c.put(b"after", b"space is back")
+        acked.append(-1)
+    assert d.terminate() == 0
+    d2 = daemon_factory(data_dir=str(mnt / "data"))
+    with Client(d2.grpc) as c:
+        assert c.get(b"after") == b"space is back"
+        for i in acked[::25]:
+            if i >= 0:
+                assert c.get(b"k%06d" % i) == b"v" * 1000, i
+    d2.stop()

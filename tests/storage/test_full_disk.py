@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
 
 import pytest
@@ -130,20 +129,6 @@ def test_compaction_on_a_full_disk_pauses_without_stopping_writes():
 # ------------------------------------------------------------------ real small file systems
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A 24 MiB tmpfs mounted for the test (root only: CI and developers run as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def fill(path: str, leave: int) -> None:
     """Fill the file system holding `path` until `leave` bytes are free."""
     st = os.statvfs(os.path.dirname(path))
@@ -155,6 +140,7 @@ def fill(path: str, leave: int) -> None:
 def test_open_with_too_little_space_for_a_segment_serves_reads_then_takes_writes(tmpfs):
     """With 2 MiB free a database could not even be opened to read it (a raw ENOSPC
     without a path, and a restart loop under systemd)."""
+    tmpfs = tmpfs(24)
     path = str(tmpfs / "db")
     with Engine.open(path, durability="always") as db:
         for i in range(1000):
@@ -183,6 +169,7 @@ def test_open_with_too_little_space_for_a_segment_serves_reads_then_takes_writes
 
 
 def test_open_on_a_completely_full_disk_is_read_only_until_space_returns(tmpfs):
+    tmpfs = tmpfs(24)
     path = str(tmpfs / "db")
     with Engine.open(path, durability="always") as db:
         for i in range(500):

@@ -490,25 +490,16 @@ def test_local_path_says_where_worker_processes_may_go(tmp_path):
     assert FaultFS(OsFS()).local_path(str(tmp_path)) is None  # faults must not be bypassed
 
 
-def test_link_or_copy_copies_across_file_systems(tmp_path):
+def test_link_or_copy_copies_across_file_systems(tmp_path, tmpfs):
     """A checkpoint on another file system: hard links fail with EXDEV, so copy."""
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
-    try:
-        src = tmp_path / "a"
-        src.write_bytes(b"table bytes")
-        OsFS().link_or_copy(str(src), str(mnt / "a"))
-        assert (mnt / "a").read_bytes() == b"table bytes"
-        assert os.stat(src).st_nlink == 1  # copied, not linked
-        OsFS().link_or_copy(str(src), str(tmp_path / "b"))
-        assert os.stat(src).st_nlink == 2  # same file system: linked
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    mnt = tmpfs(4)
+    src = tmp_path / "a"
+    src.write_bytes(b"table bytes")
+    OsFS().link_or_copy(str(src), str(mnt / "a"))
+    assert (mnt / "a").read_bytes() == b"table bytes"
+    assert os.stat(src).st_nlink == 1  # copied, not linked
+    OsFS().link_or_copy(str(src), str(tmp_path / "b"))
+    assert os.stat(src).st_nlink == 2  # same file system: linked
 
 
 def test_file_names_round_trip():
