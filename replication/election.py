@@ -1,0 +1,253 @@
+"""Leader election with terms, votes and leases: a sans-I/O state machine (Raft's rules,
+Ongaro & Ousterhout, sections 5.2 and 5.4.1).
+
+A `Node` takes events (`tick(now)`, `receive(message, now)`) and returns the messages
+to send; it never touches a socket or a clock itself, so tests drive whole clusters
+deterministically (tests/replication/test_election.py). The gRPC stream and the
+daemon only move its messages and call its hooks.
+
+Rules kept here:
+- The term and the vote are made durable (`Persistence.save`, which fsyncs) before
+  any message that depends on them is sent: one vote per term, across restarts.
+- A vote goes only to a candidate whose log is at least as up to date as the
+  voter's: a higher last term, or the same last term and a last LSN at least as high.
+- Whoever sees a higher term takes it and becomes (or stays) a replica at once.
+- Election timeouts are randomized in [election_timeout, 2 * election_timeout).
+- A master holds a lease while a majority (itself included) answered a heartbeat
+  sent less than `lease` ago; `lease < election_timeout`, so by the time any other
+  node can start an election, an isolated master has stopped acknowledging writes and
+  serving reads. This assumes clocks advance at about the same rate (not that they agree).
+- Leader stickiness: within an election timeout of hearing from a master (or of
+  starting), a node refuses votes without taking the candidate's term; a master
+  holding its lease does too. Every node that acked a heartbeat thus refuses to help
+  elect anyone until the lease that heartbeat extended has run out.
+- A node starts as a replica, whatever it was before a restart.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+REPLICA, CANDIDATE, MASTER = "replica", "candidate", "master"
+
+
+@dataclass(frozen=True)
+class RequestVote:
+    term: int
+    candidate: str
+    last_term: int  # term of the candidate's last log entry
+    last_lsn: int
+
+
+@dataclass(frozen=True)
+class Vote:
+    term: int
+    voter: str
+    granted: bool
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    term: int
+    master: str
+    sent: float  # the master's clock when sent: echoed back, for the lease
+
+
+@dataclass(frozen=True)
+class HeartbeatAck:
+    term: int
+    node: str
+    ok: bool
+    sent: float  # the heartbeat's `sent`
+
+
+Message = RequestVote | Vote | Heartbeat | HeartbeatAck
+
+
+class Persistence(Protocol):
+    def load(self) -> tuple[int, str | None]:
+        """(term, voted_for) as last saved; (0, None) for a new node."""
+        ...
+
+    def save(self, term: int, voted_for: str | None) -> None:
+        """Make (term, voted_for) durable (fsync) before returning."""
+        ...
+
+
+class MemoryPersistence:
+    """For tests: what a real one keeps on disk, kept in memory (survives a Node)."""
+
+    def __init__(self) -> None:
+        self.term, self.voted_for = 0, None
+        self.saves = 0
+
+    def load(self) -> tuple[int, str | None]:
+        return self.term, self.voted_for
+
+    def save(self, term: int, voted_for: str | None) -> None:
+        self.term, self.voted_for = term, voted_for
+        self.saves += 1
+
+
+class Node:
+    """One member's election state. Not thread-safe: one owner drives it.
+
+    `last_entry()` returns the (term, LSN) of the node's last durable log entry;
+    `on_master(term)` is called when this node wins (the daemon writes the term marker
+    frame there, before acknowledging anything); `on_role(role, term, master)` on every
+    change of role or known master.
+    """
+
+    def __init__(self, node_id: str, peers: list[str], persistence: Persistence,
+                 last_entry: Callable[[], tuple[int, int]], *, election_timeout: float = 1.0,
+                 heartbeat_interval: float = 0.1, lease: float | None = None,
+                 rng: random.Random | None = None, now: float = 0.0,
+                 on_master: Callable[[int], None] | None = None,
+                 on_role: Callable[[str, int, str | None], None] | None = None) -> None:
+        self.id = node_id
+        self.peers = [p for p in peers if p != node_id]
+        self.persistence = persistence
+        self.last_entry = last_entry
+        self.election_timeout = election_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.lease = lease if lease is not None else 0.8 * election_timeout
+        if self.lease >= election_timeout:
+            raise ValueError("the lease must be shorter than the election timeout")
+        self.rng = rng or random.Random()
+        self.on_master = on_master or (lambda term: None)
+        self.on_role = on_role or (lambda role, term, master: None)
+        self.term, self.voted_for = persistence.load()
+        self.role = REPLICA
+        self.master: str | None = None
+        self._votes: set[str] = set()
+        self._deadline = now + self._timeout()
+        self._next_heartbeat = 0.0
+        self._acked: dict[str, float] = {}  # peer -> `sent` of the newest acked heartbeat
+        # When a master was last heard from; a start counts as hearing one (a restarted
+        # node cannot know whose lease it may have acked before it went down).
+        self._heard_at = now
+
+    # -- queries ---------------------------------------------------------------------
+
+    @property
+    def quorum(self) -> int:
+        return (len(self.peers) + 1) // 2 + 1
+
+    def has_lease(self, now: float) -> bool:
+        """Whether this node may acknowledge writes and serve reads as master now."""
+        if self.role != MASTER:
+            return False
+        fresh = 1 + sum(1 for sent in self._acked.values() if now - sent < self.lease)
+        return fresh >= self.quorum
+
+    # -- events ----------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[tuple[str, Message]]:
+        """Advance time: start an election past the deadline, send due heartbeats."""
+        if self.role == MASTER:
+            if now >= self._next_heartbeat:
+                self._next_heartbeat = now + self.heartbeat_interval
+                return [(p, Heartbeat(self.term, self.id, now)) for p in self.peers]
+            return []
+        if now < self._deadline:
+            return []
+        return self._start_election(now)
+
+    def receive(self, msg: Message, now: float) -> list[tuple[str, Message]]:
+        if isinstance(msg, RequestVote) and self._master_recent(now):
+            # Leader stickiness (Raft thesis, section 6.4): within an election timeout of
+            # hearing from a master (or of starting), a vote request is refused without
+            # taking its term. This is what makes the master's lease safe: every node
+            # that acked a heartbeat refuses to help elect anyone until the lease that
+            # heartbeat extended has run out.
+            return [(msg.candidate, Vote(self.term, self.id, False))]
+        if msg.term > self.term:
+            self._step_down(msg.term, None, now)
+        if isinstance(msg, RequestVote):
+            return self._on_request_vote(msg, now)
+        if isinstance(msg, Vote):
+            return self._on_vote(msg, now)
+        if isinstance(msg, Heartbeat):
+            return self._on_heartbeat(msg, now)
+        if isinstance(msg, HeartbeatAck):
+            if self.role == MASTER and msg.term == self.term and msg.ok:
+                self._acked[msg.node] = max(self._acked.get(msg.node, -1e300), msg.sent)
+            return []
+        raise TypeError(f"not an election message: {msg!r}")
+
+    # -- rules -----------------------------------------------------------------------
+
+    def _master_recent(self, now: float) -> bool:
+        if self.role == MASTER:
+            return self.has_lease(now)
+        return now - self._heard_at < self.election_timeout
+
+    def _timeout(self) -> float:
+        return self.election_timeout * (1 + self.rng.random())
+
+    def _persist(self, term: int, voted_for: str | None) -> None:
+        self.persistence.save(term, voted_for)  # durable before anything depends on it
+        self.term, self.voted_for = term, voted_for
+
+    def _set_role(self, role: str, master: str | None) -> None:
+        if (role, master) != (self.role, self.master):
+            self.role, self.master = role, master
+            self.on_role(role, self.term, master)
+
+    def _step_down(self, term: int, master: str | None, now: float) -> None:
+        if term > self.term:
+            self._persist(term, None)
+        self._votes.clear()
+        self._acked.clear()
+        self._set_role(REPLICA, master)
+        self._deadline = now + self._timeout()
+
+    def _start_election(self, now: float) -> list[tuple[str, Message]]:
+        self._persist(self.term + 1, self.id)
+        self._votes = {self.id}
+        self._set_role(CANDIDATE, None)
+        self._deadline = now + self._timeout()
+        if len(self._votes) >= self.quorum:  # a cluster of one
+            return self._win(now)
+        last_term, last_lsn = self.last_entry()
+        req = RequestVote(self.term, self.id, last_term, last_lsn)
+        return [(p, req) for p in self.peers]
+
+    def _on_request_vote(self, msg: RequestVote, now: float) -> list[tuple[str, Message]]:
+        grant = False
+        if msg.term == self.term and self.voted_for in (None, msg.candidate) \
+                and self.role != MASTER:
+            if (msg.last_term, msg.last_lsn) >= self.last_entry():
+                grant = True
+                if self.voted_for != msg.candidate:
+                    self._persist(self.term, msg.candidate)  # one vote per term, durable
+                self._deadline = now + self._timeout()
+        return [(msg.candidate, Vote(self.term, self.id, grant))]
+
+    def _on_vote(self, msg: Vote, now: float) -> list[tuple[str, Message]]:
+        if self.role != CANDIDATE or msg.term != self.term or not msg.granted:
+            return []
+        self._votes.add(msg.voter)
+        if len(self._votes) >= self.quorum:
+            return self._win(now)
+        return []
+
+    def _win(self, now: float) -> list[tuple[str, Message]]:
+        self._set_role(MASTER, self.id)
+        self._acked.clear()
+        self.on_master(self.term)
+        self._next_heartbeat = now + self.heartbeat_interval
+        return [(p, Heartbeat(self.term, self.id, now)) for p in self.peers]
+
+    def _on_heartbeat(self, msg: Heartbeat, now: float) -> list[tuple[str, Message]]:
+        if msg.term < self.term:
+            return [(msg.master, HeartbeatAck(self.term, self.id, False, msg.sent))]
+        # Same term: a candidate that hears the winner gives up; a replica follows.
+        self._votes.clear()
+        self._set_role(REPLICA, msg.master)
+        self._heard_at = now
+        self._deadline = now + self._timeout()
+        return [(msg.master, HeartbeatAck(self.term, self.id, True, msg.sent))]
