@@ -311,6 +311,23 @@ def bar_chart(
     plt.close(fig)
 
 
+def write_page(docs_dir: Path, stem: str, run: dict, draw_chart, render_markdown,
+               raw: dict) -> None:
+    """Write docs_dir/<stem>.md (rendered with or without the chart), <stem>.png and
+    <stem>.json (`raw`). A chart that cannot be drawn is reported, not fatal: the table
+    is the record."""
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        draw_chart(run, docs_dir / f"{stem}.png")
+        has_chart = True
+    except Exception as exc:  # noqa: BLE001 - any plotting failure
+        print(f"chart not drawn: {exc!r}", file=sys.stderr)
+        has_chart = False
+    (docs_dir / f"{stem}.md").write_text(render_markdown(run, has_chart), encoding="utf-8")
+    (docs_dir / f"{stem}.json").write_text(json.dumps(raw, indent=1, default=str) + "\n",
+                                           encoding="utf-8")
+
+
 def publish(run: dict, args, name: str, summary_json, render_text, write_docs,
             verbose: bool) -> None:
     """Print a run (JSON with --json, else the text table) and write docs/bench/<name>.*

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import string
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -194,17 +192,7 @@ def render_text(run: dict[str, Any]) -> str:
 
 
 def write_docs(run: dict[str, Any], docs_dir: Path) -> None:
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    chart = docs_dir / "engine.png"
-    try:
-        draw_chart(run, chart)
-        has_chart = True
-    except Exception as exc:  # a chart is a convenience; the table is the record
-        print(f"chart not drawn: {exc!r}", file=sys.stderr)
-        has_chart = False
-    (docs_dir / "engine.md").write_text(render_markdown(run, has_chart), encoding="utf-8")
-    raw = json.dumps(run, indent=1, default=str) + "\n"
-    (docs_dir / "engine.json").write_text(raw, encoding="utf-8")
+    report.write_page(docs_dir, "engine", run, draw_chart, render_markdown, run)
 
 
 def draw_chart(run: dict[str, Any], path: Path) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import string
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -292,16 +290,6 @@ def render_markdown(run: dict[str, Any], has_chart: bool) -> str:
 
 
 def write_docs(run: dict[str, Any], docs_dir: Path) -> None:
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    chart = docs_dir / "server.png"
-    try:
-        draw_chart(run, chart)
-        has_chart = True
-    except Exception as exc:  # a chart is a convenience; the table is the record
-        print(f"chart not drawn: {exc!r}", file=sys.stderr)
-        has_chart = False
-    (docs_dir / "server.md").write_text(render_markdown(run, has_chart), encoding="utf-8")
     raw = dict(run)
     raw["workloads"] = [asdict(w) for w in run["workloads"]]
-    (docs_dir / "server.json").write_text(json.dumps(raw, indent=1, default=str) + "\n",
-                                          encoding="utf-8")
+    report.write_page(docs_dir, "server", run, draw_chart, render_markdown, raw)
