@@ -17,7 +17,9 @@ from .errors import (
     Conflict,
     Corruption,
     InvalidArgument,
+    LogMismatch,
     NoSpace,
+    ReadOnly,
     StorageError,
     TooLarge,
     WritesStopped,
@@ -28,5 +30,5 @@ from .options import Options
 __all__ = [
     "Engine", "Options", "Snapshot",
     "StorageError", "InvalidArgument", "TooLarge", "Corruption", "Closed", "WriteStalled", "Compacted",
-    "Conflict", "WritesStopped", "NoSpace",
+    "Conflict", "WritesStopped", "NoSpace", "ReadOnly", "LogMismatch",
 ]

@@ -23,7 +23,8 @@ log = logging.getLogger("strata.checkpoint")
 
 
 def write(fs: FileSystem, db_path: str, dest: str, version: Version, flushed_lsn: int,
-          next_file: int, wal: Wal, segments: list[tuple[int, str]]) -> None:
+          next_file: int, wal: Wal, segments: list[tuple[int, str]],
+          terms: tuple[tuple[int, int], ...] = (), term: int = 0) -> None:
     """Write the copy into `dest`, which must not exist; everything synced when it
     returns. On failure the partial directory is removed and the error raised.
     REQUIRES: `version` referenced and `segments` pinned by the caller."""
@@ -39,6 +40,7 @@ def write(fs: FileSystem, db_path: str, dest: str, version: Version, flushed_lsn
         vs.current = version
         vs.flushed_lsn = flushed_lsn
         vs.next_file = next_file
+        vs.terms, vs.term = terms, term
         vs.create()
         vs.close()
         for first, path in segments:

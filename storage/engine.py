@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -42,7 +43,9 @@ from .errors import (
     Conflict,
     Corruption,
     InvalidArgument,
+    LogMismatch,
     NoSpace,
+    ReadOnly,
     StorageError,
     TooLarge,
     WritesStopped,
@@ -132,10 +135,17 @@ class Engine:
     # ------------------------------------------------------------------ open
 
     @classmethod
-    def open(cls, path: str, *, fs: FileSystem | None = None, **options: Any) -> Engine:
+    def open(cls, path: str, *, fs: FileSystem | None = None, truncate_after: int | None = None,
+             **options: Any) -> Engine:
+        """Open (or create) the database at `path`.
+
+        `truncate_after`: cut the log after this LSN before replaying it (replication:
+        a rejoining node drops the tail the new master never had). It must not be
+        below the flush point: what tables hold cannot be cut (StorageError).
+        """
         eng = cls(path, fs or OsFS(), Options.make(**options))
         try:
-            eng._open()
+            eng._open(truncate_after)
         except BaseException:
             eng._release_lock_file()
             raise
@@ -152,7 +162,14 @@ class Engine:
         self._bg_cv = threading.Condition(self._mutex)
         self._commit = CommitPipeline(self, self._mutex)
         self._next_lsn = 1
-        self._visible_lsn = 0
+        self._visible_lsn = 0  # the last LSN applied (durable per the mode)
+        # What reads see: _visible_lsn, or less while replication holds reads at the
+        # commit point (`set_commit_lsn`); never moves back.
+        self._read_lsn = 0
+        self._commit_lsn: int | None = None
+        self._read_only = False  # a replica: only apply_frames extends the log
+        # The log's term history: (term, first LSN) of each run of frames of one term.
+        self._terms: tuple[tuple[int, int], ...] = ()
         self.term = 0
         self._closed = True
         self._bg_error: WritesStopped | None = None
@@ -206,7 +223,7 @@ class Engine:
             "wal_truncated_bytes": 0,
         }
 
-    def _open(self) -> None:
+    def _open(self, truncate_after: int | None = None) -> None:
         fs, path, opts = self.fs, self.path, self.opts
         t0 = time.monotonic()
         exists = fs.exists(os.path.join(path, CURRENT))
@@ -245,18 +262,31 @@ class Engine:
         self._wal.min_term = self.versions.term
         tail = self._wal.recover(flushed, repair=opts.repair)
         self._stats["wal_truncated_bytes"] = tail.truncated_bytes
+        frames, tail_last = tail.frames, tail.last_lsn
+        if truncate_after is not None and tail_last > truncate_after:
+            if truncate_after < flushed:
+                raise StorageError(f"{path}: cannot cut the log after LSN {truncate_after}: "
+                                   f"the tables hold writes up to LSN {flushed}")
+            self._stats["wal_truncated_bytes"] += self._wal.cut_after(truncate_after)
+            frames = [fr for fr in frames if fr.lsn <= truncate_after]
+            tail_last = truncate_after
         mem = self._mem
-        for fr in tail.frames:
+        terms = [t for t in self.versions.terms if t[1] <= flushed]
+        for fr in frames:
             ops = record.decode_ops(fr.type, fr.lsn, fr.payload)
             if ops:
                 mem.add_many([op for op in ops if op[0] > flushed])
-        self._stats["recovered_frames"] = len(tail.frames)
-        self.term = max(tail.last_term, self.versions.term)
+            if fr.lsn > flushed and (not terms or fr.term != terms[-1][0]):
+                terms.append((fr.term, fr.lsn))
+        self._terms = self.versions.terms = tuple(terms)
+        self._stats["recovered_frames"] = len(frames)
+        self.term = max(tail.last_term if truncate_after is None else 0,
+                        terms[-1][0] if terms else 0, self.versions.term)
         self.versions.term = self.term
         max_table_lsn = max((f.max_lsn for _, f in version.files()), default=0)
-        last = max(tail.last_lsn, flushed, max_table_lsn)
+        last = max(tail_last, flushed, max_table_lsn)
         self._next_lsn = last + 1
-        self._visible_lsn = last
+        self._visible_lsn = self._read_lsn = last
         no_room: OSError | None = self.versions.manifest_error
         try:
             self._wal.start(self._next_lsn)
@@ -275,7 +305,7 @@ class Engine:
         if no_room is not None:
             with self._mutex:
                 self._fail(no_room, "opening for writes", resumable=True)
-        elif len(mem):
+        elif len(mem) and opts.flush_after_recovery:
             # The replayed tail was fsynced by recovery, but after an fsync error
             # the page cache it was read from may hold pages the disk never got
             # (fsyncgate). Writing them into a table makes the recovered state
@@ -285,7 +315,7 @@ class Engine:
             except NoSpace as e:
                 log.warning("%s: the replayed WAL tail stays in the log for now: %s", path, e)
         log.info("opened %s in %.3fs: %d tables, %d WAL frames replayed, last LSN %d",
-                 path, time.monotonic() - t0, len(self._readers), len(tail.frames), last)
+                 path, time.monotonic() - t0, len(self._readers), len(frames), last)
         with self._mutex:
             self._maybe_schedule_locked()
 
@@ -346,7 +376,7 @@ class Engine:
         # costs ~0.3 us against a ~5 us budget (bench/engine: fillrandom).
         payload = _packb((key, value))
         with self._mutex:
-            if self._closed or self._bg_error is not None:
+            if self._closed or self._bg_error is not None or self._read_only:
                 self._raise_closed()
             lsn = self._next_lsn
             self._next_lsn = lsn + 1
@@ -358,6 +388,8 @@ class Engine:
             mem = self._mem
             mem.add(lsn, key, value)
             self._visible_lsn = lsn
+            c = self._commit_lsn
+            self._read_lsn = lsn if c is None else max(self._read_lsn, min(lsn, c))
             if self._listeners:
                 self._notify([frame])
             self._puts += 1
@@ -529,7 +561,7 @@ class Engine:
         """durability none/interval: nothing to wait for, so write and apply under the mutex."""
         n = len(kvs) or 1
         with self._mutex:
-            if self._closed or self._bg_error is not None:
+            if self._closed or self._bg_error is not None or self._read_only:
                 self._raise_closed()
             if check is not None:
                 check()
@@ -546,6 +578,8 @@ class Engine:
             for i, (k, v) in enumerate(kvs):
                 mem.add(lsn + i, k, v)
             self._visible_lsn = last
+            c = self._commit_lsn
+            self._read_lsn = last if c is None else max(self._read_lsn, min(last, c))
             if self._listeners:
                 self._notify([frame])
             if mem.size >= self._memtable_size \
@@ -556,7 +590,7 @@ class Engine:
     def _enqueue_locked(self, ftype: int, payload: bytes, kvs, check=None,
                         fut: tuple | None = None) -> Writer:
         """Assign LSNs and join the commit queue. REQUIRES: _mutex held."""
-        if self._closed or self._bg_error is not None:
+        if self._closed or self._bg_error is not None or self._read_only:
             self._raise_closed()
         if check is not None:
             check()
@@ -602,7 +636,7 @@ class Engine:
     def write_group(self, group: list[Writer]) -> None:
         # The group's last frame carries the sync-point flag: recovery can
         # then tell damage in synced data from a torn last group.
-        last = record.mark_sync(group[-1].frame)
+        last = group[-1].frame = record.mark_sync(group[-1].frame)  # listeners get these bytes
         data = last if len(group) == 1 else b"".join([w.frame for w in group[:-1]] + [last])
         self._wal.append(data, group[0].lsn)
         self._wal.sync()
@@ -614,7 +648,9 @@ class Engine:
                 mem.add(*op)
 
     def publish_locked(self, group: list[Writer]) -> None:
-        self._visible_lsn = group[-1].last_lsn
+        last = self._visible_lsn = group[-1].last_lsn
+        c = self._commit_lsn
+        self._read_lsn = last if c is None else max(self._read_lsn, min(last, c))
         if self._listeners:
             self._notify([w.frame for w in group])
         self._stats["groups"] += 1
@@ -637,6 +673,8 @@ class Engine:
     def _raise_closed(self) -> None:
         if self._bg_error is not None:
             raise self._stopped()
+        if self._read_only and not self._closed:
+            raise ReadOnly(f"{self.path} follows another node's log: writes go to the master")
         raise Closed("engine is closed")
 
     def _stopped(self, outcome_unknown: bool = False) -> WritesStopped:
@@ -800,10 +838,10 @@ class Engine:
         if snapshot is not None:
             return self._lookup(key, snapshot.lsn)[1]
         sv = self._sv
-        lsn = self._visible_lsn
+        lsn = self._read_lsn
         while self._sv is not sv:  # see _read_point
             sv = self._sv
-            lsn = self._visible_lsn
+            lsn = self._read_lsn
         return self._lookup(key, lsn, sv)[1]
 
     def get_entry(self, key: bytes, snapshot: Snapshot | None = None) -> tuple[bytes | None, int]:
@@ -828,7 +866,7 @@ class Engine:
         """
         while True:
             sv = self._sv
-            lsn = self._visible_lsn
+            lsn = self._read_lsn
             if self._sv is sv:
                 return sv, lsn
 
@@ -898,7 +936,7 @@ class Engine:
     def snapshot(self) -> Snapshot:
         """A read point at the last acknowledged write; release it when done."""
         with self._mutex:
-            lsn = self._visible_lsn
+            lsn = self._read_lsn
             self._snapshots.add(lsn)
         return Snapshot(self, lsn)
 
@@ -928,6 +966,132 @@ class Engine:
     @property
     def flushed_lsn(self) -> int:
         return self.versions.flushed_lsn
+
+    @property
+    def read_lsn(self) -> int:
+        """The LSN reads see: last_lsn, or the replication commit point if lower."""
+        return self._read_lsn
+
+    # ------------------------------------------------------------------ replication
+    # What replication (strata.replication) builds on; the engine knows nothing of peers.
+
+    @property
+    def term_history(self) -> tuple[tuple[int, int], ...]:
+        """(term, first LSN) of each run of frames of one term, oldest first, as far back
+        as this database remembers (kept in the manifest across flushes)."""
+        return self._terms
+
+    def term_at(self, lsn: int) -> int:
+        """The term of the frame holding `lsn` (0 before the first known term)."""
+        terms = self._terms
+        i = bisect_right(terms, lsn, key=lambda t: t[1]) - 1
+        return terms[i][0] if i >= 0 else 0
+
+    def last_entry(self) -> tuple[int, int]:
+        """(term, LSN) of the last frame in the log: what an election compares."""
+        last = self._visible_lsn
+        return self.term_at(last), last
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Refuse (True) or take (False) writes other than `apply_frames`: ReadOnly."""
+        with self._mutex:
+            self._read_only = read_only
+
+    def set_commit_lsn(self, lsn: int | None) -> None:
+        """Hold reads at `lsn` (they see min(last_lsn, lsn)); None: reads see every
+        applied write. The read point never moves back."""
+        with self._mutex:
+            self._commit_lsn = lsn
+            last = self._visible_lsn
+            self._read_lsn = last if lsn is None else max(self._read_lsn, min(last, lsn))
+
+    def begin_term(self, term: int, node: str) -> int:
+        """Write a new master's term marker (the first frame of `term`); later frames
+        carry `term`. Returns its LSN once durable per the mode."""
+        return self._write(*self._prepare_term(term, node))
+
+    async def begin_term_async(self, term: int, node: str) -> int:
+        return await self._write_async(*self._prepare_term(term, node))
+
+    def _prepare_term(self, term: int, node: str):
+        if term <= self.term:
+            raise InvalidArgument(f"term {term} is not above the log's term {self.term}")
+
+        def take() -> None:  # under _mutex, just before the marker takes its LSN
+            if term <= self.term:
+                raise InvalidArgument(f"term {term} is not above the log's term {self.term}")
+            self.term = self.versions.term = term
+            self._terms = self.versions.terms = self._terms + ((term, self._next_lsn),)
+
+        return record.TYPE_TERM, _packb((term, node.encode())), (), take
+
+    def apply_frames(self, data: bytes) -> int:
+        """Append frames another node's log holds (replication), exactly as they are
+        except the sync-point flag, which marks the end of this call's write; fsync;
+        apply; publish to the commit listeners. Returns the last LSN applied.
+
+        The frames must continue this log (LogMismatch otherwise) and check out
+        (InvalidArgument). Works while read-only; stall thresholds apply as to writes.
+        """
+        try:
+            frames = list(record.iter_frames(data, 0))
+        except record.BadFrame as e:
+            raise InvalidArgument(f"replicated frames: {e.reason} at offset {e.offset}") from None
+        if not frames:
+            return self._visible_lsn
+        if self._throttled:
+            self._make_room()
+        with self._mutex:
+            if self._closed or self._bg_error is not None:
+                self._raise_closed()
+            nxt = self._next_lsn
+            terms = list(self._terms)
+            term = self.term
+            ops: list = []
+            out: list[bytes] = []
+            final = len(frames) - 1
+            for i, fr in enumerate(frames):
+                if fr.lsn != nxt:
+                    raise LogMismatch(nxt, fr.lsn)
+                if fr.term < (terms[-1][0] if terms else 0):
+                    raise InvalidArgument(f"replicated frame at LSN {fr.lsn} has term {fr.term}, "
+                                          f"older than this log's {terms[-1][0]}")
+                if not terms or fr.term != terms[-1][0]:
+                    terms.append((fr.term, fr.lsn))
+                term = max(term, fr.term)
+                fops = record.decode_ops(fr.type, fr.lsn, fr.payload)
+                ops.extend(fops)
+                nxt = fr.lsn + (len(fops) or 1)
+                raw = bytes(fr.raw)
+                if bool(raw[24] & record.SYNC_FLAG) != (i == final):
+                    flags = fr.type | (record.SYNC_FLAG if i == final else 0)
+                    raw = _encode_frame(fr.lsn, fr.term, flags, fr.payload)
+                out.append(raw)
+                self._count_locked(fr.type)
+            try:
+                self._wal_append(b"".join(out), frames[0].lsn)
+                self._wal.sync()
+            except OSError as e:
+                failed_sync = self._wal.failed is not None
+                raise self._fail(e, "WAL fsync" if failed_sync else "WAL write",
+                                 resumable=not failed_sync, outcome_unknown=True) from e
+            self._next_lsn = nxt
+            self.term = self.versions.term = term
+            self._terms = self.versions.terms = tuple(terms)
+            mem = self._mem
+            for op in ops:
+                mem.add(*op)
+            last = self._visible_lsn = nxt - 1
+            c = self._commit_lsn
+            self._read_lsn = last if c is None else max(self._read_lsn, min(last, c))
+            self._stats["groups"] += 1
+            self._stats["group_frames"] += len(out)
+            if self._listeners:
+                self._notify(out)
+            if mem.size >= self._memtable_size \
+                    or self._wal.bytes_written - self._rotated_at >= self._log_limit:
+                self._rotate_locked()
+        return last
 
     def wal(self) -> Wal:
         """The log itself: for tests and tools. Other layers use read_log, earliest_lsn
@@ -1110,8 +1274,8 @@ class Engine:
     def _smallest_snapshot(self) -> int:
         with self._mutex:
             if self._snapshots:
-                return min(self._snapshots[0], self._visible_lsn)
-            return self._visible_lsn
+                return min(self._snapshots[0], self._read_lsn)
+            return self._read_lsn
 
     def _maybe_schedule_locked(self) -> None:
         self._compaction_requested = True
@@ -1362,6 +1526,7 @@ class Engine:
             self.versions.ref(version)
             flushed = self.versions.flushed_lsn
             next_file = self.versions.next_file
+            terms, term = self._terms, self.term
             try:
                 segs = self._wal.pin(flushed + 1)
             except BaseException:
@@ -1369,7 +1534,7 @@ class Engine:
                 raise
         try:
             checkpoint.write(self.fs, self.path, dest, version, flushed, next_file,
-                             self._wal, segs)
+                             self._wal, segs, terms, term)
         finally:
             self._wal.unpin(flushed + 1)
             self.versions.unref(version)

@@ -101,3 +101,18 @@ class Conflict(StorageError):
         )
         self.key = key
         self.current_lsn = current_lsn
+
+
+class ReadOnly(StorageError):
+    """Writes are refused because the engine follows another node's log (a replica):
+    only `Engine.apply_frames` extends it."""
+
+
+class LogMismatch(StorageError):
+    """Frames handed to `Engine.apply_frames` do not continue this log: the first LSN
+    is not the next one expected, or the frames skip or repeat an LSN."""
+
+    def __init__(self, expected_lsn: int, got_lsn: int) -> None:
+        super().__init__(f"frames start at LSN {got_lsn}; this log continues at {expected_lsn}")
+        self.expected_lsn = expected_lsn
+        self.got_lsn = got_lsn

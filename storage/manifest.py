@@ -4,7 +4,8 @@
     edit         := msgpack map {
                       "add": [[level, number, size, smallest, largest, entries, min_lsn, max_lsn], ...],
                       "del": [[level, number], ...],
-                      "next_file": int, "flushed_lsn": int, "term": int, "snapshot": bool }
+                      "next_file": int, "flushed_lsn": int, "term": int, "snapshot": bool,
+                      "terms": [[term, first_lsn], ...] }   the log's term history
     CURRENT      := "MANIFEST-<n>\\n"   replaced by atomic rename
 
 The first edit of every manifest is a snapshot of the whole version, so a
@@ -129,6 +130,9 @@ class VersionSet:
         self.next_file = 1
         self.flushed_lsn = 0
         self.term = 0  # the highest term seen; persisted so a clean restart keeps it
+        # The log's term history, [(term, first LSN)] oldest first (set by the engine):
+        # where each term's frames begin, for replication's divergence check.
+        self.terms: tuple[tuple[int, int], ...] = ()
         self.manifest_number = 0
         self._manifest: WritableFile | None = None
         self._manifest_size = 0
@@ -169,6 +173,7 @@ class VersionSet:
             "next_file": self.next_file,
             "flushed_lsn": flushed_lsn,
             "term": self.term,
+            "terms": [list(t) for t in self.terms],
             "snapshot": True,
         }
 
@@ -239,6 +244,8 @@ class VersionSet:
                         self.flushed_lsn = max(self.flushed_lsn, edit["flushed_lsn"])
                     if "term" in edit:
                         self.term = max(self.term, edit["term"])
+                    if "terms" in edit:
+                        self.terms = tuple((int(t), int(lsn)) for t, lsn in edit["terms"])
                     edits += 1
             except record.BadFrame as e:
                 # Each edit is synced before the next is written, so only the
@@ -287,6 +294,7 @@ class VersionSet:
         with self._lock:
             edit["next_file"] = self.next_file
         edit["term"] = self.term
+        edit["terms"] = [list(t) for t in self.terms]
         if "flushed_lsn" in edit:
             edit["flushed_lsn"] = max(edit["flushed_lsn"], self.flushed_lsn)
         if self._manifest is None or self._manifest_size > MAX_MANIFEST:

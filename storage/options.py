@@ -53,6 +53,10 @@ class Options:
     max_batch_bytes: int = MAX_BATCH_BYTES
     stall_timeout_s: float = 60.0  # a write held by the stop thresholds gives up after this
     repair: bool = False  # cut the WAL at damage instead of refusing to open
+    # Write the replayed WAL tail into a table at open (a fresh copy from memory after
+    # a possible fsync error). A replicated node keeps it in the log instead, so that a
+    # tail the new master never had can still be cut (`truncate_log`).
+    flush_after_recovery: bool = True
     create_if_missing: bool = True
 
     @classmethod

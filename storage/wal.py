@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import record
-from .errors import Compacted, Corruption
+from .errors import Compacted, Corruption, StorageError
 from .filenames import NEXT_SEGMENT, parse_segment_name, segment_name
 from .vfs import FileSystem, WritableFile
 
@@ -206,6 +206,46 @@ class Wal:
         with self._lock:
             self._sealed = keep
         return RecoveredTail(frames, last_lsn, last_term, truncated)
+
+    def cut_after(self, lsn: int) -> int:
+        """Drop every frame after `lsn` from the recovered log (before `start`): later
+        segments are removed, the one holding `lsn + 1` is truncated where that frame
+        begins. `lsn` must end a frame. Returns the bytes dropped. Replication cuts a
+        tail the new master never had this way."""
+        dropped = 0
+        keep: list[tuple[int, str]] = []
+        for first, path in self._sealed:
+            if first > lsn:
+                dropped += self.fs.size(path)
+                log.warning("cutting the log after LSN %d: removing %s", lsn, path)
+                self.fs.remove(path)
+                continue
+            keep.append((first, path))
+        if keep:
+            first, path = keep[-1]
+            f = self.fs.open_read(path)
+            try:
+                buf = f.buf
+                cut = None
+                for fr in record.iter_frames(buf, record.HEADER_SIZE):
+                    if fr.lsn > lsn:
+                        if fr.lsn != lsn + 1:
+                            raise StorageError(f"cannot cut the log after LSN {lsn}: a frame "
+                                               f"in {path} spans it")
+                        cut = fr.offset
+                        break
+                end = record.written_end(buf, cut) if cut is not None else 0
+            finally:
+                f.close()
+            if cut is not None:
+                dropped += end - cut
+                log.warning("cutting the log after LSN %d: truncating %s at offset %d (%d bytes)",
+                            lsn, path, cut, end - cut)
+                self.fs.truncate(path, cut)
+        self.fs.sync_dir(self.dir)
+        with self._lock:
+            self._sealed = keep
+        return dropped
 
     def _adopt_next(self) -> None:
         """Give NEXT_SEGMENT its segment name if it was in use.
