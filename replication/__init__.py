@@ -1,3 +1,3 @@
-"""Master-slave replication of WAL frames over gRPC streams, failure detection and
-failover: not built yet (a node is its own master). It will ship and apply frames through
-`Engine.read_log` and the commit listeners."""
+"""Master-replica replication of WAL frames over gRPC streams, with elections, terms and
+leases for failover (docs/replication.md). Built on the engine's public replication API
+(`apply_frames`, `term_history`, `read_log`, commit listeners, `open(truncate_after=)`)."""

@@ -21,7 +21,7 @@ from strata.storage.options import DURABILITY_MODES
 from . import config as config_mod
 
 FLAG_OPTIONS = ("data_dir", "grpc_listen", "ws_listen", "metrics_listen", "durability", "log_level",
-                "node", "auth_token")
+                "node", "auth_token", "peers", "replication", "advertise")
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,8 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
         kwargs: dict = {"help": config_mod.OPTIONS[name][0], "default": None}
         if name == "durability":
             kwargs["choices"] = DURABILITY_MODES
-        p.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)
+        names = ["--" + name.replace("_", "-")] + (["--node-id"] if name == "node" else [])
+        p.add_argument(*names, dest=name, **kwargs)
 
 
 def _flags(args: argparse.Namespace) -> dict:

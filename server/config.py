@@ -79,6 +79,17 @@ class Config:
                                "(empty: <data_dir>/checkpoints, on the same file system: hard links)")
     tls_cert: str = _opt("", "PEM certificate chain for gRPC TLS (with tls_key)")
     tls_key: str = _opt("", "PEM private key for gRPC TLS")
+    peers: str = _opt("", "the other nodes of a replicated cluster, id=host:port,... (their gRPC "
+                          "addresses; empty: a single node, its own master). docs/replication.md")
+    replication: str = _opt("quorum", "when a write is answered in a cluster: async (after the "
+                                      "master's own durability), quorum (a majority has it "
+                                      "durable), sync (every live replica and a majority)")
+    advertise: str = _opt("", "this node's gRPC host:port as peers and clients reach it "
+                              "(empty: grpc_listen)")
+    heartbeat_ms: int = _opt(100, "master heartbeat interval in a cluster (ms)")
+    election_timeout_ms: int = _opt(1000, "a replica that hears no master for this long (plus a "
+                                          "random part up to as much again) starts an election; "
+                                          "the master's lease is 0.8 of it (ms)")
     engine: dict = field(default_factory=dict, metadata={
         "help": "[engine] table: further engine options by name (storage/options.py), "
                 "e.g. l0_compaction_trigger, target_file_size, wal_segment_size",
@@ -173,6 +184,21 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rate_limit and rate_burst must not be negative")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError("tls_cert and tls_key go together")
+    if cfg.peers:
+        from strata.replication.cluster import MODES, parse_peers
+
+        try:
+            peers = parse_peers(cfg.peers)
+        except ValueError as e:
+            raise ConfigError(f"peers: {e}") from None
+        if cfg.node in peers:
+            raise ConfigError(f"peers: node {cfg.node!r} lists itself")
+        if cfg.replication not in MODES:
+            raise ConfigError(f"replication must be one of {', '.join(MODES)}, "
+                              f"not {cfg.replication!r}")
+        if not 0 < cfg.heartbeat_ms * 3 <= cfg.election_timeout_ms:
+            raise ConfigError("heartbeat_ms must be positive and at most a third of "
+                              "election_timeout_ms")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import time
 
@@ -26,6 +27,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from strata.distribution.hub import Hub
+from strata.replication import checkpoints
+from strata.replication.cluster import Cluster, ClusterConfig, ReplicationService, parse_peers
 from strata.storage import Engine, StorageError
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
@@ -57,6 +60,8 @@ class Daemon:
         self.grpc_port = 0
         self._stop = asyncio.Event()
         self._health_task: asyncio.Task | None = None
+        self.cluster = None
+        self._hub: Hub | None = None
 
     async def _set_health(self, status) -> None:
         for name in ["", *SERVICES]:
@@ -76,6 +81,10 @@ class Daemon:
         pbg.add_KVServicer_to_server(KVService(self.gate), target)
         pbg.add_EventsServicer_to_server(EventsService(self.gate), target)
         pbg.add_AdminServicer_to_server(AdminService(self.gate), target)
+        if cfg.peers:
+            self.cluster = self._make_cluster()
+            pbg.add_ReplicationServicer_to_server(ReplicationService(self.cluster, cfg.auth_token),
+                                                  server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -90,6 +99,9 @@ class Daemon:
         if not port:
             raise OSError(f"cannot listen on {cfg.grpc_listen}")
         self.grpc_port = port
+        if self.cluster is not None and self.cluster.address.endswith(":0"):
+            self.cluster.address = self.cluster.address[:-1] + str(port)
+            self.cluster.master_address[self.cluster.node_id] = self.cluster.address
         await server.start()
         self.server = server
         if cfg.metrics_listen:
@@ -102,20 +114,68 @@ class Daemon:
                  cfg.grpc_listen, cfg.ws_listen or "off", cfg.metrics_listen or "off", cfg.data_dir)
         loop = asyncio.get_running_loop()
         self.engine = await loop.run_in_executor(None, self._open_engine)
-        hub = Hub(loop)
-        self.engine.add_commit_listener(hub.on_commit)
-        self.gate.hub = hub
-        self.gate.engine = self.engine
-        self.metrics.attach_engine(self.engine)
+        self._hub = Hub(loop)
+        self.gate.hub = self._hub
+        if self.cluster is not None:
+            self.gate.cluster = self.cluster
+            self.metrics.attach_cluster(self.cluster)
+            await self.cluster.start()
+        self._attach(self.engine)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._health_task = asyncio.ensure_future(self._watch_writes())
-        sdnotify.notify(f"READY=1\nSTATUS=serving, last LSN {self.engine.last_lsn}\nMAINPID={__import__('os').getpid()}")
+        sdnotify.notify(f"READY=1\nSTATUS=serving, last LSN {self.engine.last_lsn}\nMAINPID={os.getpid()}")
         log.info("serving in %.3fs (last LSN %d, durability %s)",
                  time.monotonic() - t0, self.engine.last_lsn, cfg.durability)
 
-    def _open_engine(self) -> Engine:
+    def _open_engine(self, truncate_after: int | None = None) -> Engine:
         opts = dataclasses.asdict(config_mod.engine_options(self.cfg))
-        return Engine.open(self.cfg.data_dir, **opts)
+        if self.cluster is not None:
+            # The log's tail stays in the log across restarts, so that a tail a new
+            # master never had can be cut; a fetched checkpoint is installed first.
+            opts["flush_after_recovery"] = False
+            checkpoints.finish_install(self.cfg.data_dir)
+        return Engine.open(self.cfg.data_dir, truncate_after=truncate_after, **opts)
+
+    def _attach(self, engine: Engine) -> None:
+        """Put an open engine in service: replication, subscribers, metrics, calls."""
+        if self.cluster is not None:
+            self.cluster.attach(engine)
+        engine.add_commit_listener(self._hub.on_commit)
+        self.metrics.attach_engine(engine)
+        self.gate.engine = engine
+
+    async def _reopen(self, truncate_after: int | None = None, install: bool = False) -> None:
+        """Close the engine and open it again, its log cut after `truncate_after` or
+        replaced by a fetched checkpoint (replication). Calls meanwhile get UNAVAILABLE;
+        subscribers are cut off with their resume point."""
+        eng = self.engine
+        loop = asyncio.get_running_loop()
+        self.gate.engine = None
+        self.engine = None
+        if eng is not None:
+            self._hub.cut_off_all("the replica's log is being reset", eng)
+            await loop.run_in_executor(None, eng.close, False)
+        log.warning("reopening %s%s", self.cfg.data_dir,
+                    f" with the log cut after LSN {truncate_after}" if truncate_after is not None
+                    else " on the master's checkpoint" if install else "")
+        try:
+            self.engine = await loop.run_in_executor(None, self._open_engine, truncate_after)
+        except StorageError:
+            log.exception("reopening failed; retrying on the same files")
+            self.engine = await loop.run_in_executor(None, self._open_engine, None)
+        self._attach(self.engine)
+
+    def _make_cluster(self):
+        cfg = self.cfg
+        creds = None
+        if cfg.tls_cert:
+            with open(cfg.tls_cert, "rb") as c:
+                creds = grpc.ssl_channel_credentials(c.read())
+        conf = ClusterConfig(
+            node_id=cfg.node, address=cfg.advertise or cfg.grpc_listen, peers=parse_peers(cfg.peers),
+            mode=cfg.replication, heartbeat_interval=cfg.heartbeat_ms / 1000,
+            election_timeout=cfg.election_timeout_ms / 1000, token=cfg.auth_token, credentials=creds)
+        return Cluster(conf, os.path.abspath(cfg.data_dir), lambda: self.engine, self._reopen)
 
     def reload(self) -> None:
         """SIGHUP: re-read file and environment; apply what can change while running."""
@@ -180,6 +240,8 @@ class Daemon:
         self.gate.drain()
         if self._health_task is not None:
             self._health_task.cancel()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.gate.hub is not None:
             self.gate.hub.cut_off_all("server shutting down", self.engine)
         if self.ws is not None:
@@ -200,7 +262,9 @@ class Daemon:
         if self.engine is not None:
             err = self.engine.write_error
             try:
-                await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+                # A replicated node keeps its tail in the log (see _open_engine).
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.engine.close, self.cluster is None)
             except StorageError as e:
                 log.error("closing the database: %s", e)
                 clean = False

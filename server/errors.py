@@ -8,7 +8,7 @@
 | not master     | FAILED_PRECONDITION  | write sent to a replica (trailer strata-master)   |
 | overload       | RESOURCE_EXHAUSTED   | rate limit, concurrency cap, write stall, disk full |
 | timeout        | DEADLINE_EXCEEDED    | the call's deadline passed                        |
-| transient      | UNAVAILABLE          | starting, recovering, draining: retry elsewhere/later |
+| transient      | UNAVAILABLE          | starting, recovering, draining, no master elected or lease lost: retry elsewhere/later (trailer strata-outcome: unknown when a write may or may not survive a failover) |
 | out of range   | OUT_OF_RANGE         | history older than the WAL retains (trailer strata-earliest-lsn) |
 | internal       | INTERNAL             | a bug, corruption, or a failed disk; a write whose outcome is unknown (trailer strata-outcome: unknown) |
 
@@ -23,6 +23,7 @@ import logging
 
 import grpc
 
+from strata.replication.errors import NoMaster, NotMaster
 from strata.storage import errors as se
 
 log = logging.getLogger("strata.rpc")
@@ -60,6 +61,14 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple]:
     """(code, message, trailing metadata) for any exception raised by a handler."""
     if isinstance(exc, ServerError):
         return exc.code, str(exc), exc.trailers
+    if isinstance(exc, NotMaster):
+        return (grpc.StatusCode.FAILED_PRECONDITION, str(exc),
+                (("strata-master", f"{exc.master}={exc.address}"),))
+    if isinstance(exc, NoMaster):
+        return (grpc.StatusCode.UNAVAILABLE, str(exc),
+                (("strata-outcome", "unknown"),) if exc.outcome_unknown else ())
+    if isinstance(exc, se.ReadOnly):
+        return grpc.StatusCode.UNAVAILABLE, "this node just stopped being master; retry", ()
     if isinstance(exc, se.InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), ()
     if isinstance(exc, se.Conflict):

@@ -30,6 +30,7 @@ class Metrics:
                                        "subscribers disconnected for falling behind", registry=r)
         self._server = None
         self.engine = None
+        self._collecting = False
         self._children: dict[tuple[str, str], tuple] = {}
 
     def observe(self, method: str, code: str, seconds: float | None) -> None:
@@ -46,7 +47,13 @@ class Metrics:
     def attach_engine(self, engine) -> None:
         """Export the engine's counters (read at scrape time, no hot-path cost)."""
         self.engine = engine
-        self.registry.register(_EngineCollector(self))
+        if not self._collecting:  # a reopened engine (replication): the same collector
+            self._collecting = True
+            self.registry.register(_EngineCollector(self))
+
+    def attach_cluster(self, cluster) -> None:
+        """Export replication state: role, term, commit point, each peer's lag and state."""
+        self.registry.register(_ClusterCollector(cluster))
 
     def serve(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
@@ -142,3 +149,51 @@ class _EngineCollector:
         g = HistogramMetricFamily("strata_wal_group_frames", "frames per WAL group commit")
         g.add_metric([], buckets, st["group_frames"])
         yield g
+
+
+class _ClusterCollector:
+    def __init__(self, cluster) -> None:
+        self.c = cluster
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        st = self.c.status()
+        role = GaugeMetricFamily("strata_replication_role", "1 for this node's role",
+                                 labels=["role"])
+        for r in ("master", "candidate", "replica"):
+            role.add_metric([r], 1 if st["role"] == r else 0)
+        yield role
+        for name, doc, value in (
+                ("term", "current election term", st["term"]),
+                ("commit_lsn", "highest LSN the replication mode counts as committed",
+                 st["commit_lsn"]),
+                ("lease", "1 while this master holds its lease", 1 if st["lease"] else 0)):
+            g = GaugeMetricFamily(f"strata_replication_{name}", doc)
+            g.add_metric([], value)
+            yield g
+        lag = GaugeMetricFamily("strata_replication_peer_lag_lsns",
+                                "LSNs a replica has not acknowledged (on the master)",
+                                labels=["peer"])
+        lag_ms = GaugeMetricFamily("strata_replication_peer_lag_seconds",
+                                   "age of the oldest write a replica has not acknowledged",
+                                   labels=["peer"])
+        state = GaugeMetricFamily("strata_replication_peer_state",
+                                  "1 for the peer's state as seen by the master",
+                                  labels=["peer", "state"])
+        for p in st["peers"]:
+            lag.add_metric([p["node"]], p["lag_lsns"])
+            lag_ms.add_metric([p["node"]], p["lag_ms"] / 1000)
+            for s in ("healthy", "degraded", "failed", "unknown"):
+                state.add_metric([p["node"], s], 1 if p["state"] == s else 0)
+        yield lag
+        yield lag_ms
+        yield state
+        for key, doc in (("elections_won", "elections this node won"),
+                         ("step_downs", "times this node stopped being master"),
+                         ("resyncs", "checkpoint resyncs this replica went through"),
+                         ("truncations", "times this replica cut a log tail the master never had")):
+            c = CounterMetricFamily(f"strata_replication_{key}", doc)
+            c.add_metric([], self.c.stats[key])
+            yield c

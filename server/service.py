@@ -150,6 +150,7 @@ class Gate:
         self.metrics = metrics
         self.engine: Engine | None = None
         self.hub: Hub | None = None
+        self.cluster = None  # strata.replication.cluster.Cluster when peers are configured
         self.draining = False
         # reader tasks of open Write streams: told to stop reading when draining
         self.write_readers: set[asyncio.Task] = set()
@@ -204,6 +205,23 @@ class Gate:
             self.metrics.refused.labels("rate").inc()
             raise Overloaded(f"rate limit of {cfg.rate_limit:g} requests/s exceeded; back off and retry")
         return self.engine
+
+    def check_write(self) -> None:
+        """In a cluster: only a master holding its lease takes writes (else NotMaster
+        naming the master, or NoMaster)."""
+        if self.cluster is not None:
+            self.cluster.check_write()
+
+    def check_read(self, stale_ok: bool) -> None:
+        if self.cluster is not None:
+            self.cluster.check_read(stale_ok)
+
+    async def replicated(self, write) -> int:
+        """Await a write, then its replication as the cluster's mode asks."""
+        lsn = await write
+        if self.cluster is not None:
+            await self.cluster.committed(lsn)
+        return lsn
 
     def _deadline(self, context) -> float:
         left = context.time_remaining()
@@ -305,14 +323,18 @@ class KVService(pbg.KVServicer):
 
         async def handle(engine: Engine):
             key, value = _key(cfg, request.key), _value(cfg, request.value)
-            lsn = await self.gate.ids.run(request.request_id, lambda: engine.put_async(key, value))
+            self.gate.check_write()
+            lsn = await self.gate.ids.run(
+                request.request_id, lambda: self.gate.replicated(engine.put_async(key, value)))
             return pb.PutResponse(lsn=lsn)
 
         return await self.gate.unary("KV.Put", context, handle, request)
 
     async def Get(self, request, context):
         async def handle(engine: Engine):
-            value, lsn = engine.get_entry(_key(self.gate.cfg, request.key))
+            key = _key(self.gate.cfg, request.key)
+            self.gate.check_read(request.stale_ok)
+            value, lsn = engine.get_entry(key)
             if value is None:
                 return pb.GetResponse(found=False)
             return pb.GetResponse(found=True, value=value, lsn=lsn)
@@ -322,7 +344,9 @@ class KVService(pbg.KVServicer):
     async def Delete(self, request, context):
         async def handle(engine: Engine):
             key = _key(self.gate.cfg, request.key)
-            lsn = await self.gate.ids.run(request.request_id, lambda: engine.delete_async(key))
+            self.gate.check_write()
+            lsn = await self.gate.ids.run(
+                request.request_id, lambda: self.gate.replicated(engine.delete_async(key)))
             return pb.DeleteResponse(lsn=lsn)
 
         return await self.gate.unary("KV.Delete", context, handle, request)
@@ -330,7 +354,9 @@ class KVService(pbg.KVServicer):
     async def Batch(self, request, context):
         async def handle(engine: Engine):
             ops = _ops(self.gate.cfg, request)
-            lsn = await self.gate.ids.run(request.request_id, lambda: engine.write_batch_async(ops))
+            self.gate.check_write()
+            lsn = await self.gate.ids.run(
+                request.request_id, lambda: self.gate.replicated(engine.write_batch_async(ops)))
             return pb.BatchResponse(lsn=lsn, id=request.id)
 
         return await self.gate.unary("KV.Batch", context, handle, request)
@@ -344,11 +370,13 @@ class KVService(pbg.KVServicer):
             kwargs: dict[str, Any] = {which: getattr(request, which)}
             if which == "expect_absent" and not request.expect_absent:
                 raise InvalidInput("expect_absent must be true when set")
+            self.gate.check_write()
             if request.delete:
-                lsn = await engine.compare_and_set_async(key, delete=True, **kwargs)
+                write = engine.compare_and_set_async(key, delete=True, **kwargs)
             else:
-                lsn = await engine.compare_and_set_async(key, _value(self.gate.cfg, request.value),
-                                                         **kwargs)
+                write = engine.compare_and_set_async(key, _value(self.gate.cfg, request.value),
+                                                     **kwargs)
+            lsn = await self.gate.replicated(write)
             return pb.CompareAndSetResponse(lsn=lsn)
 
         return await self.gate.unary("KV.CompareAndSet", context, handle, request)
@@ -356,6 +384,7 @@ class KVService(pbg.KVServicer):
     async def Scan(self, request, context):
         async def gen(engine: Engine):
             loop = asyncio.get_running_loop()
+            self.gate.check_read(request.stale_ok)
             snap = engine.snapshot()
             try:
                 it = engine.scan(request.start or None, request.end or None, snapshot=snap)
@@ -394,8 +423,10 @@ class KVService(pbg.KVServicer):
                 try:
                     async for req in request_iterator:
                         ops = _ops(gate.cfg, req)
-                        task = asyncio.ensure_future(
-                            gate.ids.run(req.request_id, lambda ops=ops: engine.write_batch_async(ops)))
+                        gate.check_write()
+                        task = asyncio.ensure_future(gate.ids.run(
+                            req.request_id,
+                            lambda ops=ops: gate.replicated(engine.write_batch_async(ops))))
                         await pending.put((req.id, task))
                 finally:
                     await pending.put((0, done))
@@ -436,7 +467,9 @@ class EventsService(pbg.EventsServicer):
             _value(self.gate.cfg, request.payload)
             if len(request.key) > self.gate.cfg.max_key_size:
                 raise InvalidInput("event key is over max_key_size")
-            lsn = await engine.append_event_async(topic, request.key, request.payload)
+            self.gate.check_write()
+            lsn = await self.gate.replicated(
+                engine.append_event_async(topic, request.key, request.payload))
             return pb.PublishResponse(lsn=lsn)
 
         return await self.gate.unary("Events.Publish", context, handle, request)
@@ -491,8 +524,15 @@ class AdminService(pbg.AdminServicer):
     async def Status(self, request, context):
         async def handle(engine: Engine):
             du = engine.disk_usage()
+            cluster = self.gate.cluster
+            repl: dict = dict(role="master", term=engine.term, commit_lsn=engine.last_lsn,
+                              lease=True)
+            if cluster is not None:
+                repl = cluster.status()
+                repl["peers"] = [pb.Peer(**p) for p in repl["peers"]]
             return pb.StatusResponse(
-                node=self.gate.cfg.node, role="master", term=engine.term,
+                node=self.gate.cfg.node, **repl,
+                durable_lsn=engine.last_lsn, applied_lsn=engine.read_lsn,
                 last_lsn=engine.last_lsn, flushed_lsn=engine.flushed_lsn,
                 levels=[pb.Level(level=lv["level"], files=lv["files"], bytes=lv["bytes"])
                         for lv in engine.levels() if lv["files"]],

@@ -1557,15 +1557,17 @@ class Engine:
         self._wal.halt()
         self._release_lock_file()
 
-    def close(self) -> None:
+    def close(self, flush: bool = True) -> None:
         """Flush the memtable, stop background work, close files. Idempotent.
 
         A clean close leaves nothing to replay: the next open reads no WAL frame.
+        `flush=False` leaves the memtable's writes in the log only (a replicated
+        node: the next open may still cut them, see `open(truncate_after=)`).
         """
         if self._closed:
             return
         try:
-            if self._bg_error is None and len(self._mem):
+            if flush and self._bg_error is None and len(self._mem):
                 try:
                     self.flush()
                 except StorageError:

@@ -142,6 +142,24 @@ def lsn_count(ftype: int, payload: bytes) -> int:
     return 1
 
 
+def frame_span(frame) -> tuple[int, int]:
+    """(first, last) LSN of one encoded frame, from its header and, for a batch, the
+    msgpack array header of its payload (nothing is decoded)."""
+    _, _, lsn, _, ftype = FRAME.unpack_from(frame, 0)
+    if ftype & TYPE_MASK != TYPE_BATCH:
+        return lsn, lsn
+    b = frame[FRAME_HEADER_SIZE]
+    if 0x90 <= b <= 0x9F:
+        n = b & 0x0F
+    elif b == 0xDC:
+        n = struct.unpack_from(">H", frame, FRAME_HEADER_SIZE + 1)[0]
+    elif b == 0xDD:
+        n = struct.unpack_from(">I", frame, FRAME_HEADER_SIZE + 1)[0]
+    else:
+        raise ValueError(f"batch frame at LSN {lsn}: payload is not a msgpack array")
+    return lsn, lsn + max(n, 1) - 1
+
+
 def mark_sync(frame: bytes) -> bytes:
     """The same frame with the sync-point flag set (re-checksummed)."""
     lsn, term, ftype, payload = parse_frame(frame)

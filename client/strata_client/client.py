@@ -7,8 +7,17 @@ automatically, so the server answers a repeat with the first LSN instead of
 writing twice). Publish and compare-and-set are never retried. Back-off is
 exponential with full jitter. A per-endpoint circuit breaker fails calls fast
 after `threshold` consecutive transient failures, for `cooldown` seconds,
-then lets one probe through. A NotMaster answer naming the master is
-followed (once per call, without using up an attempt).
+then lets one probe through.
+
+Clusters: `target` may list several nodes ("a:7400,b:7400,c:7400"). A
+NotMaster answer (FAILED_PRECONDITION, trailer `strata-master: id=host:port`)
+is followed at once, without using up an attempt; a transient error moves
+the next attempt to the next listed node. With more than one node listed,
+retryable calls keep trying (with back-off) until their deadline rather than
+for a fixed number of attempts, so a call made during a failover is answered
+by the new master once one is elected. Writes carry request ids, so a retry
+of one that reached the old master is answered, not written twice, whenever
+it lands on the node that took it.
 """
 
 from __future__ import annotations
@@ -112,7 +121,8 @@ class _Base:
     def __init__(self, target: str, token: str | None, timeout: float,
                  retry: RetryPolicy | None, breaker: CircuitBreaker | None,
                  root_certificates: bytes | None, tls: bool, max_message: int) -> None:
-        self.target = target
+        self.endpoints = [t.strip() for t in target.split(",") if t.strip()] or [target]
+        self.target = self.endpoints[0]
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
@@ -127,6 +137,24 @@ class _Base:
         self.kv = pbg.KVStub(channel)
         self.events = pbg.EventsStub(channel)
         self.admin = pbg.AdminStub(channel)
+
+    def _next_target(self, err: errors.StrataError) -> str | None:
+        """Where the next attempt goes: the master a NotMaster names, or after a transient
+        error the next listed node; None: stay."""
+        if isinstance(err, errors.NotMaster) and err.master:
+            return err.master.rpartition("=")[2] or None
+        if err.retryable and len(self.endpoints) > 1:
+            i = self.endpoints.index(self.target) if self.target in self.endpoints else -1
+            return self.endpoints[(i + 1) % len(self.endpoints)]
+        return None
+
+    def _keep_trying(self, retry: bool, err: errors.StrataError, attempt: int,
+                     until: float) -> bool:
+        if not (retry and err.retryable):
+            return False
+        if len(self.endpoints) > 1:
+            return time.monotonic() < until
+        return attempt < self.retry.attempts
 
     def _handle(self, e: grpc.RpcError) -> errors.StrataError:
         err = errors.from_rpc_error(e)
@@ -176,40 +204,47 @@ class Client(_Base):
         self.close()
 
     def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
-        attempts = self.retry.attempts if retry else 1
         attempt = 0
-        redirected = False  # one NotMaster redirect per call; it costs no attempt
+        redirects = 0  # NotMaster redirects cost no attempt (a few per call)
         service, name = method.split(".")
+        until = time.monotonic() + (timeout or self.timeout)
         while True:
             self.breaker.before()
             try:
+                left = until - time.monotonic() if len(self.endpoints) > 1 else None
                 resp = getattr(getattr(self, service), name)(
-                    request, timeout=timeout or self.timeout, metadata=self._metadata)
+                    request, timeout=max(0.05, left) if left is not None else timeout or self.timeout,
+                    metadata=self._metadata)
                 self.breaker.success()
                 return resp
             except grpc.RpcError as e:
                 err = self._handle(e)
-                if isinstance(err, errors.NotMaster) and err.master and not redirected:
-                    redirected = True
+                nxt = self._next_target(err)
+                if isinstance(err, errors.NotMaster) and nxt and redirects < 2 + len(self.endpoints):
+                    redirects += 1
                     self.close()
-                    self._connect(err.master)
+                    self._connect(nxt)
                     continue
                 attempt += 1
-                if not (retry and err.retryable) or attempt >= attempts:
+                if not self._keep_trying(retry, err, attempt, until):
                     raise err from None
-            time.sleep(self.retry.delay(attempt - 1))
+                if nxt and nxt != self.target:
+                    self.close()
+                    self._connect(nxt)
+            time.sleep(min(self.retry.delay(attempt - 1), max(0.0, until - time.monotonic())))
 
     # -- KV
     def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
         req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
         return self._call("kv.Put", req, retry=True).lsn
 
-    def get(self, key: bytes) -> bytes | None:
-        return self.get_entry(key)[0]
+    def get(self, key: bytes, *, stale_ok: bool = False) -> bytes | None:
+        return self.get_entry(key, stale_ok=stale_ok)[0]
 
-    def get_entry(self, key: bytes) -> tuple[bytes | None, int]:
-        """(value, LSN of the write that produced it); (None, 0) if absent."""
-        resp = self._call("kv.Get", pb.GetRequest(key=key), retry=True)
+    def get_entry(self, key: bytes, *, stale_ok: bool = False) -> tuple[bytes | None, int]:
+        """(value, LSN of the write that produced it); (None, 0) if absent. `stale_ok`:
+        any node may answer from what it has applied (in a cluster: maybe behind)."""
+        resp = self._call("kv.Get", pb.GetRequest(key=key, stale_ok=stale_ok), retry=True)
         return (resp.value, resp.lsn) if resp.found else (None, 0)
 
     def delete(self, key: bytes, *, request_id: str | None = None) -> int:
@@ -228,10 +263,11 @@ class Client(_Base):
         return self._call("kv.CompareAndSet", req, retry=False).lsn
 
     def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
-             keys_only: bool = False) -> Iterator[tuple[bytes, bytes]]:
+             keys_only: bool = False, stale_ok: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Pairs with start <= key < end from one snapshot (not retried mid-stream)."""
         self.breaker.before()
-        call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only),
+        call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only,
+                                           stale_ok=stale_ok),
                             timeout=self.timeout, metadata=self._metadata)
         failed = False
         try:
@@ -316,38 +352,48 @@ class AsyncClient(_Base):
         await self.close()
 
     async def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
-        attempts = self.retry.attempts if retry else 1
         attempt = 0
-        redirected = False  # one NotMaster redirect per call; it costs no attempt
+        redirects = 0  # NotMaster redirects cost no attempt (a few per call)
         service, name = method.split(".")
+        until = time.monotonic() + (timeout or self.timeout)
         while True:
             self.breaker.before()
             try:
+                left = until - time.monotonic() if len(self.endpoints) > 1 else None
                 resp = await getattr(getattr(self, service), name)(
-                    request, timeout=timeout or self.timeout, metadata=self._metadata)
+                    request, timeout=max(0.05, left) if left is not None else timeout or self.timeout,
+                    metadata=self._metadata)
                 self.breaker.success()
                 return resp
             except grpc.RpcError as e:
                 err = self._handle(e)
-                if isinstance(err, errors.NotMaster) and err.master and not redirected:
-                    redirected = True
-                    await self.close()
-                    self._connect(err.master)
+                nxt = self._next_target(err)
+                if isinstance(err, errors.NotMaster) and nxt and redirects < 2 + len(self.endpoints):
+                    redirects += 1
+                    await self._switch(nxt)
                     continue
                 attempt += 1
-                if not (retry and err.retryable) or attempt >= attempts:
+                if not self._keep_trying(retry, err, attempt, until):
                     raise err from None
-            await asyncio.sleep(self.retry.delay(attempt - 1))
+                if nxt and nxt != self.target:
+                    await self._switch(nxt)
+            await asyncio.sleep(min(self.retry.delay(attempt - 1),
+                                    max(0.0, until - time.monotonic())))
+
+    async def _switch(self, target: str) -> None:
+        old = self._channel
+        self._connect(target)
+        await old.close()
 
     async def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
         req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
         return (await self._call("kv.Put", req, retry=True)).lsn
 
-    async def get(self, key: bytes) -> bytes | None:
-        return (await self.get_entry(key))[0]
+    async def get(self, key: bytes, *, stale_ok: bool = False) -> bytes | None:
+        return (await self.get_entry(key, stale_ok=stale_ok))[0]
 
-    async def get_entry(self, key: bytes) -> tuple[bytes | None, int]:
-        resp = await self._call("kv.Get", pb.GetRequest(key=key), retry=True)
+    async def get_entry(self, key: bytes, *, stale_ok: bool = False) -> tuple[bytes | None, int]:
+        resp = await self._call("kv.Get", pb.GetRequest(key=key, stale_ok=stale_ok), retry=True)
         return (resp.value, resp.lsn) if resp.found else (None, 0)
 
     async def delete(self, key: bytes, *, request_id: str | None = None) -> int:
@@ -365,9 +411,11 @@ class AsyncClient(_Base):
         return (await self._call("kv.CompareAndSet", req, retry=False)).lsn
 
     async def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
-                   keys_only: bool = False) -> AsyncIterator[tuple[bytes, bytes]]:
+                   keys_only: bool = False, stale_ok: bool = False
+                   ) -> AsyncIterator[tuple[bytes, bytes]]:
         self.breaker.before()
-        call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only),
+        call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only,
+                                           stale_ok=stale_ok),
                             timeout=self.timeout, metadata=self._metadata)
         failed = False
         try:

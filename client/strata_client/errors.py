@@ -38,7 +38,7 @@ class Conflict(StrataError):
 
 
 class NotMaster(StrataError):
-    """The node is a replica; `master` is the address to write to (may be empty)."""
+    """The node is a replica; `master` names the master as "id=host:port" (may be empty)."""
 
     def __init__(self, message: str, code: str, master: str) -> None:
         super().__init__(message, code)

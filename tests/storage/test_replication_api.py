@@ -142,3 +142,13 @@ def test_the_read_gate_holds_reads_at_the_commit_point(tmp_path):
         db.set_commit_lsn(None)
         c = db.put(b"c", b"3")
         assert db.read_lsn == c
+
+
+def test_frame_span_reads_a_batch_frames_lsn_range_without_decoding(tmp_path):
+    with Engine.open(str(tmp_path / "db"), **SMALL) as db:
+        for n in (1, 15, 16, 70000 // 7):
+            last = db.write_batch([("put", b"k%d" % i, b"") for i in range(n)])
+            frame = bytes(next(fr for fr in db.read_log(last - n + 1)).raw)
+            assert record.frame_span(frame) == (last - n + 1, last)
+        lsn = db.put(b"a", b"b")
+        assert record.frame_span(bytes(next(db.read_log(lsn)).raw)) == (lsn, lsn)

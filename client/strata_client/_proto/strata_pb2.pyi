@@ -24,10 +24,12 @@ class PutResponse(_message.Message):
     def __init__(self, lsn: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "stale_ok")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    STALE_OK_FIELD_NUMBER: _ClassVar[int]
     key: bytes
-    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+    stale_ok: bool
+    def __init__(self, key: _Optional[bytes] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("found", "value", "lsn")
@@ -90,16 +92,18 @@ class BatchResponse(_message.Message):
     def __init__(self, lsn: _Optional[int] = ..., id: _Optional[int] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("start", "end", "limit", "keys_only")
+    __slots__ = ("start", "end", "limit", "keys_only", "stale_ok")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     KEYS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    STALE_OK_FIELD_NUMBER: _ClassVar[int]
     start: bytes
     end: bytes
     limit: int
     keys_only: bool
-    def __init__(self, start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., limit: _Optional[int] = ..., keys_only: _Optional[bool] = ...) -> None: ...
+    stale_ok: bool
+    def __init__(self, start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., limit: _Optional[int] = ..., keys_only: _Optional[bool] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value")
@@ -194,19 +198,25 @@ class Level(_message.Message):
     def __init__(self, level: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("node", "address", "state", "acked_lsn")
+    __slots__ = ("node", "address", "state", "acked_lsn", "lag_lsns", "lag_ms", "last_heartbeat_ago_s")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ACKED_LSN_FIELD_NUMBER: _ClassVar[int]
+    LAG_LSNS_FIELD_NUMBER: _ClassVar[int]
+    LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_AGO_S_FIELD_NUMBER: _ClassVar[int]
     node: str
     address: str
     state: str
     acked_lsn: int
-    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., acked_lsn: _Optional[int] = ...) -> None: ...
+    lag_lsns: int
+    lag_ms: float
+    last_heartbeat_ago_s: float
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., acked_lsn: _Optional[int] = ..., lag_lsns: _Optional[int] = ..., lag_ms: _Optional[float] = ..., last_heartbeat_ago_s: _Optional[float] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node", "role", "term", "last_lsn", "flushed_lsn", "levels", "sst_bytes", "wal_bytes", "peers", "version", "uptime_seconds", "durability", "writable", "write_error", "paused")
+    __slots__ = ("node", "role", "term", "last_lsn", "flushed_lsn", "levels", "sst_bytes", "wal_bytes", "peers", "version", "uptime_seconds", "durability", "writable", "write_error", "paused", "master", "durable_lsn", "applied_lsn", "commit_lsn", "replication", "lease")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +232,12 @@ class StatusResponse(_message.Message):
     WRITABLE_FIELD_NUMBER: _ClassVar[int]
     WRITE_ERROR_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_LSN_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_LSN_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_LSN_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     node: str
     role: str
     term: int
@@ -237,7 +253,13 @@ class StatusResponse(_message.Message):
     writable: bool
     write_error: str
     paused: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., levels: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., sst_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., writable: _Optional[bool] = ..., write_error: _Optional[str] = ..., paused: _Optional[_Iterable[str]] = ...) -> None: ...
+    master: str
+    durable_lsn: int
+    applied_lsn: int
+    commit_lsn: int
+    replication: str
+    lease: bool
+    def __init__(self, node: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., levels: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., sst_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., writable: _Optional[bool] = ..., write_error: _Optional[str] = ..., paused: _Optional[_Iterable[str]] = ..., master: _Optional[str] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., commit_lsn: _Optional[int] = ..., replication: _Optional[str] = ..., lease: _Optional[bool] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("path",)
@@ -262,3 +284,149 @@ class CompactResponse(_message.Message):
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     seconds: float
     def __init__(self, seconds: _Optional[float] = ...) -> None: ...
+
+class TermRun(_message.Message):
+    __slots__ = ("term", "first_lsn")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LSN_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    first_lsn: int
+    def __init__(self, term: _Optional[int] = ..., first_lsn: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("node", "term", "last_lsn", "flushed_lsn", "terms")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    LAST_LSN_FIELD_NUMBER: _ClassVar[int]
+    FLUSHED_LSN_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    term: int
+    last_lsn: int
+    flushed_lsn: int
+    terms: _containers.RepeatedCompositeFieldContainer[TermRun]
+    def __init__(self, node: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., terms: _Optional[_Iterable[_Union[TermRun, _Mapping]]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("term", "ok", "durable_lsn", "sent", "error")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_LSN_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    ok: bool
+    durable_lsn: int
+    sent: float
+    error: str
+    def __init__(self, term: _Optional[int] = ..., ok: _Optional[bool] = ..., durable_lsn: _Optional[int] = ..., sent: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class FromReplica(_message.Message):
+    __slots__ = ("hello", "ack")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    ack: Ack
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
+
+class Append(_message.Message):
+    __slots__ = ("term", "master", "address", "sent", "commit_lsn", "frames")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_LSN_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    master: str
+    address: str
+    sent: float
+    commit_lsn: int
+    frames: bytes
+    def __init__(self, term: _Optional[int] = ..., master: _Optional[str] = ..., address: _Optional[str] = ..., sent: _Optional[float] = ..., commit_lsn: _Optional[int] = ..., frames: _Optional[bytes] = ...) -> None: ...
+
+class Start(_message.Message):
+    __slots__ = ("term", "master", "address", "from_lsn", "truncate_after", "truncate", "resync", "reason")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FROM_LSN_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    master: str
+    address: str
+    from_lsn: int
+    truncate_after: int
+    truncate: bool
+    resync: bool
+    reason: str
+    def __init__(self, term: _Optional[int] = ..., master: _Optional[str] = ..., address: _Optional[str] = ..., from_lsn: _Optional[int] = ..., truncate_after: _Optional[int] = ..., truncate: _Optional[bool] = ..., resync: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ToReplica(_message.Message):
+    __slots__ = ("start", "append")
+    START_FIELD_NUMBER: _ClassVar[int]
+    APPEND_FIELD_NUMBER: _ClassVar[int]
+    start: Start
+    append: Append
+    def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., append: _Optional[_Union[Append, _Mapping]] = ...) -> None: ...
+
+class VoteRequest(_message.Message):
+    __slots__ = ("term", "candidate", "last_term", "last_lsn")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_TERM_FIELD_NUMBER: _ClassVar[int]
+    LAST_LSN_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    candidate: str
+    last_term: int
+    last_lsn: int
+    def __init__(self, term: _Optional[int] = ..., candidate: _Optional[str] = ..., last_term: _Optional[int] = ..., last_lsn: _Optional[int] = ...) -> None: ...
+
+class VoteReply(_message.Message):
+    __slots__ = ("term", "voter", "granted")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    VOTER_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    voter: str
+    granted: bool
+    def __init__(self, term: _Optional[int] = ..., voter: _Optional[str] = ..., granted: _Optional[bool] = ...) -> None: ...
+
+class FetchCheckpointRequest(_message.Message):
+    __slots__ = ("node", "checkpoint_id", "file", "offset")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    checkpoint_id: int
+    file: str
+    offset: int
+    def __init__(self, node: _Optional[str] = ..., checkpoint_id: _Optional[int] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class CheckpointChunk(_message.Message):
+    __slots__ = ("checkpoint_id", "lsn", "file", "offset", "data", "crc32c", "file_done", "done", "files", "term")
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    FILE_DONE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_id: int
+    lsn: int
+    file: str
+    offset: int
+    data: bytes
+    crc32c: int
+    file_done: bool
+    done: bool
+    files: _containers.RepeatedScalarFieldContainer[str]
+    term: int
+    def __init__(self, checkpoint_id: _Optional[int] = ..., lsn: _Optional[int] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32c: _Optional[int] = ..., file_done: _Optional[bool] = ..., done: _Optional[bool] = ..., files: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ...) -> None: ...

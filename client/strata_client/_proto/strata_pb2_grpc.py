@@ -660,3 +660,182 @@ class Admin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ReplicationStub:
+    """------------------------------------------------------------------------ Replication
+
+    Internal: nodes of one cluster talk to each other on the same port. Not for
+    applications; the wire format may change between releases.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Follow = channel.stream_stream(
+                '/strata.v1.Replication/Follow',
+                request_serializer=strata_dot_v1_dot_strata__pb2.ToReplica.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.FromReplica.FromString,
+                _registered_method=True)
+        self.RequestVote = channel.unary_unary(
+                '/strata.v1.Replication/RequestVote',
+                request_serializer=strata_dot_v1_dot_strata__pb2.VoteRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.VoteReply.FromString,
+                _registered_method=True)
+        self.FetchCheckpoint = channel.unary_stream(
+                '/strata.v1.Replication/FetchCheckpoint',
+                request_serializer=strata_dot_v1_dot_strata__pb2.FetchCheckpointRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.CheckpointChunk.FromString,
+                _registered_method=True)
+
+
+class ReplicationServicer:
+    """------------------------------------------------------------------------ Replication
+
+    Internal: nodes of one cluster talk to each other on the same port. Not for
+    applications; the wire format may change between releases.
+
+    """
+
+    def Follow(self, request_iterator, context):
+        """The master calls this on each replica. The replica speaks first (Hello);
+        the master then sends Append messages (WAL frames and heartbeats) and the
+        replica acknowledges each with its durable LSN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestVote(self, request, context):
+        """A candidate asks for a vote (Raft's RequestVote).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchCheckpoint(self, request, context):
+        """A replica whose log cannot be continued from the master's retained WAL
+        fetches a checkpoint: file by file, in chunks, resumable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReplicationServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Follow': grpc.stream_stream_rpc_method_handler(
+                    servicer.Follow,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.ToReplica.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.FromReplica.SerializeToString,
+            ),
+            'RequestVote': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestVote,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.VoteRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.VoteReply.SerializeToString,
+            ),
+            'FetchCheckpoint': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchCheckpoint,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.FetchCheckpointRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.CheckpointChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'strata.v1.Replication', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('strata.v1.Replication', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Replication:
+    """------------------------------------------------------------------------ Replication
+
+    Internal: nodes of one cluster talk to each other on the same port. Not for
+    applications; the wire format may change between releases.
+
+    """
+
+    @staticmethod
+    def Follow(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/strata.v1.Replication/Follow',
+            strata_dot_v1_dot_strata__pb2.ToReplica.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.FromReplica.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestVote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.Replication/RequestVote',
+            strata_dot_v1_dot_strata__pb2.VoteRequest.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.VoteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/strata.v1.Replication/FetchCheckpoint',
+            strata_dot_v1_dot_strata__pb2.FetchCheckpointRequest.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,514 @@
+"""One node of a replicated cluster: election, roles, commit point, and both ends of
+replication, on the daemon's event loop.
+
+    election.Node      terms, votes, heartbeats, leases (sans-I/O; driven from here)
+    link.PeerLink      master -> one replica: frames and heartbeats out, acks in
+    Cluster.follow     replica side of a Follow stream: apply frames, acknowledge
+    checkpoints        seeding a replica that cannot continue from the master's log
+
+Roles. Every node starts as a replica (read-only engine). The election's winner
+writes a term marker, then streams its log to every peer. A write is answered
+(`committed`) in mode
+  async   after the master's own durability (and while it holds its lease),
+  quorum  once a majority, the master included, has it durable,
+  sync    once every live replica and at least a majority have it durable.
+The commit point is the highest LSN a majority holds durable at or after the
+master's term marker (Raft's rule for committing only entries of the current
+term); reads on the master are held there in quorum and sync mode, and replicas
+read up to the commit point the master last sent.
+
+The daemon supplies `engine()` (the engine may be replaced when a replica cuts its
+log or installs a checkpoint) and `reopen(truncate_after=, install=)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from strata.storage import InvalidArgument, LogMismatch, StorageError, record
+from strata_client._proto import strata_pb2 as pb
+from strata_client._proto import strata_pb2_grpc as pbg
+
+from . import checkpoints
+from .election import MASTER, Heartbeat, HeartbeatAck, Node, RequestVote, Vote
+from .errors import NoMaster, NotMaster
+from .link import PeerLink
+from .state import FilePersistence
+
+log = logging.getLogger("strata.replication")
+
+MODES = ("async", "quorum", "sync")
+
+
+@dataclass
+class ClusterConfig:
+    node_id: str
+    address: str  # this node's gRPC address as peers and clients reach it
+    peers: dict[str, str]  # the other nodes: id -> address
+    mode: str = "quorum"
+    heartbeat_interval: float = 0.1
+    election_timeout: float = 1.0
+    token: str = ""  # sent to peers as `authorization: Bearer <token>`
+    credentials: grpc.ChannelCredentials | None = None
+    channel_options: list = field(default_factory=list)
+
+
+def parse_peers(text: str) -> dict[str, str]:
+    """`b=host:port,c=host:port` -> {"b": "host:port", "c": "host:port"}."""
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, addr = item.partition("=")
+        host, colon, port = addr.rpartition(":")
+        if not sep or not name or not colon or not host or not port.isdigit():
+            raise ValueError(f"peer {item!r} is not id=host:port")
+        if name in out:
+            raise ValueError(f"peer {name!r} is listed twice")
+        out[name] = addr
+    return out
+
+
+class Cluster:
+    def __init__(self, conf: ClusterConfig, data_dir: str, engine: Callable,
+                 reopen: Callable[..., Awaitable[None]]) -> None:
+        if conf.mode not in MODES:
+            raise ValueError(f"replication must be one of {', '.join(MODES)}, not {conf.mode!r}")
+        if conf.node_id in conf.peers:
+            raise ValueError(f"node {conf.node_id!r} is listed among its own peers")
+        self.conf = conf
+        self.node_id = conf.node_id
+        self.address = conf.address
+        self.mode = conf.mode
+        self.heartbeat_interval = conf.heartbeat_interval
+        self.election_timeout = conf.election_timeout
+        self.data_dir = data_dir
+        self.engine = engine
+        self._reopen = reopen
+        self.metadata = (("authorization", f"Bearer {conf.token}"),) if conf.token else ()
+        self._last_entry = (0, 0)
+        self.node = Node(conf.node_id, [conf.node_id, *conf.peers], FilePersistence(data_dir),
+                         self._log_end, election_timeout=conf.election_timeout,
+                         heartbeat_interval=conf.heartbeat_interval, now=time.monotonic(),
+                         on_master=self._on_master, on_role=self._on_role)
+        self.links: dict[str, PeerLink] = {}
+        self.commit_lsn = 0
+        self.term_start = 0  # LSN of this master's term marker once durable (0: not yet)
+        self.master_address: dict[str, str] = dict(conf.peers)
+        self.master_address[conf.node_id] = conf.address
+        self._waiters: list = []  # heap of (lsn, seq, future)
+        self._seq = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, pbg.ReplicationStub] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._ticker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._follow_gen = 0
+        self._apply_lock = asyncio.Lock()
+        self._resetting = False
+        self.served = checkpoints.Served(data_dir)
+        self.stats = {"elections_won": 0, "step_downs": 0, "resyncs": 0, "truncations": 0,
+                      "frames_applied": 0}
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.attach(self.engine())
+        self._ticker = asyncio.ensure_future(self._tick_loop())
+        log.info("node %s (%s) in a cluster of %d, replication %s: starting as a replica, "
+                 "term %d", self.node_id, self.address, len(self.conf.peers) + 1, self.mode,
+                 self.node.term)
+
+    def attach(self, engine) -> None:
+        """Hook a (re)opened engine in: commit listener, role, read gate."""
+        engine.add_commit_listener(self._on_commit)
+        self._last_entry = engine.last_entry()
+        master = self.node.role == MASTER
+        engine.set_read_only(not master)
+        if master and self.mode == "async":
+            engine.set_commit_lsn(None)
+        else:
+            engine.set_commit_lsn(self.commit_lsn)
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._stop_links()
+        self._fail_waiters(NoMaster("the server is shutting down", outcome_unknown=True))
+        for t in list(self._tasks):
+            t.cancel()
+        for ch in self._channels.values():
+            await ch.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def stub(self, peer: str) -> pbg.ReplicationStub:
+        if peer not in self._stubs:
+            addr = self.conf.peers[peer]
+            opts = self.conf.channel_options + [("grpc.max_receive_message_length", 64 << 20),
+                                                ("grpc.max_send_message_length", 64 << 20)]
+            ch = (grpc.aio.secure_channel(addr, self.conf.credentials, options=opts)
+                  if self.conf.credentials else grpc.aio.insecure_channel(addr, options=opts))
+            self._channels[peer] = ch
+            self._stubs[peer] = pbg.ReplicationStub(ch)
+        return self._stubs[peer]
+
+    # -- election plumbing ----------------------------------------------------------
+
+    def _log_end(self) -> tuple[int, int]:
+        eng = self.engine()
+        if eng is not None:
+            self._last_entry = eng.last_entry()
+        return self._last_entry
+
+    def role_term(self) -> int | None:
+        """This node's term if it is master, else None."""
+        return self.node.term if self.node.role == MASTER else None
+
+    def receive(self, msg) -> None:
+        self._dispatch(self.node.receive(msg, time.monotonic()))
+
+    def _dispatch(self, out) -> None:
+        for peer, msg in out:
+            if isinstance(msg, RequestVote):
+                self._spawn(self._ask_vote(peer, msg))
+            elif isinstance(msg, Heartbeat):
+                link = self.links.get(peer)
+                if link is not None:
+                    link.heartbeat()
+            # Vote and HeartbeatAck are answers: they travel in RPC replies (below).
+
+    async def _ask_vote(self, peer: str, msg: RequestVote) -> None:
+        try:
+            reply = await self.stub(peer).RequestVote(
+                pb.VoteRequest(term=msg.term, candidate=msg.candidate, last_term=msg.last_term,
+                               last_lsn=msg.last_lsn),
+                metadata=self.metadata, timeout=self.election_timeout / 2)
+        except grpc.RpcError:
+            return
+        self.receive(Vote(reply.term, reply.voter, reply.granted))
+
+    async def _tick_loop(self) -> None:
+        period = self.heartbeat_interval / 4
+        while True:
+            try:
+                self._dispatch(self.node.tick(time.monotonic()))
+                if self.node.role == MASTER:
+                    self._release_waiters()
+            except Exception:
+                log.exception("election tick failed")
+            await asyncio.sleep(period)
+
+    def _on_master(self, term: int) -> None:
+        self.stats["elections_won"] += 1
+        log.warning("node %s is master of term %d", self.node_id, term)
+        self.term_start = 0
+        self._stop_links()
+        self.links = {p: PeerLink(self, p, addr, term) for p, addr in self.conf.peers.items()}
+        for link in self.links.values():
+            link.task = self._spawn(link.run())
+        self._spawn(self._begin_term(term))
+
+    async def _begin_term(self, term: int) -> None:
+        eng = self.engine()
+        if eng is None or self.node.term != term or self.node.role != MASTER:
+            return
+        eng.set_read_only(False)
+        if self.mode == "async":
+            eng.set_commit_lsn(None)
+        try:
+            lsn = await eng.begin_term_async(term, self.node_id)
+        except Exception as e:
+            log.error("could not write the term marker of term %d: %s", term, e)
+            return
+        if self.node.term == term and self.node.role == MASTER:
+            self.term_start = lsn
+            log.info("term %d begins at LSN %d", term, lsn)
+            self.advance_commit()
+
+    def _on_role(self, role: str, term: int, master: str | None) -> None:
+        if role != MASTER:
+            if self.links:
+                self.stats["step_downs"] += 1
+                log.warning("node %s steps down in term %d (master: %s)", self.node_id, term,
+                            master or "unknown")
+            self._stop_links()
+            self.term_start = 0
+            eng = self.engine()
+            if eng is not None:
+                eng.set_read_only(True)
+                eng.set_commit_lsn(self.commit_lsn)
+            self._fail_waiters(NoMaster(f"node {self.node_id} is no longer master (term {term}): "
+                                        f"the write's replication is unknown", outcome_unknown=True))
+
+    def _stop_links(self) -> None:
+        for link in self.links.values():
+            if link.task is not None:
+                link.task.cancel()
+        self.links = {}
+
+    # -- commit point and waiters (master) ------------------------------------------
+
+    def _on_commit(self, frames: list[bytes]) -> None:
+        """Commit listener: on the committing thread, under the engine's mutex."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._deliver, frames)
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        if not self.links:
+            return
+        spans = []
+        size = 0
+        for f in frames:
+            first, last = record.frame_span(f)
+            spans.append((first, last, f))
+            size += len(f)
+        for link in self.links.values():
+            link.offer(spans, size)
+        self.advance_commit()
+
+    def advance_commit(self) -> None:
+        if self.node.role != MASTER or not self.term_start:
+            return
+        eng = self.engine()
+        if eng is None:
+            return
+        durable = sorted([eng.last_lsn, *(ln.match for ln in self.links.values())], reverse=True)
+        c = durable[self.node.quorum - 1]
+        if c >= self.term_start and c > self.commit_lsn:
+            self.commit_lsn = c
+            if self.mode != "async":
+                eng.set_commit_lsn(c)
+        self._release_waiters()
+
+    def _released(self, lsn: int, now: float) -> bool:
+        if lsn > self.commit_lsn:
+            return False
+        if self.mode == "sync":
+            return all(ln.match >= lsn for ln in self.links.values() if ln.state(now) != "failed")
+        return True
+
+    def _release_waiters(self) -> None:
+        now = time.monotonic()
+        w = self._waiters
+        while w and self._released(w[0][0], now):
+            _, _, fut = heapq.heappop(w)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail_waiters(self, err: Exception) -> None:
+        w, self._waiters = self._waiters, []
+        for _, _, fut in w:
+            if not fut.done():
+                fut.set_exception(err)
+
+    async def committed(self, lsn: int) -> None:
+        """Return once write `lsn` may be acknowledged in this mode; NoMaster if this node
+        stops being master first (the write's fate is then unknown)."""
+        if self.node.role != MASTER:
+            raise NoMaster("this node stopped being master: the write's replication is unknown",
+                           outcome_unknown=True)
+        if self.mode == "async":
+            if not self.node.has_lease(time.monotonic()):
+                raise NoMaster("the master lost its lease: the write is on this node only and "
+                               "may be lost", outcome_unknown=True)
+            return
+        if self._released(lsn, time.monotonic()):
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._waiters, (lsn, self._seq, fut))
+        await fut
+
+    # -- admission ------------------------------------------------------------------
+
+    def _not_serving(self) -> Exception:
+        node = self.node
+        if node.role == MASTER:
+            if not self.term_start:
+                return NoMaster(f"node {self.node_id} was just elected (term {node.term}) and is "
+                                f"writing its term marker; retry")
+            return NoMaster(f"master {self.node_id} has not heard from a majority within its "
+                            f"lease: it serves nothing until it does (or another is elected)")
+        m = node.master
+        if m and m != self.node_id and m in self.master_address:
+            return NotMaster(m, self.master_address[m])
+        return NoMaster("no master is known to this node yet (an election may be running); retry")
+
+    def check_write(self) -> None:
+        node = self.node
+        if node.role == MASTER and self.term_start and node.has_lease(time.monotonic()):
+            return
+        raise self._not_serving()
+
+    def check_read(self, stale_ok: bool) -> None:
+        if stale_ok:
+            return
+        node = self.node
+        if node.role == MASTER and self.term_start and self.commit_lsn >= self.term_start \
+                and node.has_lease(time.monotonic()):
+            return
+        raise self._not_serving()
+
+    # -- replica side ---------------------------------------------------------------
+
+    def _hear(self, term: int, master: str, address: str, sent: float) -> bool:
+        out = self.node.receive(Heartbeat(term, master, sent), time.monotonic())
+        ok = bool(out) and isinstance(out[0][1], HeartbeatAck) and out[0][1].ok
+        if ok and address:
+            self.master_address[master] = address
+        return ok
+
+    async def follow(self, requests) -> object:
+        """The replica's half of a Follow stream (an async generator of FromReplica)."""
+        eng = self.engine()
+        if eng is None or self._resetting:
+            raise NoMaster("this replica is resetting its log; retry")
+        self._follow_gen += 1
+        gen = self._follow_gen
+        yield pb.FromReplica(hello=pb.Hello(
+            node=self.node_id, term=self.node.term, last_lsn=eng.last_lsn,
+            flushed_lsn=eng.flushed_lsn,
+            terms=[pb.TermRun(term=t, first_lsn=lsn) for t, lsn in eng.term_history]))
+        loop = asyncio.get_running_loop()
+        async for msg in requests:
+            if gen != self._follow_gen:
+                return  # a newer stream took over
+            kind = msg.WhichOneof("msg")
+            if kind == "start":
+                s = msg.start
+                if not self._hear(s.term, s.master, s.address, 0.0):
+                    yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=False))
+                    return
+                if s.resync:
+                    log.warning("master %s: %s; fetching a checkpoint", s.master, s.reason)
+                    self._spawn(self._resync(s.master))
+                    return
+                if s.truncate:
+                    log.warning("master %s: %s", s.master, s.reason)
+                    self._spawn(self._reset(truncate_after=s.truncate_after))
+                    return
+                continue
+            a = msg.append
+            if not self._hear(a.term, a.master, a.address, a.sent):
+                yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=False, sent=a.sent))
+                return
+            if a.frames:
+                async with self._apply_lock:
+                    if gen != self._follow_gen or a.term != self.node.term:
+                        return
+                    try:
+                        await loop.run_in_executor(None, eng.apply_frames, a.frames)
+                    except (LogMismatch, InvalidArgument, StorageError) as e:
+                        log.warning("frames from %s not applied: %s", a.master, e)
+                        yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
+                                                        error=str(e), sent=a.sent))
+                        return
+                    self.stats["frames_applied"] += 1
+            if a.commit_lsn > self.commit_lsn:
+                self.commit_lsn = a.commit_lsn
+            eng.set_commit_lsn(self.commit_lsn)
+            yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
+                                            durable_lsn=eng.last_lsn, sent=a.sent))
+
+    async def _reset(self, truncate_after: int | None = None, install: bool = False) -> None:
+        if self._resetting:
+            return
+        self._resetting = True
+        try:
+            self._follow_gen += 1
+            async with self._apply_lock:
+                await self._reopen(truncate_after=truncate_after, install=install)
+            if truncate_after is not None:
+                self.stats["truncations"] += 1
+        except Exception:
+            log.exception("resetting the log failed")
+        finally:
+            self._resetting = False
+
+    async def _resync(self, master: str) -> None:
+        if self._resetting:
+            return
+        self.stats["resyncs"] += 1
+        try:
+            await checkpoints.fetch(self.stub(master), self.node_id, self.data_dir, self.metadata)
+        except Exception as e:
+            log.error("fetching a checkpoint from %s failed: %s", master, e)
+            return
+        await self._reset(install=True)
+
+    def vote(self, req) -> pb.VoteReply:
+        out = self.node.receive(RequestVote(req.term, req.candidate, req.last_term, req.last_lsn),
+                                time.monotonic())
+        v = out[0][1]
+        return pb.VoteReply(term=v.term, voter=v.voter, granted=v.granted)
+
+    # -- status ---------------------------------------------------------------------
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        node = self.node
+        m = node.master
+        eng = self.engine()
+        last = eng.last_lsn if eng is not None else 0
+        peers = []
+        for pid, addr in self.conf.peers.items():
+            ln = self.links.get(pid)
+            if ln is None:
+                peers.append(dict(node=pid, address=addr, state="unknown", acked_lsn=0,
+                                  lag_lsns=0, lag_ms=0.0, last_heartbeat_ago_s=-1.0))
+                continue
+            peers.append(dict(node=pid, address=addr, state=ln.state(now), acked_lsn=ln.match,
+                              lag_lsns=max(0, last - ln.match), lag_ms=ln.lag_ms(now),
+                              last_heartbeat_ago_s=(now - ln.last_answer
+                                                    if ln.last_answer is not None else -1.0)))
+        return dict(role=node.role, term=node.term,
+                    master=f"{m}={self.master_address.get(m, '')}" if m else "",
+                    commit_lsn=self.commit_lsn, lease=node.has_lease(now), peers=peers,
+                    replication=self.mode)
+
+
+class ReplicationService(pbg.ReplicationServicer):
+    """The internal gRPC service; admits only callers with the cluster's token."""
+
+    def __init__(self, cluster: Cluster, token: str = "") -> None:
+        self.cluster = cluster
+        self._want = f"Bearer {token}" if token else ""
+
+    async def _auth(self, context) -> None:
+        if self._want:
+            got = dict(context.invocation_metadata() or ()).get("authorization", "")
+            if got != self._want:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "cluster token required")
+
+    async def Follow(self, request_iterator, context):
+        await self._auth(context)
+        try:
+            async for msg in self.cluster.follow(request_iterator):
+                yield msg
+        except NoMaster as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+    async def RequestVote(self, request, context):
+        await self._auth(context)
+        return self.cluster.vote(request)
+
+    async def FetchCheckpoint(self, request, context):
+        await self._auth(context)
+        eng = self.cluster.engine()
+        if eng is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is not open")
+        async for chunk in self.cluster.served.chunks(eng, request):
+            yield chunk
+
