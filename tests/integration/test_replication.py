@@ -6,6 +6,7 @@ past the master's WAL retention is seeded by a checkpoint, sync mode with a repl
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -233,3 +234,43 @@ def test_a_replica_past_the_masters_retention_is_seeded_by_a_checkpoint(cluster_
     with Client(c.nodes[lag].grpc) as rc:
         assert dict(rc.scan(b"big-", b"big.", stale_ok=True)) == expected
     assert "fetching a checkpoint" in c.nodes[lag].logs()
+
+
+def test_a_returning_master_cuts_the_tail_it_alone_had(cluster_factory):
+    c = cluster_factory()
+    m = c.master()
+    replicas = [i for i in c.nodes if i != m]
+    with Client(c.nodes[m].grpc) as cl:
+        base = cl.put(b"before", b"1")
+    for r in replicas:
+        c.wait_applied(r, base)
+    for r in replicas:  # the replicas stop answering: the master's next writes stay its own
+        c.nodes[r].proc.send_signal(signal.SIGSTOP)
+    lost = []
+    with grpc.insecure_channel(c.nodes[m].grpc) as ch:
+        kv = pbg.KVStub(ch)
+        for i in range(20):
+            try:
+                kv.Put(pb.PutRequest(key=b"lost-%d" % i, value=b"x"), timeout=0.05)
+                pytest.fail("a write was acknowledged without a quorum")
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    break  # the lease ran out: refused before anything was written
+                lost.append(b"lost-%d" % i)
+    assert lost, "no write reached the isolated master's log"
+    c.nodes[m].kill()
+    for r in replicas:
+        c.nodes[r].proc.send_signal(signal.SIGCONT)
+    new = c.master(among=replicas)
+    with Client(c.nodes[new].grpc) as cl:
+        last = cl.batch([("put", b"after-%d" % i, b"y") for i in range(10)])
+        assert all(cl.get(k) is None for k in lost)
+    c.nodes[m].start()
+    c.wait_applied(m, last)
+    assert "cutting the log after LSN" in c.nodes[m].logs()
+    with Client(c.nodes[m].grpc) as rc:
+        assert all(rc.get(k, stale_ok=True) is None for k in lost)
+        assert rc.get(b"after-9", stale_ok=True) == b"y"
+    c.stop()
+    logs = {i: log_frames(d.data_dir, base) for i, d in c.nodes.items()}
+    assert logs[m] == logs[new] == logs[next(r for r in replicas if r != new)]
