@@ -155,8 +155,13 @@ class Cluster:
     def stub(self, peer: str) -> pbg.ReplicationStub:
         if peer not in self._stubs:
             addr = self.conf.peers[peer]
-            opts = self.conf.channel_options + [("grpc.max_receive_message_length", 64 << 20),
-                                                ("grpc.max_send_message_length", 64 << 20)]
+            opts = self.conf.channel_options + [
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+                # reconnect within a heartbeat or so of a peer coming back
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)]
             ch = (grpc.aio.secure_channel(addr, self.conf.credentials, options=opts)
                   if self.conf.credentials else grpc.aio.insecure_channel(addr, options=opts))
             self._channels[peer] = ch

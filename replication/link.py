@@ -241,8 +241,16 @@ class PeerLink:
 
     async def _receive(self, call) -> None:
         c = self.cluster
+        # Heartbeats are answered every interval: silence for this long means a stream
+        # stuck on a connection that drops packets (a partition), which TCP alone would
+        # take minutes to give up on. Reconnect instead.
+        silence = max(1.0, 2 * c.election_timeout)
         while True:
-            msg = await call.read()
+            try:
+                msg = await asyncio.wait_for(call.read(), silence)
+            except TimeoutError:
+                log.warning("replica %s: no answer for %.1fs; reconnecting", self.peer, silence)
+                return
             if msg is grpc.aio.EOF:
                 return
             ack = msg.ack

@@ -688,15 +688,17 @@ def test_not_master_is_followed_to_the_master(servers, clients):
     assert replica.hits() == 1 and master.hits("Get") == 1
 
 
-def test_not_master_is_followed_only_once_per_call(servers, clients):
+def test_a_redirect_loop_ends_after_a_few_hops(servers, clients):
+    # Two nodes naming each other (a stale view during a failover): a few hops, then
+    # NotMaster. The trailer may name the node as id=host:port.
     a, b = servers(), servers()
-    a.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", b.address),)))
-    b.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", a.address),)))
+    a.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", "b=" + b.address),)))
+    b.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", "a=" + a.address),)))
     c = clients(a.address)
     with pytest.raises(errors.NotMaster) as ei:
         c.put(b"k", b"v")
-    assert ei.value.master == a.address
-    assert a.hits() == 1 and b.hits() == 1
+    assert ei.value.master == "a=" + a.address
+    assert a.hits() == 2 and b.hits() == 2
 
 
 @pytest.mark.parametrize("name", ["publish", "compare_and_set"])
@@ -936,3 +938,31 @@ def test_idle_or_lapped_subscriptions_do_not_open_the_breaker(fake, clients):
     assert c.breaker.state == "closed"
     fake.always("Get", pb.GetResponse(found=True, value=b"x"))
     assert c.get(b"k") == b"x"
+
+
+def test_a_node_list_moves_to_the_next_node_on_a_transient_error(servers, clients):
+    # A cluster client (several targets): the dead or leaderless node's UNAVAILABLE
+    # sends the next attempt to the next node, and the request id is the same there.
+    a, b = servers(), servers()
+    a.always("Put", Err(C.UNAVAILABLE, "no master"))
+    c = clients(f"{a.address},{b.address}", attempts=2)
+    assert c.put(b"k", b"v") == 11
+    assert a.hits() == 1 and b.hits() == 1
+
+
+def test_a_node_list_keeps_retrying_until_the_deadline_not_the_attempt_count(servers, clients):
+    # During a failover neither node may answer for a while: with a node list the
+    # call retries (with back-off) until its deadline, then fails.
+    a, b = servers(), servers()
+    a.then("Put", *[Err(C.UNAVAILABLE)] * 6)
+    b.then("Put", *[Err(C.UNAVAILABLE)] * 6)
+    c = clients(f"{a.address},{b.address}", attempts=2, timeout=5)
+    assert c.put(b"k", b"v") == 11
+    assert a.hits() + b.hits() == 13
+    a.always("Put", Err(C.UNAVAILABLE))
+    b.always("Put", Err(C.UNAVAILABLE))
+    c2 = clients(f"{a.address},{b.address}", attempts=2, timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(errors.Unavailable):
+        c2.put(b"k", b"v")
+    assert 0.3 < time.monotonic() - t0 < 3
