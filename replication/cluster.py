@@ -197,11 +197,11 @@ class Cluster:
         try:
             reply = await self.stub(peer).RequestVote(
                 pb.VoteRequest(term=msg.term, candidate=msg.candidate, last_term=msg.last_term,
-                               last_lsn=msg.last_lsn),
+                               last_lsn=msg.last_lsn, pre_vote=msg.pre),
                 metadata=self.metadata, timeout=self.election_timeout / 2)
         except grpc.RpcError:
             return
-        self.receive(Vote(reply.term, reply.voter, reply.granted))
+        self.receive(Vote(reply.term, reply.voter, reply.granted, reply.pre_vote))
 
     async def _tick_loop(self) -> None:
         period = self.heartbeat_interval / 4
@@ -454,10 +454,10 @@ class Cluster:
         await self._reset(install=True)
 
     def vote(self, req) -> pb.VoteReply:
-        out = self.node.receive(RequestVote(req.term, req.candidate, req.last_term, req.last_lsn),
-                                time.monotonic())
+        out = self.node.receive(RequestVote(req.term, req.candidate, req.last_term, req.last_lsn,
+                                            req.pre_vote), time.monotonic())
         v = out[0][1]
-        return pb.VoteReply(term=v.term, voter=v.voter, granted=v.granted)
+        return pb.VoteReply(term=v.term, voter=v.voter, granted=v.granted, pre_vote=v.pre)
 
     # -- status ---------------------------------------------------------------------
 

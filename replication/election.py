@@ -22,6 +22,10 @@ Rules kept here:
   holding its lease does too. Every node that acked a heartbeat thus refuses to help
   elect anyone until the lease that heartbeat extended has run out.
 - A node starts as a replica, whatever it was before a restart.
+- Pre-vote (Raft thesis, section 9.6): a node whose election timeout passes first asks
+  whether a majority would vote for it, without raising its term; only then does it
+  start an election. A node that was cut off and comes back therefore cannot force a
+  healthy master to step down with a term it inflated while alone.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class RequestVote:
     candidate: str
     last_term: int  # term of the candidate's last log entry
     last_lsn: int
+    pre: bool = False  # a pre-vote: "would you vote for me in `term`?" (nothing changes)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Vote:
     term: int
     voter: str
     granted: bool
+    pre: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class Node:
         self.role = REPLICA
         self.master: str | None = None
         self._votes: set[str] = set()
+        self._pre_votes: set[str] | None = None  # a pre-vote round in progress
         self._deadline = now + self._timeout()
         self._next_heartbeat = 0.0
         self._acked: dict[str, float] = {}  # peer -> `sent` of the newest acked heartbeat
@@ -154,9 +161,15 @@ class Node:
             return []
         if now < self._deadline:
             return []
-        return self._start_election(now)
+        if self.role == CANDIDATE:
+            return self._start_election(now)  # a split vote: the next round at once
+        return self._start_pre_vote(now)
 
     def receive(self, msg: Message, now: float) -> list[tuple[str, Message]]:
+        if isinstance(msg, RequestVote) and msg.pre:
+            return self._on_pre_vote_request(msg, now)
+        if isinstance(msg, Vote) and msg.pre:
+            return self._on_pre_vote(msg, now)
         if isinstance(msg, RequestVote) and self._master_recent(now):
             # Leader stickiness (Raft thesis, section 6.4): within an election timeout of
             # hearing from a master (or of starting), a vote request is refused without
@@ -201,11 +214,40 @@ class Node:
         if term > self.term:
             self._persist(term, None)
         self._votes.clear()
+        self._pre_votes = None
         self._acked.clear()
         self._set_role(REPLICA, master)
         self._deadline = now + self._timeout()
 
+    def _start_pre_vote(self, now: float) -> list[tuple[str, Message]]:
+        self._pre_votes = {self.id}
+        self._deadline = now + self._timeout()
+        if len(self._pre_votes) >= self.quorum:
+            return self._start_election(now)
+        last_term, last_lsn = self.last_entry()
+        req = RequestVote(self.term + 1, self.id, last_term, last_lsn, pre=True)
+        return [(p, req) for p in self.peers]
+
+    def _on_pre_vote_request(self, msg: RequestVote, now: float) -> list[tuple[str, Message]]:
+        # Granted as a real vote would be, but nothing is persisted or changed here.
+        grant = (msg.term > self.term and not self._master_recent(now)
+                 and (msg.last_term, msg.last_lsn) >= self.last_entry())
+        return [(msg.candidate, Vote(msg.term if grant else self.term, self.id, grant, pre=True))]
+
+    def _on_pre_vote(self, msg: Vote, now: float) -> list[tuple[str, Message]]:
+        if not msg.granted:
+            if msg.term > self.term:
+                self._step_down(msg.term, None, now)
+            return []
+        if self._pre_votes is None or self.role == MASTER or msg.term != self.term + 1:
+            return []
+        self._pre_votes.add(msg.voter)
+        if len(self._pre_votes) >= self.quorum:
+            return self._start_election(now)
+        return []
+
     def _start_election(self, now: float) -> list[tuple[str, Message]]:
+        self._pre_votes = None
         self._persist(self.term + 1, self.id)
         self._votes = {self.id}
         self._set_role(CANDIDATE, None)
@@ -247,6 +289,7 @@ class Node:
             return [(msg.master, HeartbeatAck(self.term, self.id, False, msg.sent))]
         # Same term: a candidate that hears the winner gives up; a replica follows.
         self._votes.clear()
+        self._pre_votes = None
         self._set_role(REPLICA, msg.master)
         self._heard_at = now
         self._deadline = now + self._timeout()

@@ -34,11 +34,16 @@ def health_status(addr: str, timeout: float = 1.0) -> int | None:
 
 
 class Daemon:
-    def __init__(self, data_dir: str, extra_env: dict | None = None, args: list | None = None):
+    def __init__(self, data_dir: str, extra_env: dict | None = None, args: list | None = None,
+                 netns: str | None = None, host: str | None = None):
         self.data_dir = data_dir
-        self.grpc = f"127.0.0.1:{free_port()}"
-        self.ws = f"127.0.0.1:{free_port()}"
-        self.metrics = f"127.0.0.1:{free_port()}"
+        self.netns = netns  # run inside this network namespace, listening on `host`
+        if host:
+            self.grpc, self.ws, self.metrics = (f"{host}:{p}" for p in (7400, 7401, 7402))
+        else:
+            self.grpc = f"127.0.0.1:{free_port()}"
+            self.ws = f"127.0.0.1:{free_port()}"
+            self.metrics = f"127.0.0.1:{free_port()}"
         self.env = dict(os.environ, PYTHONPATH=ROOT, **(extra_env or {}))
         self.args = args or []
         self.proc: subprocess.Popen | None = None
@@ -46,8 +51,9 @@ class Daemon:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> Daemon:
         self._log = open(self.log_path, "wb")
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "strata.server.cli", "serve", "--data-dir", self.data_dir,
+            [*prefix, sys.executable, "-m", "strata.server.cli", "serve", "--data-dir", self.data_dir,
              "--grpc-listen", self.grpc, "--ws-listen", self.ws, "--metrics-listen", self.metrics,
              *self.args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=self._log, cwd=ROOT)

@@ -203,7 +203,10 @@ def test_a_higher_term_makes_anyone_step_down():
     store = MemoryPersistence()
     n = Node("a", ["a", "b", "c"], store, lambda: (0, 0), election_timeout=ET,
              rng=random.Random(1))
-    n.tick(10.0)  # timeout: candidate in term 1
+    out = n.tick(10.0)  # timeout: a pre-vote round first, nothing persisted
+    assert n.role == REPLICA and store.load() == (0, None)
+    assert all(isinstance(m, RequestVote) and m.pre and m.term == 1 for _, m in out)
+    n.receive(Vote(1, "b", True, pre=True), 10.01)  # a majority would vote: candidate
     assert n.role == CANDIDATE and store.load() == (1, "a")
     n.receive(Heartbeat(7, "b", 10.1), 10.1)
     assert (n.role, n.term, n.master) == (REPLICA, 7, "b")
@@ -220,3 +223,34 @@ def test_a_restarted_master_comes_back_as_a_replica():
 def test_the_lease_must_end_before_an_election_can_start():
     with pytest.raises(ValueError):
         Node("a", ["a"], MemoryPersistence(), lambda: (0, 0), election_timeout=1.0, lease=1.0)
+
+
+def test_a_node_cut_off_and_back_does_not_unseat_a_healthy_master():
+    # Pre-vote: alone, the cut-off node keeps asking whether it could win and never
+    # raises its term; back with the others, its term is the master's.
+    c = Cluster()
+    c.run(3.0)
+    (m,) = {i for i, n in c.nodes.items() if n.role == MASTER}
+    term = c.nodes[m].term
+    lone = next(i for i in c.ids if i != m)
+    for o in c.ids:
+        if o != lone:
+            c.cut.add(frozenset((lone, o)))
+    c.run(10.0)
+    assert c.nodes[lone].term == term and c.nodes[lone].role == REPLICA
+    c.cut.clear()
+    c.run(3.0)
+    assert c.nodes[m].role == MASTER and c.nodes[m].term == term
+    assert all(n.term == term for n in c.nodes.values())
+
+
+def test_a_pre_vote_changes_nothing_on_the_voter():
+    store = MemoryPersistence()
+    n = Node("b", ["a", "b", "c"], store, lambda: (0, 0), election_timeout=ET)
+    out = n.receive(RequestVote(5, "a", 0, 0, pre=True), 10.0)
+    assert out == [("a", Vote(5, "b", True, pre=True))]
+    assert (n.term, n.role, store.saves) == (0, REPLICA, 0)
+    # within an election timeout of hearing a master: refused
+    n.receive(Heartbeat(0, "c", 10.0), 10.0)
+    out = n.receive(RequestVote(5, "a", 0, 0, pre=True), 10.1)
+    assert out == [("a", Vote(0, "b", False, pre=True))]

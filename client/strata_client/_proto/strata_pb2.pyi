@@ -374,26 +374,30 @@ class ToReplica(_message.Message):
     def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., append: _Optional[_Union[Append, _Mapping]] = ...) -> None: ...
 
 class VoteRequest(_message.Message):
-    __slots__ = ("term", "candidate", "last_term", "last_lsn")
+    __slots__ = ("term", "candidate", "last_term", "last_lsn", "pre_vote")
     TERM_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     LAST_TERM_FIELD_NUMBER: _ClassVar[int]
     LAST_LSN_FIELD_NUMBER: _ClassVar[int]
+    PRE_VOTE_FIELD_NUMBER: _ClassVar[int]
     term: int
     candidate: str
     last_term: int
     last_lsn: int
-    def __init__(self, term: _Optional[int] = ..., candidate: _Optional[str] = ..., last_term: _Optional[int] = ..., last_lsn: _Optional[int] = ...) -> None: ...
+    pre_vote: bool
+    def __init__(self, term: _Optional[int] = ..., candidate: _Optional[str] = ..., last_term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., pre_vote: _Optional[bool] = ...) -> None: ...
 
 class VoteReply(_message.Message):
-    __slots__ = ("term", "voter", "granted")
+    __slots__ = ("term", "voter", "granted", "pre_vote")
     TERM_FIELD_NUMBER: _ClassVar[int]
     VOTER_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
+    PRE_VOTE_FIELD_NUMBER: _ClassVar[int]
     term: int
     voter: str
     granted: bool
-    def __init__(self, term: _Optional[int] = ..., voter: _Optional[str] = ..., granted: _Optional[bool] = ...) -> None: ...
+    pre_vote: bool
+    def __init__(self, term: _Optional[int] = ..., voter: _Optional[str] = ..., granted: _Optional[bool] = ..., pre_vote: _Optional[bool] = ...) -> None: ...
 
 class FetchCheckpointRequest(_message.Message):
     __slots__ = ("node", "checkpoint_id", "file", "offset")
