@@ -108,6 +108,16 @@ def _client_cmd(args: argparse.Namespace) -> int:
                 print(f"disk: {st.sst_bytes} B tables, {st.wal_bytes} B WAL")
                 for lv in st.levels:
                     print(f"  L{lv.level}: {lv.files} files, {lv.bytes} B")
+                if st.replication:
+                    print(f"replication {st.replication}  master {st.master or '(none known)'}  "
+                          f"commit LSN {st.commit_lsn}  applied LSN {st.applied_lsn}"
+                          + (f"  lease {'held' if st.lease else 'LOST'}"
+                             if st.role == "master" else ""))
+                    for p in st.peers:
+                        seen = (f"{p.last_heartbeat_ago_s:.2f}s ago"
+                                if p.last_heartbeat_ago_s >= 0 else "never")
+                        print(f"  peer {p.node} {p.address}: {p.state}, acked LSN {p.acked_lsn}, "
+                              f"lag {p.lag_lsns} LSNs / {p.lag_ms:.1f} ms, last answer {seen}")
     except errors.StrataError as e:
         print(f"strata: {e.code or type(e).__name__}: {e}", file=sys.stderr)
         return 1
