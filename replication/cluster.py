@@ -109,6 +109,7 @@ class Cluster:
         self._ticker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._follow_gen = 0
+        self._follow_tasks: set[asyncio.Task] = set()  # replica side: open Follow handlers
         self._apply_lock = asyncio.Lock()
         self._resetting = False
         self.served = checkpoints.Served(data_dir)
@@ -141,7 +142,7 @@ class Cluster:
             self._ticker.cancel()
         self._stop_links()
         self._fail_waiters(NoMaster("the server is shutting down", outcome_unknown=True))
-        for t in list(self._tasks):
+        for t in list(self._tasks) + list(self._follow_tasks):
             t.cancel()
         for ch in self._channels.values():
             await ch.close()
@@ -382,6 +383,15 @@ class Cluster:
             raise NoMaster("this replica is resetting its log; retry")
         self._follow_gen += 1
         gen = self._follow_gen
+        task = asyncio.current_task()
+        self._follow_tasks.add(task)
+        try:
+            async for out in self._follow(eng, gen, requests):
+                yield out
+        finally:
+            self._follow_tasks.discard(task)
+
+    async def _follow(self, eng, gen: int, requests) -> object:
         yield pb.FromReplica(hello=pb.Hello(
             node=self.node_id, term=self.node.term, last_lsn=eng.last_lsn,
             flushed_lsn=eng.flushed_lsn,
