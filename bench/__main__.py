@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("bench.engine", "embedded engine vs sqlite3, LevelDB (plyvel), RocksDB (rocksdict)"),
     "server": ("bench.server", "the daemon over gRPC vs etcd and Redis (appendfsync always/everysec)"),
     "compaction": ("bench.compaction", "write throughput kept during a full compaction, vs LevelDB"),
+    "replication": ("bench.replication", "three nodes async/quorum/sync and failover, vs a 3-node "
+                                         "etcd cluster and Redis Sentinel"),
 }
 
 

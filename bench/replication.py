@@ -1,0 +1,525 @@
+"""`python -m bench replication`: Strata's replication beside a 3-node etcd cluster and
+Redis with two replicas and three Sentinels, on this machine, in one run.
+
+Measured:
+- durable put throughput and p50/p99 latency, one node and three nodes in async,
+  quorum and sync mode: unary `Put` from 64 concurrent coroutines, and batched
+  (Write stream, 100 puts a message, 16 messages in flight); etcd 3 nodes: unary Put
+  from the same client harness;
+- replication lag under the unary load (the master's view of each replica, sampled);
+- failover: SIGKILL of the master -> first write acknowledged by the new master,
+  over --trials trials, median and max, for Strata (quorum), etcd and Redis Sentinel.
+
+Every server and the client share the machine's cores (say so beside the figures).
+Writes docs/bench/replication.md, .png and .json (a full run; see bench.report.publish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from . import report
+from .server.procs import child_env, free_port, spawn, stop_proc
+from .server.servers import compile_etcd_stubs
+
+CONCURRENCY = 64
+BATCH = 100
+BATCH_INFLIGHT = 16
+VALUE = b"v" * 100
+
+
+# ---------------------------------------------------------------- clusters
+
+
+class StrataCluster:
+    def __init__(self, root: str, n: int, mode: str) -> None:
+        self.root, self.n, self.mode = root, n, mode
+        self.ids = [chr(ord("a") + i) for i in range(n)]
+        self.addr = {i: f"127.0.0.1:{free_port()}" for i in self.ids}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start_node(self, i: str) -> None:
+        cmd = [sys.executable, "-m", "strata.server.cli", "serve", "--node", i,
+               "--data-dir", os.path.join(self.root, f"strata-{self.mode}-{i}"),
+               "--grpc-listen", self.addr[i], "--ws-listen", "", "--metrics-listen", "",
+               "--log-level", "warning"]
+        if self.n > 1:
+            cmd += ["--peers", ",".join(f"{j}={self.addr[j]}" for j in self.ids if j != i),
+                    "--replication", self.mode]
+        log = open(os.path.join(self.root, f"strata-{self.mode}-{i}.log"), "ab")
+        self.procs[i] = spawn(cmd, env=child_env(), stdout=subprocess.DEVNULL, stderr=log)
+
+    def start(self) -> None:
+        for i in self.ids:
+            self.start_node(i)
+
+    def status(self, i: str, timeout: float = 1.0):
+        from strata_client._proto import strata_pb2 as pb
+        from strata_client._proto import strata_pb2_grpc as pbg
+
+        with grpc.insecure_channel(self.addr[i]) as ch:
+            return pbg.AdminStub(ch).Status(pb.StatusRequest(), timeout=timeout)
+
+    def master(self, timeout: float = 30.0, exclude: str | None = None) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for i in self.ids:
+                if i == exclude or self.procs[i].poll() is not None:
+                    continue
+                try:
+                    st = self.status(i, 0.5)
+                except grpc.RpcError:
+                    continue
+                if st.role == "master" and st.lease and st.commit_lsn >= st.last_lsn - 1000:
+                    return i
+            time.sleep(0.02)
+        raise TimeoutError(f"no Strata master ({self.mode})")
+
+    def kill(self, i: str) -> None:
+        self.procs[i].kill()
+        self.procs[i].wait()
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            stop_proc(p)
+
+
+class EtcdCluster:
+    def __init__(self, root: str, stubs: str, n: int = 3) -> None:
+        self.root, self.stubs = root, stubs
+        self.ids = [f"e{i}" for i in range(n)]
+        self.client = {i: f"127.0.0.1:{free_port()}" for i in self.ids}
+        self.peer = {i: f"127.0.0.1:{free_port()}" for i in self.ids}
+        self.procs: dict[str, subprocess.Popen] = {}
+        if stubs not in sys.path:
+            sys.path.insert(0, stubs)
+
+    def start(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        cluster = ",".join(f"{i}=http://{self.peer[i]}" for i in self.ids)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+        for i in self.ids:
+            cmd = ["etcd", "--name", i, "--data-dir", os.path.join(self.root, f"etcd-{i}"),
+                   "--listen-client-urls", f"http://{self.client[i]}",
+                   "--advertise-client-urls", f"http://{self.client[i]}",
+                   "--listen-peer-urls", f"http://{self.peer[i]}",
+                   "--initial-advertise-peer-urls", f"http://{self.peer[i]}",
+                   "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                   # the defaults, said out loud: 100 ms heartbeats, 1 s election timeout
+                   "--heartbeat-interval", "100", "--election-timeout", "1000",
+                   "--logger", "zap", "--log-level", "error"]
+            log = open(os.path.join(self.root, f"etcd-{i}.log"), "ab")
+            self.procs[i] = spawn(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def leader(self, timeout: float = 30.0, exclude: str | None = None) -> str:
+        import etcd_pb2
+        import etcd_pb2_grpc
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for i in self.ids:
+                if i == exclude or self.procs[i].poll() is not None:
+                    continue
+                try:
+                    with grpc.insecure_channel(self.client[i]) as ch:
+                        st = etcd_pb2_grpc.MaintenanceStub(ch).Status(etcd_pb2.StatusRequest(),
+                                                                      timeout=0.5)
+                    if st.leader and st.leader == st.header.member_id:
+                        return i
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.02)
+        raise TimeoutError("no etcd leader")
+
+    def kill(self, i: str) -> None:
+        self.procs[i].kill()
+        self.procs[i].wait()
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            stop_proc(p)
+
+
+# ---------------------------------------------------------------- loads
+
+
+async def _run_load(call, seconds: float, concurrency: int, ops_per_call: int = 1) -> dict:
+    lat: list[float] = []
+    errors = 0
+    end = time.monotonic() + seconds
+    n = [0]
+
+    async def worker(w: int) -> None:
+        nonlocal errors
+        while time.monotonic() < end:
+            i = n[0]
+            n[0] += 1
+            t0 = time.perf_counter()
+            try:
+                await call(w, i)
+            except grpc.RpcError:
+                errors += 1
+                continue
+            lat.append(time.perf_counter() - t0)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    dt = time.monotonic() - t0
+    lat.sort()
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [0.0] * 99
+    return {"ops_per_s": len(lat) * ops_per_call / dt, "p50_ms": q[49] * 1000,
+            "p99_ms": q[98] * 1000, "errors": errors, "calls": len(lat)}
+
+
+async def strata_unary(addr: str, seconds: float) -> dict:
+    from strata_client._proto import strata_pb2 as pb
+    from strata_client._proto import strata_pb2_grpc as pbg
+
+    async with grpc.aio.insecure_channel(addr) as ch:
+        kv = pbg.KVStub(ch)
+
+        async def put(w: int, i: int) -> None:
+            await kv.Put(pb.PutRequest(key=b"u%09d" % i, value=VALUE), timeout=10)
+
+        return await _run_load(put, seconds, CONCURRENCY)
+
+
+async def strata_batched(addr: str, seconds: float) -> dict:
+    from strata_client._proto import strata_pb2 as pb
+    from strata_client._proto import strata_pb2_grpc as pbg
+
+    async with grpc.aio.insecure_channel(addr) as ch:
+        kv = pbg.KVStub(ch)
+
+        async def batch(w: int, i: int) -> None:
+            ops = [pb.Op(kind=pb.Op.PUT, key=b"b%09d-%03d" % (i, j), value=VALUE)
+                   for j in range(BATCH)]
+            await kv.Batch(pb.BatchRequest(ops=ops), timeout=10)
+
+        return await _run_load(batch, seconds, BATCH_INFLIGHT, BATCH)
+
+
+async def etcd_unary(addr: str, seconds: float) -> dict:
+    import etcd_pb2
+    import etcd_pb2_grpc
+
+    async with grpc.aio.insecure_channel(addr) as ch:
+        kv = etcd_pb2_grpc.KVStub(ch)
+
+        async def put(w: int, i: int) -> None:
+            await kv.Put(etcd_pb2.PutRequest(key=b"u%09d" % i, value=VALUE), timeout=10)
+
+        return await _run_load(put, seconds, CONCURRENCY)
+
+
+def sample_lag(cluster: StrataCluster, master: str, stop: threading.Event) -> list[float]:
+    out: list[float] = []
+    while not stop.is_set():
+        try:
+            st = cluster.status(master)
+            out += [p.lag_ms for p in st.peers if p.state != "failed"]
+        except grpc.RpcError:
+            pass
+        time.sleep(0.02)
+    return out
+
+
+# ---------------------------------------------------------------- failover
+
+
+def _first_ack(try_write, candidates: list[str], t0: float, timeout: float = 30.0) -> float:
+    while time.monotonic() - t0 < timeout:
+        for c in candidates:
+            if try_write(c):
+                return time.monotonic() - t0
+        time.sleep(0.005)
+    raise TimeoutError("no write acknowledged after the kill")
+
+
+def strata_failover(root: str, trials: int) -> list[float]:
+    from strata_client._proto import strata_pb2 as pb
+    from strata_client._proto import strata_pb2_grpc as pbg
+
+    c = StrataCluster(root, 3, "quorum")
+    c.start()
+    chans = {i: grpc.insecure_channel(a) for i, a in c.addr.items()}
+    out = []
+    try:
+        for t in range(trials):
+            m = c.master()
+            others = [i for i in c.ids if i != m]
+
+            def write(i: str, t: int = t) -> bool:
+                try:
+                    pbg.KVStub(chans[i]).Put(pb.PutRequest(key=b"fo", value=b"%d" % t),
+                                             timeout=0.2)
+                    return True
+                except grpc.RpcError:
+                    return False
+
+            t0 = time.monotonic()
+            c.kill(m)
+            out.append(_first_ack(write, others, t0))
+            c.start_node(m)
+            time.sleep(1.0)
+            c.status(m, 10)
+    finally:
+        for ch in chans.values():
+            ch.close()
+        c.stop()
+    return out
+
+
+def etcd_failover(root: str, stubs: str, trials: int) -> list[float]:
+    import etcd_pb2
+    import etcd_pb2_grpc
+
+    out = []
+    for t in range(trials):
+        c = EtcdCluster(os.path.join(root, f"etcd-fo-{t}"), stubs)
+        c.start()
+        chans = {i: grpc.insecure_channel(a) for i, a in c.client.items()}
+        try:
+            m = c.leader()
+
+            def write(i: str, t: int = t, chans: dict = chans) -> bool:
+                try:
+                    etcd_pb2_grpc.KVStub(chans[i]).Put(
+                        etcd_pb2.PutRequest(key=b"fo", value=b"%d" % t), timeout=0.2)
+                    return True
+                except grpc.RpcError:
+                    return False
+
+            while not write(m):
+                time.sleep(0.05)
+            t0 = time.monotonic()
+            c.kill(m)
+            out.append(_first_ack(write, [i for i in c.ids if i != m], t0))
+        finally:
+            for ch in chans.values():
+                ch.close()
+            c.stop()
+    return out
+
+
+def _redis(port: int, *args: str, timeout: float = 0.3) -> bytes:
+    """One RESP command; the raw reply."""
+    parts = [b"*%d\r\n" % len(args)] + [b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode())
+                                         for a in args]
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"".join(parts))
+        return s.recv(4096)
+
+
+def redis_failover(root: str, trials: int) -> list[float]:
+    """Redis + 2 replicas + 3 Sentinels (quorum 2, down-after 1000 ms, as Strata's and
+    etcd's 1 s election timeout): kill the master, time until a SET is accepted by the
+    master the Sentinels promoted."""
+    out = []
+    for t in range(trials):
+        d = os.path.join(root, f"redis-fo-{t}")
+        os.makedirs(d)
+        ports = [free_port() for _ in range(3)]
+        sports = [free_port() for _ in range(3)]
+        procs = []
+        try:
+            for k, p in enumerate(ports):
+                cmd = ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--dir", d,
+                       "--dbfilename", f"dump{k}.rdb", "--appendonly", "yes",
+                       "--appendfilename", f"ao{k}.aof", "--appendfsync", "always",
+                       "--save", "", "--logfile", ""]
+                if k:
+                    cmd += ["--replicaof", "127.0.0.1", str(ports[0])]
+                procs.append(spawn(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL))
+            for k, sp in enumerate(sports):
+                conf = os.path.join(d, f"sentinel{k}.conf")
+                with open(conf, "w") as f:
+                    f.write(f"port {sp}\nbind 127.0.0.1\ndir {d}\n"
+                            f"sentinel monitor m 127.0.0.1 {ports[0]} 2\n"
+                            f"sentinel down-after-milliseconds m 1000\n"
+                            f"sentinel failover-timeout m 5000\n")
+                procs.append(spawn(["redis-sentinel", conf], env=dict(os.environ),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            end = time.monotonic() + 30
+            while time.monotonic() < end:  # sentinels see both replicas
+                try:
+                    if all(b"2" in _redis(sp, "SENTINEL", "master", "m").split(b"num-slaves")[1][:20]
+                           for sp in sports):
+                        break
+                except (OSError, IndexError):
+                    pass
+                time.sleep(0.1)
+            time.sleep(1.0)
+
+            def write(p: int, t: int = t) -> bool:
+                try:
+                    return _redis(p, "SET", "fo", str(t)).startswith(b"+OK")
+                except OSError:
+                    return False
+
+            t0 = time.monotonic()
+            procs[0].kill()
+            procs[0].wait()
+            out.append(_first_ack(write, ports[1:], t0, timeout=60))
+        finally:
+            for p in procs:
+                stop_proc(p, grace=3)
+    return out
+
+
+# ---------------------------------------------------------------- run
+
+
+def run(args) -> dict:
+    root = tempfile.mkdtemp(prefix="strata-bench-repl-", dir=args.dir)
+    seconds = 2.0 if args.quick else args.seconds
+    trials = 3 if args.quick else args.trials
+    res: dict[str, Any] = {"machine": report.machine_info(root, ["grpcio", "strata"]),
+                           "seconds": seconds, "trials": trials, "throughput": {}, "lag_ms": {},
+                           "failover_s": {}, "skipped": {}}
+    stubs = os.path.join(root, "etcd-stubs")
+    try:
+        for n, mode in ((1, "none"), (3, "async"), (3, "quorum"), (3, "sync")):
+            name = "strata 1 node" if n == 1 else f"strata 3 nodes {mode}"
+            c = StrataCluster(root, n, mode)
+            c.start()
+            try:
+                m = c.master()
+                stop = threading.Event()
+                lag: list[float] = []
+                sampler = threading.Thread(
+                    target=lambda c=c, m=m, stop=stop, lag=lag: lag.extend(sample_lag(c, m, stop)))
+                if n > 1:
+                    sampler.start()
+                unary = asyncio.run(strata_unary(c.addr[m], seconds))
+                stop.set()
+                if n > 1:
+                    sampler.join()
+                    lag.sort()
+                    q = statistics.quantiles(lag, n=100) if len(lag) > 1 else [0.0] * 99
+                    res["lag_ms"][name] = {"p50": q[49], "p99": q[98], "samples": len(lag)}
+                batched = asyncio.run(strata_batched(c.addr[m], seconds))
+                res["throughput"][name] = {"unary": unary, "batched": batched}
+                print(f"{name}: unary {unary['ops_per_s']:.0f}/s, batched "
+                      f"{batched['ops_per_s']:.0f}/s", file=sys.stderr)
+            finally:
+                c.stop()
+        if shutil.which("etcd"):
+            compile_etcd_stubs(stubs)
+            e = EtcdCluster(os.path.join(root, "etcd-load"), stubs)
+            e.start()
+            try:
+                leader = e.leader()
+                res["throughput"]["etcd 3 nodes"] = {
+                    "unary": asyncio.run(etcd_unary(e.client[leader], seconds))}
+            finally:
+                e.stop()
+            res["failover_s"]["etcd 3 nodes"] = etcd_failover(root, stubs, trials)
+        else:
+            res["skipped"]["etcd"] = "etcd not on PATH (Debian: apt-get install etcd-server)"
+        res["failover_s"]["strata 3 nodes quorum"] = strata_failover(root, trials)
+        if shutil.which("redis-sentinel") and shutil.which("redis-server"):
+            res["failover_s"]["redis + sentinel"] = redis_failover(root, trials)
+        else:
+            res["skipped"]["redis"] = "redis-server / redis-sentinel not on PATH"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return res
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def render_text(res: dict) -> str:
+    tp = res["throughput"]
+    one = tp.get("strata 1 node", {})
+    etcd = tp.get("etcd 3 nodes", {}).get("unary", {}).get("ops_per_s")
+    rows = []
+    for name, r in tp.items():
+        u, b = r["unary"], r.get("batched")
+        rows.append([name, f"{u['ops_per_s']:,.0f}", f"{u['p50_ms']:.2f}", f"{u['p99_ms']:.2f}",
+                     _ratio(u["ops_per_s"], one.get("unary", {}).get("ops_per_s")),
+                     _ratio(u["ops_per_s"], etcd),
+                     f"{b['ops_per_s']:,.0f}" if b else "-",
+                     f"{b['p99_ms']:.1f}" if b else "-",
+                     _ratio(b["ops_per_s"], one.get("batched", {}).get("ops_per_s")) if b else "-",
+                     _ratio(b["ops_per_s"], etcd) if b else "-"])
+    out = ["Durable puts (100-byte values)",
+           report.text_table(["system", "unary/s", "p50 ms", "p99 ms", "vs 1 node", "vs etcd",
+                              "batched puts/s", "batch p99 ms", "vs 1 node", "vs etcd unary"],
+                             rows)]
+    out.append("\nReplication lag under the unary load (master's view, per replica)")
+    out.append(report.text_table(["cluster", "p50 ms", "p99 ms", "samples"],
+                                 [[k, f"{v['p50']:.2f}", f"{v['p99']:.2f}", str(v["samples"])]
+                                  for k, v in res["lag_ms"].items()]))
+    out.append(f"\nFailover: SIGKILL of the master -> first acknowledged write "
+               f"({res['trials']} trials)")
+    fo = res["failover_s"]
+    etcd_med = statistics.median(fo["etcd 3 nodes"]) if fo.get("etcd 3 nodes") else None
+    out.append(report.text_table(
+        ["system", "median s", "max s", "vs etcd median", "trials"],
+        [[k, f"{statistics.median(v):.2f}", f"{max(v):.2f}",
+          _ratio(statistics.median(v), etcd_med), " ".join(f"{x:.2f}" for x in v)]
+         for k, v in fo.items() if v]))
+    for k, why in res["skipped"].items():
+        out.append(f"skipped {k}: {why}")
+    return "\n".join(out)
+
+
+def render_markdown(res: dict, has_chart: bool) -> str:
+    m = res["machine"]
+    text = render_text(res)
+    lines = ["# Replication benchmark", "",
+             "`python -m bench replication` (bench/replication.py), one run; every server and the "
+             "load generator share this machine's cores, so three nodes on one machine pay "
+             "three times the CPU of one.", "",
+             f"Machine: {m.get('cpu_model', '?')}, {m.get('cpus_usable', '?')} usable cores, "
+             f"{m.get('python', '?')}, {m.get('date', '?')}; {res['seconds']:.0f} s per load, "
+             f"{CONCURRENCY} concurrent unary callers, batches of {BATCH} with "
+             f"{BATCH_INFLIGHT} in flight.", ""]
+    if has_chart:
+        lines += ["![failover](replication.png)", ""]
+    lines += ["```", text, "```", ""]
+    return "\n".join(lines)
+
+
+def draw_chart(res: dict, path: Path) -> None:
+    fo = {k: v for k, v in res["failover_s"].items() if v}
+    report.bar_chart(path, list(fo), {"median s": [statistics.median(v) for v in fo.values()],
+                                      "max s": [max(v) for v in fo.values()]},
+                     title="Failover: SIGKILL of the master -> first acknowledged write",
+                     ylabel="seconds", log=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench replication", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 s loads, 3 failover trials")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--docs", default=None, help="write the page into this directory")
+    ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each load")
+    ap.add_argument("--trials", type=int, default=10, help="failover trials per system")
+    ap.add_argument("--dir", default=None, help="where the data directories go (default: /tmp)")
+    args = ap.parse_args(argv)
+    res = run(args)
+    report.publish(res, args, "replication", lambda r: r, render_text,
+                   lambda r, d: report.write_page(d, "replication", r, draw_chart,
+                                                  render_markdown, r), True)
+    return 0
