@@ -268,7 +268,7 @@ class Cluster:
     def _on_commit(self, frames: list[bytes]) -> None:
         """Commit listener: on the committing thread, under the engine's mutex."""
         loop = self._loop
-        if loop is not None:
+        if loop is not None and self.links:  # a master's: replicas have no links
             loop.call_soon_threadsafe(self._deliver, frames)
 
     def _deliver(self, frames: list[bytes]) -> None:

@@ -70,6 +70,10 @@ class PeerLink:
         self.truncations = 0
         self._queue: deque = deque()  # (first LSN, last LSN, frame bytes) from the listener
         self._queued = 0
+        # The frames at next_lsn must come from the WAL: catching up at the start of a
+        # session, after the queue overflowed, or when it starts past next_lsn. Otherwise
+        # they are on their way from the commit listener: wait for them, no file reads.
+        self._from_wal = True
         self._inflight = 0
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
@@ -85,6 +89,7 @@ class PeerLink:
         if self._queued + size > MAX_QUEUE:
             self._queue.clear()  # too far behind: the sender reads the WAL instead
             self._queued = 0
+            self._from_wal = True
         else:
             self._queue.extend(frames)
             self._queued += size
@@ -132,6 +137,7 @@ class PeerLink:
                 self.next_lsn = 0
                 self._queue.clear()
                 self._queued = 0
+                self._from_wal = True
             if attempt:
                 await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** min(attempt, 10))))
 
@@ -215,7 +221,10 @@ class PeerLink:
         while True:
             self._wake.clear()
             data, nxt = self._take_queued()
-            if not data and engine.last_lsn >= self.next_lsn:
+            q = self._queue
+            if q and q[0][0] > self.next_lsn:
+                self._from_wal = True  # a gap before what the listener queued
+            if not data and self._from_wal and engine.last_lsn >= self.next_lsn:
                 try:
                     data, nxt = await loop.run_in_executor(
                         None, read_wal, engine, self.next_lsn, engine.last_lsn, MAX_APPEND)
@@ -223,6 +232,8 @@ class PeerLink:
                     log.warning("replica %s needs LSN %d, no longer retained: it resyncs",
                                 self.peer, self.next_lsn)
                     return  # the next handshake finds it behind the log
+                if (q and q[0][0] <= nxt) or nxt > engine.last_lsn:
+                    self._from_wal = False  # caught up with the listener's queue
             if not data and not self._heartbeat_due:
                 await self._wake.wait()
                 continue

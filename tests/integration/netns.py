@@ -77,3 +77,20 @@ class Network:
         for link in self._links:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+class PortBlock:
+    """Drop TCP packets to some loopback ports in this namespace (nftables): the
+    processes listening there stop receiving, while their kernel's socket buffers
+    cannot carry anything sent meanwhile (as SIGSTOP would let them)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.table = f"strata_block_{uuid.uuid4().hex[:6]}"
+        ports_s = ", ".join(str(p) for p in ports)
+        _run("nft", "-f", "-", input=(
+            f"table inet {self.table} {{\n"
+            f"  chain output {{ type filter hook output priority 0; "
+            f"tcp dport {{ {ports_s} }} drop; }}\n}}\n"))
+
+    def close(self) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)
