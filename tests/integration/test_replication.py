@@ -125,6 +125,14 @@ def test_writes_on_the_master_reach_replicas_and_reads_are_redirected(cluster_fa
             assert rc.get(b"k000", stale_ok=True) is None
             assert dict(rc.scan(b"batch-", b"batch.", stale_ok=True)) == \
                 {b"batch-%d" % i: b"x" for i in range(50)}
+            # ... its subscribers see the replicated writes as events, in LSN order
+            keys = []
+            for ev in rc.subscribe(from_lsn=1, timeout=10):
+                keys.append(ev.key)
+                if ev.key == b"k000" and ev.deleted:
+                    break
+            assert keys[:200] == [b"k%03d" % i for i in range(200)]
+            assert keys[200:250] == [b"batch-%d" % i for i in range(50)]
         # ... and redirects a linearizable read or a write to the master
         with grpc.insecure_channel(c.nodes[r].grpc) as ch:
             kv = pbg.KVStub(ch)
