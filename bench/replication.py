@@ -185,45 +185,33 @@ async def _run_load(call, seconds: float, concurrency: int, ops_per_call: int = 
             "p99_ms": q[98] * 1000, "errors": errors, "calls": len(lat)}
 
 
-async def strata_unary(addr: str, seconds: float) -> dict:
-    from strata_client._proto import strata_pb2 as pb
-    from strata_client._proto import strata_pb2_grpc as pbg
-
+async def load(addr: str, workload: str, seconds: float) -> dict:
+    """One load on one channel: "strata-put" and "etcd-put" (unary, CONCURRENCY callers),
+    "strata-batch" (BATCH puts a Batch call, BATCH_INFLIGHT in flight)."""
     async with grpc.aio.insecure_channel(addr) as ch:
-        kv = pbg.KVStub(ch)
+        if workload == "etcd-put":
+            import etcd_pb2
+            import etcd_pb2_grpc
 
-        async def put(w: int, i: int) -> None:
-            await kv.Put(pb.PutRequest(key=b"u%09d" % i, value=VALUE), timeout=10)
+            put, req = etcd_pb2_grpc.KVStub(ch).Put, etcd_pb2.PutRequest
+        else:
+            from strata_client._proto import strata_pb2 as pb
+            from strata_client._proto import strata_pb2_grpc as pbg
 
-        return await _run_load(put, seconds, CONCURRENCY)
+            kv = pbg.KVStub(ch)
+            put, req = kv.Put, pb.PutRequest
+        if workload == "strata-batch":
+            async def call(w: int, i: int) -> None:
+                ops = [pb.Op(kind=pb.Op.PUT, key=b"b%09d-%03d" % (i, j), value=VALUE)
+                       for j in range(BATCH)]
+                await kv.Batch(pb.BatchRequest(ops=ops), timeout=10)
 
+            return await _run_load(call, seconds, BATCH_INFLIGHT, BATCH)
 
-async def strata_batched(addr: str, seconds: float) -> dict:
-    from strata_client._proto import strata_pb2 as pb
-    from strata_client._proto import strata_pb2_grpc as pbg
+        async def call(w: int, i: int) -> None:
+            await put(req(key=b"u%09d" % i, value=VALUE), timeout=10)
 
-    async with grpc.aio.insecure_channel(addr) as ch:
-        kv = pbg.KVStub(ch)
-
-        async def batch(w: int, i: int) -> None:
-            ops = [pb.Op(kind=pb.Op.PUT, key=b"b%09d-%03d" % (i, j), value=VALUE)
-                   for j in range(BATCH)]
-            await kv.Batch(pb.BatchRequest(ops=ops), timeout=10)
-
-        return await _run_load(batch, seconds, BATCH_INFLIGHT, BATCH)
-
-
-async def etcd_unary(addr: str, seconds: float) -> dict:
-    import etcd_pb2
-    import etcd_pb2_grpc
-
-    async with grpc.aio.insecure_channel(addr) as ch:
-        kv = etcd_pb2_grpc.KVStub(ch)
-
-        async def put(w: int, i: int) -> None:
-            await kv.Put(etcd_pb2.PutRequest(key=b"u%09d" % i, value=VALUE), timeout=10)
-
-        return await _run_load(put, seconds, CONCURRENCY)
+        return await _run_load(call, seconds, CONCURRENCY)
 
 
 def sample_lag(cluster: StrataCluster, master: str, stop: threading.Event) -> list[float]:
@@ -406,14 +394,14 @@ def run(args) -> dict:
                     target=lambda c=c, m=m, stop=stop, lag=lag: lag.extend(sample_lag(c, m, stop)))
                 if n > 1:
                     sampler.start()
-                unary = asyncio.run(strata_unary(c.addr[m], seconds))
+                unary = asyncio.run(load(c.addr[m], "strata-put", seconds))
                 stop.set()
                 if n > 1:
                     sampler.join()
                     lag.sort()
                     q = statistics.quantiles(lag, n=100) if len(lag) > 1 else [0.0] * 99
                     res["lag_ms"][name] = {"p50": q[49], "p99": q[98], "samples": len(lag)}
-                batched = asyncio.run(strata_batched(c.addr[m], seconds))
+                batched = asyncio.run(load(c.addr[m], "strata-batch", seconds))
                 res["throughput"][name] = {"unary": unary, "batched": batched}
                 print(f"{name}: unary {unary['ops_per_s']:.0f}/s, batched "
                       f"{batched['ops_per_s']:.0f}/s", file=sys.stderr)
@@ -426,7 +414,7 @@ def run(args) -> dict:
             try:
                 leader = e.leader()
                 res["throughput"]["etcd 3 nodes"] = {
-                    "unary": asyncio.run(etcd_unary(e.client[leader], seconds))}
+                    "unary": asyncio.run(load(e.client[leader], "etcd-put", seconds))}
             finally:
                 e.stop()
             res["failover_s"]["etcd 3 nodes"] = etcd_failover(root, stubs, trials)

@@ -25,14 +25,13 @@ FAST = {"STRATA_HEARTBEAT_MS": "50", "STRATA_ELECTION_TIMEOUT_MS": "500"}
 
 
 class Cluster:
-    def __init__(self, root, mode="quorum", env=None, ids=("a", "b", "c")) -> None:
-        self.nodes: dict[str, Daemon] = {}
-        for i in ids:
-            d = Daemon(str(root / f"node-{i}"), dict(FAST, **(env or {})))
-            self.nodes[i] = d
+    def __init__(self, root, mode="quorum", env=None, ids=("a", "b", "c"),
+                 nodes: dict[str, Daemon] | None = None, args: tuple = ()) -> None:
+        self.nodes: dict[str, Daemon] = nodes or {
+            i: Daemon(str(root / f"node-{i}"), dict(FAST, **(env or {}))) for i in ids}
         for i, d in self.nodes.items():
             peers = ",".join(f"{j}={o.grpc}" for j, o in self.nodes.items() if j != i)
-            d.args = ["--node", i, "--peers", peers, "--replication", mode]
+            d.args = ["--node", i, "--peers", peers, "--replication", mode, *args]
 
     def start(self) -> Cluster:
         for d in self.nodes.values():

@@ -129,13 +129,9 @@ def network():
 
 
 def test_history_through_a_partition_of_the_master_is_linearizable(tmp_path, network):
-    c = Cluster.__new__(Cluster)
-    c.nodes = {i: Daemon(str(tmp_path / f"node-{i}"), dict(FAST), netns=network.ns[i],
-                         host=network.ip[i]) for i in ("a", "b", "c")}
-    for i, d in c.nodes.items():
-        peers = ",".join(f"{j}={o.grpc}" for j, o in c.nodes.items() if j != i)
-        d.args = ["--node", i, "--peers", peers, "--replication", "quorum",
-                  "--ws-listen", "", "--metrics-listen", ""]
+    nodes = {i: Daemon(str(tmp_path / f"node-{i}"), dict(FAST), netns=network.ns[i],
+                       host=network.ip[i]) for i in ("a", "b", "c")}
+    c = Cluster(tmp_path, nodes=nodes, args=("--ws-listen", "", "--metrics-listen", ""))
     c.start()
     try:
         rec = Recorder([d.grpc for d in c.nodes.values()])
