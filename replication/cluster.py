@@ -111,7 +111,8 @@ class Cluster:
         self._follow_gen = 0
         self._follow_tasks: set[asyncio.Task] = set()  # replica side: open Follow handlers
         self._apply_lock = asyncio.Lock()
-        self._resetting = False
+        self._resetting = False  # the engine is being reopened (a cut or an install)
+        self._resyncing = False  # a checkpoint is being fetched (one at a time)
         self.served = checkpoints.Served(data_dir)
         self.stats = {"elections_won": 0, "step_downs": 0, "resyncs": 0, "truncations": 0,
                       "frames_applied": 0}
@@ -379,8 +380,8 @@ class Cluster:
     async def follow(self, requests) -> object:
         """The replica's half of a Follow stream (an async generator of FromReplica)."""
         eng = self.engine()
-        if eng is None or self._resetting:
-            raise NoMaster("this replica is resetting its log; retry")
+        if eng is None or self._resetting or self._resyncing:
+            raise NoMaster("this replica is resetting its log or fetching a checkpoint; retry")
         self._follow_gen += 1
         gen = self._follow_gen
         task = asyncio.current_task()
@@ -406,13 +407,17 @@ class Cluster:
                 if not self._hear(s.term, s.master, s.address, 0.0):
                     yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=False))
                     return
-                if s.resync:
+                # Claimed here, before the stream ends and the master reconnects, so
+                # that its next stream is refused until the reset is done.
+                if s.resync and not (self._resyncing or self._resetting):
                     log.warning("master %s: %s; fetching a checkpoint", s.master, s.reason)
+                    self._resyncing = True
                     self._spawn(self._resync(s.master))
-                    return
-                if s.truncate:
+                elif s.truncate and not (self._resyncing or self._resetting):
                     log.warning("master %s: %s", s.master, s.reason)
+                    self._resetting = True
                     self._spawn(self._reset(truncate_after=s.truncate_after))
+                if s.resync or s.truncate:
                     return
                 continue
             a = msg.append
@@ -438,9 +443,7 @@ class Cluster:
                                             durable_lsn=eng.last_lsn, sent=a.sent))
 
     async def _reset(self, truncate_after: int | None = None, install: bool = False) -> None:
-        if self._resetting:
-            return
-        self._resetting = True
+        """REQUIRES: self._resetting set by the caller (which claimed the reset)."""
         try:
             self._follow_gen += 1
             async with self._apply_lock:
@@ -453,14 +456,18 @@ class Cluster:
             self._resetting = False
 
     async def _resync(self, master: str) -> None:
-        if self._resetting:
-            return
+        """REQUIRES: self._resyncing set by the caller. Follow streams are refused
+        meanwhile, so the master backs off instead of ordering another fetch."""
+        self._follow_gen += 1
         self.stats["resyncs"] += 1
         try:
             await checkpoints.fetch(self.stub(master), self.node_id, self.data_dir, self.metadata)
         except Exception as e:
             log.error("fetching a checkpoint from %s failed: %s", master, e)
             return
+        finally:
+            self._resyncing = False
+        self._resetting = True
         await self._reset(install=True)
 
     def vote(self, req) -> pb.VoteReply:
