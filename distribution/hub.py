@@ -25,11 +25,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
 from strata.storage import record
 from strata.storage.errors import Compacted
+
+from .consumer import Shared
+from .cursors import is_reserved
 
 
 class Event(NamedTuple):
@@ -77,7 +81,7 @@ class Subscription:
     def wants(self, ev: Event) -> bool:
         return (self.topics is None or ev.topic in self.topics) and ev.key.startswith(self.key_prefix)
 
-    def offer(self, ev: Event) -> None:
+    def offer(self, ev: Event, shared=None) -> None:
         if self.lapped is not None:
             return
         if len(self.queue) >= self.maxlen:
@@ -98,6 +102,9 @@ class Subscription:
             return
         self.lapped = Lapped(next_lsn, reason)
         self._ready.set()
+
+    def flush(self) -> None:
+        pass
 
     async def get(self) -> Event:
         while not self.queue:
@@ -144,19 +151,29 @@ class Hub:
         self._scheduled = False
         pending = self._pending
         subs = list(self.subs)
+        ts = int(time.time() * 1000)
         while pending:
             lsn, _, ftype, payload = record.parse_frame(pending.popleft())
             events = frame_events(lsn, ftype, payload)
             for ev in events:
+                if ev.topic == KV_TOPIC and is_reserved(ev.key):
+                    continue  # consumer cursors: internal
                 self.published += 1
+                shared = Shared(ev, ts)  # each encoding made once, for every subscriber
                 for s in subs:
                     if s.wants(ev):
-                        s.offer(ev)
+                        s.offer(ev, shared)
             self.next_lsn = (events[-1].lsn if events else lsn) + 1
+        for s in subs:
+            s.flush()
         if self._overflow_lsn:
             for s in subs:
                 s.cut_off(self._overflow_lsn, "the server fell behind fanning out events")
             self._overflow_lsn = 0
+
+    def add(self, sub) -> None:
+        """Attach a subscriber of another kind (distribution/consumer.Consumer)."""
+        self.subs.add(sub)
 
     def subscribe(self, topics: frozenset[str] | None, key_prefix: bytes, maxlen: int) -> Subscription:
         s = Subscription(topics, key_prefix, maxlen)
@@ -181,7 +198,7 @@ class Hub:
             s.cut_off(nxt, reason)
 
 
-async def _history(engine, from_lsn: int, upto: int, batch: int = 2000) -> AsyncIterator[Event]:
+async def history(engine, from_lsn: int, upto: int, batch: int = 2000) -> AsyncIterator[Event]:
     """Events with from_lsn <= lsn <= upto read from the retained WAL (off the loop)."""
     loop = asyncio.get_running_loop()
     frames = engine.read_log(from_lsn)
@@ -200,7 +217,7 @@ async def _history(engine, from_lsn: int, upto: int, batch: int = 2000) -> Async
             for ev in frame_events(fr.lsn, fr.type, fr.payload):
                 if ev.lsn > upto:
                     return
-                if ev.lsn >= from_lsn:
+                if ev.lsn >= from_lsn and not (ev.topic == KV_TOPIC and is_reserved(ev.key)):
                     yield ev
 
 
@@ -219,7 +236,7 @@ async def stream(hub: Hub, engine, topics: frozenset[str] | None, key_prefix: by
         # does not overflow while history is read.
         while engine.last_lsn - pos > maxlen // 2:
             upto = engine.last_lsn
-            async for ev in _history(engine, pos, upto):
+            async for ev in history(engine, pos, upto):
                 if (topics is None or ev.topic in topics) and ev.key.startswith(key_prefix):
                     yield ev
             pos = upto + 1
@@ -227,7 +244,7 @@ async def stream(hub: Hub, engine, topics: frozenset[str] | None, key_prefix: by
     try:
         boundary = engine.last_lsn
         if from_lsn and pos <= boundary:
-            async for ev in _history(engine, pos, boundary):
+            async for ev in history(engine, pos, boundary):
                 if sub.wants(ev):
                     yield ev
                 if sub.lapped is not None:  # cut off (shutdown) while replaying history

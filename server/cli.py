@@ -21,7 +21,7 @@ from strata.storage.options import DURABILITY_MODES
 from . import config as config_mod
 
 FLAG_OPTIONS = ("data_dir", "grpc_listen", "ws_listen", "metrics_listen", "durability", "log_level",
-                "node", "auth_token", "peers", "replication", "advertise")
+                "node", "auth_token", "peers", "replication", "advertise", "rings")
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:

@@ -69,6 +69,17 @@ class Config:
     default_deadline_s: float = _opt(30.0, "deadline applied to calls that bring none", True)
     drain_timeout_s: float = _opt(10.0, "on SIGTERM, how long in-flight calls may take to finish",
                                   True)
+    subscriber_memory: int = _opt(
+        256 << 20, "bytes of events all subscribers together may hold queued; a subscriber "
+        "that needs more is cut off with its resume LSN", True)
+    subscriber_buffer: int = _opt(
+        1 << 20, "bytes a WebSocket subscriber's connection may buffer before events queue "
+        "(and its memory counts against subscriber_memory)")
+    max_ws_connections: int = _opt(1024, "WebSocket connections open at once; more get 503",
+                                   True)
+    rings: str = _opt("", "shared-memory event rings for readers on this host: "
+                      "name[:size[:topic,topic]] entries separated by ';', e.g. "
+                      "\"events:64MiB;orders:8MiB:orders\" (docs/protocol.md, \"Event ring\")")
     subscriber_queue: int = _opt(10_000, "events buffered per subscriber before it is cut off",
                                  True)
     auth_token: str = _opt(
@@ -177,7 +188,15 @@ def validate(cfg: Config) -> None:
         engine_options(cfg)
     except InvalidArgument as e:
         raise ConfigError(f"[engine]: {e}") from None
-    for name in ("max_batch_ops", "max_concurrent_calls", "max_streams", "subscriber_queue"):
+    if cfg.rings:
+        from strata.distribution.ring import parse_rings
+
+        try:
+            parse_rings(cfg.rings)
+        except ValueError as e:
+            raise ConfigError(f"rings: {e}") from None
+    for name in ("max_batch_ops", "max_concurrent_calls", "max_streams", "subscriber_queue",
+                 "subscriber_memory", "subscriber_buffer", "max_ws_connections"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     if cfg.rate_limit < 0 or cfg.rate_burst < 0:

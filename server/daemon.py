@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from strata.distribution.hub import Hub
+from strata.distribution.ring import Rings
 from strata.replication import checkpoints
 from strata.replication.cluster import Cluster, ClusterConfig, ReplicationService, parse_peers
 from strata.storage import Engine, StorageError
@@ -62,6 +63,8 @@ class Daemon:
         self._health_task: asyncio.Task | None = None
         self.cluster = None
         self._hub: Hub | None = None
+        self.rings: Rings | None = None
+        self._cursor_task: asyncio.Task | None = None
 
     async def _set_health(self, status) -> None:
         for name in ["", *SERVICES]:
@@ -116,6 +119,9 @@ class Daemon:
         self.engine = await loop.run_in_executor(None, self._open_engine)
         self._hub = Hub(loop)
         self.gate.hub = self._hub
+        if cfg.rings:
+            self.rings = Rings(cfg.rings)
+        self._cursor_task = asyncio.ensure_future(self.gate.cursors.run())
         if self.cluster is not None:
             self.gate.cluster = self.cluster
             self.metrics.attach_cluster(self.cluster)
@@ -141,6 +147,8 @@ class Daemon:
         if self.cluster is not None:
             self.cluster.attach(engine)
         engine.add_commit_listener(self._hub.on_commit)
+        if self.rings is not None:
+            engine.add_commit_listener(self.rings.on_commit)
         self.metrics.attach_engine(engine)
         self.gate.engine = engine
 
@@ -257,6 +265,14 @@ class Daemon:
             await self.server.stop(max(0.1, deadline - time.monotonic()))
         if self.ws is not None:
             await self.ws.wait_closed()
+        if self._cursor_task is not None:
+            self._cursor_task.cancel()
+            try:
+                await self.gate.cursors.flush()
+            except Exception as e:
+                log.warning("consumer cursors not saved: %s", e)
+        if self.rings is not None:
+            self.rings.close()
         self.metrics.close()
         clean = True
         if self.engine is not None:

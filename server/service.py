@@ -21,6 +21,8 @@ from typing import Any
 
 import grpc
 
+from strata.distribution.consumer import Budget
+from strata.distribution.cursors import CursorStore
 from strata.distribution.hub import Hub, Lapped
 from strata.distribution.hub import stream as hub_stream
 from strata.storage import Engine
@@ -159,12 +161,16 @@ class Gate:
         self.streams = Bulkhead(cfg.max_streams)
         self.ids = RequestIds()
         self.started = time.monotonic()
+        # Subscribers of the WebSocket tiers and Events.Consume (distribution/)
+        self.subscriber_budget = Budget(cfg.subscriber_memory)
+        self.cursors = CursorStore(lambda: self.engine)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
         self.rate.configure(cfg.rate_limit, cfg.rate_burst)
         self.calls.limit = cfg.max_concurrent_calls
         self.streams.limit = cfg.max_streams
+        self.subscriber_budget.ceiling = cfg.subscriber_memory
 
     def _client(self, context) -> str:
         peer = context.peer() or ""

@@ -1,37 +1,66 @@
-"""WebSocket subscriptions (realtime tier) on ws_listen.
+"""The WebSocket tiers on ws_listen: `ws://HOST:PORT/v1/events` (docs/protocol.md).
 
-    GET /v1/subscribe?topics=a,b&prefix=<hex>&from_lsn=<n>
-    Authorization: Bearer <token>          (when auth_token is set; or ?token=)
+Sub-protocols `strata.v1.json` (bytes as base64; the default when the client
+offers none) and `strata.v1.msgpack`. The client sends `subscribe`, `ack`,
+`credit` and `unsubscribe` messages; the server sends `subscribed`, `event`
+(realtime, historical), `batch` (delayed), `unsubscribed` and `error`. One
+subscription per connection at a time.
 
-Each event is one text message:
-    {"lsn": 7, "topic": "kv", "key": "<base64>", "value": "<base64>", "deleted": false}
-The same stream as gRPC Events.Subscribe: history from `from_lsn` (if
-given) then live, in LSN order, each event once. The server closes with
-  4001 "compacted; earliest_lsn=N"   from_lsn is no longer retained
-  4002 "lapped; resume_lsn=N"         the client fell subscriber_queue events behind
-  4003 "<reason>"                     a malformed request
-  1001 "shutting down; resume_lsn=N"  the server is draining
-The socket is read-only for the client; messages it sends are ignored. A
-frame over 64 KiB from the client closes the connection (1009).
+Close codes: 1001 shutting down (resume_lsn in the error message), 1002 a
+malformed message, 1009 a message over 64 KiB, 1013 too many connections or
+subscriptions, 4001 from_lsn no longer retained, 4002 cut off (fell behind;
+resume_lsn), 4003 a well-formed but invalid request, 4004 superseded by a newer
+subscription of the same consumer, 4005 a named consumer on a replica.
+Every close is preceded by an `error` message saying the same.
+
+`/v1/subscribe`, the earlier realtime-only URL, is gone: it answers 404 with a
+pointer here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 import hmac
 import json
 import logging
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
+import msgpack
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
-from strata.distribution.hub import Lapped, stream
-from strata.storage.errors import Compacted
+from strata.distribution import session
+from strata.distribution.consumer import (
+    JSON,
+    MSGPACK,
+    TIERS,
+    Consumer,
+    encode_message,
+    frame_message,
+)
+from strata.distribution.cursors import MAX_NAME
 
 from .config import Config
 
 log = logging.getLogger("strata.ws")
+
+SUBPROTOCOLS = {"strata.v1.json": JSON, "strata.v1.msgpack": MSGPACK}
+CLOSE = {"shutting_down": 1001, "protocol_error": 1002, "too_many": 1013, "compacted": 4001,
+         "lapped": 4002, "bad_request": 4003, "superseded": 4004, "not_master": 4005}
+MAX_TOPICS = 64
+MAX_CREDITS = 1 << 20
+
+
+class ProtocolError(ValueError):
+    """Not a message of this protocol: the connection is closed with 1002."""
+
+
+class BadRequest(ValueError):
+    """A well-formed message asking for something invalid: closed with 4003."""
 
 
 def _authorised(cfg: Config, request) -> bool:
@@ -46,57 +75,258 @@ def _authorised(cfg: Config, request) -> bool:
     return False
 
 
+def decode_message(fmt: str, data) -> dict:
+    try:
+        if fmt == JSON:
+            msg = json.loads(data)
+        else:
+            if isinstance(data, str):
+                raise ProtocolError("strata.v1.msgpack takes binary messages")
+            msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+            UnicodeDecodeError) as e:
+        raise ProtocolError(f"not a {fmt} message: {e}"[:200]) from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+        raise ProtocolError('a message is an object with a string "op"')
+    return msg
+
+
+def _int(msg: dict, name: str, low: int, high: int, default=None):
+    v = msg.get(name, default)
+    if v is None:
+        return default
+    if type(v) is not int or not low <= v <= high:
+        raise BadRequest(f"{name} must be an integer {low} .. {high}")
+    return v
+
+
+def parse_subscribe(fmt: str, msg: dict) -> dict:
+    tier = msg.get("tier", "realtime")
+    if tier not in TIERS:
+        raise BadRequest(f"tier must be one of {', '.join(TIERS)}")
+    topics = msg.get("topics")
+    if topics is not None:
+        if not isinstance(topics, list) or len(topics) > MAX_TOPICS or \
+                not all(isinstance(t, str) and t for t in topics):
+            raise BadRequest(f"topics must be a list of at most {MAX_TOPICS} non-empty strings")
+        topics = frozenset(topics) or None
+    prefix = msg.get("prefix") or b""
+    if isinstance(prefix, str):
+        try:
+            prefix = base64.b64decode(prefix, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("prefix must be base64") from None
+    elif not isinstance(prefix, bytes):
+        raise BadRequest("prefix must be base64 text (or bytes in msgpack)")
+    name = msg.get("consumer") or ""
+    if not isinstance(name, str) or len(name.encode()) > MAX_NAME:
+        raise BadRequest(f"consumer must be a name of 1 .. {MAX_NAME} bytes")
+    ack = msg.get("ack", "auto")
+    if ack not in ("auto", "manual"):
+        raise BadRequest('ack must be "auto" or "manual"')
+    return {"tier": tier, "topics": topics, "prefix": prefix, "consumer": name, "ack": ack,
+            "from_lsn": _int(msg, "from_lsn", 0, 1 << 63, 0),
+            "credits": _int(msg, "credits", 0, MAX_CREDITS),
+            "window_ms": _int(msg, "window_ms", 1, 60_000, 100)}
+
+
+class _Transport:
+    """session's view of a websockets connection: writes pre-framed messages."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+
+    def write(self, data: bytes) -> None:
+        ws = self.ws
+        # Whole frames only, and only while open: the protocol object writes
+        # pings and the close frame between them, never inside one.
+        if ws.protocol.state is State.OPEN:
+            ws.transport.write(data)
+
+    def paused(self) -> bool:
+        return self.ws.paused
+
+    async def drain(self) -> None:
+        if self.ws.protocol.state is State.OPEN:
+            await self.ws.drain()
+        else:
+            await asyncio.sleep(0.01)
+
+
+class Connection:
+    def __init__(self, ws: ServerConnection, gate, fmt: str) -> None:
+        self.ws = ws
+        self.gate = gate
+        self.fmt = fmt
+        self.io = _Transport(ws)
+        self.consumer: Consumer | None = None
+        self.task: asyncio.Task | None = None
+
+    def send(self, msg: dict) -> None:
+        self.io.write(frame_message(self.fmt, encode_message(self.fmt, msg)))
+
+    async def fail(self, code: str, message: str, resume_lsn: int | None = None) -> None:
+        msg = {"op": "error", "code": code, "message": message}
+        if resume_lsn is not None:
+            msg["resume_lsn"] = resume_lsn
+        self.send(msg)
+        reason = f"{code}; resume_lsn={resume_lsn}" if resume_lsn is not None else \
+            f"{code}: {message}"
+        await self.ws.close(CLOSE[code], reason[:120])
+
+    async def run(self) -> None:
+        try:
+            async for data in self.ws:
+                try:
+                    msg = decode_message(self.fmt, data)
+                    await self.handle(msg)
+                except ProtocolError as e:
+                    await self.fail("protocol_error", str(e))
+                    return
+                except BadRequest as e:
+                    await self.fail("bad_request", str(e))
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            await self.stop()
+
+    async def handle(self, msg: dict) -> None:
+        op = msg["op"]
+        c = self.consumer
+        if op == "subscribe":
+            if c is not None:
+                raise BadRequest("one subscription per connection: unsubscribe first")
+            await self.subscribe(parse_subscribe(self.fmt, msg))
+        elif op == "ack":
+            lsn = _int(msg, "lsn", 0, 1 << 63)
+            if lsn is None:
+                raise BadRequest("ack needs lsn")
+            if c is not None:
+                c.ack(lsn)
+        elif op == "credit":
+            n = _int(msg, "n", 1, MAX_CREDITS)
+            if n is None:
+                raise BadRequest("credit needs n")
+            if c is not None:
+                c.grant(n)
+        elif op == "unsubscribe":
+            if c is not None:
+                last = c.next_lsn - 1
+                await self.stop()
+                self.send({"op": "unsubscribed", "lsn": last})
+        else:
+            raise ProtocolError(f"unknown op {op!r}")
+
+    async def subscribe(self, req: dict) -> None:
+        gate = self.gate
+        engine = gate.engine
+        if engine is None or gate.draining:
+            await self.fail("shutting_down", "the server is starting or draining")
+            return
+        name = req["consumer"]
+        if name:
+            try:
+                gate.check_write()  # the cursor is written on the master
+            except Exception as e:
+                await self.fail("not_master", f"named consumers keep their cursor on the "
+                                f"master: {e}")
+                return
+        if not gate.streams.try_enter():
+            await self.fail("too_many", "too many subscriptions")
+            return
+        c = Consumer(fmt=self.fmt, tier=req["tier"], topics=req["topics"], prefix=req["prefix"],
+                     ack=req["ack"], credits=req["credits"], window_ms=req["window_ms"], name=name,
+                     max_queue=gate.cfg.subscriber_queue, budget=gate.subscriber_budget)
+        self.consumer = c
+        gate.metrics.subscribers.inc()
+        start = req["from_lsn"]
+        if name:
+            prev = gate.cursors.claim(name, c)
+            stored = await gate.cursors.load(name)
+            if prev is not None:
+                stored = max(stored, prev.acked)
+                prev.end("superseded", f"consumer {name!r} subscribed again elsewhere",
+                         prev.next_lsn)
+            c.acked = stored
+            if not start and stored:
+                start = stored + 1
+        if not start and req["tier"] == "historical":
+            start = max(1, engine.earliest_lsn)
+        self.send({"op": "subscribed", "tier": c.tier, "from_lsn": start or None,
+                   "last_lsn": engine.last_lsn, "consumer": name or None})
+        self.task = asyncio.ensure_future(self.serve(c, engine, start))
+
+    async def serve(self, c: Consumer, engine, start: int) -> None:
+        gate = self.gate
+        try:
+            code, message, resume = await session.run(c, gate.hub, engine, start, self.io)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("subscription failed")
+            code, message, resume = "shutting_down", f"internal error: {e}", c.next_lsn
+        if code == "lapped":
+            if gate.draining:
+                code, message = "shutting_down", "the server is shutting down"
+            else:
+                gate.metrics.subscribers_cut.inc()
+        await self.fail(code, message, resume)
+
+    async def stop(self) -> None:
+        c, t = self.consumer, self.task
+        self.consumer = self.task = None
+        if t is not None and not t.done() and t is not asyncio.current_task():
+            if c is not None and c.ended is not None:
+                # It is telling the client why it ended: let it finish the close.
+                await asyncio.wait([t], timeout=5)
+            t.cancel()
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if c is not None:
+            self.gate.hub.unsubscribe(c)
+            c.drop_queue()
+            self.gate.streams.leave()
+            self.gate.metrics.subscribers.dec()
+            if c.name:
+                try:
+                    await self.gate.cursors.release(c.name, c)
+                except Exception as e:
+                    log.warning("consumer %r: cursor not saved: %s", c.name, e)
+
+
 async def start_ws(cfg: Config, gate):
     host, _, port = cfg.ws_listen.rpartition(":")
+    conns = {"n": 0}
 
     def process_request(connection: ServerConnection, request):
         url = urlsplit(request.path)
-        if url.path != "/v1/subscribe":
-            return connection.respond(HTTPStatus.NOT_FOUND, "try /v1/subscribe\n")
+        if url.path != "/v1/events":
+            return connection.respond(HTTPStatus.NOT_FOUND, "try /v1/events (docs/protocol.md)\n")
         if not _authorised(gate.cfg, request):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
         if gate.engine is None or gate.draining:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "starting or draining\n")
-        if not gate.streams.try_enter():
-            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many streams\n")
-        gate.streams.leave()
+        if conns["n"] >= gate.cfg.max_ws_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         return None
 
-    async def handler(ws: ServerConnection) -> None:
-        q = parse_qs(urlsplit(ws.request.path).query)
-        try:
-            topics = frozenset(t for t in q.get("topics", [""])[0].split(",") if t) or None
-            prefix = bytes.fromhex(q.get("prefix", [""])[0])
-            from_lsn = int(q.get("from_lsn", ["0"])[0])
-            if from_lsn < 0:
-                raise ValueError("from_lsn must not be negative")
-        except ValueError as e:
-            await ws.close(4003, f"bad request: {e}"[:120])
-            return
-        if not gate.streams.try_enter():
-            await ws.close(1013, "too many streams")
-            return
-        gate.metrics.subscribers.inc()
-        b64 = base64.b64encode
-        try:
-            async for ev in stream(gate.hub, gate.engine, topics, prefix, from_lsn,
-                                   gate.cfg.subscriber_queue):
-                await ws.send(json.dumps({
-                    "lsn": ev.lsn, "topic": ev.topic, "key": b64(ev.key).decode(),
-                    "value": b64(ev.value).decode(), "deleted": ev.deleted}))
-        except Compacted as e:
-            await ws.close(4001, f"compacted; earliest_lsn={e.earliest_lsn}")
-        except Lapped as e:
-            if gate.draining:
-                await ws.close(1001, f"shutting down; resume_lsn={e.resume_lsn}")
-            else:
-                gate.metrics.subscribers_cut.inc()
-                await ws.close(4002, f"lapped; resume_lsn={e.resume_lsn}")
-        finally:
-            gate.streams.leave()
-            gate.metrics.subscribers.dec()
+    def select_subprotocol(connection: ServerConnection, offered):
+        # The first of ours the client offers; none offered: JSON (browsers, wscat).
+        return next((p for p in offered if p in SUBPROTOCOLS), None)
 
-    server = await serve(handler, host.strip("[]") or "127.0.0.1", int(port),
-                         process_request=process_request, max_size=64 << 10,
-                         ping_interval=20, ping_timeout=20, close_timeout=2)
-    return server
+    async def handler(ws: ServerConnection) -> None:
+        conns["n"] += 1
+        try:
+            await Connection(ws, gate, SUBPROTOCOLS.get(ws.subprotocol, JSON)).run()
+        finally:
+            conns["n"] -= 1
+
+    return await serve(handler, host.strip("[]") or "127.0.0.1", int(port),
+                       process_request=process_request, max_size=64 << 10, max_queue=64,
+                       subprotocols=list(SUBPROTOCOLS), select_subprotocol=select_subprotocol,
+                       compression=None,
+                       write_limit=cfg.subscriber_buffer, ping_interval=20, ping_timeout=20,
+                       close_timeout=2)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
 import threading
 import time
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from strata_client import Client, errors
 
@@ -70,35 +65,6 @@ def test_subscribe_key_prefix_and_batch_events(daemon):
         assert done.wait(10), out
         assert [(e.lsn, e.key, e.deleted) for e in out] == [
             (last - 3, b"acct:1", False), (last - 1, b"acct:2", False), (last, b"acct:1", True)]
-
-
-def test_websocket_subscription_streams_json_events(daemon):
-    async def main():
-        with Client(daemon.grpc) as c:
-            first = c.put(b"k1", b"v1")
-            async with connect(f"ws://{daemon.ws}/v1/subscribe?from_lsn={first}") as ws:
-                c.put(b"k2", b"v2")
-                c.publish("news", b"n", b"hello")
-                msgs = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(3)]
-        assert [m["lsn"] for m in msgs] == [first, first + 1, first + 2]
-        assert base64.b64decode(msgs[0]["key"]) == b"k1"
-        assert msgs[2]["topic"] == "news" and base64.b64decode(msgs[2]["value"]) == b"hello"
-
-    asyncio.run(main())
-
-
-def test_websocket_bad_requests_are_refused_clearly(daemon):
-    async def main():
-        with pytest.raises(InvalidStatus) as e:
-            async with connect(f"ws://{daemon.ws}/nope"):
-                pass
-        assert e.value.response.status_code == 404
-        async with connect(f"ws://{daemon.ws}/v1/subscribe?from_lsn=abc") as ws:
-            with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(ws.recv(), 10)
-            assert closed.value.rcvd.code == 4003
-
-    asyncio.run(main())
 
 
 def test_subscribe_from_a_purged_lsn_is_out_of_range(daemon_factory):

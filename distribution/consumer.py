@@ -1,0 +1,337 @@
+"""One subscriber of the WebSocket tiers (and of gRPC Events.Consume): its filter,
+position, credit window, acknowledgements and output, as a plain object.
+
+No sockets and no event loop here: the hub offers events (`offer`), the
+transport hands in what the client said (`ack`, `credit`) and takes what is
+ready to send (`take`). The drivers are server/ws.py and server/service.py.
+
+Positions. `next_lsn` is the first LSN not sent yet: an event below it is a
+duplicate (history and live overlap at the hand-over) and is dropped. `acked`
+is the last LSN the client acknowledged (ack "manual") or was sent (ack
+"auto"); a named consumer's cursor stores it.
+
+Credits. `credit` is how many more events may be sent (None: no limit, the
+realtime default). Each event sent takes one; `{"op":"credit","n":N}` gives N
+more; with ack "manual", acknowledging events also gives their credit back, so
+at most `credits` events are ever unacknowledged.
+
+Bounds and overflow policy. Events that cannot be sent yet (no credit, the
+connection's write buffer is full, history is still being replayed) wait in
+`queue`, at most `max_queue` events, and count against the shared `Budget`
+(one ceiling for all subscribers together). One more, or a budget overrun,
+cuts the consumer off: the queue is dropped and the client is told the LSN to
+resume from, the first one it was not sent. Events are durable: nothing is
+lost, the client resumes through history.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import struct
+import time
+
+import msgpack
+
+JSON, MSGPACK = "json", "msgpack"
+TIERS = ("realtime", "delayed", "historical")
+EVENT_OVERHEAD = 96  # bytes a queued event costs beyond its key and value (measured)
+
+
+def ws_header(opcode: int, n: int) -> bytes:
+    """An unmasked, final WebSocket frame header (server to client, RFC 6455 5.2)."""
+    if n < 126:
+        return bytes((0x80 | opcode, n))
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, n)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n)
+
+
+_topic_json: dict[str, bytes] = {}
+
+
+def _json_topic(topic: str) -> bytes:
+    t = _topic_json.get(topic)
+    if t is None:
+        t = json.dumps(topic).encode()
+        if len(_topic_json) < 10_000:
+            _topic_json[topic] = t
+    return t
+
+
+class Shared:
+    """One event's encodings, made once and shared by every subscriber that gets it."""
+
+    __slots__ = ("ev", "ts", "size", "_j", "_m", "_jf", "_mf")
+
+    def __init__(self, ev, ts: int | None) -> None:
+        self.ev = ev
+        self.ts = ts  # Unix ms this node published it; None for an event replayed from the log
+        self.size = len(ev.key) + len(ev.value) + EVENT_OVERHEAD
+        self._j = self._m = self._jf = self._mf = None
+
+    def body(self, fmt: str) -> bytes:
+        if fmt == JSON:
+            b = self._j
+            if b is None:
+                ev = self.ev
+                b = self._j = b'{"op":"event","lsn":%d,"ts":%s,"topic":%s,"key":"%s","value":%s}' % (
+                    ev.lsn, b"null" if self.ts is None else b"%d" % self.ts, _json_topic(ev.topic),
+                    base64.b64encode(ev.key),
+                    b"null" if ev.deleted else b'"' + base64.b64encode(ev.value) + b'"')
+            return b
+        b = self._m
+        if b is None:
+            ev = self.ev
+            b = self._m = msgpack.packb({"op": "event", "lsn": ev.lsn, "ts": self.ts,
+                                         "topic": ev.topic, "key": ev.key,
+                                         "value": None if ev.deleted else ev.value})
+        return b
+
+    def frame(self, fmt: str) -> bytes:
+        if fmt == JSON:
+            f = self._jf
+            if f is None:
+                b = self.body(JSON)
+                f = self._jf = ws_header(0x1, len(b)) + b
+            return f
+        f = self._mf
+        if f is None:
+            b = self.body(MSGPACK)
+            f = self._mf = ws_header(0x2, len(b)) + b
+        return f
+
+
+def encode_message(fmt: str, msg: dict) -> bytes:
+    """A control message (error, subscribed) as a message body."""
+    if fmt == JSON:
+        return json.dumps(msg, separators=(",", ":")).encode()
+    return msgpack.packb(msg)
+
+
+def batch_body(fmt: str, bodies: list[bytes]) -> bytes:
+    """{"op":"batch","events":[...]} around event bodies encoded once (no re-encoding)."""
+    if fmt == JSON:
+        return b'{"op":"batch","events":[' + b",".join(bodies) + b"]}"
+    n = len(bodies)
+    head = bytes((0x90 | n,)) if n < 16 else struct.pack(">BH", 0xDC, n) if n < 65536 \
+        else struct.pack(">BI", 0xDD, n)
+    return b"\x82\xa2op\xa5batch\xa6events" + head + b"".join(bodies)
+
+
+def frame_message(fmt: str, body: bytes) -> bytes:
+    return ws_header(0x1 if fmt == JSON else 0x2, len(body)) + body
+
+
+class Budget:
+    """One memory ceiling for every subscriber's queued events together."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.used = 0
+        self.cut_offs = 0
+
+
+class Batcher:
+    """The delayed tier's adaptive window (the seeds' adaptive batcher).
+
+    A batch goes out when it holds `size` events or its oldest event has
+    waited `window` seconds. After each batch the throughput is measured
+    (smoothed, alpha 0.2) and both adapt between their bounds: the size to
+    what arrives in one latency target at that rate, the window to the time
+    that size takes to fill (never past the latency target) — a slow stream
+    gets full windows of few events, a fast one large batches sent well
+    before the window ends.
+    """
+
+    def __init__(self, window_s: float, min_window_s: float = 0.001, min_size: int = 1,
+                 max_size: int = 1000, alpha: float = 0.2) -> None:
+        self.max_window = max(window_s, min_window_s)
+        self.min_window = min_window_s
+        self.min_size = min_size
+        self.max_size = max_size
+        self.alpha = alpha
+        self.window = self.max_window
+        self.size = max_size
+        self.rate = 0.0  # events/s, smoothed
+        self._last = time.monotonic()
+        self.batches = 0
+
+    def sent(self, n: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        dt = max(now - self._last, 1e-6)
+        self._last = now
+        self.batches += 1
+        rate = n / dt
+        self.rate = rate if self.batches == 1 else self.rate + self.alpha * (rate - self.rate)
+        size = min(self.max_size, max(self.min_size, int(self.rate * self.max_window)))
+        self.size = size
+        want = size / self.rate if self.rate > 0 else self.max_window
+        want = min(self.max_window, max(self.min_window, want))
+        self.window += self.alpha * (want - self.window)
+
+
+class Consumer:
+    def __init__(self, *, fmt: str = JSON, tier: str = "realtime",
+                 topics: frozenset[str] | None = None, prefix: bytes = b"",
+                 ack: str = "auto", credits: int | None = None, window_ms: int = 100,
+                 name: str = "", max_queue: int = 10_000, budget: Budget | None = None,
+                 max_batch: int = 1000) -> None:
+        self.fmt = fmt
+        self.tier = tier
+        self.topics = topics
+        self.prefix = prefix
+        self.manual = ack == "manual"
+        self.credit = credits  # None: unlimited
+        self.name = name
+        self.max_queue = max_queue
+        self.budget = budget or Budget(1 << 62)
+        self.next_lsn = 0
+        self.acked = 0
+        self.sent = 0  # events sent
+        self.live = False  # False while history is replayed: live offers wait in the queue
+        self.blocked = False  # the transport's write buffer is full
+        self.queue: collections.deque[Shared] = collections.deque()
+        self.queued_bytes = 0
+        self._window: collections.deque[int] | None = \
+            collections.deque() if self.manual and self.credit is not None else None
+        self.out: list[bytes] = []
+        self.batch: list[bytes] = []
+        self.batch_since = 0.0
+        self.batcher = Batcher(window_ms / 1000, max_size=max_batch) if tier == "delayed" else None
+        self.ended: tuple[str, str, int] | None = None  # (code, message, resume_lsn)
+        self.on_ready = None  # callable: there is output, or the consumer ended (set by driver)
+        self.wake = None  # the driver's asyncio.Event, if any
+
+    # -- hub side -----------------------------------------------------------------
+
+    def wants(self, ev) -> bool:
+        return (self.topics is None or ev.topic in self.topics) and ev.key.startswith(self.prefix)
+
+    def offer(self, ev, shared: Shared) -> None:
+        if self.ended is not None or ev.lsn < self.next_lsn:
+            return
+        if self.live and not self.queue and not self.blocked and self.credit != 0:
+            self.emit(shared)
+            return
+        if len(self.queue) >= self.max_queue:
+            self.cut_off(self.first_unsent(), f"fell {self.max_queue} events behind")
+            return
+        b = self.budget
+        if b.used + shared.size > b.ceiling:
+            b.cut_offs += 1
+            self.cut_off(self.first_unsent(), "the server's subscriber memory is full")
+            return
+        self.queue.append(shared)
+        self.queued_bytes += shared.size
+        b.used += shared.size
+
+    def flush(self) -> None:
+        """End of a hub drain: tell the driver there is output."""
+        if (self.out or self.ended) and self.on_ready is not None:
+            self.on_ready()
+
+    def cut_off(self, next_lsn: int, reason: str) -> None:
+        """Stop: the client resumes from the first event it was not sent."""
+        self.end("lapped", reason, min(next_lsn, self.first_unsent()) if next_lsn else
+                 self.first_unsent())
+
+    def end(self, code: str, message: str, resume_lsn: int) -> None:
+        if self.ended is not None:
+            return
+        self.ended = (code, message, resume_lsn)
+        self.drop_queue()
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def drop_queue(self) -> None:
+        self.budget.used -= self.queued_bytes
+        self.queued_bytes = 0
+        self.queue.clear()
+
+    def first_unsent(self) -> int:
+        return self.next_lsn
+
+    # -- sending --------------------------------------------------------------------
+
+    def emit(self, shared: Shared) -> None:
+        """Send one event now (the caller checked credit and order)."""
+        lsn = shared.ev.lsn
+        if self.batcher is None:
+            self.out.append(shared.frame(self.fmt))
+        else:
+            if not self.batch:
+                self.batch_since = time.monotonic()
+            self.batch.append(shared.body(self.fmt))
+        self.next_lsn = lsn + 1
+        self.sent += 1
+        if self.credit is not None:
+            self.credit -= 1
+        if self.manual:
+            if self._window is not None:
+                self._window.append(lsn)
+        else:
+            self.acked = lsn
+
+    def pump(self) -> None:
+        """Move queued events out while credit and the transport allow."""
+        q = self.queue
+        b = self.budget
+        while q and self.live and not self.blocked and self.credit != 0 and self.ended is None:
+            s = q.popleft()
+            self.queued_bytes -= s.size
+            b.used -= s.size
+            if s.ev.lsn >= self.next_lsn:
+                self.emit(s)
+
+    def batch_due(self, now: float) -> bool:
+        bt = self.batcher
+        return bool(self.batch) and (len(self.batch) >= bt.size or now - self.batch_since >= bt.window)
+
+    def seal_batch(self, now: float | None = None) -> None:
+        """Close the delayed tier's current batch into one message."""
+        if not self.batch:
+            return
+        n = len(self.batch)
+        self.out.append(frame_message(self.fmt, batch_body(self.fmt, self.batch)))
+        self.batch = []
+        self.batcher.sent(n, now)
+
+    def take(self) -> bytes:
+        """The bytes to write now (framed WebSocket messages), b"" if none."""
+        out = self.out
+        if not out:
+            return b""
+        self.out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    # -- client side ----------------------------------------------------------------
+
+    def ack(self, lsn: int) -> None:
+        """Acknowledge everything up to `lsn` (beyond what was sent: up to what was sent)."""
+        lsn = min(lsn, self.next_lsn - 1)
+        if lsn <= self.acked:
+            return
+        self.acked = lsn
+        w = self._window
+        if w is not None:
+            n = 0
+            while w and w[0] <= lsn:
+                w.popleft()
+                n += 1
+            self.credit += n
+        self.pump()
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def grant(self, n: int) -> None:
+        if self.credit is not None:
+            self.credit += n
+        self.pump()
+        if self.on_ready is not None:
+            self.on_ready()
+
+    @property
+    def unacked(self) -> int:
+        return len(self._window) if self._window is not None else 0
