@@ -155,12 +155,12 @@ class Batcher:
         self.window = self.max_window
         self.size = max_size
         self.rate = 0.0  # events/s, smoothed
-        self._last = time.monotonic()
+        self._last: float | None = None
         self.batches = 0
 
     def sent(self, n: int, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        dt = max(now - self._last, 1e-6)
+        dt = self.max_window if self._last is None else max(now - self._last, 1e-6)
         self._last = now
         self.batches += 1
         rate = n / dt
@@ -216,12 +216,12 @@ class Consumer:
             self.emit(shared)
             return
         if len(self.queue) >= self.max_queue:
-            self.cut_off(self.first_unsent(), f"fell {self.max_queue} events behind")
+            self.cut_off(ev.lsn, f"fell {self.max_queue} events behind")
             return
         b = self.budget
         if b.used + shared.size > b.ceiling:
             b.cut_offs += 1
-            self.cut_off(self.first_unsent(), "the server's subscriber memory is full")
+            self.cut_off(ev.lsn, "the server's subscriber memory is full")
             return
         self.queue.append(shared)
         self.queued_bytes += shared.size
@@ -233,9 +233,9 @@ class Consumer:
             self.on_ready()
 
     def cut_off(self, next_lsn: int, reason: str) -> None:
-        """Stop: the client resumes from the first event it was not sent."""
-        self.end("lapped", reason, min(next_lsn, self.first_unsent()) if next_lsn else
-                 self.first_unsent())
+        """Stop: the client resumes from the first event it was not sent (`next_lsn`,
+        the first LSN not offered, when it was sent and offered nothing)."""
+        self.end("lapped", reason, self.first_unsent(next_lsn))
 
     def end(self, code: str, message: str, resume_lsn: int) -> None:
         if self.ended is not None:
@@ -250,8 +250,10 @@ class Consumer:
         self.queued_bytes = 0
         self.queue.clear()
 
-    def first_unsent(self) -> int:
-        return self.next_lsn
+    def first_unsent(self, offered: int = 0) -> int:
+        if self.next_lsn:
+            return self.next_lsn
+        return self.queue[0].ev.lsn if self.queue else offered
 
     # -- sending --------------------------------------------------------------------
 

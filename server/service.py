@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from strata.distribution.consumer import Budget
-from strata.distribution.cursors import CursorStore
+from strata.distribution.cursors import RESERVED_PREFIX, CursorStore, is_reserved
 from strata.distribution.hub import Hub, Lapped
 from strata.distribution.hub import stream as hub_stream
 from strata.storage import Engine
@@ -289,6 +289,9 @@ def _key(cfg: Config, key: bytes) -> bytes:
         raise InvalidInput("key must not be empty")
     if len(key) > cfg.max_key_size:
         raise InvalidInput(f"key is {len(key)} bytes; the limit is {cfg.max_key_size}")
+    if key[:2] == b"\xff\xff" and is_reserved(key):
+        raise InvalidInput(f"keys starting with {RESERVED_PREFIX!r} are reserved (consumer "
+                           f"cursors)")
     return key
 
 
@@ -393,7 +396,9 @@ class KVService(pbg.KVServicer):
             self.gate.check_read(request.stale_ok)
             snap = engine.snapshot()
             try:
-                it = engine.scan(request.start or None, request.end or None, snapshot=snap)
+                # The reserved range (consumer cursors) sorts last and is never shown.
+                end = request.end or RESERVED_PREFIX
+                it = engine.scan(request.start or None, min(end, RESERVED_PREFIX), snapshot=snap)
                 left = request.limit or (1 << 62)
                 keys_only = request.keys_only
 

@@ -1,0 +1,154 @@
+"""The subscriber state machine without sockets: credits, acks, queue bounds, the
+memory ceiling, the delayed tier's batches and their adaptation, encodings."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import msgpack
+
+from strata.distribution.consumer import JSON, MSGPACK, Batcher, Budget, Consumer, Shared
+from strata.distribution.hub import Event
+
+
+def ev(lsn: int, key: bytes = b"k", value: bytes = b"v" * 10, topic: str = "kv",
+       deleted: bool = False) -> Shared:
+    return Shared(Event(lsn, topic, key, value, deleted), 1234)
+
+
+def frames(c: Consumer) -> list[dict]:
+    """Decode what take() returns (unmasked server frames)."""
+    data, out = c.take(), []
+    while data:
+        n = data[1] & 0x7F
+        head = 2
+        if n == 126:
+            n, head = int.from_bytes(data[2:4], "big"), 4
+        elif n == 127:
+            n, head = int.from_bytes(data[2:10], "big"), 10
+        body = data[head:head + n]
+        out.append(json.loads(body) if data[0] == 0x81 else msgpack.unpackb(body))
+        data = data[head + n:]
+    return out
+
+
+def live(**kw) -> Consumer:
+    c = Consumer(**kw)
+    c.live = True
+    return c
+
+
+def test_encodings_once_per_event_and_format():
+    s = ev(7, b"\x00k", None or b"val")
+    j = json.loads(s.body(JSON))
+    assert j == {"op": "event", "lsn": 7, "ts": 1234, "topic": "kv",
+                 "key": base64.b64encode(b"\x00k").decode(), "value": base64.b64encode(b"val").decode()}
+    assert s.body(JSON) is s.body(JSON)  # cached: shared by every subscriber
+    m = msgpack.unpackb(s.body(MSGPACK))
+    assert m["key"] == b"\x00k" and m["value"] == b"val"
+    d = Shared(Event(8, "kv", b"k", b"", True), None)
+    assert json.loads(d.body(JSON))["value"] is None and json.loads(d.body(JSON))["ts"] is None
+    assert msgpack.unpackb(d.body(MSGPACK))["value"] is None
+
+
+def test_realtime_sends_in_order_and_drops_duplicates():
+    c = live()
+    for lsn in (1, 2, 2, 3, 1):
+        c.offer(ev(lsn).ev, ev(lsn))
+    assert [f["lsn"] for f in frames(c)] == [1, 2, 3]
+    assert c.acked == 3  # ack "auto": acknowledged when sent
+
+
+def test_credits_bound_unacknowledged_events_in_manual_mode():
+    c = live(ack="manual", credits=3)
+    for lsn in range(1, 11):
+        c.offer(ev(lsn).ev, ev(lsn))
+    assert [f["lsn"] for f in frames(c)] == [1, 2, 3]
+    assert c.unacked == 3 and len(c.queue) == 7
+    c.ack(2)  # two acknowledged: two more may go
+    assert [f["lsn"] for f in frames(c)] == [4, 5]
+    c.ack(100)  # beyond what was sent: up to what was sent
+    assert c.acked == 5
+    assert [f["lsn"] for f in frames(c)] == [6, 7, 8]
+    c.grant(5)  # explicit credit on top
+    assert [f["lsn"] for f in frames(c)] == [9, 10]
+
+
+def test_credits_in_auto_mode_are_granted_explicitly():
+    c = live(credits=0)
+    c.offer(ev(1).ev, ev(1))
+    assert frames(c) == []
+    c.grant(1)
+    assert [f["lsn"] for f in frames(c)] == [1]
+
+
+def test_queue_overflow_cuts_off_at_the_first_unsent_lsn():
+    c = live(credits=2, max_queue=5)
+    for lsn in range(1, 20):
+        c.offer(ev(lsn).ev, ev(lsn))
+    assert c.ended == ("lapped", "fell 5 events behind", 3)
+    assert not c.queue and c.queued_bytes == 0
+
+
+def test_the_memory_ceiling_is_shared_by_all_subscribers():
+    budget = Budget(10 * ev(1).size)
+    a, b = live(credits=0, budget=budget), live(credits=0, budget=budget)
+    for lsn in range(1, 6):
+        a.offer(ev(lsn).ev, ev(lsn))
+        b.offer(ev(lsn).ev, ev(lsn))
+    assert budget.used == 10 * ev(1).size and a.ended is None and b.ended is None
+    a.offer(ev(6).ev, ev(6))
+    assert a.ended[0] == "lapped" and a.ended[2] == 1 and budget.cut_offs == 1
+    assert budget.used == 5 * ev(1).size  # a's queue was released
+    b.grant(5)
+    assert budget.used == 0
+
+
+def test_history_mode_queues_live_events_until_hand_over():
+    c = Consumer()
+    c.next_lsn = 1
+    for lsn in (5, 6):
+        c.offer(ev(lsn).ev, ev(lsn))  # live, during history
+    for lsn in (1, 2, 3, 4, 5):
+        c.emit(ev(lsn))  # history, through to the boundary
+    c.live = True
+    c.pump()
+    assert [f["lsn"] for f in frames(c)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_filters():
+    c = live(topics=frozenset({"orders"}), prefix=b"eu/")
+    assert c.wants(Event(1, "orders", b"eu/1", b"", False))
+    assert not c.wants(Event(1, "orders", b"us/1", b"", False))
+    assert not c.wants(Event(1, "kv", b"eu/1", b"", False))
+
+
+def test_delayed_tier_batches_encode_each_event_once():
+    for fmt in (JSON, MSGPACK):
+        c = live(tier="delayed", fmt=fmt, window_ms=100)
+        for lsn in range(1, 40):
+            c.offer(ev(lsn).ev, ev(lsn))
+        assert c.take() == b"" and len(c.batch) == 39
+        assert not c.batch_due(c.batch_since + 0.05)
+        assert c.batch_due(c.batch_since + 0.11)
+        c.seal_batch(c.batch_since + 0.11)
+        (msg,) = frames(c)
+        assert msg["op"] == "batch" and [e["lsn"] for e in msg["events"]] == list(range(1, 40))
+
+
+def test_batcher_adapts_size_and_window_to_the_rate():
+    b = Batcher(0.1, max_size=1000)
+    t = 0.0
+    for _ in range(30):  # slow: 20 events/s -> small batches, the whole window
+        t += 0.1
+        b.sent(2, t)
+    assert b.size <= 3 and b.window > 0.09
+    for _ in range(60):  # fast: 100k events/s -> the largest batches, a short window
+        t += 0.01
+        b.sent(1000, t)
+    assert b.size == 1000 and b.window < 0.02
+    for _ in range(60):  # back to slow: the window opens up again
+        t += 0.1
+        b.sent(2, t)
+    assert b.size <= 3 and b.window > 0.09

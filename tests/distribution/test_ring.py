@@ -1,0 +1,205 @@
+"""The event ring's writer and reader in one process: framing, wrap-around,
+lapping, damage, truncation, the doorbell, stale rings."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from strata.distribution.ring import RingInUse, RingWriter, parse_rings
+from strata_client.errors import Lapped
+from strata_client.ring import (
+    HEADER_SIZE,
+    W_CLOSED,
+    AsyncRingReader,
+    RingClosed,
+    RingCorrupt,
+    RingReader,
+)
+
+
+@pytest.fixture
+def name():
+    n = f"strata-test-{os.getpid()}-{random.randrange(1 << 30)}"
+    yield n
+    try:
+        os.unlink("/dev/shm/" + n)
+    except FileNotFoundError:
+        pass
+
+
+def events(first: int, n: int, size: int = 100, topic: bytes = b"kv"):
+    return [(lsn, 1000 + lsn, topic, b"key%06d" % lsn, bytes([lsn % 251]) * size)
+            for lsn in range(first, first + n)]
+
+
+def test_parse_rings():
+    assert parse_rings("ev:1MiB; orders:64k:orders,pay ;x") == [
+        ("ev", 1 << 20, None), ("orders", 64 << 10, frozenset({"orders", "pay"})),
+        ("x", 64 << 20, None)]
+    for bad in ("a:1k", "a/b:1M", "a:1M;a:2M", "a:zz"):
+        with pytest.raises(ValueError):
+            parse_rings(bad)
+
+
+def test_frames_cross_the_wrap_point_many_times_in_order(name):
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    rng = random.Random(7)
+    lsn, seen = 1, []
+    for _ in range(400):
+        batch = [(lsn + i, 5, b"kv", b"k%d" % (lsn + i), os.urandom(rng.randrange(0, 700)))
+                 for i in range(rng.randrange(1, 20))]
+        w.publish(batch)
+        lsn += len(batch)
+        for ev in r.poll(10_000):
+            seen.append((ev.lsn, bytes(ev.key), ev.topic, ev.ts_ns))
+    assert [s[0] for s in seen] == list(range(1, lsn))
+    assert all(k == b"k%d" % n and t == "kv" and ts == 5 for n, k, t, ts in seen)
+    assert w._pos > 20 * w.capacity  # wrapped many times
+    r.close()
+    w.close()
+
+
+def test_values_and_deletions_round_trip_zero_copy(name):
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    w.publish([(1, 1, b"kv", b"a", b"one"), (2, 1, b"kv", b"b", None), (3, 1, b"news", b"", b"x")])
+    got = r.poll()
+    assert [(e.lsn, e.topic, bytes(e.key), e.value and bytes(e.value), e.deleted)
+            for e in got] == [(1, "kv", b"a", b"one", False), (2, "kv", b"b", None, True),
+                              (3, "news", b"", b"x", False)]
+    assert isinstance(got[0].value, memoryview) and got[0].value.readonly is False
+    assert r.still_valid()
+    del got
+    r.close()
+    w.close()
+
+
+def test_a_reader_a_whole_ring_behind_is_lapped_with_its_resume_lsn(name):
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    w.publish(events(1, 10))
+    assert [e.lsn for e in r.poll()] == list(range(1, 11))
+    for first in range(11, 2000, 50):
+        w.publish(events(first, 50))
+    with pytest.raises(Lapped) as e:
+        r.poll()
+    assert e.value.resume_lsn == 11  # the first LSN it did not return: never a skip
+    r.close()
+    w.close()
+
+
+def test_from_start_reads_the_oldest_intact_frame(name):
+    w = RingWriter(name, 64 << 10)
+    for first in range(1, 3000, 25):
+        w.publish(events(first, 25))
+    r = RingReader(name, wait="poll", from_start=True)
+    got = r.poll(100_000)
+    assert got[-1].lsn == 3000
+    assert [e.lsn for e in got] == list(range(got[0].lsn, 3001))
+    assert got[0].lsn > 1  # older frames were overwritten
+    r.close()
+    w.close()
+
+
+def test_a_damaged_frame_is_reported_not_returned(name):
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    w.publish(events(1, 3))
+    w._data[32 + 40] ^= 0xFF  # a byte of the first frame's key
+    with pytest.raises(RingCorrupt):
+        r.poll()
+    r.close()
+    w.close()
+
+
+def test_an_event_larger_than_a_quarter_of_the_ring_is_marked_truncated(name):
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    w.publish([(1, 0, b"kv", b"big", b"x" * (20 << 10)), (2, 0, b"kv", b"small", b"y")])
+    a, b = r.poll()
+    assert a.truncated and a.value is None and a.lsn == 1
+    assert not b.truncated and bytes(b.value) == b"y"
+    r.close()
+    w.close()
+
+
+def test_doorbell_wakes_a_sleeping_reader_quickly(name):
+    w = RingWriter(name, 1 << 20)
+    r = RingReader(name, wait="doorbell", spin_us=0)
+    got = []
+    t = threading.Thread(target=lambda: got.extend(r.read(timeout=10)))
+    t.start()
+    time.sleep(0.3)  # asleep on the doorbell by now
+    assert w.readers == 1
+    t0 = time.monotonic()
+    w.publish(events(1, 1))
+    t.join(5)
+    assert [e.lsn for e in got] == [1]
+    assert time.monotonic() - t0 < 0.04  # woken by the bell, not by the 50 ms safety net
+    r.close()
+    w.close()
+
+
+def test_read_times_out_empty_and_closed_rings_raise(name):
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    assert r.read(timeout=0.05) == []
+    w.close()
+    with pytest.raises(RingClosed):
+        r.read(timeout=1)
+    r.close()
+    with pytest.raises(RingClosed):
+        RingReader(name)
+
+
+def test_async_reader(name):
+    import asyncio
+
+    w = RingWriter(name, 1 << 20)
+
+    async def main():
+        async with AsyncRingReader(name) as r:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.2, w.publish, events(1, 3))
+            got = []
+            async for ev in r:
+                got.append(ev.lsn)
+                if len(got) == 3:
+                    break
+            return got
+
+    assert asyncio.run(main()) == [1, 2, 3]
+    w.close()
+
+
+def test_stale_ring_is_replaced_and_a_live_one_refused(name):
+    from multiprocessing import shared_memory
+
+    # A ring whose writer died: a dead pid in the header.
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    w._words[3] = 2 ** 22 + 12345  # W_PID: beyond pid_max, never alive
+    w._bells.close()
+    w2 = RingWriter(name, 64 << 10)
+    assert r._words[W_CLOSED] == 1  # the old readers learn their ring is over
+    with pytest.raises(RingClosed):
+        r._check_writer()
+    r.close()
+    # A ring with a live writer (this process, seen from another "daemon") is refused.
+    seg = shared_memory.SharedMemory(name=name)
+    words = seg.buf[:HEADER_SIZE].cast("Q")
+    words[3] = os.getppid()
+    words.release()
+    seg.close()
+    with pytest.raises(RingInUse):
+        RingWriter(name, 64 << 10)
+    w2.close()
+    w._words.release()
+    w._data.release()
+    w._shm.close()
