@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import math
 import struct
 import time
 
@@ -165,7 +166,7 @@ class Batcher:
         self.batches += 1
         rate = n / dt
         self.rate = rate if self.batches == 1 else self.rate + self.alpha * (rate - self.rate)
-        size = min(self.max_size, max(self.min_size, int(self.rate * self.max_window)))
+        size = min(self.max_size, max(self.min_size, math.ceil(self.rate * self.max_window - 1e-9)))
         self.size = size
         want = size / self.rate if self.rate > 0 else self.max_window
         want = min(self.max_window, max(self.min_window, want))
