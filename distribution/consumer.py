@@ -38,6 +38,7 @@ import msgpack
 JSON, MSGPACK = "json", "msgpack"
 TIERS = ("realtime", "delayed", "historical")
 EVENT_OVERHEAD = 96  # bytes a queued event costs beyond its key and value (measured)
+MAX_BATCH_BYTES = 512 << 10  # a batch message stays under clients' usual 1 MiB message limit
 
 
 def ws_header(opcode: int, n: int) -> bytes:
@@ -199,6 +200,7 @@ class Consumer:
             collections.deque() if self.manual and self.credit is not None else None
         self.out: list[bytes] = []
         self.batch: list[bytes] = []
+        self.batch_bytes = 0
         self.batch_since = 0.0
         self.batcher = Batcher(window_ms / 1000, max_size=max_batch) if tier == "delayed" else None
         self.ended: tuple[str, str, int] | None = None  # (code, message, resume_lsn)
@@ -230,7 +232,7 @@ class Consumer:
 
     def flush(self) -> None:
         """End of a hub drain: tell the driver there is output."""
-        if (self.out or self.ended) and self.on_ready is not None:
+        if (self.out or self.batch or self.ended) and self.on_ready is not None:
             self.on_ready()
 
     def cut_off(self, next_lsn: int, reason: str) -> None:
@@ -266,7 +268,11 @@ class Consumer:
         else:
             if not self.batch:
                 self.batch_since = time.monotonic()
-            self.batch.append(shared.body(self.fmt))
+            body = shared.body(self.fmt)
+            self.batch.append(body)
+            self.batch_bytes += len(body)
+            if len(self.batch) >= self.batcher.size or self.batch_bytes >= MAX_BATCH_BYTES:
+                self.seal_batch()  # full: it goes now, the window only bounds the wait
         self.next_lsn = lsn + 1
         self.sent += 1
         if self.credit is not None:
@@ -290,7 +296,8 @@ class Consumer:
 
     def batch_due(self, now: float) -> bool:
         bt = self.batcher
-        return bool(self.batch) and (len(self.batch) >= bt.size or now - self.batch_since >= bt.window)
+        return bool(self.batch) and (len(self.batch) >= bt.size or self.batch_bytes >= MAX_BATCH_BYTES
+                                     or now - self.batch_since >= bt.window)
 
     def seal_batch(self, now: float | None = None) -> None:
         """Close the delayed tier's current batch into one message."""
@@ -299,6 +306,7 @@ class Consumer:
         n = len(self.batch)
         self.out.append(frame_message(self.fmt, batch_body(self.fmt, self.batch)))
         self.batch = []
+        self.batch_bytes = 0
         self.batcher.sent(n, now)
 
     def take(self) -> bytes:

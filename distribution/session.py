@@ -24,7 +24,7 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
     wake = asyncio.Event()
 
     def ready() -> None:
-        if c.ended is None and c.batcher is None and not c.blocked and c.out:
+        if c.ended is None and not c.blocked and c.out:
             io.write(c.take())
             if io.paused():
                 c.blocked = True

@@ -1,0 +1,374 @@
+"""The WebSocket tiers end to end: a daemon subprocess on loopback, the real
+`websockets` client, the real gRPC client for writes (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+
+import msgpack
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from strata_client import Client
+
+
+def url(d) -> str:
+    return f"ws://{d.ws}/v1/events"
+
+
+async def subscribe(ws, **req) -> dict:
+    await ws.send(json.dumps({"op": "subscribe", **req}))
+    msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert msg["op"] == "subscribed", msg
+    return msg
+
+
+async def recv(ws, timeout: float = 10) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def events(ws, n: int, timeout: float = 20) -> list[dict]:
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        m = await recv(ws, max(0.1, deadline - time.monotonic()))
+        if m["op"] == "batch":
+            out.extend(m["events"])
+        else:
+            assert m["op"] == "event", m
+            out.append(m)
+    return out
+
+
+async def closed_with(ws, timeout: float = 15, decode=json.loads) -> tuple[int, list[dict]]:
+    """Read until the server closes; return the close code and the messages before."""
+    msgs = []
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            msgs.append(decode(await asyncio.wait_for(ws.recv(), timeout)))
+    return e.value.rcvd.code, msgs
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def test_realtime_json_and_msgpack_carry_puts_deletes_and_events(daemon):
+    async def main():
+        async with connect(url(daemon), subprotocols=["strata.v1.json"]) as js, \
+                connect(url(daemon), subprotocols=["strata.v1.msgpack"]) as mp:
+            assert js.subprotocol == "strata.v1.json" and mp.subprotocol == "strata.v1.msgpack"
+            await subscribe(js, topics=["kv", "news"], prefix=b64(b"a"))
+            await mp.send(msgpack.packb({"op": "subscribe", "prefix": b"a"}))
+            assert msgpack.unpackb(await mp.recv())["op"] == "subscribed"
+            with Client(daemon.grpc) as c:
+                l1 = c.put(b"a1", b"v1")
+                c.put(b"b1", b"skipped by the prefix")
+                l2 = c.delete(b"a1")
+                l3 = c.publish("news", b"a-news", b"hello")
+            got = await events(js, 3)
+            assert [(m["lsn"], m["topic"], m["key"], m["value"]) for m in got] == [
+                (l1, "kv", b64(b"a1"), b64(b"v1")), (l2, "kv", b64(b"a1"), None),
+                (l3, "news", b64(b"a-news"), b64(b"hello"))]
+            assert all(isinstance(m["ts"], int) for m in got)
+            bin_got = [msgpack.unpackb(await asyncio.wait_for(mp.recv(), 10)) for _ in range(3)]
+            assert [(m["lsn"], m["key"], m["value"]) for m in bin_got] == [
+                (l1, b"a1", b"v1"), (l2, b"a1", None), (l3, b"a-news", b"hello")]
+
+    asyncio.run(main())
+
+
+def test_historical_hand_over_has_no_gap_and_no_duplicate_under_writes(daemon):
+    stop = threading.Event()
+    written = []
+
+    def writer():
+        with Client(daemon.grpc) as c:
+            for i in range(300):  # bounded: 300 batches of 10
+                if stop.is_set():
+                    break
+                written.append(c.batch([("put", b"k%d" % (i * 10 + j), b"v") for j in range(10)]))
+
+    with Client(daemon.grpc) as c:
+        for i in range(50):
+            c.put(b"pre%d" % i, b"v")
+
+    async def main():
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            await asyncio.sleep(0.2)  # writes are flowing while history is replayed
+            async with connect(url(daemon)) as ws:
+                sub = await subscribe(ws, tier="historical")  # from the oldest retained
+                assert sub["from_lsn"] == 1
+                await asyncio.to_thread(t.join, 60)
+                last = max(written)  # a batch answers with its last LSN
+                got = []
+                while not got or got[-1]["lsn"] < last:
+                    got.extend(await events(ws, 1))
+                return [m["lsn"] for m in got], last
+        finally:
+            stop.set()
+            t.join(60)
+
+    lsns, last = asyncio.run(main())
+    assert lsns == list(range(1, last + 1))
+
+
+def test_credits_manual_acks_and_redelivery_after_disconnect(daemon):
+    async def main():
+        with Client(daemon.grpc) as c:
+            async with connect(url(daemon)) as ws:
+                await subscribe(ws, consumer="billing", ack="manual", credits=5)
+                first = c.put(b"k0", b"v")
+                for i in range(1, 20):
+                    c.put(b"k%d" % i, b"v")
+                got = await events(ws, 5)
+                assert [m["lsn"] for m in got] == list(range(first, first + 5))
+                with pytest.raises(TimeoutError):
+                    await recv(ws, 0.5)  # no credit left: nothing more
+                await ws.send(json.dumps({"op": "ack", "lsn": first + 2}))
+                more = await events(ws, 3)  # three acknowledged: three more
+                assert [m["lsn"] for m in more] == [first + 5, first + 6, first + 7]
+                with pytest.raises(TimeoutError):
+                    await recv(ws, 0.3)
+            # Disconnected with first+3 .. first+7 unacknowledged: they come again.
+            async with connect(url(daemon)) as ws:
+                sub = await subscribe(ws, consumer="billing", ack="manual", credits=100)
+                assert sub["from_lsn"] == first + 3
+                again = await events(ws, 17)
+                assert [m["lsn"] for m in again] == list(range(first + 3, first + 20))
+
+    asyncio.run(main())
+
+
+def test_a_named_consumer_resumes_after_sigkill_of_the_daemon(daemon_factory):
+    d = daemon_factory()
+
+    async def phase1():
+        with Client(d.grpc) as c:
+            lsns = [c.put(b"k%d" % i, b"v") for i in range(10)]
+        async with connect(url(d)) as ws:
+            await subscribe(ws, consumer="audit", ack="manual", from_lsn=lsns[0])
+            got = await events(ws, 10)
+            await ws.send(json.dumps({"op": "ack", "lsn": got[5]["lsn"]}))
+            await asyncio.sleep(0.6)  # cursors are written every 100 ms
+            return lsns
+
+    lsns = asyncio.run(phase1())
+    d.kill()
+    d.start()
+
+    async def phase2():
+        with Client(d.grpc) as c:
+            c.put(b"after", b"restart")
+        async with connect(url(d)) as ws:
+            sub = await subscribe(ws, consumer="audit", ack="manual")
+            assert sub["from_lsn"] == lsns[6]
+            got = await events(ws, 5)
+            assert [m["lsn"] for m in got] == lsns[6:] + [lsns[-1] + 2]  # +1: the cursor write
+
+    asyncio.run(phase2())
+
+
+def test_takeover_of_a_consumer_name_ends_the_older_subscription(daemon):
+    async def main():
+        async with connect(url(daemon)) as a:
+            await subscribe(a, consumer="dup")
+            async with connect(url(daemon)) as b:
+                await subscribe(b, consumer="dup")
+                code, msgs = await closed_with(a)
+                assert code == 4004 and msgs[-1]["code"] == "superseded"
+
+    asyncio.run(main())
+
+
+def test_delayed_tier_sends_batches_per_window_and_grows_them_under_load(daemon):
+    async def main():
+        async with connect(url(daemon)) as ws:
+            await subscribe(ws, tier="delayed", window_ms=200)
+            with Client(daemon.grpc) as c:
+                t0 = time.monotonic()
+                for i in range(10):
+                    c.put(b"slow%d" % i, b"v")
+                    await asyncio.sleep(0.02)
+                batches = []
+                n = 0
+                while n < 10:
+                    m = await recv(ws)
+                    assert m["op"] == "batch"
+                    batches.append(len(m["events"]))
+                    n += len(m["events"])
+                assert n == 10 and len(batches) < 10  # aggregated, not one message each
+                assert time.monotonic() - t0 < 2
+                for i in range(20):  # a burst: 20 batches of 500
+                    c.batch([("put", b"fast%d-%d" % (i, j), b"v") for j in range(500)])
+                sizes, got = [], 0
+                while got < 10_000:
+                    m = await recv(ws)
+                    sizes.append(len(m["events"]))
+                    got += sizes[-1]
+                assert got == 10_000 and max(sizes) >= 100 and len(sizes) < 1000
+
+    asyncio.run(main())
+
+
+def test_a_stalled_consumer_is_cut_off_and_memory_stays_bounded(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_SUBSCRIBER_QUEUE": "2000",
+                                  "STRATA_SUBSCRIBER_BUFFER": str(256 << 10),
+                                  "STRATA_SUBSCRIBER_MEMORY": str(8 << 20),
+                                  "STRATA_DURABILITY": "none", "STRATA_MEMTABLE_SIZE": str(1 << 20),
+                                  "STRATA_WAL_RETENTION_BYTES": str(256 << 20)})
+
+    def rss_mib() -> float:
+        with open(f"/proc/{d.proc.pid}/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmRSS")) / 1024
+
+    async def read_all(first: int, last: int) -> tuple[list[int], int]:
+        """A client that keeps up as it can: when cut off, it resumes where told."""
+        lsns, resumes, pos = [], 0, first
+        while pos <= last:
+            async with connect(url(d)) as ws:
+                await subscribe(ws, tier="delayed", window_ms=50, from_lsn=pos)
+                try:
+                    while pos <= last:
+                        m = await recv(ws)
+                        if m["op"] == "error":
+                            assert m["code"] == "lapped"
+                            assert m["resume_lsn"] == pos
+                            resumes += 1
+                            break
+                        lsns.extend(e["lsn"] for e in m["events"])
+                        pos = lsns[-1] + 1
+                except ConnectionClosed:
+                    pass
+        return lsns, resumes
+
+    async def main():
+        # max_queue=1: the client library stops reading the socket once one message
+        # waits, so the server's writes back up as with a hung client.
+        value = b"x" * 1000
+        with Client(d.grpc) as c:  # the engine reaches its working size first
+            for i in range(60):
+                c.batch([("put", b"warm%05d" % (i * 1000 + j), value) for j in range(1000)])
+        async with connect(url(d), max_queue=1) as stalled:
+            await subscribe(stalled)
+            before = rss_mib()
+            t0 = time.monotonic()
+            with Client(d.grpc) as c:
+                first = c.put(b"start", b"")
+                for i in range(60):  # 60 MB of events
+                    last = c.batch([("put", b"k%05d" % (i * 1000 + j), value)
+                                    for j in range(1000)])
+            took = time.monotonic() - t0
+            peak = rss_mib()
+            # Every event reaches a client that resumes when cut off.
+            lsns, resumes = await read_all(first, last)
+            assert lsns == list(range(first, last + 1)), resumes
+            # The stalled one was cut off: after what it had been sent, an error
+            # with its resume LSN and close code 4002.
+            msgs = []
+            with pytest.raises(ConnectionClosed) as e:
+                while True:
+                    msgs.append(json.loads(await asyncio.wait_for(stalled.recv(), 20)))
+            return before, peak, took, e.value, msgs
+
+    before, peak, took, closed, msgs = asyncio.run(main())
+    assert closed.rcvd is None or closed.rcvd.code == 4002  # or aborted after close_timeout
+    if closed.rcvd is not None:
+        err = msgs[-1]
+        assert err["op"] == "error" and err["code"] == "lapped"
+        assert err["resume_lsn"] == msgs[-2]["lsn"] + 1  # nothing skipped
+    # The 8 MiB ceiling, plus what the engine itself moves while it takes 60 MB
+    # more (memtables, compaction, block cache: ~15 MiB measured without subscribers).
+    assert peak - before < 8 + 24, (before, peak)
+    assert took < 30
+
+
+def test_from_lsn_older_than_retention_names_the_oldest(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_MEMTABLE_SIZE": "65536",
+                                  "STRATA_WAL_RETENTION_BYTES": "0"})
+    with Client(d.grpc) as c:
+        for i in range(40):
+            c.batch([("put", b"k%d-%d" % (i, j), b"x" * 100) for j in range(100)])
+
+    async def main():
+        async with connect(url(d)) as ws:
+            await subscribe(ws, from_lsn=1)
+            code, msgs = await closed_with(ws)
+            assert code == 4001 and msgs[-1]["code"] == "compacted"
+            assert msgs[-1]["resume_lsn"] > 1
+
+    asyncio.run(main())
+
+
+def test_malformed_and_oversized_messages_close_only_that_connection(daemon):
+    async def main():
+        async with connect(url(daemon)) as good:
+            await subscribe(good)
+            cases = [("garbage", 1002), (json.dumps({"op": "fly"}), 1002),
+                     (json.dumps([1, 2]), 1002), (json.dumps({"op": "subscribe", "tier": "x"}), 4003),
+                     (json.dumps({"op": "subscribe", "credits": -1}), 4003),
+                     (json.dumps({"op": "subscribe", "prefix": "%%%"}), 4003),
+                     ("x" * (70 << 10), 1009)]
+            for msg, want in cases:
+                async with connect(url(daemon), max_size=None) as ws:
+                    await ws.send(msg)
+                    code, msgs = await closed_with(ws)
+                    assert code == want, (msg[:40], code, msgs)
+            async with connect(url(daemon), subprotocols=["strata.v1.msgpack"]) as ws:
+                await ws.send("text in a binary protocol")
+                code, msgs = await closed_with(ws, decode=msgpack.unpackb)
+                assert code == 1002 and msgs[-1]["code"] == "protocol_error"
+            with pytest.raises(InvalidStatus) as e:
+                async with connect(f"ws://{daemon.ws}/v1/subscribe"):
+                    pass
+            assert e.value.response.status_code == 404
+            with Client(daemon.grpc) as c:  # the good subscriber never noticed
+                lsn = c.put(b"still", b"fine")
+            assert (await recv(good))["lsn"] == lsn
+
+    asyncio.run(main())
+
+
+def test_token_on_the_handshake(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_AUTH_TOKEN": "s3cret"})
+
+    async def main():
+        with pytest.raises(InvalidStatus) as e:
+            async with connect(url(d)):
+                pass
+        assert e.value.response.status_code == 401
+        async with connect(url(d), additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            await subscribe(ws)
+        async with connect(url(d) + "?token=s3cret") as ws:
+            await subscribe(ws)
+
+    asyncio.run(main())
+
+
+def test_reserved_keys_are_refused_and_never_shown(daemon):
+    from strata_client.errors import InvalidArgument
+
+    with Client(daemon.grpc) as c:
+        with pytest.raises(InvalidArgument):
+            c.put(b"\xff\xffstrata/cursor/x", b"1")
+
+    async def main():
+        async with connect(url(daemon)) as ws:
+            await subscribe(ws, consumer="seen", ack="manual")
+            with Client(daemon.grpc) as c:
+                lsn = c.put(b"a", b"1")
+                await ws.send(json.dumps({"op": "ack", "lsn": lsn}))
+                await asyncio.sleep(0.5)  # the cursor is written
+                assert [k for k, _ in c.scan()] == [b"a"]
+                lsn2 = c.put(b"b", b"2")
+            got = await events(ws, 2)
+            assert [m["lsn"] for m in got] == [lsn, lsn2]  # the cursor write between: not shown
+
+    asyncio.run(main())
