@@ -35,7 +35,7 @@ import time
 
 import msgpack
 
-JSON, MSGPACK = "json", "msgpack"
+JSON, MSGPACK, GRPC = "json", "msgpack", "grpc"  # GRPC: the driver builds messages itself
 TIERS = ("realtime", "delayed", "historical")
 EVENT_OVERHEAD = 96  # bytes a queued event costs beyond its key and value (measured)
 MAX_BATCH_BYTES = 512 << 10  # a batch message stays under clients' usual 1 MiB message limit
@@ -263,14 +263,15 @@ class Consumer:
     def emit(self, shared: Shared) -> None:
         """Send one event now (the caller checked credit and order)."""
         lsn = shared.ev.lsn
+        grpc = self.fmt == GRPC
         if self.batcher is None:
-            self.out.append(shared.frame(self.fmt))
+            self.out.append(shared if grpc else shared.frame(self.fmt))
         else:
             if not self.batch:
                 self.batch_since = time.monotonic()
-            body = shared.body(self.fmt)
+            body = shared if grpc else shared.body(self.fmt)
             self.batch.append(body)
-            self.batch_bytes += len(body)
+            self.batch_bytes += shared.size if grpc else len(body)
             if len(self.batch) >= self.batcher.size or self.batch_bytes >= MAX_BATCH_BYTES:
                 self.seal_batch()  # full: it goes now, the window only bounds the wait
         self.next_lsn = lsn + 1
@@ -304,17 +305,23 @@ class Consumer:
         if not self.batch:
             return
         n = len(self.batch)
-        self.out.append(frame_message(self.fmt, batch_body(self.fmt, self.batch)))
+        if self.fmt == GRPC:
+            self.out.extend(self.batch)
+        else:
+            self.out.append(frame_message(self.fmt, batch_body(self.fmt, self.batch)))
         self.batch = []
         self.batch_bytes = 0
         self.batcher.sent(n, now)
 
-    def take(self) -> bytes:
-        """The bytes to write now (framed WebSocket messages), b"" if none."""
+    def take(self):
+        """What to write now: framed WebSocket messages as bytes (b"" if none), or for
+        GRPC the list of Shared events."""
         out = self.out
         if not out:
             return b""
         self.out = []
+        if self.fmt == GRPC:
+            return out
         return out[0] if len(out) == 1 else b"".join(out)
 
     # -- client side ----------------------------------------------------------------

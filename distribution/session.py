@@ -11,12 +11,83 @@ waited (credit, history, a full buffer) and the delayed tier's batches.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 
 from strata.storage.errors import Compacted
 
-from .consumer import Consumer, Shared
+from .consumer import TIERS, Consumer, Shared
+from .cursors import MAX_NAME
 from .hub import Hub, history
+
+
+class BadRequest(ValueError):
+    """A well-formed message asking for something invalid: closed with 4003."""
+
+
+MAX_TOPICS = 64
+MAX_CREDITS = 1 << 20
+
+
+def int_field(msg: dict, name: str, low: int, high: int, default=None):
+    v = msg.get(name, default)
+    if v is None:
+        return default
+    if type(v) is not int or not low <= v <= high:
+        raise BadRequest(f"{name} must be an integer {low} .. {high}")
+    return v
+
+
+def parse_request(msg: dict) -> dict:
+    """A subscribe request (docs/protocol.md) checked and with its defaults."""
+    tier = msg.get("tier", "realtime")
+    if tier not in TIERS:
+        raise BadRequest(f"tier must be one of {', '.join(TIERS)}")
+    topics = msg.get("topics")
+    if topics is not None:
+        if not isinstance(topics, list) or len(topics) > MAX_TOPICS or \
+                not all(isinstance(t, str) and t for t in topics):
+            raise BadRequest(f"topics must be a list of at most {MAX_TOPICS} non-empty strings")
+        topics = frozenset(topics) or None
+    prefix = msg.get("prefix") or b""
+    if isinstance(prefix, str):
+        try:
+            prefix = base64.b64decode(prefix, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("prefix must be base64") from None
+    elif not isinstance(prefix, bytes):
+        raise BadRequest("prefix must be base64 text (or bytes in msgpack)")
+    name = msg.get("consumer") or ""
+    if not isinstance(name, str) or len(name.encode()) > MAX_NAME:
+        raise BadRequest(f"consumer must be a name of 1 .. {MAX_NAME} bytes")
+    ack = msg.get("ack", "auto")
+    if ack not in ("auto", "manual"):
+        raise BadRequest('ack must be "auto" or "manual"')
+    return {"tier": tier, "topics": topics, "prefix": prefix, "consumer": name, "ack": ack,
+            "from_lsn": int_field(msg, "from_lsn", 0, 1 << 63, 0),
+            "credits": int_field(msg, "credits", 0, MAX_CREDITS),
+            "window_ms": int_field(msg, "window_ms", 1, 60_000, 100)}
+
+
+async def position(c: Consumer, engine, cursors, from_lsn: int) -> int:
+    """Where delivery starts: `from_lsn` if given; else after a named consumer's
+    cursor; else the oldest retained LSN (historical tier) or live (0).
+    A named consumer takes its name over from a subscription that holds it."""
+    start = from_lsn
+    if c.name:
+        prev = cursors.claim(c.name, c)
+        stored = await cursors.load(c.name)
+        if prev is not None:
+            stored = max(stored, prev.acked)
+            prev.end("superseded", f"consumer {c.name!r} subscribed again elsewhere",
+                     prev.first_unsent(prev.acked + 1))
+        c.acked = stored
+        if not start and stored:
+            start = stored + 1
+    if not start and c.tier == "historical":
+        start = max(1, engine.earliest_lsn)
+    return start
 
 
 async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, str, int]:
@@ -81,10 +152,20 @@ async def _replay(c: Consumer, hub: Hub, engine, from_lsn: int, io, wake: asynci
     c.next_lsn = from_lsn
     pos = from_lsn
 
+    def flush() -> None:
+        if c.batcher is not None and c.batch:
+            c.seal_batch()
+        data = c.take()
+        if data:
+            io.write(data)
+            if io.paused():
+                c.blocked = True
+
     async def send(ev) -> bool:
         while c.credit == 0 or c.blocked:
             if c.ended is not None:
                 return False
+            flush()  # what waits for the credit must have been sent first
             wake.clear()
             if c.blocked:
                 await io.drain()
@@ -99,9 +180,7 @@ async def _replay(c: Consumer, hub: Hub, engine, from_lsn: int, io, wake: asynci
         if c.batcher is not None and c.batch_due(time.monotonic()):
             c.seal_batch()
         if len(c.out) >= 64:
-            io.write(c.take())
-            if io.paused():
-                c.blocked = True
+            flush()
         return True
 
     try:

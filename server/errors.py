@@ -4,7 +4,7 @@
 |----------------|----------------------|---------------------------------------------------|
 | invalid input  | INVALID_ARGUMENT     | bad or oversized key/value/batch; nothing written |
 | not found      | NOT_FOUND            | a named resource (not a key) does not exist        |
-| conflict       | ABORTED              | compare-and-set mismatch (trailer strata-current-lsn) |
+| conflict       | ABORTED              | compare-and-set mismatch (trailer strata-current-lsn); a consumer's stream superseded by a newer one |
 | not master     | FAILED_PRECONDITION  | write sent to a replica (trailer strata-master)   |
 | overload       | RESOURCE_EXHAUSTED   | rate limit, concurrency cap, write stall, disk full |
 | timeout        | DEADLINE_EXCEEDED    | the call's deadline passed                        |
@@ -43,6 +43,12 @@ class InvalidInput(ServerError):
 
 class Overloaded(ServerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Superseded(ServerError):
+    """A named consumer subscribed again elsewhere; this stream is over."""
+
+    code = grpc.StatusCode.ABORTED
 
 
 class Unavailable(ServerError):

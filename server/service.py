@@ -10,6 +10,7 @@ scans and admin work run in the default executor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import importlib.metadata
 import logging
@@ -21,16 +22,19 @@ from typing import Any
 
 import grpc
 
-from strata.distribution.consumer import Budget
+from strata.distribution import session
+from strata.distribution.consumer import GRPC, Budget, Consumer
 from strata.distribution.cursors import RESERVED_PREFIX, CursorStore, is_reserved
 from strata.distribution.hub import Hub, Lapped
 from strata.distribution.hub import stream as hub_stream
+from strata.distribution.session import BadRequest, parse_request
 from strata.storage import Engine
+from strata.storage.errors import Compacted
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
 from .config import Config, backup_dir
-from .errors import InvalidInput, Overloaded, Unauthenticated, Unavailable, classify
+from .errors import InvalidInput, Overloaded, Superseded, Unauthenticated, Unavailable, classify
 from .limits import Bulkhead, RateLimiter
 from .metrics import Metrics
 
@@ -504,6 +508,116 @@ class EventsService(pbg.EventsServicer):
 
         async for item in gate.streaming("Events.Subscribe", context, gen, request):
             yield item
+
+    async def Consume(self, request_iterator, context):
+        async for item in self.gate.streaming(
+                "Events.Consume", context, lambda engine: consume(self.gate, engine,
+                                                                  request_iterator)):
+            yield item
+
+
+class _GrpcIO:
+    """session's transport for Events.Consume: responses wait in a bounded deque
+    that the stream's generator empties; over 64 waiting, the session pauses."""
+
+    HIGH, LOW = 64, 16
+
+    def __init__(self) -> None:
+        self.queue: collections.deque = collections.deque()
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+
+    def write(self, items) -> None:
+        ts = items[-1].ts or 0
+        self.queue.append(pb.ConsumeResponse(
+            events=[pb.Event(lsn=e.lsn, topic=e.topic, key=e.key, value=e.value,
+                             deleted=e.deleted) for e in (s.ev for s in items)], ts_ms=ts))
+        self.ready.set()
+
+    def paused(self) -> bool:
+        return len(self.queue) >= self.HIGH
+
+    async def drain(self) -> None:
+        while len(self.queue) > self.LOW:
+            self.room.clear()
+            await self.room.wait()
+
+
+async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
+    """Events.Consume: the WebSocket tiers' reliable subscription over gRPC."""
+    first = await anext(requests, None)
+    if first is None or first.WhichOneof("op") != "subscribe":
+        raise InvalidInput("the first Consume message must be subscribe")
+    sub = first.subscribe
+    try:
+        req = parse_request({"op": "subscribe", "tier": sub.tier or "realtime",
+                             "topics": list(sub.topics) or None, "prefix": sub.key_prefix,
+                             "from_lsn": sub.from_lsn, "consumer": sub.consumer,
+                             "ack": "manual" if sub.manual_ack else "auto",
+                             "credits": sub.credits if sub.HasField("credits") else None,
+                             "window_ms": sub.window_ms or 100})
+    except BadRequest as e:
+        raise InvalidInput(str(e)) from None
+    if req["consumer"]:
+        gate.check_write()  # the cursor is written on the master
+    c = Consumer(fmt=GRPC, tier=req["tier"], topics=req["topics"], prefix=req["prefix"],
+                 ack=req["ack"], credits=req["credits"], window_ms=req["window_ms"],
+                 name=req["consumer"], max_queue=gate.cfg.subscriber_queue,
+                 budget=gate.subscriber_budget)
+    io = _GrpcIO()
+    task = reader = None
+    gate.metrics.subscribers.inc()
+    try:
+        start = await session.position(c, engine, gate.cursors, req["from_lsn"])
+        yield pb.ConsumeResponse(from_lsn=start, last_lsn=engine.last_lsn)
+        task = asyncio.ensure_future(session.run(c, gate.hub, engine, start, io))
+
+        async def read() -> None:
+            async for m in requests:
+                op = m.WhichOneof("op")
+                if op == "ack":
+                    c.ack(m.ack)
+                elif op == "credit":
+                    c.grant(m.credit)
+                else:
+                    c.end("bad_request", "subscribe only once per stream", c.first_unsent())
+
+        reader = asyncio.ensure_future(read())
+        while True:
+            while io.queue:
+                yield io.queue.popleft()
+                if len(io.queue) <= io.LOW:
+                    io.room.set()
+            if task.done():
+                break
+            io.ready.clear()
+            await asyncio.wait([task, asyncio.ensure_future(io.ready.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+        code, message, resume = task.result()
+        if code == "lapped" and not gate.draining:
+            gate.metrics.subscribers_cut.inc()
+            raise Overloaded(f"{message}; resume from LSN {resume}",
+                             (("strata-resume-lsn", str(resume)),))
+        if code == "compacted":
+            raise Compacted(c.next_lsn or 1, resume)
+        if code == "superseded":
+            raise Superseded(message)
+        if code == "bad_request":
+            raise InvalidInput(message)
+        raise Unavailable(f"{message}; resume from LSN {resume}",
+                          (("strata-resume-lsn", str(resume)),))
+    finally:
+        for t in (reader, task):
+            if t is not None and not t.done():
+                t.cancel()
+        gate.hub.unsubscribe(c)
+        c.drop_queue()
+        gate.metrics.subscribers.dec()
+        if c.name:
+            try:
+                await gate.cursors.release(c.name, c)
+            except Exception as e:
+                log.warning("consumer %r: cursor not saved: %s", c.name, e)
 
 
 def checkpoint_path(root: str, name: str) -> str:

@@ -20,8 +20,6 @@ pointer here.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import json
 import logging
@@ -37,12 +35,11 @@ from strata.distribution import session
 from strata.distribution.consumer import (
     JSON,
     MSGPACK,
-    TIERS,
     Consumer,
     encode_message,
     frame_message,
 )
-from strata.distribution.cursors import MAX_NAME
+from strata.distribution.session import MAX_CREDITS, BadRequest, int_field, parse_request
 
 from .config import Config
 
@@ -51,16 +48,10 @@ log = logging.getLogger("strata.ws")
 SUBPROTOCOLS = {"strata.v1.json": JSON, "strata.v1.msgpack": MSGPACK}
 CLOSE = {"shutting_down": 1001, "protocol_error": 1002, "too_many": 1013, "compacted": 4001,
          "lapped": 4002, "bad_request": 4003, "superseded": 4004, "not_master": 4005}
-MAX_TOPICS = 64
-MAX_CREDITS = 1 << 20
 
 
 class ProtocolError(ValueError):
     """Not a message of this protocol: the connection is closed with 1002."""
-
-
-class BadRequest(ValueError):
-    """A well-formed message asking for something invalid: closed with 4003."""
 
 
 def _authorised(cfg: Config, request) -> bool:
@@ -89,45 +80,6 @@ def decode_message(fmt: str, data) -> dict:
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         raise ProtocolError('a message is an object with a string "op"')
     return msg
-
-
-def _int(msg: dict, name: str, low: int, high: int, default=None):
-    v = msg.get(name, default)
-    if v is None:
-        return default
-    if type(v) is not int or not low <= v <= high:
-        raise BadRequest(f"{name} must be an integer {low} .. {high}")
-    return v
-
-
-def parse_subscribe(fmt: str, msg: dict) -> dict:
-    tier = msg.get("tier", "realtime")
-    if tier not in TIERS:
-        raise BadRequest(f"tier must be one of {', '.join(TIERS)}")
-    topics = msg.get("topics")
-    if topics is not None:
-        if not isinstance(topics, list) or len(topics) > MAX_TOPICS or \
-                not all(isinstance(t, str) and t for t in topics):
-            raise BadRequest(f"topics must be a list of at most {MAX_TOPICS} non-empty strings")
-        topics = frozenset(topics) or None
-    prefix = msg.get("prefix") or b""
-    if isinstance(prefix, str):
-        try:
-            prefix = base64.b64decode(prefix, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest("prefix must be base64") from None
-    elif not isinstance(prefix, bytes):
-        raise BadRequest("prefix must be base64 text (or bytes in msgpack)")
-    name = msg.get("consumer") or ""
-    if not isinstance(name, str) or len(name.encode()) > MAX_NAME:
-        raise BadRequest(f"consumer must be a name of 1 .. {MAX_NAME} bytes")
-    ack = msg.get("ack", "auto")
-    if ack not in ("auto", "manual"):
-        raise BadRequest('ack must be "auto" or "manual"')
-    return {"tier": tier, "topics": topics, "prefix": prefix, "consumer": name, "ack": ack,
-            "from_lsn": _int(msg, "from_lsn", 0, 1 << 63, 0),
-            "credits": _int(msg, "credits", 0, MAX_CREDITS),
-            "window_ms": _int(msg, "window_ms", 1, 60_000, 100)}
 
 
 class _Transport:
@@ -197,15 +149,15 @@ class Connection:
         if op == "subscribe":
             if c is not None:
                 raise BadRequest("one subscription per connection: unsubscribe first")
-            await self.subscribe(parse_subscribe(self.fmt, msg))
+            await self.subscribe(parse_request(msg))
         elif op == "ack":
-            lsn = _int(msg, "lsn", 0, 1 << 63)
+            lsn = int_field(msg, "lsn", 0, 1 << 63)
             if lsn is None:
                 raise BadRequest("ack needs lsn")
             if c is not None:
                 c.ack(lsn)
         elif op == "credit":
-            n = _int(msg, "n", 1, MAX_CREDITS)
+            n = int_field(msg, "n", 1, MAX_CREDITS)
             if n is None:
                 raise BadRequest("credit needs n")
             if c is not None:
@@ -240,19 +192,7 @@ class Connection:
                      max_queue=gate.cfg.subscriber_queue, budget=gate.subscriber_budget)
         self.consumer = c
         gate.metrics.subscribers.inc()
-        start = req["from_lsn"]
-        if name:
-            prev = gate.cursors.claim(name, c)
-            stored = await gate.cursors.load(name)
-            if prev is not None:
-                stored = max(stored, prev.acked)
-                prev.end("superseded", f"consumer {name!r} subscribed again elsewhere",
-                         prev.next_lsn)
-            c.acked = stored
-            if not start and stored:
-                start = stored + 1
-        if not start and req["tier"] == "historical":
-            start = max(1, engine.earliest_lsn)
+        start = await session.position(c, engine, gate.cursors, req["from_lsn"])
         self.send({"op": "subscribed", "tier": c.tier, "from_lsn": start or None,
                    "last_lsn": engine.last_lsn, "consumer": name or None})
         self.task = asyncio.ensure_future(self.serve(c, engine, start))

@@ -23,6 +23,7 @@ it lands on the node that took it.
 from __future__ import annotations
 
 import asyncio
+import queue
 import random
 import threading
 import time
@@ -175,6 +176,64 @@ class _Base:
         return self._handle(e)
 
 
+def _consume_request(consumer: str, tier: str, topics: Iterable[str], key_prefix: bytes,
+                     from_lsn: int, manual_ack: bool, credits: int | None,
+                     window_ms: int) -> pb.ConsumeRequest:
+    sub = pb.ConsumeSubscribe(tier=tier, topics=list(topics), key_prefix=key_prefix,
+                              from_lsn=from_lsn, consumer=consumer, manual_ack=manual_ack,
+                              window_ms=window_ms)
+    if credits is not None:
+        sub.credits = credits
+    return pb.ConsumeRequest(subscribe=sub)
+
+
+class Consumption:
+    """A reliable subscription (Events.Consume): iterate the events; with
+    manual_ack, `ack(lsn)` what was processed; `credit(n)` grants more. A
+    named consumer resumes after its last acknowledgement when it subscribes
+    again. `from_lsn` says where delivery started (0: live)."""
+
+    def __init__(self, client, call, send) -> None:
+        self._client = client
+        self._call = call
+        self._send = send
+        self.from_lsn = 0
+
+    def ack(self, lsn: int) -> None:
+        self._send(pb.ConsumeRequest(ack=lsn))
+
+    def credit(self, n: int) -> None:
+        self._send(pb.ConsumeRequest(credit=n))
+
+    def close(self) -> None:
+        self._send(None)
+        self._call.cancel()
+
+    def __iter__(self) -> Iterator:
+        try:
+            for resp in self._call:
+                if not resp.events:
+                    self.from_lsn = resp.from_lsn
+                yield from resp.events
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise self._client._handle_stream_end(e) from None
+
+    def __aiter__(self) -> AsyncIterator:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator:
+        try:
+            async for resp in self._call:
+                if not resp.events:
+                    self.from_lsn = resp.from_lsn
+                for ev in resp.events:
+                    yield ev
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise self._client._handle_stream_end(e) from None
+
+
 class Client(_Base):
     """Blocking client. Thread-safe; one channel (HTTP/2 connection) per client."""
 
@@ -310,6 +369,21 @@ class Client(_Base):
         except grpc.RpcError as e:
             raise self._handle_stream_end(e) from None
 
+    def consume(self, consumer: str = "", *, tier: str = "realtime", topics: Iterable[str] = (),
+                key_prefix: bytes = b"", from_lsn: int = 0, manual_ack: bool = False,
+                credits: int | None = None, window_ms: int = 0) -> Consumption:
+        """A reliable subscription (see Consumption); close() it when done."""
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        q.put(_consume_request(consumer, tier, topics, key_prefix, from_lsn, manual_ack,
+                               credits, window_ms))
+
+        def requests():
+            while (m := q.get()) is not None:
+                yield m
+
+        call = self.events.Consume(requests(), metadata=self._metadata)
+        return Consumption(self, call, q.put)
+
     # -- Admin
     def status(self):
         return self._call("admin.Status", pb.StatusRequest(), retry=True)
@@ -444,6 +518,21 @@ class AsyncClient(_Base):
                 yield ev
         except grpc.RpcError as e:
             raise self._handle_stream_end(e) from None
+
+    def consume(self, consumer: str = "", *, tier: str = "realtime", topics: Iterable[str] = (),
+                key_prefix: bytes = b"", from_lsn: int = 0, manual_ack: bool = False,
+                credits: int | None = None, window_ms: int = 0) -> Consumption:
+        """A reliable subscription: `async for ev in client.consume("name")`."""
+        q: asyncio.Queue = asyncio.Queue()
+        q.put_nowait(_consume_request(consumer, tier, topics, key_prefix, from_lsn, manual_ack,
+                                      credits, window_ms))
+
+        async def requests():
+            while (m := await q.get()) is not None:
+                yield m
+
+        call = self.events.Consume(requests(), metadata=self._metadata)
+        return Consumption(self, call, q.put_nowait)
 
     async def status(self):
         return await self._call("admin.Status", pb.StatusRequest(), retry=True)

@@ -372,3 +372,21 @@ def test_reserved_keys_are_refused_and_never_shown(daemon):
             assert [m["lsn"] for m in got] == [lsn, lsn2]  # the cursor write between: not shown
 
     asyncio.run(main())
+
+
+def test_credits_hold_during_history_replay_too(daemon):
+    with Client(daemon.grpc) as c:
+        lsns = [c.put(b"h%d" % i, b"v") for i in range(6)]
+
+    async def main():
+        async with connect(url(daemon)) as ws:
+            await subscribe(ws, tier="historical", from_lsn=lsns[0], credits=2)
+            assert [m["lsn"] for m in await events(ws, 2)] == lsns[:2]
+            with pytest.raises(TimeoutError):
+                await recv(ws, 0.3)
+            await ws.send(json.dumps({"op": "credit", "n": 3}))
+            assert [m["lsn"] for m in await events(ws, 3)] == lsns[2:5]
+            with pytest.raises(TimeoutError):
+                await recv(ws, 0.3)
+
+    asyncio.run(main())

@@ -143,6 +143,48 @@ class CompareAndSetResponse(_message.Message):
     lsn: int
     def __init__(self, lsn: _Optional[int] = ...) -> None: ...
 
+class ConsumeRequest(_message.Message):
+    __slots__ = ("subscribe", "ack", "credit")
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    subscribe: ConsumeSubscribe
+    ack: int
+    credit: int
+    def __init__(self, subscribe: _Optional[_Union[ConsumeSubscribe, _Mapping]] = ..., ack: _Optional[int] = ..., credit: _Optional[int] = ...) -> None: ...
+
+class ConsumeSubscribe(_message.Message):
+    __slots__ = ("tier", "topics", "key_prefix", "from_lsn", "consumer", "manual_ack", "credits", "window_ms")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    FROM_LSN_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    MANUAL_ACK_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    key_prefix: bytes
+    from_lsn: int
+    consumer: str
+    manual_ack: bool
+    credits: int
+    window_ms: int
+    def __init__(self, tier: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[bytes] = ..., from_lsn: _Optional[int] = ..., consumer: _Optional[str] = ..., manual_ack: _Optional[bool] = ..., credits: _Optional[int] = ..., window_ms: _Optional[int] = ...) -> None: ...
+
+class ConsumeResponse(_message.Message):
+    __slots__ = ("events", "from_lsn", "last_lsn", "ts_ms")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FROM_LSN_FIELD_NUMBER: _ClassVar[int]
+    LAST_LSN_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    from_lsn: int
+    last_lsn: int
+    ts_ms: int
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., from_lsn: _Optional[int] = ..., last_lsn: _Optional[int] = ..., ts_ms: _Optional[int] = ...) -> None: ...
+
 class PublishRequest(_message.Message):
     __slots__ = ("topic", "key", "payload")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

@@ -392,6 +392,11 @@ class EventsStub:
                 request_serializer=strata_dot_v1_dot_strata__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_strata__pb2.Event.FromString,
                 _registered_method=True)
+        self.Consume = channel.stream_stream(
+                '/strata.v1.Events/Consume',
+                request_serializer=strata_dot_v1_dot_strata__pb2.ConsumeRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.ConsumeResponse.FromString,
+                _registered_method=True)
 
 
 class EventsServicer:
@@ -414,6 +419,18 @@ class EventsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Consume(self, request_iterator, context):
+        """A reliable subscription, as the WebSocket tiers offer it (docs/protocol.md):
+        the first message subscribes, later ones acknowledge and grant credit.
+        A named consumer's cursor is stored on the server; unacknowledged events
+        are delivered again after a reconnect. Ends with RESOURCE_EXHAUSTED and the
+        trailer strata-resume-lsn when cut off, OUT_OF_RANGE when from_lsn is no
+        longer retained, ABORTED when the same consumer subscribed elsewhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -426,6 +443,11 @@ def add_EventsServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=strata_dot_v1_dot_strata__pb2.SubscribeRequest.FromString,
                     response_serializer=strata_dot_v1_dot_strata__pb2.Event.SerializeToString,
+            ),
+            'Consume': grpc.stream_stream_rpc_method_handler(
+                    servicer.Consume,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.ConsumeRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.ConsumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +506,33 @@ class Events:
             '/strata.v1.Events/Subscribe',
             strata_dot_v1_dot_strata__pb2.SubscribeRequest.SerializeToString,
             strata_dot_v1_dot_strata__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Consume(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/strata.v1.Events/Consume',
+            strata_dot_v1_dot_strata__pb2.ConsumeRequest.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.ConsumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
