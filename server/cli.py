@@ -19,6 +19,7 @@ import sys
 from strata.storage.options import DURABILITY_MODES
 
 from . import config as config_mod
+from . import tail
 
 FLAG_OPTIONS = ("data_dir", "grpc_listen", "ws_listen", "metrics_listen", "durability", "log_level",
                 "node", "auth_token", "peers", "replication", "advertise", "rings")
@@ -152,11 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     ss.add_argument("end", nargs="?", default="")
     ss.add_argument("--limit", type=int, default=0)
     sub.add_parser("status", parents=[client_parent], help="node status")
+    tail.add_parser(sub)
     args = p.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "config":
         return _config(args)
+    if args.command == "tail":
+        return tail.run(args)
     return _client_cmd(args)
 
 
