@@ -1,0 +1,658 @@
+"""Event distribution: shared-memory rings and the WebSocket tiers, beside their peers.
+
+    python -m bench distribution [--quick] [--json] [--docs DIR]
+
+One run, loopback, 100-byte events, every peer measured with the same harness
+(subscribers in their own processes, Python on both ends):
+- ring (one writer process, readers in other processes) against
+  multiprocessing.Queue and pyzmq PUSH/PULL over ipc: delivered events/s (a
+  reader draining a full ring, and writer and reader running together) and
+  publish -> read latency at a paced 10k events/s, polling and doorbell;
+- the daemon's WebSocket realtime and delayed tiers against the raw
+  `websockets` broadcast (the transport's own ceiling), Redis pub/sub
+  (redis-py) and NATS core (nats-py): delivered events/s with 1, 10 and 100
+  subscribers, and put acknowledged (publish, for the peers) -> received at a
+  paced 10k events/s;
+- the daemon's batched durable puts with 0 subscribers, 10 realtime readers and
+  100 delayed-tier subscribers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .server.procs import child_env, free_port, spawn, stop_proc
+
+VALUE = b"v" * 100
+PACE = 10_000  # events/s of the latency runs
+CTX = mp.get_context("fork")
+
+
+def _pct(xs: list[float]) -> dict:
+    xs = sorted(xs)
+    if not xs:
+        return {"p50": None, "p99": None, "p999": None}
+    pick = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]
+    return {"p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999)}
+
+
+# ------------------------------------------------------------------------- rings
+
+def _ring_reader(name: str, n: int, wait: str, from_start: bool, ready, out) -> None:
+    from strata_client.ring import RingReader
+
+    r = RingReader(name, wait=wait, from_start=from_start)
+    ready.put(1)
+    got, lat, t0 = 0, [], None
+    while got < n:
+        evs = r.read(256, timeout=30)
+        if not evs:
+            break
+        now = time.time_ns()
+        if t0 is None:
+            t0 = time.perf_counter()
+        if len(lat) < 200_000:
+            lat.extend((now - e.ts_ns) / 1000 for e in evs)
+        got += len(evs)
+    out.put((got, time.perf_counter() - (t0 or time.perf_counter()), lat))
+    r.close()
+
+
+def _publish(w, n: int, batch: int, pace: float | None) -> float:
+    t0 = time.perf_counter()
+    lsn = 1
+    while lsn <= n:
+        k = min(batch, n - lsn + 1)
+        ts = time.time_ns()
+        w.publish([(lsn + i, ts, b"kv", b"key%08d" % (lsn + i), VALUE) for i in range(k)])
+        lsn += k
+        if pace:
+            due = t0 + (lsn - 1) / pace
+            while time.perf_counter() < due:
+                pass
+    return time.perf_counter() - t0
+
+
+def bench_ring(n: int, readers: int, wait: str, prefill: bool, pace: float | None) -> dict:
+    from strata.distribution.ring import RingWriter
+
+    name = f"strata-bench-{os.getpid()}"
+    size = (n * 160 + (1 << 20)) if prefill else 64 << 20
+    w = RingWriter(name, size)
+    ready, out = CTX.Queue(), CTX.Queue()
+    try:
+        if prefill:
+            wrote = _publish(w, n, 64, None)
+        procs = [CTX.Process(target=_ring_reader, args=(name, n, wait, prefill, ready, out))
+                 for _ in range(readers)]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            ready.get(timeout=30)
+        if not prefill:
+            wrote = _publish(w, n, 1 if pace else 64, pace)
+        res = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+    finally:
+        w.close()
+    got = sum(r[0] for r in res)
+    secs = max(r[1] for r in res)
+    lat = [x for r in res for x in r[2]]
+    return {"events_per_s": got / secs if secs else None, "writer_per_s": n / wrote,
+            "lapped": sum(1 for r in res if r[0] < n), "latency_us": _pct(lat)}
+
+
+def _q_consumer(q, n: int, out) -> None:
+    got, lat, t0 = 0, [], None
+    while got < n:
+        lsn, ts, _ = q.get()
+        now = time.time_ns()
+        if t0 is None:
+            t0 = time.perf_counter()
+        lat.append((now - ts) / 1000)
+        got += 1
+    out.put((got, time.perf_counter() - t0, lat))
+
+
+def bench_mp_queue(n: int, pace: float | None) -> dict:
+    q, out = CTX.Queue(), CTX.Queue()
+    p = CTX.Process(target=_q_consumer, args=(q, n, out))
+    p.start()
+    t0 = time.perf_counter()
+    for i in range(n):
+        q.put((i, time.time_ns(), VALUE))
+        if pace:
+            due = t0 + (i + 1) / pace
+            while time.perf_counter() < due:
+                pass
+    got, secs, lat = out.get(timeout=300)
+    p.join()
+    return {"events_per_s": got / secs, "latency_us": _pct(lat)}
+
+
+def _zmq_consumer(addr: str, n: int, ready, out) -> None:
+    import zmq
+
+    s = zmq.Context().socket(zmq.PULL)
+    s.connect(addr)
+    ready.put(1)
+    got, lat, t0 = 0, [], None
+    while got < n:
+        m = s.recv()
+        now = time.time_ns()
+        if t0 is None:
+            t0 = time.perf_counter()
+        lat.append((now - int.from_bytes(m[:8], "little")) / 1000)
+        got += 1
+    out.put((got, time.perf_counter() - t0, lat))
+
+
+def bench_zmq(n: int, pace: float | None, root: str) -> dict:
+    import zmq
+
+    addr = f"ipc://{root}/zmq.sock"
+    s = zmq.Context().socket(zmq.PUSH)
+    s.bind(addr)
+    ready, out = CTX.Queue(), CTX.Queue()
+    p = CTX.Process(target=_zmq_consumer, args=(addr, n, ready, out))
+    p.start()
+    ready.get(timeout=30)
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    for i in range(n):
+        s.send(time.time_ns().to_bytes(8, "little") + VALUE)
+        if pace:
+            due = t0 + (i + 1) / pace
+            while time.perf_counter() < due:
+                pass
+    got, secs, lat = out.get(timeout=300)
+    p.join()
+    s.close(linger=0)
+    return {"events_per_s": got / secs, "latency_us": _pct(lat)}
+
+
+# ----------------------------------------------------------------- network peers
+
+def _sub_proc(kind: str, target: str, conns: int, n: int, ready, go, out, sub_msg) -> None:
+    """`conns` subscribers of one kind in one process; each counts n events."""
+    import uvloop
+
+    async def one(i: int, record: bool) -> tuple[int, float, list]:
+        got, lat = 0, []
+        if kind == "ws":
+            from websockets.asyncio.client import connect
+
+            async with connect(target, max_size=None, max_queue=None) as ws:
+                if sub_msg:
+                    await ws.send(sub_msg)
+                    await ws.recv()  # subscribed
+                ready.put(1)
+                while got < n:
+                    m = await ws.recv()
+                    now = time.time_ns()
+                    if not sub_msg:  # the raw broadcast: one event a message, ts first
+                        if record:
+                            lat.append((now, m))
+                        got += 1
+                        continue
+                    k = m.count('"lsn"')
+                    if record:
+                        if k == 1:
+                            lat.append((now, json.loads(m)))
+                        else:
+                            lat.extend((now, e) for e in json.loads(m)["events"])
+                    got += k
+                last = time.perf_counter()
+        elif kind == "redis":
+            import redis.asyncio as aredis
+
+            r = aredis.Redis.from_url(target)
+            ps = r.pubsub()
+            await ps.subscribe("ev")
+            await ps.get_message(timeout=5)
+            ready.put(1)
+            while got < n:
+                m = await ps.get_message(timeout=30)
+                if m is None:
+                    break
+                if m["type"] != "message":
+                    continue
+                if record:
+                    lat.append((time.time_ns(), m["data"]))
+                got += 1
+            last = time.perf_counter()
+            await r.aclose()
+        else:  # nats
+            import nats
+
+            nc = await nats.connect(target)
+            done = asyncio.Event()
+            state = {"got": 0}
+
+            async def cb(msg):
+                state["got"] += 1
+                if record:
+                    lat.append((time.time_ns(), msg.data))
+                if state["got"] >= n:
+                    done.set()
+
+            await nc.subscribe("ev", cb=cb, pending_msgs_limit=10_000_000,
+                               pending_bytes_limit=1 << 30)
+            await nc.flush()
+            ready.put(1)
+            await asyncio.wait_for(done.wait(), 300)
+            got = state["got"]
+            last = time.perf_counter()
+            await nc.close()
+        return got, last, lat
+
+    async def main():
+        res = await asyncio.gather(*(one(i, i == 0) for i in range(conns)))
+        out.put([(g, t, lat) for g, t, lat in res])
+
+    uvloop.install()
+    asyncio.run(main())
+
+
+def _subscribers(kind: str, target: str, total: int, n: int, sub_msg: str | None):
+    procs_n = min(total, 2)
+    per = [total // procs_n + (1 if i < total % procs_n else 0) for i in range(procs_n)]
+    ready, go, out = CTX.Queue(), CTX.Event(), CTX.Queue()
+    procs = [CTX.Process(target=_sub_proc, args=(kind, target, c, n, ready, go, out, sub_msg))
+             for c in per]
+    for p in procs:
+        p.start()
+    for _ in range(total):
+        ready.get(timeout=60)
+    return procs, out
+
+
+def _collect(procs, out) -> tuple[int, float, list]:
+    res = [x for _ in procs for x in out.get(timeout=600)]
+    for p in procs:
+        p.join(30)
+    return sum(r[0] for r in res), max(r[1] for r in res), [x for r in res for x in r[2]]
+
+
+def _latency_from(samples: list, ack: dict[int, int] | None) -> dict:
+    lat = []
+    for now, m in samples:
+        if ack is not None:
+            t = ack.get(m["lsn"])
+            if t is not None:
+                lat.append((now - t) / 1e6)
+        else:
+            data = m if isinstance(m, bytes) else m.encode() if isinstance(m, str) else m
+            lat.append((now - int(data[:19])) / 1e6)
+    return _pct(lat)
+
+
+async def _strata_write(addr: str, n: int, pace: float | None, batch: int = 100,
+                        inflight: int = 8) -> tuple[float, dict[int, int]]:
+    """n puts in batches (paced: batches of 10 on a clock); {lsn: ack time ns}."""
+    from strata_client import AsyncClient
+
+    acks: dict[int, int] = {}
+    async with AsyncClient(addr) as c:
+        if pace:
+            batch, inflight = 10, 1
+        sem = asyncio.Semaphore(inflight)
+        t0 = time.perf_counter()
+        tasks = []
+
+        async def one(i: int) -> None:
+            async with sem:
+                last = await c.batch([("put", b"k%09d" % (i + j), VALUE) for j in range(batch)])
+                now = time.time_ns()
+                for j in range(batch):
+                    acks[last - batch + 1 + j] = now
+
+        for i in range(0, n, batch):
+            if pace:
+                due = t0 + i / pace
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+            if len(tasks) > 1000:
+                await asyncio.gather(*tasks)
+                tasks = []
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - t0, acks
+
+
+class Strata:
+    def __init__(self, root: str) -> None:
+        self.grpc = f"127.0.0.1:{free_port()}"
+        self.ws = f"127.0.0.1:{free_port()}"
+        d = tempfile.mkdtemp(dir=root)
+        self.proc = spawn([sys.executable, "-m", "strata.server.cli", "serve", "--data-dir", d,
+                           "--grpc-listen", self.grpc, "--ws-listen", self.ws, "--metrics-listen",
+                           "", "--log-level", "warning"],
+                          env=dict(child_env(), STRATA_SUBSCRIBER_QUEUE="200000",
+                                   STRATA_WAL_RETENTION_BYTES=str(1 << 30)),
+                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "ab"))
+        from strata_client import Client
+
+        end = time.monotonic() + 30
+        while True:
+            try:
+                with Client(self.grpc, timeout=1) as c:
+                    c.status()
+                break
+            except Exception:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        stop_proc(self.proc)
+
+
+def bench_strata_ws(root: str, tier: str, subs: int, n: int, pace: float | None) -> dict:
+    s = Strata(root)
+    try:
+        msg = json.dumps({"op": "subscribe", "tier": tier, "window_ms": 20})
+        procs, out = _subscribers("ws", f"ws://{s.ws}/v1/events", subs, n, msg)
+        t0 = time.perf_counter()
+        write_s, acks = asyncio.run(_strata_write(s.grpc, n, pace))
+        got, last, samples = _collect(procs, out)
+    finally:
+        s.stop()
+    secs = last - t0
+    return {"events_per_s": got / secs, "per_sub": got / subs / secs,
+            "writes_per_s": n / write_s, "complete": got == n * subs,
+            "latency_ms": _latency_from(samples, acks)}
+
+
+def bench_write_path(root: str, n: int, realtime: int, delayed: int) -> float:
+    s = Strata(root)
+    try:
+        procs, out = [], None
+        if realtime:
+            procs, out = _subscribers("ws", f"ws://{s.ws}/v1/events", realtime, n,
+                                      json.dumps({"op": "subscribe"}))
+        if delayed:
+            procs, out = _subscribers("ws", f"ws://{s.ws}/v1/events", delayed, n,
+                                      json.dumps({"op": "subscribe", "tier": "delayed",
+                                                  "window_ms": 100}))
+        write_s, _ = asyncio.run(_strata_write(s.grpc, n, None))
+        if procs:
+            _collect(procs, out)
+    finally:
+        s.stop()
+    return n / write_s
+
+
+def _ws_broadcast_server(port: int, n: int, subs: int, pace: float | None, started) -> None:
+    import uvloop
+    from websockets.asyncio.server import broadcast, serve
+
+    async def main():
+        conns: set = set()
+        full = asyncio.Event()
+
+        async def handler(ws):
+            conns.add(ws)
+            if len(conns) >= subs:
+                full.set()
+            await ws.wait_closed()
+
+        async with serve(handler, "127.0.0.1", port, compression=None, max_queue=None):
+            started.set()
+            await full.wait()
+            await asyncio.sleep(0.5)
+            t0 = time.perf_counter()
+            for i in range(n):
+                broadcast(conns, b'%019d{"op":"event","value":"%s"}' % (time.time_ns(), VALUE),
+                          text=True)
+                if pace:
+                    due = t0 + (i + 1) / pace
+                    d = due - time.perf_counter()
+                    if d > 0:
+                        await asyncio.sleep(d)
+                elif i % 100 == 0:
+                    await asyncio.sleep(0)
+            await asyncio.sleep(60)
+
+    uvloop.install()
+    asyncio.run(main())
+
+
+def bench_ws_broadcast(subs: int, n: int, pace: float | None) -> dict:
+    port = free_port()
+    started = CTX.Event()
+    srv = CTX.Process(target=_ws_broadcast_server, args=(port, n, subs, pace, started))
+    srv.start()
+    started.wait(30)
+    try:
+        procs, out = _subscribers("ws", f"ws://127.0.0.1:{port}", subs, n, None)
+        t0 = time.perf_counter()
+        got, last, samples = _collect(procs, out)
+    finally:
+        srv.kill()
+        srv.join()
+    lat = _latency_from(samples, None) if pace else _pct([])
+    return {"events_per_s": got / (last - t0), "latency_ms": lat}
+
+
+def bench_redis(root: str, subs: int, n: int, pace: float | None) -> dict:
+    import redis
+
+    port = free_port()
+    srv = spawn(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                 "--dir", root], env=None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        procs, out = _subscribers("redis", f"redis://127.0.0.1:{port}", subs, n, None)
+        t0 = time.perf_counter()
+        i = 0
+        while i < n:
+            k = 1 if pace else 100
+            p = r.pipeline(transaction=False)
+            for _ in range(k):
+                p.publish("ev", b"%019d" % time.time_ns() + VALUE)
+            p.execute()
+            i += k
+            if pace:
+                due = t0 + i / pace
+                while time.perf_counter() < due:
+                    pass
+        got, last, samples = _collect(procs, out)
+    finally:
+        stop_proc(srv)
+    return {"events_per_s": got / (last - t0),
+            "latency_ms": _latency_from(samples, None) if pace else _pct([])}
+
+
+def bench_nats(root: str, subs: int, n: int, pace: float | None) -> dict:
+    import nats
+
+    port = free_port()
+    srv = spawn(["nats-server", "-a", "127.0.0.1", "-p", str(port)], env=None,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        procs, out = _subscribers("nats", f"nats://127.0.0.1:{port}", subs, n, None)
+
+        async def pub():
+            nc = await nats.connect(f"nats://127.0.0.1:{port}")
+            t0 = time.perf_counter()
+            for i in range(n):
+                await nc.publish("ev", b"%019d" % time.time_ns() + VALUE)
+                if pace:
+                    due = t0 + (i + 1) / pace
+                    d = due - time.perf_counter()
+                    if d > 0:
+                        await nc.flush()
+                        await asyncio.sleep(d)
+                elif i % 1000 == 0:
+                    await nc.flush()
+            await nc.flush()
+            await nc.close()
+
+        t0 = time.perf_counter()
+        asyncio.run(pub())
+        got, last, samples = _collect(procs, out)
+    finally:
+        stop_proc(srv)
+    return {"events_per_s": got / (last - t0),
+            "latency_ms": _latency_from(samples, None) if pace else _pct([])}
+
+
+# ------------------------------------------------------------------------- run
+
+def run(args) -> dict:
+    root = tempfile.mkdtemp(prefix="strata-bench-dist-", dir=args.dir)
+    q = args.quick
+    n_ring = 200_000 if q else 1_000_000
+    n_net = 20_000 if q else 100_000
+    n_lat = 5_000 if q else 20_000
+    res: dict[str, Any] = {"machine": report.machine_info(root, ["websockets", "redis", "nats-py",
+                                                                 "pyzmq"]),
+                           "ring": {}, "ws": {}, "write_path": {}, "skipped": {}}
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)
+    try:
+        r = res["ring"]
+        r["ring, 1 reader, draining a full ring"] = bench_ring(n_ring, 1, "poll", True, None)
+        r["ring, 1 reader, writer running"] = bench_ring(n_ring, 1, "poll", False, None)
+        r["ring, 4 readers, writer running"] = bench_ring(n_ring, 4, "poll", False, None)
+        r["ring, polling reader, paced"] = bench_ring(n_lat, 1, "poll", False, PACE)
+        r["ring, doorbell reader, paced"] = bench_ring(n_lat, 1, "doorbell", False, PACE)
+        r["ring, 4 doorbell readers, paced"] = bench_ring(n_lat, 4, "doorbell", False, PACE)
+        r["multiprocessing.Queue"] = bench_mp_queue(n_ring // 4, None)
+        r["multiprocessing.Queue, paced"] = bench_mp_queue(n_lat, PACE)
+        r["pyzmq ipc"] = bench_zmq(n_ring // 2, None, root)
+        r["pyzmq ipc, paced"] = bench_zmq(n_lat, PACE, root)
+        for k, v in r.items():
+            log(f"{k}: {v['events_per_s']:,.0f}/s, latency us {v['latency_us']}")
+        w = res["ws"]
+        for subs in (1, 10, 100):
+            n = n_net if subs < 100 else n_net // 5
+            for tier in ("realtime", "delayed"):
+                w[f"strata {tier}, {subs} subs"] = bench_strata_ws(root, tier, subs, n, None)
+            w[f"websockets broadcast, {subs} subs"] = bench_ws_broadcast(subs, n, None)
+            if shutil.which("redis-server"):
+                w[f"redis pub/sub, {subs} subs"] = bench_redis(root, subs, n, None)
+            if shutil.which("nats-server"):
+                w[f"nats core, {subs} subs"] = bench_nats(root, subs, n, None)
+            for k in [k for k in w if k.endswith(f", {subs} subs")]:
+                log(f"{k}: {w[k]['events_per_s']:,.0f} events/s")
+        w["strata realtime, 10 subs, paced"] = bench_strata_ws(root, "realtime", 10, n_lat, PACE)
+        w["websockets broadcast, 10 subs, paced"] = bench_ws_broadcast(10, n_lat, PACE)
+        if shutil.which("redis-server"):
+            w["redis pub/sub, 10 subs, paced"] = bench_redis(root, 10, n_lat, PACE)
+        if shutil.which("nats-server"):
+            w["nats core, 10 subs, paced"] = bench_nats(root, 10, n_lat, PACE)
+        if not shutil.which("redis-server"):
+            res["skipped"]["redis"] = "redis-server not on PATH (Debian: redis-server)"
+        if not shutil.which("nats-server"):
+            res["skipped"]["nats"] = "nats-server not on PATH (Debian: nats-server)"
+        wp = res["write_path"]
+        n_w = 100_000 if q else 300_000
+        wp["no subscribers"] = bench_write_path(root, n_w, 0, 0)
+        wp["10 realtime subscribers"] = bench_write_path(root, n_w, 10, 0)
+        wp["100 delayed-tier subscribers"] = bench_write_path(root, n_w, 0, 100)
+        log(f"write path: {wp}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return res
+
+
+def _r(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def _f(x, unit="") -> str:
+    return "-" if x is None else f"{x:,.1f}{unit}" if x < 100 else f"{x:,.0f}{unit}"
+
+
+def render_text(res: dict) -> str:
+    ring = res["ring"]
+    q = ring.get("multiprocessing.Queue", {}).get("events_per_s")
+    out = ["Same host (100-byte events): delivered events/s, publish -> read latency (us)"]
+    out.append(report.text_table(
+        ["transport", "events/s", "vs mp.Queue", "p50 us", "p99 us", "p999 us"],
+        [[k, _f(v["events_per_s"]), _r(v["events_per_s"], q), _f(v["latency_us"]["p50"]),
+          _f(v["latency_us"]["p99"]), _f(v["latency_us"]["p999"])] for k, v in ring.items()]))
+    ws = res["ws"]
+    out.append("\nNetwork (loopback), delivered events/s over all subscribers; latency (ms) put "
+               "acknowledged -> received (peers: published -> received)")
+    rows = []
+    for k, v in ws.items():
+        subs = k.split(", ")[1] if ", " in k else ""
+        raw = ws.get(f"websockets broadcast, {subs}", {}).get("events_per_s")
+        red = ws.get(f"redis pub/sub, {subs}", {}).get("events_per_s")
+        nat = ws.get(f"nats core, {subs}", {}).get("events_per_s")
+        lat = v["latency_ms"]
+        rows.append([k, _f(v["events_per_s"]), _r(v["events_per_s"], raw), _r(v["events_per_s"], red),
+                     _r(v["events_per_s"], nat), _f(lat["p50"]), _f(lat["p99"]), _f(lat["p999"])])
+    out.append(report.text_table(["system", "events/s", "vs ws raw", "vs redis", "vs nats",
+                                  "p50 ms", "p99 ms", "p999 ms"], rows))
+    wp = res["write_path"]
+    base = wp.get("no subscribers")
+    out.append("\nBatched durable puts (100 a batch, 8 in flight) while subscribers read")
+    out.append(report.text_table(["subscribers", "puts/s", "vs none"],
+                                 [[k, _f(v), _r(v, base)] for k, v in wp.items()]))
+    for k, why in res["skipped"].items():
+        out.append(f"skipped {k}: {why}")
+    return "\n".join(out)
+
+
+def render_markdown(res: dict, has_chart: bool) -> str:
+    m = res["machine"]
+    lines = ["# Distribution benchmark", "",
+             "`python -m bench distribution` (bench/distribution.py), one run on one machine: "
+             "servers, writers and subscriber processes share its cores. See the module's "
+             "docstring for what each row measures.", "",
+             f"Machine: {m.get('cpu_model', '?')}, {m.get('cpus_usable', '?')} usable cores, "
+             f"{m.get('python', '?')}, {m.get('date', '?')}.", ""]
+    if has_chart:
+        lines += ["![latency](distribution.png)", ""]
+    lines += ["```", render_text(res), "```", ""]
+    return "\n".join(lines)
+
+
+def draw_chart(res: dict, path: Path) -> None:
+    rows = {k: v["latency_ms"] for k, v in res["ws"].items() if k.endswith("paced")}
+    rows.update({k: {p: (x / 1000 if x is not None else None) for p, x in v["latency_us"].items()}
+                 for k, v in res["ring"].items() if k.endswith("paced")})
+    report.bar_chart(path, list(rows), {p: [r[p] for r in rows.values()]
+                                        for p in ("p50", "p99", "p999")},
+                     title=f"Latency at a paced {PACE:,} events/s (ms, log scale)",
+                     ylabel="ms", log=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench distribution", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer events per run")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--docs", default=None, help="write the page into this directory")
+    ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--dir", default=None, help="where the data directories go (default: /tmp)")
+    args = ap.parse_args(argv)
+    res = run(args)
+    report.publish(res, args, "distribution", lambda r: r, render_text,
+                   lambda r, d: report.write_page(d, "distribution", r, draw_chart,
+                                                  render_markdown, r), True)
+    return 0
