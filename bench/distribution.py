@@ -50,7 +50,8 @@ def _pct(xs: list[float]) -> dict:
 
 # ------------------------------------------------------------------------- rings
 
-def _ring_reader(name: str, n: int, wait: str, from_start: bool, ready, out) -> None:
+def _ring_reader(name: str, n: int, wait: str, from_start: bool, record: bool, ready,
+                 out) -> None:
     from strata_client.ring import RingReader
 
     r = RingReader(name, wait=wait, from_start=from_start)
@@ -63,7 +64,7 @@ def _ring_reader(name: str, n: int, wait: str, from_start: bool, ready, out) -> 
         now = time.time_ns()
         if t0 is None:
             t0 = time.perf_counter()
-        if len(lat) < 200_000:
+        if record:
             lat.extend((now - e.ts_ns) / 1000 for e in evs)
         got += len(evs)
     out.put((got, time.perf_counter() - (t0 or time.perf_counter()), lat))
@@ -95,7 +96,7 @@ def bench_ring(n: int, readers: int, wait: str, prefill: bool, pace: float | Non
     try:
         if prefill:
             wrote = _publish(w, n, 64, None)
-        procs = [CTX.Process(target=_ring_reader, args=(name, n, wait, prefill, ready, out))
+        procs = [CTX.Process(target=_ring_reader, args=(name, n, wait, prefill, bool(pace), ready, out))
                  for _ in range(readers)]
         for p in procs:
             p.start()
@@ -115,21 +116,22 @@ def bench_ring(n: int, readers: int, wait: str, prefill: bool, pace: float | Non
             "lapped": sum(1 for r in res if r[0] < n), "latency_us": _pct(lat)}
 
 
-def _q_consumer(q, n: int, out) -> None:
+def _q_consumer(q, n: int, record: bool, out) -> None:
     got, lat, t0 = 0, [], None
     while got < n:
         lsn, ts, _ = q.get()
         now = time.time_ns()
         if t0 is None:
             t0 = time.perf_counter()
-        lat.append((now - ts) / 1000)
+        if record:
+            lat.append((now - ts) / 1000)
         got += 1
     out.put((got, time.perf_counter() - t0, lat))
 
 
 def bench_mp_queue(n: int, pace: float | None) -> dict:
     q, out = CTX.Queue(), CTX.Queue()
-    p = CTX.Process(target=_q_consumer, args=(q, n, out))
+    p = CTX.Process(target=_q_consumer, args=(q, n, bool(pace), out))
     p.start()
     t0 = time.perf_counter()
     for i in range(n):
@@ -143,7 +145,7 @@ def bench_mp_queue(n: int, pace: float | None) -> dict:
     return {"events_per_s": got / secs, "latency_us": _pct(lat)}
 
 
-def _zmq_consumer(addr: str, n: int, ready, out) -> None:
+def _zmq_consumer(addr: str, n: int, record: bool, ready, out) -> None:
     import zmq
 
     s = zmq.Context().socket(zmq.PULL)
@@ -155,7 +157,8 @@ def _zmq_consumer(addr: str, n: int, ready, out) -> None:
         now = time.time_ns()
         if t0 is None:
             t0 = time.perf_counter()
-        lat.append((now - int.from_bytes(m[:8], "little")) / 1000)
+        if record:
+            lat.append((now - int.from_bytes(m[:8], "little")) / 1000)
         got += 1
     out.put((got, time.perf_counter() - t0, lat))
 
@@ -167,7 +170,7 @@ def bench_zmq(n: int, pace: float | None, root: str) -> dict:
     s = zmq.Context().socket(zmq.PUSH)
     s.bind(addr)
     ready, out = CTX.Queue(), CTX.Queue()
-    p = CTX.Process(target=_zmq_consumer, args=(addr, n, ready, out))
+    p = CTX.Process(target=_zmq_consumer, args=(addr, n, bool(pace), ready, out))
     p.start()
     ready.get(timeout=30)
     time.sleep(0.2)

@@ -353,3 +353,94 @@ class Consumer:
     @property
     def unacked(self) -> int:
         return len(self._window) if self._window is not None else 0
+
+
+class Group:
+    """Subscribers that get exactly the same stream, served as one.
+
+    Live subscribers with the same filter, tier, format and window and no
+    credit limit receive identical bytes: the hub offers each event to the
+    group once, the group frames (or batches) it once, and each member's
+    transport gets the same bytes once per hub drain. Fan-out then costs one
+    filter check and one append per event, plus one write per member per
+    drain, instead of that work per event and member.
+
+    A member whose transport is full leaves the group at the next flush: the
+    events of that flush go to its own queue, and from then on it is served
+    alone (credit, queue, cut-off), so nothing is skipped.
+    """
+
+    def __init__(self, key: tuple, proto: Consumer) -> None:
+        self.key = key
+        self.topics, self.prefix, self.fmt = proto.topics, proto.prefix, proto.fmt
+        self.members: list[Consumer] = []
+        self.out: list[bytes] = []
+        self.events: list[Shared] = []  # this drain's (realtime) or this batch's (delayed)
+        self.batcher = Batcher(proto.batcher.max_window) if proto.batcher is not None else None
+        self.batch: list[bytes] = []
+        self.batch_bytes = 0
+        self.batch_since = 0.0
+        self.timer = None  # delayed tier: the loop's handle that seals the batch
+        self.detach = None  # callable(member, events): the hub serves it alone from now on
+
+    @staticmethod
+    def key_of(c: Consumer) -> tuple | None:
+        if c.credit is not None or c.fmt == GRPC or not c.live or c.queue or c.blocked:
+            return None
+        w = c.batcher.max_window if c.batcher is not None else 0
+        return (c.topics, c.prefix, c.fmt, c.tier, w)
+
+    def wants(self, ev) -> bool:
+        return (self.topics is None or ev.topic in self.topics) and ev.key.startswith(self.prefix)
+
+    def offer(self, ev, shared: Shared) -> None:
+        self.events.append(shared)
+        if self.batcher is None:
+            self.out.append(shared.frame(self.fmt))
+            return
+        if not self.batch:
+            self.batch_since = time.monotonic()
+        body = shared.body(self.fmt)
+        self.batch.append(body)
+        self.batch_bytes += len(body)
+        if len(self.batch) >= self.batcher.size or self.batch_bytes >= MAX_BATCH_BYTES:
+            self.seal()
+
+    def seal(self, now: float | None = None) -> None:
+        if self.batch:
+            n = len(self.batch)
+            self.out.append(frame_message(self.fmt, batch_body(self.fmt, self.batch)))
+            self.batch, self.batch_bytes = [], 0
+            self.batcher.sent(n, now)
+
+    def flush(self) -> None:
+        """Hand what is ready to every member (end of a hub drain, or a sealed batch)."""
+        if not self.out:
+            if self.batcher is None:
+                self.events = []
+            return
+        data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        self.out = []
+        events = self.events
+        pending = len(self.batch)
+        sent = events[:len(events) - pending] if pending else events
+        self.events = events[len(events) - pending:] if pending else []
+        if not sent:
+            return
+        last = sent[-1].ev.lsn
+        n = len(sent)
+        for m in list(self.members):
+            if m.ended is not None:
+                self.members.remove(m)
+                continue
+            if m.blocked:
+                self.members.remove(m)
+                self.detach(m, sent + self.events)
+                continue
+            m.out.append(data)
+            m.next_lsn = last + 1
+            m.sent += n
+            if not m.manual:
+                m.acked = last
+            if m.on_ready is not None:
+                m.on_ready()

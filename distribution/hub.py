@@ -32,7 +32,7 @@ from typing import NamedTuple
 from strata.storage import record
 from strata.storage.errors import Compacted
 
-from .consumer import Shared
+from .consumer import Group, Shared
 from .cursors import is_reserved
 
 
@@ -124,6 +124,8 @@ class Hub:
         self._scheduled = False
         self._overflow_lsn = 0
         self.published = 0
+        self.groups: dict[tuple, Group] = {}  # identical live streams, served once
+        self.grouped: dict = {}  # Consumer -> its Group
         # The LSN after the last frame drained: the next one any subscriber is offered.
         self.next_lsn = 0
 
@@ -131,7 +133,7 @@ class Hub:
 
     def on_commit(self, frames: list[bytes]) -> None:
         """Engine commit listener: hand frames to the loop. Never blocks."""
-        if not self.subs:
+        if not self.subs and not self.groups:
             return
         if len(self._pending) >= self.max_pending:
             if not self._overflow_lsn:
@@ -151,6 +153,7 @@ class Hub:
         self._scheduled = False
         pending = self._pending
         subs = list(self.subs)
+        groups = list(self.groups.values())
         ts = int(time.time() * 1000)
         while pending:
             lsn, _, ftype, payload = record.parse_frame(pending.popleft())
@@ -160,28 +163,77 @@ class Hub:
                     continue  # consumer cursors: internal
                 self.published += 1
                 shared = Shared(ev, ts)  # each encoding made once, for every subscriber
+                for g in groups:
+                    if g.wants(ev):
+                        g.offer(ev, shared)
                 for s in subs:
                     if s.wants(ev):
                         s.offer(ev, shared)
             self.next_lsn = (events[-1].lsn if events else lsn) + 1
+        for g in groups:
+            g.flush()
+            if g.batch and g.timer is None:  # delayed tier: seal when the window ends
+                wait = g.batch_since + g.batcher.window - time.monotonic()
+                g.timer = self.loop.call_later(max(0.0, wait), self._seal, g)
         for s in subs:
             s.flush()
         if self._overflow_lsn:
-            for s in subs:
+            for s in subs + [m for g in groups for m in g.members]:
                 s.cut_off(self._overflow_lsn, "the server fell behind fanning out events")
             self._overflow_lsn = 0
 
+    def _seal(self, g: Group) -> None:
+        g.timer = None
+        g.seal()
+        g.flush()
+
+    def _detach(self, m, events: list) -> None:
+        """A member's transport is full: serve it alone, from the events it lacks."""
+        self.grouped.pop(m, None)
+        for shared in events:
+            m.offer(shared.ev, shared)
+        self.subs.add(m)
+        self._drop_if_empty(m, None)
+
+    def _drop_if_empty(self, m, g: Group | None) -> None:
+        for key, grp in list(self.groups.items()):
+            if not grp.members:
+                if grp.timer is not None:
+                    grp.timer.cancel()
+                del self.groups[key]
+
     def add(self, sub) -> None:
-        """Attach a subscriber of another kind (distribution/consumer.Consumer)."""
-        self.subs.add(sub)
+        """Attach a subscriber of another kind (distribution/consumer.Consumer): into
+        the group of its identical stream when it can be served as one of many."""
+        key = Group.key_of(sub)
+        if key is None:
+            self.subs.add(sub)
+            return
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = Group(key, sub)
+            g.detach = self._detach
+        g.members.append(sub)
+        self.grouped[sub] = g
+
+    def promote(self, sub) -> None:
+        """A subscriber that caught up (history replayed, queue empty) may join a group."""
+        if sub in self.subs and Group.key_of(sub) is not None:
+            self.subs.discard(sub)
+            self.add(sub)
 
     def subscribe(self, topics: frozenset[str] | None, key_prefix: bytes, maxlen: int) -> Subscription:
         s = Subscription(topics, key_prefix, maxlen)
         self.subs.add(s)
         return s
 
-    def unsubscribe(self, s: Subscription) -> None:
+    def unsubscribe(self, s) -> None:
         self.subs.discard(s)
+        g = self.grouped.pop(s, None)
+        if g is not None:
+            if s in g.members:
+                g.members.remove(s)
+            self._drop_if_empty(s, g)
 
     def cut_off_all(self, reason: str, engine=None) -> None:
         """Cut every subscriber off (shutdown), each at the first event it has not received.
@@ -194,7 +246,7 @@ class Hub:
             nxt = record.parse_frame(self._pending[0])[0]
         elif not nxt and engine is not None:
             nxt = engine.last_lsn + 1  # nothing drained yet: nothing offered
-        for s in list(self.subs):
+        for s in list(self.subs) + list(self.grouped):
             s.cut_off(nxt, reason)
 
 

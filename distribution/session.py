@@ -109,8 +109,8 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
         if start_lsn:
             await _replay(c, hub, engine, start_lsn, io, wake)
         else:
-            hub.add(c)
             c.live = True
+            hub.add(c)
         while c.ended is None:
             wake.clear()
             c.pump()
@@ -204,3 +204,4 @@ async def _replay(c: Consumer, hub: Hub, engine, from_lsn: int, io, wake: asynci
         return
     c.live = True
     c.pump()
+    hub.promote(c)

@@ -132,20 +132,25 @@ class RingReader:
     """Reads one ring. Not thread-safe: one reader object per consumer thread.
 
     wait: "doorbell" (default) blocks in the kernel until the writer rings, after
-    a short spin; "poll" spins with adaptive back-off (lowest latency, burns a
-    core while idle — on a 2-core machine several spinning readers slow the
-    daemon); the trade-off is measured in docs/bench/distribution.md.
+    a 50 us spin; "poll" checks for 2 ms (yielding the core between checks),
+    then backs off from 50 us to 1 ms sleeps: lower latency while events flow,
+    a core's worth of checks while they do; the trade-off is measured in
+    docs/bench/distribution.md.
     from_start: begin at the oldest frame still in the ring instead of at the
     next one written.
     """
 
     def __init__(self, name: str, wait: str = "doorbell", from_start: bool = False,
-                 verify: bool = True, spin_us: float = 50.0) -> None:
+                 verify: bool = True, spin_us: float | None = None) -> None:
         if wait not in ("doorbell", "poll"):
             raise ValueError("wait must be 'doorbell' or 'poll'")
         self.name = name
         self.wait = wait
         self.verify = verify
+        # How long an idle reader keeps checking (yielding the core each time)
+        # before it sleeps: short before the doorbell, longer when polling.
+        if spin_us is None:
+            spin_us = 50.0 if wait == "doorbell" else 2000.0
         self.spin_s = spin_us / 1e6
         try:
             self._shm = shared_memory.SharedMemory(name=name)

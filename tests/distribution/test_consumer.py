@@ -152,3 +152,63 @@ def test_batcher_adapts_size_and_window_to_the_rate():
         t += 0.1
         b.sent(2, t)
     assert b.size <= 3 and b.window > 0.09
+
+
+def _put_frame(lsn: int) -> bytes:
+    from strata.storage import record
+
+    return record.encode_frame(lsn, 0, record.TYPE_PUT, msgpack.packb([b"k%d" % lsn, b"v"]))
+
+
+def test_identical_live_streams_are_served_as_one_group_and_a_full_one_leaves_it():
+    import asyncio
+
+    from strata.distribution.hub import Hub
+
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        a, b, solo = live(), live(), live(credits=100)
+        for c in (a, b, solo):
+            hub.add(c)
+        assert len(hub.groups) == 1 and hub.grouped.keys() == {a, b} and hub.subs == {solo}
+        hub.on_commit([_put_frame(lsn) for lsn in (1, 2, 3)])
+        await asyncio.sleep(0.01)
+        assert [[f["lsn"] for f in frames(c)] for c in (a, b, solo)] == [[1, 2, 3]] * 3
+        assert a.next_lsn == b.next_lsn == 4 and a.acked == 3
+        b.blocked = True  # its transport filled up
+        hub.on_commit([_put_frame(lsn) for lsn in (4, 5)])
+        await asyncio.sleep(0.01)
+        assert b not in hub.grouped and b in hub.subs  # served alone now
+        assert [s.ev.lsn for s in b.queue] == [4, 5]  # nothing skipped
+        hub.on_commit([_put_frame(6)])
+        await asyncio.sleep(0.01)
+        b.blocked = False
+        b.pump()
+        assert [f["lsn"] for f in frames(b)] == [4, 5, 6]
+        assert [f["lsn"] for f in frames(a)] == [4, 5, 6]
+        hub.unsubscribe(a)
+        assert not hub.groups
+
+    asyncio.run(main())
+
+
+def test_a_delayed_group_seals_its_batch_when_the_window_ends():
+    import asyncio
+
+    from strata.distribution.hub import Hub
+
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        a, b = live(tier="delayed", window_ms=30), live(tier="delayed", window_ms=30)
+        hub.add(a)
+        hub.add(b)
+        assert len(hub.groups) == 1
+        hub.on_commit([_put_frame(lsn) for lsn in range(1, 6)])
+        await asyncio.sleep(0.005)
+        assert a.take() == b""  # the window is still open
+        await asyncio.sleep(0.06)
+        for c in (a, b):
+            (msg,) = frames(c)
+            assert msg["op"] == "batch" and [e["lsn"] for e in msg["events"]] == [1, 2, 3, 4, 5]
+
+    asyncio.run(main())
