@@ -203,3 +203,20 @@ def test_stale_ring_is_replaced_and_a_live_one_refused(name):
     w._words.release()
     w._data.release()
     w._shm.close()
+
+
+def test_poll_frames_is_the_same_stream_as_poll(name):
+    from strata_client.ring import RingEvent
+
+    w = RingWriter(name, 64 << 10)
+    a = RingReader(name, wait="poll")
+    b = RingReader(name, wait="poll")
+    for first in range(1, 600, 30):
+        w.publish(events(first, 30, size=37))
+        slow = [(e.lsn, bytes(e.key), bytes(e.value)) for e in a.poll(1000)]
+        fast = [RingEvent.parse(f) for _, f in b.read_frames(1000, timeout=1)]
+        assert slow == [(e.lsn, bytes(e.key), bytes(e.value)) for e in fast]
+        del fast
+    a.close()
+    b.close()
+    w.close()
