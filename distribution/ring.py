@@ -52,6 +52,7 @@ from strata_client.ring import (
     _close_shm,
     _untrack,
     doorbell_path,
+    fence,
     shm_path,
 )
 
@@ -278,8 +279,12 @@ class _Doorbell:
         self._thread.start()
 
     def ring(self, pos: int) -> None:
+        socks = self.socks
+        if not socks:
+            return
+        fence()  # write_pos stored before the slots are loaded (see strata_client.ring.fence)
         words = self.words
-        for slot, s in list(self.socks.items()):
+        for slot, s in socks.items():
             if words[W_SLOTS + slot]:
                 try:
                     s.send(b"\1")
@@ -308,21 +313,25 @@ class _Doorbell:
         except OSError:
             return
         free = next((i for i in range(MAX_SLOTS) if i not in self.socks), MAX_SLOTS)
+        if free < MAX_SLOTS:
+            # Registered before the reader learns its slot, so that its first sleep
+            # is already rung. Replaced whole: ring() iterates a snapshot.
+            self.words[W_SLOTS + free] = 0
+            self.socks = {**self.socks, free: s}
         try:
             s.sendall(free.to_bytes(8, "little"))
         except OSError:
-            s.close()
+            self._drop(free, s, registered=False)
             return
         if free == MAX_SLOTS:  # full: the reader falls back to polling
             s.close()
             return
-        self.words[W_SLOTS + free] = 0
         s.setblocking(False)
         self._sel.register(s, selectors.EVENT_READ, free)
-        self.socks = {**self.socks, free: s}  # replaced whole: ring() iterates a snapshot
 
-    def _drop(self, slot: int, s: socket.socket) -> None:
-        self._sel.unregister(s)
+    def _drop(self, slot: int, s: socket.socket, registered: bool = True) -> None:
+        if registered:
+            self._sel.unregister(s)
         s.close()
         self.socks = {k: v for k, v in self.socks.items() if k != slot}
         self.words[W_SLOTS + slot] = 0

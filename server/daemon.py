@@ -122,6 +122,7 @@ class Daemon:
         if cfg.rings:
             self.rings = Rings(cfg.rings)
         self._cursor_task = asyncio.ensure_future(self.gate.cursors.run())
+        self.metrics.attach_distribution(self.gate, self.rings)
         if self.cluster is not None:
             self.gate.cluster = self.cluster
             self.metrics.attach_cluster(self.cluster)

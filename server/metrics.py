@@ -55,6 +55,10 @@ class Metrics:
         """Export replication state: role, term, commit point, each peer's lag and state."""
         self.registry.register(_ClusterCollector(cluster))
 
+    def attach_distribution(self, gate, rings) -> None:
+        """Export the subscribers' shared memory, fan-out groups, cursors and rings."""
+        self.registry.register(_DistributionCollector(gate, rings))
+
     def serve(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         self._server, _ = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
@@ -197,3 +201,55 @@ class _ClusterCollector:
             c = CounterMetricFamily(f"strata_replication_{key}", doc)
             c.add_metric([], self.c.stats[key])
             yield c
+
+
+class _DistributionCollector:
+    def __init__(self, gate, rings) -> None:
+        self.gate, self.rings = gate, rings
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        gate = self.gate
+        b = gate.subscriber_budget
+        g = GaugeMetricFamily("strata_subscriber_queued_bytes",
+                              "bytes of events waiting in subscribers' queues (bound: "
+                              "subscriber_memory)")
+        g.add_metric([], b.used)
+        yield g
+        g = GaugeMetricFamily("strata_subscriber_memory_limit_bytes", "subscriber_memory")
+        g.add_metric([], b.ceiling)
+        yield g
+        c = CounterMetricFamily("strata_subscriber_memory_cutoffs",
+                                "subscribers cut off because subscriber_memory was full")
+        c.add_metric([], b.cut_offs)
+        yield c
+        hub = gate.hub
+        if hub is not None:
+            g = GaugeMetricFamily("strata_fanout_groups",
+                                  "groups of identical live streams served as one")
+            g.add_metric([], len(hub.groups))
+            yield g
+            c = CounterMetricFamily("strata_events_published", "events handed to subscribers")
+            c.add_metric([], hub.published)
+            yield c
+        c = CounterMetricFamily("strata_consumer_cursor_writes",
+                                "batches of consumer cursors written")
+        c.add_metric([], gate.cursors.writes)
+        yield c
+        if self.rings is not None:
+            ev = CounterMetricFamily("strata_ring_events", "events written into a ring",
+                                     labels=["ring"])
+            tr = CounterMetricFamily("strata_ring_truncated_events",
+                                     "events too large for a ring (written without key and value)",
+                                     labels=["ring"])
+            rd = GaugeMetricFamily("strata_ring_doorbell_readers",
+                                   "readers attached to a ring's doorbell", labels=["ring"])
+            for r in self.rings.rings:
+                ev.add_metric([r.name], r.published)
+                tr.add_metric([r.name], r.truncated)
+                rd.add_metric([r.name], r.readers)
+            yield ev
+            yield tr
+            yield rd

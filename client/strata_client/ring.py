@@ -45,6 +45,7 @@ import asyncio
 import os
 import socket
 import struct
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -123,6 +124,19 @@ def _untrack(shm: shared_memory.SharedMemory) -> None:
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
     except Exception:
         pass
+
+
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier: taking a lock is a locked read-modify-write, which x86
+    (and every other CPU CPython runs on) orders against all earlier stores and
+    later loads. The doorbell needs it: without it a reader's "asleep" store and
+    the writer's "published" store can each miss the other's (store-load
+    reordering), and the reader sleeps through an event until its timeout."""
+    _FENCE.acquire()
+    _FENCE.release()
 
 
 def _close_shm(shm: shared_memory.SharedMemory) -> None:
@@ -408,6 +422,7 @@ class RingReader:
                 return False
         # Asleep at our position: the writer rings when write_pos passes it.
         self._words[W_SLOTS + self._slot] = self.pos + 1
+        fence()  # the store above before the caller's load of write_pos
         return True
 
     def _sleep(self, deadline: float | None) -> None:
