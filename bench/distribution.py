@@ -535,6 +535,12 @@ def bench_nats(root: str, subs: int, n: int, pace: float | None) -> dict:
 
 # ------------------------------------------------------------------------- run
 
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def run(args) -> dict:
     root = tempfile.mkdtemp(prefix="strata-bench-dist-", dir=args.dir)
     q = args.quick
@@ -556,32 +562,37 @@ def run(args) -> dict:
         r["ring, 4 doorbell readers, paced"] = bench_ring(n_lat, 4, "doorbell", False, PACE)
         r["multiprocessing.Queue"] = bench_mp_queue(n_ring // 4, None)
         r["multiprocessing.Queue, paced"] = bench_mp_queue(n_lat, PACE)
-        r["pyzmq ipc"] = bench_zmq(n_ring // 2, None, root)
-        r["pyzmq ipc, paced"] = bench_zmq(n_lat, PACE, root)
+        if _have("zmq"):
+            r["pyzmq ipc"] = bench_zmq(n_ring // 2, None, root)
+            r["pyzmq ipc, paced"] = bench_zmq(n_lat, PACE, root)
+        else:
+            res["skipped"]["pyzmq"] = "pyzmq not installed (pip install -e '.[bench]')"
         for k, v in r.items():
             log(f"{k}: {v['events_per_s']:,.0f}/s, latency us {v['latency_us']}")
         w = res["ws"]
+        redis_ok = bool(shutil.which("redis-server")) and _have("redis")
+        nats_ok = bool(shutil.which("nats-server")) and _have("nats")
         for subs in (1, 10, 100):
             n = n_net if subs < 100 else n_net // 5
             for tier in ("realtime", "delayed"):
                 w[f"strata {tier}, {subs} subs"] = bench_strata_ws(root, tier, subs, n, None)
             w[f"websockets broadcast, {subs} subs"] = bench_ws_broadcast(subs, n, None)
-            if shutil.which("redis-server"):
+            if redis_ok:
                 w[f"redis pub/sub, {subs} subs"] = bench_redis(root, subs, n, None)
-            if shutil.which("nats-server"):
+            if nats_ok:
                 w[f"nats core, {subs} subs"] = bench_nats(root, subs, n, None)
             for k in [k for k in w if k.endswith(f", {subs} subs")]:
                 log(f"{k}: {w[k]['events_per_s']:,.0f} events/s")
         w["strata realtime, 10 subs, paced"] = bench_strata_ws(root, "realtime", 10, n_lat, PACE)
         w["websockets broadcast, 10 subs, paced"] = bench_ws_broadcast(10, n_lat, PACE)
-        if shutil.which("redis-server"):
+        if redis_ok:
             w["redis pub/sub, 10 subs, paced"] = bench_redis(root, 10, n_lat, PACE)
-        if shutil.which("nats-server"):
+        if nats_ok:
             w["nats core, 10 subs, paced"] = bench_nats(root, 10, n_lat, PACE)
-        if not shutil.which("redis-server"):
-            res["skipped"]["redis"] = "redis-server not on PATH (Debian: redis-server)"
-        if not shutil.which("nats-server"):
-            res["skipped"]["nats"] = "nats-server not on PATH (Debian: nats-server)"
+        if not redis_ok:
+            res["skipped"]["redis"] = "needs redis-server (Debian) and redis-py (bench extra)"
+        if not nats_ok:
+            res["skipped"]["nats"] = "needs nats-server (Debian) and nats-py (bench extra)"
         wp = res["write_path"]
         n_w = 100_000 if q else 300_000
         wp["no subscribers"] = bench_write_path(root, n_w, 0, 0)
