@@ -385,7 +385,8 @@ class Group:
 
     @staticmethod
     def key_of(c: Consumer) -> tuple | None:
-        if c.credit is not None or c.fmt == GRPC or not c.live or c.queue or c.blocked:
+        if c.credit is not None or c.fmt == GRPC or not c.live or c.queue or c.blocked \
+                or c.batch or c.ended is not None:
             return None
         w = c.batcher.max_window if c.batcher is not None else 0
         return (c.topics, c.prefix, c.fmt, c.tier, w)

@@ -217,10 +217,18 @@ class Hub:
         self.grouped[sub] = g
 
     def promote(self, sub) -> None:
-        """A subscriber that caught up (history replayed, queue empty) may join a group."""
-        if sub in self.subs and Group.key_of(sub) is not None:
-            self.subs.discard(sub)
-            self.add(sub)
+        """A subscriber that caught up (history replayed, or its queue drained after its
+        transport filled) joins the group of its stream again. Only between drains
+        and only when the group holds no unsent batch: the member has been offered
+        every event so far, and the group's next bytes are all new to it."""
+        key = Group.key_of(sub)
+        if key is None or sub not in self.subs:
+            return
+        g = self.groups.get(key)
+        if g is not None and (g.batch or g.out):
+            return
+        self.subs.discard(sub)
+        self.add(sub)
 
     def subscribe(self, topics: frozenset[str] | None, key_prefix: bytes, maxlen: int) -> Subscription:
         s = Subscription(topics, key_prefix, maxlen)

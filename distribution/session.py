@@ -129,6 +129,8 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
                 await io.drain()
                 c.blocked = False
                 continue
+            if not c.queue and c.live:
+                hub.promote(c)  # caught up: served with its group again
             if timeout is None:
                 await wake.wait()
             else:

@@ -212,3 +212,29 @@ def test_a_delayed_group_seals_its_batch_when_the_window_ends():
             assert msg["op"] == "batch" and [e["lsn"] for e in msg["events"]] == [1, 2, 3, 4, 5]
 
     asyncio.run(main())
+
+
+def test_a_member_that_caught_up_rejoins_its_group_without_gap_or_duplicate():
+    import asyncio
+
+    from strata.distribution.hub import Hub
+
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        a, b = live(), live()
+        hub.add(a)
+        hub.add(b)
+        b.blocked = True
+        hub.on_commit([_put_frame(lsn) for lsn in (1, 2)])
+        await asyncio.sleep(0.01)
+        assert b in hub.subs
+        b.blocked = False
+        b.pump()
+        hub.promote(b)  # queue empty, transport free: back in the group
+        assert b in hub.grouped and b not in hub.subs
+        hub.on_commit([_put_frame(lsn) for lsn in (3, 4)])
+        await asyncio.sleep(0.01)
+        assert [f["lsn"] for f in frames(b)] == [1, 2, 3, 4]
+        assert [f["lsn"] for f in frames(a)] == [1, 2, 3, 4]
+
+    asyncio.run(main())
