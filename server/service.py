@@ -117,7 +117,7 @@ class RequestIds:
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._done: OrderedDict[str, int] = OrderedDict()
-        self._inflight: dict[str, asyncio.Task] = {}
+        self._inflight: dict[str, asyncio.Future] = {}  # tasks, or futures of ops
 
     async def run(self, request_id: str, write) -> int:
         if not request_id:
@@ -134,6 +134,62 @@ class RequestIds:
             task.add_done_callback(lambda t, rid=request_id: self._finished(rid, t))
         # shield: a caller's cancellation must not cancel the write it started.
         return await asyncio.shield(task)
+
+    async def run_ops(self, ids: list[str], write) -> list[int]:
+        """A batch whose ops carry their own ids (a client's coalesced calls): each op is
+        written once. Ops whose id is already done are answered with their LSN, ops whose
+        id is in flight wait for it, and the rest go as one batch through
+        `write(indices)`, which returns that batch's last LSN (op k of n has last-n+1+k).
+        Ops without an id are always written. Returns each op's LSN in order."""
+        loop = asyncio.get_running_loop()
+        lsns = [0] * len(ids)
+        waits: list[tuple[int, asyncio.Future]] = []
+        fresh: list[int] = []
+        mine: list[tuple[str, asyncio.Future]] = []
+        for i, rid in enumerate(ids):  # checked first: nothing is registered for a bad request
+            if len(rid) > 64:
+                raise InvalidInput(f"request_id of op {i} is longer than 64 characters")
+        for i, rid in enumerate(ids):
+            if rid:
+                lsn = self._done.get(rid)
+                if lsn is not None:
+                    lsns[i] = lsn
+                    continue
+                fut = self._inflight.get(rid)
+                if fut is not None:  # in flight, in another request or earlier in this one
+                    waits.append((i, fut))
+                    continue
+                fut = loop.create_future()
+                self._inflight[rid] = fut
+                mine.append((rid, fut))
+            fresh.append(i)
+        if fresh:
+            task = asyncio.ensure_future(write(fresh))
+            base = len(fresh) - 1
+            offsets = {rid: k for k, i in enumerate(fresh) if (rid := ids[i])}
+            task.add_done_callback(lambda t: self._ops_finished(t, mine, offsets, base))
+            last = await asyncio.shield(task)
+            for k, i in enumerate(fresh):
+                lsns[i] = last - base + k
+        for i, fut in waits:
+            lsns[i] = await asyncio.shield(fut)
+        return lsns
+
+    def _ops_finished(self, task: asyncio.Task, mine: list, offsets: dict, base: int) -> None:
+        for rid, fut in mine:
+            if self._inflight.get(rid) is fut:
+                del self._inflight[rid]
+            if task.cancelled():
+                fut.cancel()
+            elif (exc := task.exception()) is not None:
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: waiters get it, nobody else must log it
+            else:
+                lsn = task.result() - base + offsets[rid]
+                fut.set_result(lsn)
+                self._done[rid] = lsn
+        while len(self._done) > self.capacity:
+            self._done.popitem(last=False)
 
     def _finished(self, request_id: str, task: asyncio.Task) -> None:
         self._inflight.pop(request_id, None)
@@ -232,6 +288,20 @@ class Gate:
         if self.cluster is not None:
             await self.cluster.committed(lsn)
         return lsn
+
+    async def write_batch(self, engine: Engine, req, ops: list[tuple]) -> pb.BatchResponse:
+        """A Batch / Write-stream request: once per request id, or, when its ops carry
+        their own ids (coalesced calls), once per op (RequestIds.run_ops)."""
+        ids = [op.request_id for op in req.ops]
+        if not any(ids):
+            lsn = await self.ids.run(
+                req.request_id, lambda: self.replicated(engine.write_batch_async(ops)))
+            return pb.BatchResponse(lsn=lsn, id=req.id)
+        if req.request_id:
+            raise InvalidInput("set request_id on the batch or on its ops, not both")
+        lsns = await self.ids.run_ops(
+            ids, lambda idx: self.replicated(engine.write_batch_async([ops[i] for i in idx])))
+        return pb.BatchResponse(lsn=max(lsns), id=req.id, lsns=lsns)
 
     def _deadline(self, context) -> float:
         left = context.time_remaining()
@@ -368,9 +438,7 @@ class KVService(pbg.KVServicer):
         async def handle(engine: Engine):
             ops = _ops(self.gate.cfg, request)
             self.gate.check_write()
-            lsn = await self.gate.ids.run(
-                request.request_id, lambda: self.gate.replicated(engine.write_batch_async(ops)))
-            return pb.BatchResponse(lsn=lsn, id=request.id)
+            return await self.gate.write_batch(engine, request, ops)
 
         return await self.gate.unary("KV.Batch", context, handle, request)
 
@@ -439,9 +507,7 @@ class KVService(pbg.KVServicer):
                     async for req in request_iterator:
                         ops = _ops(gate.cfg, req)
                         gate.check_write()
-                        task = asyncio.ensure_future(gate.ids.run(
-                            req.request_id,
-                            lambda ops=ops: gate.replicated(engine.write_batch_async(ops))))
+                        task = asyncio.ensure_future(gate.write_batch(engine, req, ops))
                         await pending.put((req.id, task))
                 finally:
                     await pending.put((0, done))
@@ -453,7 +519,7 @@ class KVService(pbg.KVServicer):
                     rid, task = await pending.get()
                     if task is done:
                         break
-                    yield pb.BatchResponse(lsn=await task, id=rid)
+                    yield await task
                 if rtask.cancelled() and gate.draining:
                     # Every message read was answered above; the rest were never
                     # taken, so the client can resend them (with their ids) elsewhere.

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from strata.server.errors import InvalidInput
 from strata.server.service import RequestIds
 
 
@@ -72,5 +73,75 @@ def test_a_failed_write_is_not_recorded_and_bounds_hold():
             assert await ids.run(f"id{i}", lambda i=i: ok(i)) == i
         assert ids.lsn("id0") is None and ids.lsn("id2") == 2  # least recently used forgotten
         assert await ids.run("", lambda: ok(9)) == 9  # no id: just written
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------- ops with their own ids
+
+def _writer(commit_lsns: list[int], log: list):
+    """write(indices) for run_ops: records what it was asked to write, returns the
+    next scripted last-LSN."""
+    async def write(idx: list[int]) -> int:
+        log.append(list(idx))
+        await asyncio.sleep(0)
+        return commit_lsns.pop(0)
+    return write
+
+
+def test_coalesced_ops_get_consecutive_lsns_and_a_repeat_is_answered_not_written():
+    async def main():
+        ids = RequestIds()
+        log: list = []
+        write = _writer([12, 30], log)
+        assert await ids.run_ops(["a", "b", "c"], write) == [10, 11, 12]
+        # b and c again, with a new op between them: only the new one is written
+        assert await ids.run_ops(["b", "d", "c"], write) == [11, 30, 12]
+        assert log == [[0, 1, 2], [1]]
+        assert ids.lsn("d") == 30
+
+    asyncio.run(main())
+
+
+def test_an_op_in_flight_elsewhere_is_waited_for_and_ids_repeated_in_one_request_once():
+    async def main():
+        ids = RequestIds()
+        commit = asyncio.get_running_loop().create_future()
+        log: list = []
+
+        async def slow(idx):
+            log.append(list(idx))
+            return await commit
+
+        first = asyncio.ensure_future(ids.run_ops(["x", "y"], slow))
+        await asyncio.sleep(0)
+        # "y" is in flight in the first request; "z" twice in this one
+        second = asyncio.ensure_future(ids.run_ops(["y", "z", "z"], _writer([50], log)))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        commit.set_result(21)
+        assert await first == [20, 21]
+        assert await second == [21, 50, 50]
+        assert log == [[0, 1], [1]]
+
+    asyncio.run(main())
+
+
+def test_ops_of_a_failed_write_are_not_recorded_and_a_bad_id_registers_nothing():
+    async def main():
+        ids = RequestIds()
+
+        async def fails(idx):
+            raise OSError("disk full")
+
+        with pytest.raises(OSError):
+            await ids.run_ops(["p", "q"], fails)
+        assert ids.lsn("p") is None and not ids._inflight
+        with pytest.raises(InvalidInput):
+            await ids.run_ops(["ok", "x" * 65], _writer([1], []))
+        assert not ids._inflight, "a refused request must leave no id in flight"
+        log: list = []
+        assert await ids.run_ops(["p", "", "q"], _writer([9], log)) == [7, 8, 9]
+        assert log == [[0, 1, 2]]  # an op without an id is always written
 
     asyncio.run(main())

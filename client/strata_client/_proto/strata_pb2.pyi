@@ -56,7 +56,7 @@ class DeleteResponse(_message.Message):
     def __init__(self, lsn: _Optional[int] = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("kind", "key", "value")
+    __slots__ = ("kind", "key", "value", "request_id")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Op.Kind]
@@ -68,10 +68,12 @@ class Op(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     kind: Op.Kind
     key: bytes
     value: bytes
-    def __init__(self, kind: _Optional[_Union[Op.Kind, str]] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+    request_id: str
+    def __init__(self, kind: _Optional[_Union[Op.Kind, str]] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("ops", "request_id", "id")
@@ -84,12 +86,14 @@ class BatchRequest(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., request_id: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
 
 class BatchResponse(_message.Message):
-    __slots__ = ("lsn", "id")
+    __slots__ = ("lsn", "id", "lsns")
     LSN_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    LSNS_FIELD_NUMBER: _ClassVar[int]
     lsn: int
     id: int
-    def __init__(self, lsn: _Optional[int] = ..., id: _Optional[int] = ...) -> None: ...
+    lsns: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, lsn: _Optional[int] = ..., id: _Optional[int] = ..., lsns: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
     __slots__ = ("start", "end", "limit", "keys_only", "stale_ok")
