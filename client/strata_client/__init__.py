@@ -10,6 +10,7 @@ errors (Conflict.current_lsn, Lapped.resume_lsn, Compacted.earliest_lsn, ...).
 """
 
 from . import errors
+from .batching import Batching
 from .client import AsyncClient, CircuitBreaker, Client, RetryPolicy
 
-__all__ = ["Client", "AsyncClient", "RetryPolicy", "CircuitBreaker", "errors"]
+__all__ = ["Client", "AsyncClient", "Batching", "RetryPolicy", "CircuitBreaker", "errors"]

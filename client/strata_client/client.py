@@ -36,6 +36,7 @@ import grpc
 from . import errors
 from ._proto import strata_pb2 as pb
 from ._proto import strata_pb2_grpc as pbg
+from .batching import AsyncCoalescer, Batching, Call, Coalescer
 
 
 @dataclass
@@ -121,7 +122,9 @@ def _channel_args(max_message: int) -> list:
 class _Base:
     def __init__(self, target: str, token: str | None, timeout: float,
                  retry: RetryPolicy | None, breaker: CircuitBreaker | None,
-                 root_certificates: bytes | None, tls: bool, max_message: int) -> None:
+                 root_certificates: bytes | None, tls: bool, max_message: int,
+                 batching: Batching | None) -> None:
+        self.batching = batching if batching is not None else Batching()
         self.endpoints = [t.strip() for t in target.split(",") if t.strip()] or [target]
         self.target = self.endpoints[0]
         self.timeout = timeout
@@ -156,6 +159,32 @@ class _Base:
         if len(self.endpoints) > 1:
             return time.monotonic() < until
         return attempt < self.retry.attempts
+
+    def batching_stats(self) -> dict:
+        """What the put/delete coalescer did: calls, messages, ops_per_message, limit,
+        inflight, queued, wait_ms (linger), rtt_ms, ... (see strata_client.batching)."""
+        return self._coalescer.stats.as_dict() if self._coalescer else {}
+
+    @staticmethod
+    def _single(call: Call):
+        """A lone call's own request: (method, request)."""
+        if len(call.op) == 3:
+            return "kv.Put", pb.PutRequest(key=call.op[1], value=call.op[2],
+                                           request_id=call.request_id)
+        return "kv.Delete", pb.DeleteRequest(key=call.op[1], request_id=call.request_id)
+
+    @staticmethod
+    def _coalesced(calls: list[Call]) -> pb.BatchRequest:
+        ops = [pb.Op(kind=pb.Op.PUT, key=c.op[1], value=c.op[2], request_id=c.request_id)
+               if len(c.op) == 3 else
+               pb.Op(kind=pb.Op.DELETE, key=c.op[1], request_id=c.request_id) for c in calls]
+        return pb.BatchRequest(ops=ops)
+
+    @staticmethod
+    def _lsns(resp, n: int) -> list[int]:
+        if len(resp.lsns) == n:
+            return list(resp.lsns)
+        return [resp.lsn - n + 1 + i for i in range(n)]  # a server without per-op LSNs
 
     def _handle(self, e: grpc.RpcError) -> errors.StrataError:
         err = errors.from_rpc_error(e)
@@ -235,14 +264,38 @@ class Consumption:
 
 
 class Client(_Base):
-    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per client."""
+    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per client.
+    put/delete calls made concurrently from several threads are coalesced into
+    Batch requests (strata_client.batching; `batching=Batching(enabled=False)`
+    turns it off)."""
 
     def __init__(self, target: str = "127.0.0.1:7400", *, token: str | None = None,
                  timeout: float = 10.0, retry: RetryPolicy | None = None,
                  breaker: CircuitBreaker | None = None, root_certificates: bytes | None = None,
-                 tls: bool = False, max_message: int = 64 << 20) -> None:
-        super().__init__(target, token, timeout, retry, breaker, root_certificates, tls, max_message)
+                 tls: bool = False, max_message: int = 64 << 20,
+                 batching: Batching | None = None) -> None:
+        super().__init__(target, token, timeout, retry, breaker, root_certificates, tls,
+                         max_message, batching)
+        self._coalescer = Coalescer(self.batching, self._send) if self.batching.enabled else None
         self._connect(target)
+
+    def _send(self, calls: list[Call]) -> list:
+        """One message for the coalescer: each call's LSN or its own error."""
+        if len(calls) == 1:
+            method, req = self._single(calls[0])
+            return [self._call(method, req, retry=True).lsn]
+        try:
+            return self._lsns(self._call("kv.Batch", self._coalesced(calls), retry=True),
+                              len(calls))
+        except errors.InvalidArgument:  # nothing was written: find the bad call(s)
+            self._coalescer.stats.splits += 1
+            out: list = []
+            for c in calls:
+                try:
+                    out += self._send([c])
+                except errors.StrataError as e:
+                    out.append(e)
+            return out
 
     def _connect(self, target: str) -> None:
         args = _channel_args(self._max_message)
@@ -294,6 +347,8 @@ class Client(_Base):
 
     # -- KV
     def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
+        if self._coalescer is not None:
+            return self._coalescer.submit(("put", key, value), request_id or uuid.uuid4().hex)
         req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
         return self._call("kv.Put", req, retry=True).lsn
 
@@ -307,6 +362,8 @@ class Client(_Base):
         return (resp.value, resp.lsn) if resp.found else (None, 0)
 
     def delete(self, key: bytes, *, request_id: str | None = None) -> int:
+        if self._coalescer is not None:
+            return self._coalescer.submit(("delete", key), request_id or uuid.uuid4().hex)
         req = pb.DeleteRequest(key=key, request_id=request_id or uuid.uuid4().hex)
         return self._call("kv.Delete", req, retry=True).lsn
 
@@ -398,14 +455,36 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """asyncio client on grpc.aio; same methods as Client, awaitable."""
+    """asyncio client on grpc.aio; same methods as Client, awaitable. put/delete
+    calls awaited concurrently are coalesced as in Client."""
 
     def __init__(self, target: str = "127.0.0.1:7400", *, token: str | None = None,
                  timeout: float = 10.0, retry: RetryPolicy | None = None,
                  breaker: CircuitBreaker | None = None, root_certificates: bytes | None = None,
-                 tls: bool = False, max_message: int = 64 << 20) -> None:
-        super().__init__(target, token, timeout, retry, breaker, root_certificates, tls, max_message)
+                 tls: bool = False, max_message: int = 64 << 20,
+                 batching: Batching | None = None) -> None:
+        super().__init__(target, token, timeout, retry, breaker, root_certificates, tls,
+                         max_message, batching)
+        self._coalescer = (AsyncCoalescer(self.batching, self._send)
+                           if self.batching.enabled else None)
         self._connect(target)
+
+    async def _send(self, calls: list[Call]) -> list:
+        if len(calls) == 1:
+            method, req = self._single(calls[0])
+            return [(await self._call(method, req, retry=True)).lsn]
+        try:
+            return self._lsns(await self._call("kv.Batch", self._coalesced(calls), retry=True),
+                              len(calls))
+        except errors.InvalidArgument:  # nothing was written: find the bad call(s)
+            self._coalescer.stats.splits += 1
+            return await asyncio.gather(*(self._send_one(c) for c in calls))
+
+    async def _send_one(self, call: Call):
+        try:
+            return (await self._send([call]))[0]
+        except errors.StrataError as e:
+            return e
 
     def _connect(self, target: str) -> None:
         args = _channel_args(self._max_message)
@@ -460,6 +539,9 @@ class AsyncClient(_Base):
         await old.close()
 
     async def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
+        if self._coalescer is not None:
+            return await self._coalescer.submit(("put", key, value),
+                                                request_id or uuid.uuid4().hex)
         req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
         return (await self._call("kv.Put", req, retry=True)).lsn
 
@@ -471,6 +553,8 @@ class AsyncClient(_Base):
         return (resp.value, resp.lsn) if resp.found else (None, 0)
 
     async def delete(self, key: bytes, *, request_id: str | None = None) -> int:
+        if self._coalescer is not None:
+            return await self._coalescer.submit(("delete", key), request_id or uuid.uuid4().hex)
         req = pb.DeleteRequest(key=key, request_id=request_id or uuid.uuid4().hex)
         return (await self._call("kv.Delete", req, retry=True)).lsn
 

@@ -1,0 +1,309 @@
+"""The put/delete coalescer (strata_client.batching) against scripted servers:
+lone calls go alone, calls made while a message is in flight go as one Batch
+whose ops carry each call's own request id, each call gets its own LSN or its
+own error, and retries and redirects resend the same ids."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from strata_client import AsyncClient, Batching, Client, errors
+from strata_client._proto import strata_pb2 as pb
+from strata_client.batching import Coalescer, _Queue
+
+from .fake import C, Err, _async_client
+
+ONE = Batching(max_inflight=1)
+
+
+def _batch_answer(first_lsn: int = 100):
+    """A Batch handler answering each op its own LSN (first_lsn, first_lsn+1, ...)."""
+    def answer(req, ctx):
+        n = len(req.ops)
+        return pb.BatchResponse(lsn=first_lsn + n - 1, lsns=[first_lsn + i for i in range(n)])
+    return answer
+
+
+class Gate:
+    """A Put handler that holds the first call until released: while it is in flight,
+    the other callers queue behind it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, req, ctx):
+        self.entered.set()
+        assert self.release.wait(5)
+        return pb.PutResponse(lsn=1)
+
+
+def _threads(fn, n: int) -> list:
+    out: list = [None] * n
+
+    def run(i):
+        try:
+            out[i] = fn(i)
+        except Exception as e:  # collected for the test to check
+            out[i] = e
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    return ts, out
+
+
+def _wait_queued(c, n: int) -> None:
+    for _ in range(500):
+        if c._coalescer.stats.queued >= n:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{c._coalescer.stats.queued} calls queued, wanted {n}")
+
+
+# --------------------------------------------------------------------------- sync
+
+def test_a_lone_call_goes_alone_as_its_unary_call(fake, clients):
+    c = clients(fake.address)
+    assert c.put(b"k", b"v") == 11
+    assert c.delete(b"k") == 12
+    assert fake.hits("Put") == 1 and fake.hits("Delete") == 1 and fake.hits("Batch") == 0
+    st = c.batching_stats()
+    assert st["calls"] == 2 and st["messages"] == 2 and st["singles"] == 2
+
+
+def test_calls_made_while_a_message_is_in_flight_go_as_one_batch(fake, clients):
+    gate = Gate()
+    fake.then("Put", gate)
+    fake.always("Batch", _batch_answer(100))
+    c = clients(fake.address, batching=ONE)
+    first, out0 = _threads(lambda i: c.put(b"first", b"v"), 1)
+    assert gate.entered.wait(5)
+
+    def call(i):
+        if i % 3 == 0:
+            return c.delete(b"d%d" % i, request_id=f"id-{i}")
+        return c.put(b"k%d" % i, b"v%d" % i, request_id=f"id-{i}")
+
+    ts, out = _threads(call, 10)
+    _wait_queued(c, 10)
+    gate.release.set()
+    for t in first + ts:
+        t.join(5)
+    assert out0 == [1]
+    reqs = fake.requests("Batch")
+    assert len(reqs) == 1, "the ten queued calls go as one message"
+    ops = reqs[0].ops
+    assert sorted(op.request_id for op in ops) == sorted(f"id-{i}" for i in range(10))
+    assert not reqs[0].request_id, "the ids are the calls' own, not one for the message"
+    for pos, op in enumerate(ops):
+        i = int(op.request_id[3:])
+        assert out[i] == 100 + pos, "each call gets its own op's LSN"
+        if i % 3 == 0:
+            assert op.kind == pb.Op.DELETE and op.key == b"d%d" % i
+        else:
+            assert op.kind == pb.Op.PUT and (op.key, op.value) == (b"k%d" % i, b"v%d" % i)
+    st = c.batching_stats()
+    assert st["messages"] == 2 and st["calls"] == 11 and st["inflight"] == 0
+
+
+def test_a_bad_call_fails_alone(fake, clients):
+    gate = Gate()
+    fake.then("Put", gate)
+    fake.always("Batch", Err(C.INVALID_ARGUMENT, "key is 9 bytes; the limit is 8"))
+
+    def put(req, ctx):
+        if req.key == b"too-long!":
+            ctx.abort(C.INVALID_ARGUMENT, "key is 9 bytes; the limit is 8")
+        return pb.PutResponse(lsn=int(req.key[1:]))
+
+    fake.always("Put", put)
+    c = clients(fake.address, batching=ONE)
+    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
+    assert gate.entered.wait(5)
+    ts, out = _threads(lambda i: c.put(b"too-long!" if i == 3 else b"k%d" % i, b"v"), 6)
+    _wait_queued(c, 6)
+    gate.release.set()
+    for t in first + ts:
+        t.join(5)
+    assert isinstance(out[3], errors.InvalidArgument) and "limit is 8" in str(out[3])
+    assert [out[i] for i in (0, 1, 2, 4, 5)] == [0, 1, 2, 4, 5]
+    assert fake.hits("Batch") == 1 and c.batching_stats()["splits"] == 1
+    # the resent calls kept their ids
+    batch_ids = {op.request_id for op in fake.requests("Batch")[0].ops}
+    assert batch_ids == {r.request_id for r in fake.requests("Put")[1:]}
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.put(b"", b"v"),
+    lambda c: c.put(b"\xff\xffstrata/cursor/x", b"v"),
+    lambda c: c.put(b"k", "text"),
+    lambda c: c.put("k", b"v"),
+    lambda c: c.delete(b"k", request_id="x" * 65),
+], ids=["empty-key", "reserved-key", "str-value", "str-key", "long-id"])
+def test_what_is_known_bad_fails_before_it_is_sent(fake, clients, call):
+    c = clients(fake.address)
+    with pytest.raises(errors.InvalidArgument):
+        call(c)
+    assert fake.hits() == 0
+
+
+def test_a_retried_message_resends_each_calls_id(fake, clients):
+    gate = Gate()
+    fake.then("Put", gate)
+    fake.then("Batch", Err(C.UNAVAILABLE), _batch_answer(7))
+    c = clients(fake.address, batching=ONE)
+    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
+    assert gate.entered.wait(5)
+    ts, out = _threads(lambda i: c.put(b"k%d" % i, b"v"), 4)
+    _wait_queued(c, 4)
+    gate.release.set()
+    for t in first + ts:
+        t.join(5)
+    a, b = fake.requests("Batch")
+    assert [op.request_id for op in a.ops] == [op.request_id for op in b.ops]
+    assert len({op.request_id for op in a.ops}) == 4
+    assert sorted(out) == [7, 8, 9, 10]
+
+
+def test_a_redirected_message_resends_each_calls_id(servers, clients):
+    replica, master = servers(), servers()
+    gate = Gate()
+    replica.then("Put", gate)
+    replica.always("Batch", Err(C.FAILED_PRECONDITION, "not the master",
+                                (("strata-master", f"m={master.address}"),)))
+    master.always("Batch", _batch_answer(40))
+    c = clients(replica.address, batching=ONE)
+    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
+    assert gate.entered.wait(5)
+    ts, out = _threads(lambda i: c.put(b"k%d" % i, b"v"), 3)
+    _wait_queued(c, 3)
+    gate.release.set()
+    for t in first + ts:
+        t.join(5)
+    (sent,), (got,) = replica.requests("Batch"), master.requests("Batch")
+    assert [op.request_id for op in sent.ops] == [op.request_id for op in got.ops]
+    assert sorted(out) == [40, 41, 42]
+
+
+def test_an_error_of_the_whole_message_reaches_each_of_its_calls(fake, clients):
+    gate = Gate()
+    fake.then("Put", gate)
+    fake.always("Batch", Err(C.INTERNAL, "fsync failed"))
+    c = clients(fake.address, batching=ONE)
+    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
+    assert gate.entered.wait(5)
+    ts, out = _threads(lambda i: c.put(b"k%d" % i, b"v"), 3)
+    _wait_queued(c, 3)
+    gate.release.set()
+    for t in first + ts:
+        t.join(5)
+    assert all(isinstance(e, errors.StrataError) and "fsync failed" in str(e) for e in out)
+
+
+def test_with_batching_off_every_call_goes_alone(fake, clients):
+    c = clients(fake.address, batching=Batching(enabled=False))
+    ts, out = _threads(lambda i: c.put(b"k%d" % i, b"v"), 16)
+    for t in ts:
+        t.join(5)
+    assert out == [11] * 16 and fake.hits("Put") == 16 and fake.hits("Batch") == 0
+    assert c.batching_stats() == {}
+
+
+def test_a_server_without_per_op_lsns_is_answered_consecutively(fake):
+    """Older servers answer a Batch with its last LSN only: op i has last-n+1+i."""
+    coalescer = Coalescer(ONE, None)
+    assert coalescer.stats.limit >= ONE.min_batch
+    assert Client._lsns(pb.BatchResponse(lsn=20), 3) == [18, 19, 20]
+    assert Client._lsns(pb.BatchResponse(lsn=20, lsns=[5, 19, 20]), 3) == [5, 19, 20]
+
+
+def test_the_size_limit_adapts_between_its_bounds():
+    q = _Queue(Batching(min_batch=4, max_batch=64, latency_target_ms=10, smoothing=1.0))
+    for _ in range(20):  # full messages well within the target: the limit grows
+        q.answered(q.stats.limit, 0.001)
+    assert q.stats.limit == 64
+    for _ in range(40):  # slow messages: it shrinks, not below min_batch
+        q.answered(q.stats.limit, 0.050)
+    assert q.stats.limit == 4
+    q.answered(2, 0.001)  # a message that was not full says nothing about a larger one
+    assert q.stats.limit == 4
+    with pytest.raises(ValueError):
+        _Queue(Batching(min_batch=8, max_batch=4))
+
+
+# --------------------------------------------------------------------------- asyncio
+
+def test_async_calls_awaited_together_are_coalesced_with_their_own_results(fake):
+    fake.always("Batch", _batch_answer(500))
+
+    async def main():
+        c = _async_client(fake.address, batching=ONE)
+        try:
+            lone = await c.put(b"lone", b"v")
+            got = await asyncio.gather(*(c.put(b"k%d" % i, b"v", request_id=f"r{i}")
+                                         for i in range(50)))
+            return lone, got, c.batching_stats()
+        finally:
+            await c.close()
+
+    lone, got, st = asyncio.run(main())
+    assert lone == 11
+    # the first of the 50 finds the slot free, the 49 others join it in the same loop round
+    assert fake.hits("Batch") == 1 and fake.hits("Put") == 1
+    (req,) = fake.requests("Batch")
+    assert [op.request_id for op in req.ops] == [f"r{i}" for i in range(50)]
+    assert got == [500 + i for i in range(50)]
+    assert st["messages"] == 2 and st["calls"] == 51
+
+
+def test_async_bad_call_fails_alone_and_cancelled_caller_is_not_sent(fake):
+    gate = Gate()
+    fake.then("Put", gate)
+    fake.always("Batch", Err(C.INVALID_ARGUMENT, "value too large"))
+
+    def put(req, ctx):
+        if req.value == b"huge":
+            ctx.abort(C.INVALID_ARGUMENT, "value too large")
+        return pb.PutResponse(lsn=int(req.key[1:]))
+
+    fake.always("Put", put)
+
+    async def main():
+        c = _async_client(fake.address, batching=ONE)
+        try:
+            first = asyncio.ensure_future(c.put(b"first", b"v"))
+            while not gate.entered.is_set():
+                await asyncio.sleep(0.005)
+            calls = [asyncio.ensure_future(c.put(b"k%d" % i, b"huge" if i == 2 else b"v"))
+                     for i in range(5)]
+            await asyncio.sleep(0.01)
+            calls[4].cancel()  # gives up while queued: never sent
+            gate.release.set()
+            await first
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await c.close()
+
+    out = asyncio.run(main())
+    assert out[:2] == [0, 1] and out[3] == 3
+    assert isinstance(out[2], errors.InvalidArgument)
+    assert isinstance(out[4], asyncio.CancelledError)
+    sent = {r.key for r in fake.requests("Put")} | {
+        op.key for r in fake.requests("Batch") for op in r.ops}
+    assert b"k4" not in sent
+
+
+def test_async_client_with_batching_off(fake):
+    async def main():
+        c = AsyncClient(fake.address, batching=Batching(enabled=False))
+        try:
+            return await asyncio.gather(*(c.put(b"k%d" % i, b"v") for i in range(8)))
+        finally:
+            await c.close()
+
+    assert asyncio.run(main()) == [11] * 8
+    assert fake.hits("Put") == 8 and fake.hits("Batch") == 0
