@@ -1,5 +1,6 @@
 """Server benchmark (one module per concern: common, clients, procs, servers, runner,
-summary, cli): the Strata daemon over gRPC against etcd and Redis, one load shape.
+summary, cli, ceiling): the Strata daemon over gRPC against the bare grpc.aio ceiling,
+etcd and Redis, one load shape.
 
     python -m bench server           # 5 s points; writes docs/bench/server.{md,png,json}
     python -m bench server --quick   # 0.5 s points, a small read set; under a minute; no docs
@@ -15,6 +16,8 @@ Method (the same for every server, in one run):
   - strata: `python -m strata.server.cli serve` with STRATA_DURABILITY=always (a put
     is acknowledged after its group's fsync), once with the default event
     loop (STRATA_EVENT_LOOP=uvloop) and once with STRATA_EVENT_LOOP=asyncio.
+  - ceiling: bench/server/ceiling.py, grpc.aio on uvloop with empty handlers on
+    Strata's own KV proto: the cost of a call to a Python gRPC server doing nothing.
   - etcd: one member, default options (a put is acknowledged after raft
     commits it, which on one member means after the WAL fsync); reached over
     its gRPC API (`bench/etcd.proto`, compiled at run time).

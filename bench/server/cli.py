@@ -17,7 +17,14 @@ from bench import report
 from .common import FAMILIES, LABELS, REPO_ROOT, SYSTEMS, Config, workloads
 from .procs import WorkerPool
 from .runner import Runner, run_event_loop_variant, run_system
-from .servers import EtcdServer, RedisServer, Server, StrataServer, compile_etcd_stubs
+from .servers import (
+    CeilingServer,
+    EtcdServer,
+    RedisServer,
+    Server,
+    StrataServer,
+    compile_etcd_stubs,
+)
 from .summary import render_text, summary_json, write_docs
 
 # ---------------------------------------------------------------- command line
@@ -40,8 +47,9 @@ def _split(value: str | None, known: tuple[str, ...], what: str) -> list[str]:
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench server",
-        description="The Strata daemon over gRPC against etcd and Redis (appendfsync always and "
-                    "everysec): the same load shape, one run, ratios printed.",
+        description="The Strata daemon over gRPC against the bare grpc.aio ceiling, etcd and "
+                    "Redis (appendfsync always and everysec): the same load shape, one run, "
+                    "ratios printed.",
     )
     p.add_argument("--quick", action="store_true",
                    help="0.5 s points and a 2,000-key read set (under a minute); "
@@ -132,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     services: dict[str, dict[str, Any]] = {}
     for s in cfg.systems:
-        cls: Any = {"strata": StrataServer, "etcd": EtcdServer}.get(s, RedisServer)
+        cls: Any = {"strata": StrataServer, "etcd": EtcdServer,
+                    "ceiling": CeilingServer}.get(s, RedisServer)
         why = cls.missing()
         services[s] = {"label": LABELS[s], "version": None if why else cls.version(),
                        "missing": why}
@@ -158,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 server: Server = StrataServer(root)
             elif s == "etcd":
                 server = EtcdServer(root, stubs)
+            elif s == "ceiling":
+                server = CeilingServer(root)
             else:
                 server = RedisServer(root, s.split("-", 1)[1])
             servers.append(server)

@@ -90,6 +90,7 @@ class StrataConn(Conn):
         self.grpc, self.pb, self.pbg = grpc, strata_pb2, strata_pb2_grpc
         self.channel: Any = None
         self.stub: Any = None
+        self.client: Any = None
 
     async def open(self, address: str, inflight: int) -> None:
         self.channel = self.grpc.aio.insecure_channel(address, options=[
@@ -100,11 +101,27 @@ class StrataConn(Conn):
         self.stub = self.pbg.KVStub(self.channel)
 
     async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
         if self.channel is not None:
             await self.channel.close()
 
     def op(self, p: Point, vals: list[bytes]) -> Op:
         pb, fmt, mask, base, t = self.pb, KEY_FMT, VALUE_POOL - 1, p.key_base, RPC_TIMEOUT_S
+        if p.workload == "client":
+            # The application's way: one AsyncClient, every coroutine awaiting put();
+            # concurrent calls are coalesced into Batch requests (the default).
+            from strata_client import AsyncClient
+
+            self.client = AsyncClient(p.address, timeout=t)
+            cput = self.client.put
+
+            async def do_client_put(i: int) -> bool:
+                await cput(fmt % (base + i), vals[i & mask])
+                return True
+
+            return do_client_put
         if p.workload == "put":
             put, req = self.stub.Put, pb.PutRequest
 
@@ -250,7 +267,7 @@ class RedisConn(Conn):
 
 
 def _conn_for(system: str) -> Conn:
-    if system.startswith("strata"):
+    if system.startswith("strata") or system == "ceiling":
         return StrataConn()
     if system == "etcd":
         return EtcdConn()

@@ -18,17 +18,18 @@ LOAD_CHUNK = 1000  # keys per request when loading the read set
 REPO_ROOT = Path(os.path.abspath(__file__)).parents[2]
 BENCH_DIR = Path(os.path.abspath(__file__)).parents[1]
 
-SYSTEMS = ("strata", "etcd", "redis-always", "redis-everysec")
-PEERS = ("etcd", "redis-always", "redis-everysec")
+SYSTEMS = ("strata", "ceiling", "etcd", "redis-always", "redis-everysec")
+PEERS = ("ceiling", "etcd", "redis-always", "redis-everysec")
 LABELS = {
     "strata": "Strata",
+    "ceiling": "ceiling (bare grpc.aio)",
     "etcd": "etcd",
     "redis-always": "Redis always",
     "redis-everysec": "Redis everysec",
 }
-SHORT = {"strata": "Strata", "etcd": "etcd", "redis-always": "R-always",
+SHORT = {"strata": "Strata", "ceiling": "ceiling", "etcd": "etcd", "redis-always": "R-always",
          "redis-everysec": "R-everysec"}
-FAMILIES = ("put", "get", "batch", "write", "asyncio", "lifecycle")
+FAMILIES = ("put", "get", "client", "batch", "write", "asyncio", "lifecycle")
 
 
 # ---------------------------------------------------------------- workloads
@@ -37,7 +38,7 @@ FAMILIES = ("put", "get", "batch", "write", "asyncio", "lifecycle")
 @dataclass(frozen=True)
 class Workload:
     name: str
-    family: str  # put, get, batch, write, asyncio, lifecycle
+    family: str  # put, get, client, batch, write, asyncio, lifecycle
     unit: str  # "ops/s" or "ms" (lower is better)
     inflight: int  # 0 for lifecycle figures
     peer_source: str | None  # the peers' workload this one is compared with; None: Strata only
@@ -81,6 +82,11 @@ def workloads(cfg: Config) -> list[Workload]:
         out += [Workload(f"get-c{c}", "get", "ops/s", c, f"get-c{c}",
                          f"single-key gets of stored keys, {_n(c, 'request')} in flight")
                 for c in cfg.inflight]
+    if "client" in fams:
+        out += [Workload(f"client-put-c{c}", "client", "ops/s", c, f"put-c{c}",
+                         f"durable puts from {_n(c, 'coroutine')} calling "
+                         "strata_client.AsyncClient.put (concurrent calls coalesced, the "
+                         "default), against the peers' unary puts") for c in cfg.inflight]
     if "batch" in fams:
         out += [Workload(f"batch{b}-c{c}", "batch", "ops/s", c, None,
                          f"durable puts through KV.Batch, {b} puts a request, "

@@ -142,7 +142,7 @@ def pct(x: float | None) -> str:
 
 
 def _families_for(system: str) -> list[str]:
-    return ["put", "get", "batch", "write"] if system == "strata" else ["put", "get"]
+    return ["put", "get", "client", "batch", "write"] if system == "strata" else ["put", "get"]
 
 
 def run_system(runner: Runner, system: str, server: Server, wls: list[Workload]) -> None:

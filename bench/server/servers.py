@@ -250,6 +250,41 @@ class StrataServer(Server):
         return out
 
 
+class CeilingServer(Server):
+    """bench/server/ceiling.py: empty handlers on Strata's proto (the per-call ceiling)."""
+
+    system = "ceiling"
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self._probe: Any = None
+
+    @staticmethod
+    def version() -> str | None:
+        return report.package_version("grpcio")
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        self.address = f"127.0.0.1:{free_port()}"
+        return [sys.executable, "-m", "bench.server.ceiling", "--listen", self.address], child_env()
+
+    def probe(self) -> bool:
+        from strata_client._proto import strata_pb2, strata_pb2_grpc
+
+        if self._probe is None:
+            self._probe = _GrpcProbe(self.address)
+            self._stub = strata_pb2_grpc.KVStub(self._probe.channel)
+        try:
+            self._stub.Get(strata_pb2.GetRequest(key=b"probe"), timeout=1.0)
+        except self._probe.grpc.RpcError:
+            return False
+        return True
+
+    def close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+
 class EtcdServer(Server):
     system = "etcd"
 

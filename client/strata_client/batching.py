@@ -234,16 +234,39 @@ class AsyncCoalescer(_Queue):
         call.done = asyncio.get_running_loop().create_future()
         st = self.stats
         st.calls += 1
+        if st.inflight == 0 and not self.queue:
+            return await self._alone(call)
         self.queue.append(call)
         st.queued = len(self.queue)
         if st.inflight < self.cfg.max_inflight:
             # The task takes the queue at its first step, in the loop's next round: the
             # callers that a returning message woke in this round go with this one.
             st.inflight += 1
-            t = asyncio.ensure_future(self._run())
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
+            self._spawn()
         return await call.done
+
+    async def _alone(self, call: Call) -> int:
+        """An idle client: the caller sends its call itself (no task, no loop round);
+        calls that queue meanwhile are taken on by a task when it returns."""
+        st = self.stats
+        st.inflight += 1
+        t0 = time.perf_counter()
+        try:
+            (result,) = await self._send([call])
+        finally:
+            if self.queue:
+                self._spawn()
+            else:
+                st.inflight -= 1
+        self.answered(1, time.perf_counter() - t0)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _spawn(self) -> None:
+        t = asyncio.ensure_future(self._run())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
         try:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(os.path.abspath(__file__)).parents[2]
-PEERS = {"etcd", "redis-always", "redis-everysec"}
+PEERS = {"ceiling", "etcd", "redis-always", "redis-everysec"}
 
 
 def _positive(x: object) -> bool:
@@ -30,7 +30,7 @@ def test_server_bench_json_shape(tmp_path: Path, tmp_path_factory) -> None:
     docs = tmp_path_factory.mktemp("docs")
     cmd = [
         sys.executable, "-m", "bench", "server", "--quick", "--json", "--quiet",
-        "--engines", "strata", "--seconds", "0.2", "--inflight", "1,8",
+        "--engines", "strata,ceiling", "--seconds", "0.2", "--inflight", "1,8",
         "--read-keys", "300", "--batch-ops", "20", "--dir", str(tmp_path), "--docs", str(docs),
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -42,6 +42,7 @@ def test_server_bench_json_shape(tmp_path: Path, tmp_path_factory) -> None:
     names = [e["name"] for e in entries]
     expected = (
         [f"put-c{c}" for c in (1, 8)] + [f"get-c{c}" for c in (1, 8)]
+        + [f"client-put-c{c}" for c in (1, 8)]
         + [f"batch20-c{c}" for c in (1, 8)] + [f"write20-c{c}" for c in (1, 8)]
         + [f"{k}-c{c}-asyncio" for k in ("put", "get") for c in (1, 8)]
         + ["startup", "sigterm-exit", "restart"]
@@ -52,9 +53,13 @@ def test_server_bench_json_shape(tmp_path: Path, tmp_path_factory) -> None:
         assert e["unit"] == ("ms" if e["name"] in ("startup", "sigterm-exit", "restart")
                              else "ops/s")
         assert _positive(e["strata"]), (e, proc.stderr[-4000:])
-        # only Strata ran: every peer is there, and null
+        # Strata and the ceiling ran: every peer is there, the others null; the ceiling
+        # has what it is compared on (unary puts and gets, start and stop), not the
+        # Strata-only batch, write and restart
         assert set(e["peers"]) == PEERS
-        assert all(v is None for v in e["peers"].values())
+        assert all(v is None for p, v in e["peers"].items() if p != "ceiling")
+        has_ceiling = not e["name"].startswith(("batch", "write", "restart"))
+        assert _positive(e["peers"]["ceiling"]) == has_ceiling, e
     # the run stopped every server and removed its data
     assert not any(tmp_path.iterdir())
     # the page: bench/server/page.md filled in, every placeholder replaced

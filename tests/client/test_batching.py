@@ -252,12 +252,13 @@ def test_async_calls_awaited_together_are_coalesced_with_their_own_results(fake)
 
     lone, got, st = asyncio.run(main())
     assert lone == 11
-    # the first of the 50 finds the slot free, the 49 others join it in the same loop round
-    assert fake.hits("Batch") == 1 and fake.hits("Put") == 1
+    # the first of the 50 finds the client idle and goes alone; the 49 others queue
+    # behind it and go as one message when it returns
+    assert fake.hits("Put") == 2 and fake.hits("Batch") == 1
     (req,) = fake.requests("Batch")
-    assert [op.request_id for op in req.ops] == [f"r{i}" for i in range(50)]
-    assert got == [500 + i for i in range(50)]
-    assert st["messages"] == 2 and st["calls"] == 51
+    assert [op.request_id for op in req.ops] == [f"r{i}" for i in range(1, 50)]
+    assert got == [11] + [500 + i for i in range(49)]
+    assert st["messages"] == 3 and st["calls"] == 51 and st["singles"] == 2
 
 
 def test_async_bad_call_fails_alone_and_cancelled_caller_is_not_sent(fake):
@@ -307,3 +308,32 @@ def test_async_client_with_batching_off(fake):
 
     assert asyncio.run(main()) == [11] * 8
     assert fake.hits("Put") == 8 and fake.hits("Batch") == 0
+
+
+def test_async_idle_call_that_fails_or_is_cancelled_gives_its_slot_back(fake):
+    gate = Gate()
+    fake.then("Put", Err(C.INTERNAL, "boom"), gate)
+
+    async def main():
+        c = _async_client(fake.address, batching=ONE)
+        try:
+            with pytest.raises(errors.StrataError, match="boom"):
+                await c.put(b"a", b"v")
+            assert c.batching_stats()["inflight"] == 0
+            held = asyncio.ensure_future(c.put(b"b", b"v"))
+            while not gate.entered.is_set():
+                await asyncio.sleep(0.005)
+            queued = asyncio.ensure_future(c.put(b"c", b"v"))
+            await asyncio.sleep(0.01)
+            held.cancel()  # the caller that holds the slot goes away
+            gate.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await held
+            lsn = await queued  # the queued call is still sent
+            await asyncio.sleep(0.01)
+            return lsn, c.batching_stats()
+        finally:
+            await c.close()
+
+    lsn, st = asyncio.run(main())
+    assert lsn == 11 and st["inflight"] == 0 and st["queued"] == 0
