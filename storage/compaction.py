@@ -265,7 +265,8 @@ def run_flush(job: dict, fs: FileSystem | None = None) -> dict:
     t0 = time.monotonic()
     entries = drop_obsolete(memtable_entries(job["items"]), job["smallest_snapshot"], False)
     path = job["path"]
-    outputs = sstable.build_tables(fs, entries, lambda i: path, 1 << 62)
+    outputs = sstable.build_tables(fs, entries, lambda i: path, 1 << 62,
+                                   compression=job.get("compression", "none"))
     return {"outputs": outputs, "seconds": time.monotonic() - t0}
 
 
@@ -297,7 +298,7 @@ def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
     """Merge the job's input tables into new tables; return their properties.
 
     `job`: dir, inputs (paths), smallest_snapshot, drop_tombstones,
-    target_file_size, prefix (temporary output name prefix). Runs in the
+    target_file_size, compression (codec name), prefix (temporary output name prefix). Runs in the
     worker process (fs=None: the OS) or in a thread with the engine's FS.
     Outputs are named `<prefix>-<i>.sst.tmp`; the engine renames them to
     numbered tables when it installs the result.
@@ -311,7 +312,7 @@ def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
         read_bytes = sum(r.file_size for r in readers)
         sink = sstable.TableSink(
             fs, lambda i: os.path.join(job["dir"], compaction_output(job["prefix"], i)),
-            job["target_file_size"])
+            job["target_file_size"], job.get("compression", "none"))
         # The key space is cut into windows of about `window` encoded bytes of input;
         # each window is merged (concatenated and sorted in C) and handed to the sink.
         # Every version of a key falls into one window, so the dropping rules see

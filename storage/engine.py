@@ -1200,12 +1200,14 @@ class Engine:
             elif self._worker_dir is not None:
                 # Packing the dict is C; sorting and encoding happen in the worker.
                 job = {"kind": "flush", "path": self.fs.local_path(path),
-                       "items": list(imm._d.items()), "smallest_snapshot": self._smallest_snapshot()}
+                       "items": list(imm._d.items()), "smallest_snapshot": self._smallest_snapshot(),
+                       "compression": self.opts.codec(0)}
                 outs = _worker("flush").run(job)["outputs"]
             else:
                 entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(),
                                                    False)
-                outs = sstable.build_tables(self.fs, entries, lambda i: path, 1 << 62)
+                outs = sstable.build_tables(self.fs, entries, lambda i: path, 1 << 62,
+                                            compression=self.opts.codec(0))
         except BaseException:
             # The half-written table goes now (its space is what the retry needs).
             try:
@@ -1382,6 +1384,7 @@ class Engine:
             "smallest_snapshot": self._smallest_snapshot(),
             "drop_tombstones": c.bottommost,
             "target_file_size": self.opts.target_file_size,
+            "compression": self.opts.codec(c.output_level),
             "prefix": compaction_prefix(self.versions.new_file_number()),
         }
         if local is not None:

@@ -13,6 +13,7 @@ from . import record
 from .errors import InvalidArgument
 
 DURABILITY_MODES = ("always", "interval", "none")
+CODECS = ("none", "lz4", "zstd")  # block compression (storage/sstable.py)
 
 # Hard limits: a key, value or batch over them is refused before anything is
 # written, whatever the options say. One WAL frame carries one write, so a
@@ -47,6 +48,12 @@ class Options:
     wal_retention_age_s: float = 0.0
     wal_preallocate: bool = True
     compaction_executor: str = "process"  # "process" | "thread"
+    # Data blocks of new tables: "none", "lz4" or "zstd" (docs/format.md). Tables keep
+    # the codec they were written with, so this can change between opens.
+    compression: str = "none"
+    # Per level, as RocksDB's compression_per_level: "none,lz4,zstd" (or a list) means
+    # L0 none, L1 lz4, L2 and deeper zstd; empty: `compression` on every level.
+    compression_per_level: str | list = ""
     max_key_size: int = MAX_KEY_SIZE
     max_value_size: int = MAX_VALUE_SIZE
     max_batch_ops: int = MAX_BATCH_OPS
@@ -58,6 +65,11 @@ class Options:
     # tail the new master never had can still be cut (`truncate_log`).
     flush_after_recovery: bool = True
     create_if_missing: bool = True
+
+    def codec(self, level: int) -> str:
+        """The compression of tables written into `level`."""
+        per = self.compression_per_level
+        return per[min(level, len(per) - 1)] if per else self.compression
 
     @classmethod
     def make(cls, **options) -> Options:
@@ -74,6 +86,13 @@ class Options:
                 f"durability must be one of {DURABILITY_MODES}, not {opts.durability!r}")
         if opts.compaction_executor not in ("process", "thread"):
             raise InvalidArgument("compaction_executor must be 'process' or 'thread'")
+        if isinstance(opts.compression_per_level, str):
+            opts.compression_per_level = [c.strip() for c in opts.compression_per_level.split(",")
+                                          if c.strip()]
+        opts.compression_per_level = list(opts.compression_per_level)
+        for codec in [opts.compression, *opts.compression_per_level]:
+            if codec not in CODECS:
+                raise InvalidArgument(f"compression must be one of {CODECS}, not {codec!r}")
         for name, limit in (("max_key_size", MAX_KEY_SIZE), ("max_value_size", MAX_VALUE_SIZE),
                             ("max_batch_ops", MAX_BATCH_OPS), ("max_batch_bytes", MAX_BATCH_BYTES)):
             low = 0 if name == "max_value_size" else 1  # empty values are values

@@ -13,9 +13,11 @@ Entries are in internal-key order: user key ascending, LSN descending; the
 LSN is stored negated, so an entry decodes to the tuple (key, -lsn, value)
 whose natural Python order *is* internal-key order: merges and sorts then run
 in C without a key function. `type`
-is the compression of `contents` (0 = none; lz4/zstd can be added without a
-format change), and the CRC covers contents and type, as LevelDB's trailer.
-`size` in the index excludes the trailer.
+is the compression of `contents` (0 none, 1 LZ4 block with its size, 2 zstd
+frame; see `CODECS`), and the CRC covers the stored contents and type, as
+LevelDB's trailer. A data block is stored compressed only when that saves an
+eighth of it (LevelDB's rule); meta blocks are never compressed. `size` in the
+index is the stored size, without the trailer.
 
 Blocks are msgpack arrays rather than LevelDB's prefix-compressed entries: the
 decoder is C, so a block decodes in a few microseconds in CPython, where a
@@ -50,12 +52,68 @@ FOOTER_SIZE = FOOTER.size  # 48
 TRAILER = struct.Struct("<BI")
 TRAILER_SIZE = TRAILER.size  # 5
 COMPRESSION_NONE = 0
+COMPRESSION_LZ4 = 1
+COMPRESSION_ZSTD = 2
+CODECS = {"none": COMPRESSION_NONE, "lz4": COMPRESSION_LZ4, "zstd": COMPRESSION_ZSTD}
+ZSTD_LEVEL = 3
 
 BLOCK_SIZE = 4096
 
+_local = threading.local()  # zstd contexts are not thread-safe: one per thread
 
-def _finish_block(contents: bytes) -> bytes:
-    return contents + TRAILER.pack(COMPRESSION_NONE, crc32c(contents + b"\x00"))
+
+def _zstd_c():
+    c = getattr(_local, "zc", None)
+    if c is None:
+        import zstandard
+
+        c = _local.zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return c
+
+
+def _zstd_d():
+    d = getattr(_local, "zd", None)
+    if d is None:
+        import zstandard
+
+        d = _local.zd = zstandard.ZstdDecompressor()
+    return d
+
+
+def compress(contents: bytes, ctype: int) -> bytes:
+    if ctype == COMPRESSION_LZ4:
+        import lz4.block
+
+        return lz4.block.compress(contents, store_size=True)
+    if ctype == COMPRESSION_ZSTD:
+        return _zstd_c().compress(contents)
+    return contents
+
+
+def decompress(stored: bytes, ctype: int) -> bytes:
+    """The block's contents; ValueError (or the codec's error) if `stored` is not a valid
+    block of that codec; KeyError for a codec this version does not know."""
+    if ctype == COMPRESSION_NONE:
+        return stored
+    if ctype == COMPRESSION_LZ4:
+        import lz4.block
+
+        return lz4.block.decompress(stored)
+    if ctype == COMPRESSION_ZSTD:
+        return _zstd_d().decompress(stored)
+    raise KeyError(ctype)
+
+
+def _finish_block(contents: bytes, ctype: int = COMPRESSION_NONE) -> tuple[bytes, int]:
+    """The block as stored (contents, maybe compressed, and trailer) and the stored size."""
+    if ctype != COMPRESSION_NONE:
+        packed = compress(contents, ctype)
+        if len(packed) <= len(contents) - len(contents) // 8:
+            contents = packed
+        else:
+            ctype = COMPRESSION_NONE  # not worth it: stored as it is
+    return (contents + TRAILER.pack(ctype, crc32c(contents + bytes((ctype,)))),
+            len(contents))
 
 
 def _entry_sizes(entries: list[tuple]) -> list[int]:
@@ -76,8 +134,8 @@ def _boundary(entries: list[tuple], cum: list[int], lo: int, budget: int) -> int
 
 
 def build_tables(fs: FileSystem, entries: list[tuple], path_for, target_file_size: int,
-                 block_size: int = BLOCK_SIZE, bloom_bits: int = bloom.BITS_PER_KEY
-                 ) -> list[tuple[str, dict]]:
+                 block_size: int = BLOCK_SIZE, bloom_bits: int = bloom.BITS_PER_KEY,
+                 compression: str = "none") -> list[tuple[str, dict]]:
     """Write `entries` (internal order) into tables of about `target_file_size`.
 
     Returns [(path, props)] with props as stored plus `file_size`. Each table
@@ -93,7 +151,8 @@ def build_tables(fs: FileSystem, entries: list[tuple], path_for, target_file_siz
     while lo < len(entries):
         hi = _boundary(entries, cum, lo, target_file_size)
         path = path_for(len(out))
-        out.append((path, _write_table(fs, path, entries, cum, lo, hi, block_size, bloom_bits)))
+        out.append((path, _write_table(fs, path, entries, cum, lo, hi, block_size, bloom_bits,
+                                       CODECS[compression])))
         lo = hi
     return out
 
@@ -105,10 +164,12 @@ class TableSink:
     `build_tables` does; on error the tables written so far are the caller's to remove.
     """
 
-    def __init__(self, fs: FileSystem, path_for, target_file_size: int) -> None:
+    def __init__(self, fs: FileSystem, path_for, target_file_size: int,
+                 compression: str = "none") -> None:
         self.fs = fs
         self.path_for = path_for
         self.target = target_file_size
+        self.ctype = CODECS[compression]
         self.outputs: list[tuple[str, dict]] = []
         self._buf: list[tuple] = []
         self._bytes = 0
@@ -132,7 +193,7 @@ class TableSink:
                 break  # less than a table left: it waits for more entries
             path = self.path_for(len(self.outputs))
             self.outputs.append((path, _write_table(self.fs, path, buf, cum, lo, hi,
-                                                    BLOCK_SIZE, bloom.BITS_PER_KEY)))
+                                                    BLOCK_SIZE, bloom.BITS_PER_KEY, self.ctype)))
             lo = hi
         self._buf = buf[lo:]
         self._bytes = (cum[-1] - (cum[lo - 1] if lo else 0)) if self._buf else 0
@@ -143,7 +204,8 @@ class TableSink:
 
 
 def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int], lo: int,
-                 hi: int, block_size: int, bloom_bits: int) -> dict:
+                 hi: int, block_size: int, bloom_bits: int, ctype: int = COMPRESSION_NONE
+                 ) -> dict:
     f = fs.create(path)
     ok = False
     try:
@@ -156,8 +218,8 @@ def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int]
         while i < hi:
             j = min(_boundary(entries, cum, i, block_size), hi)
             contents = msgpack.packb(list(flat_from(entries[i:j])), use_bin_type=True)
-            block = _finish_block(contents)
-            index += (entries[j - 1][0], offset, len(contents))
+            block, stored = _finish_block(contents, ctype)
+            index += (entries[j - 1][0], offset, stored)
             chunks.append(block)
             offset += len(block)
             pending += len(block)
@@ -181,7 +243,7 @@ def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int]
         for contents in (bloom.build(list(map(itemgetter(0), part)), bloom_bits),
                          msgpack.packb(props, use_bin_type=True),
                          msgpack.packb(index, use_bin_type=True)):
-            block = _finish_block(contents)
+            block, _ = _finish_block(contents)
             meta.append((offset, len(contents)))
             chunks.append(block)
             offset += len(block)
@@ -206,8 +268,8 @@ def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int]
 class BlockCache:
     """CLOCK cache of decoded data blocks shared by every table of an engine.
 
-    Bounded by `capacity` bytes of *encoded* block size (decoded lists take
-    ~3x that in CPython). Overflow policy: evict in insertion order, giving a
+    Bounded by `capacity` bytes of *encoded* block size, uncompressed (decoded
+    lists take ~3x that in CPython). Overflow policy: evict in insertion order, giving a
     block read since its last pass a second chance (CLOCK, an LRU
     approximation). A hit is a lock-free dict lookup and a flag store: an
     LRU's move-to-end under a lock cost ~3 us per read (bench/engine:
@@ -319,9 +381,15 @@ class TableReader:
         ctype, crc = TRAILER.unpack_from(buf, off + size)
         if crc != crc32c(contents + bytes([ctype])):
             raise Corruption(self.path, off, "block checksum mismatch")
-        if ctype != COMPRESSION_NONE:
-            raise Corruption(self.path, off, f"unknown block compression {ctype}")
-        return contents
+        if ctype == COMPRESSION_NONE:
+            return contents
+        try:
+            return decompress(contents, ctype)
+        except KeyError:
+            raise Corruption(self.path, off, f"unknown block compression {ctype}") from None
+        except Exception as e:  # lz4's LZ4BlockError, zstandard's ZstdError, ValueError
+            raise Corruption(self.path, off, f"undecompressible block (compression {ctype}): "
+                                             f"{e}") from None
 
     def _block(self, i: int) -> tuple[list, list, list, int]:
         off = self._offsets[i]
@@ -330,12 +398,12 @@ class TableReader:
             blk = cache.get((self.number, off))
             if blk is not None:
                 return blk
-        size = self._sizes[i]
+        raw = self._read_block(off, self._sizes[i])
         try:
-            flat = msgpack.unpackb(self._read_block(off, size), use_list=True)
+            flat = msgpack.unpackb(raw, use_list=True)
         except (ValueError, msgpack.UnpackException) as e:
             raise Corruption(self.path, off, f"undecodable block: {e}") from None
-        blk = (flat[0::3], flat[1::3], flat[2::3], size)
+        blk = (flat[0::3], flat[1::3], flat[2::3], len(raw))
         if cache is not None:
             cache.put((self.number, off), blk)
         return blk

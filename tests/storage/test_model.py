@@ -127,3 +127,36 @@ class EngineModel(RuleBasedStateMachine):
 TestEngineModel = EngineModel.TestCase
 TestEngineModel.settings = settings(max_examples=100, stateful_step_count=80, deadline=None,
                                     suppress_health_check=[HealthCheck.too_slow])
+
+
+CODEC_CHOICES = st.sampled_from(["none", "lz4", "zstd", "none,lz4,zstd", "zstd,none,lz4"])
+
+
+class CompressedEngineModel(EngineModel):
+    """The same model with compressed tables: values that compress, and reopening with
+    another codec (or per-level codecs), so tables of every codec sit side by side."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db.close()
+        self.opts["compression_per_level"] = "none,lz4,zstd"
+        self.db = Engine.open("/db", fs=self.fs, **self.opts)
+
+    @rule(key=KEYS, n=st.integers(1, 120), unit=st.binary(min_size=1, max_size=4))
+    def put_compressible(self, key, n, unit):
+        value = unit * n
+        self.db.put(key, value)
+        self.model[key] = value
+
+    @rule(codecs=CODEC_CHOICES)
+    def reopen_with_codecs(self, codecs):
+        self._drop_snapshots()
+        self.db.close()
+        self.opts["compression_per_level"] = codecs
+        self.db = Engine.open("/db", fs=self.fs, **self.opts)
+
+
+TestCompressedEngineModel = CompressedEngineModel.TestCase
+TestCompressedEngineModel.settings = settings(max_examples=40, stateful_step_count=80,
+                                              deadline=None,
+                                              suppress_health_check=[HealthCheck.too_slow])

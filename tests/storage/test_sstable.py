@@ -410,12 +410,12 @@ def test_unknown_compression_type_with_valid_crc(fs):
     blocks, _ = parse_table(bytes(good))
     _, off, size, _ = blocks[0]
     contents = bytes(good[off:off + size])
-    good[off + size:off + size + TRAILER_SIZE] = struct.pack("<BI", 1, crc32c(contents + b"\x01"))
+    good[off + size:off + size + TRAILER_SIZE] = struct.pack("<BI", 9, crc32c(contents + b"\x09"))
     rewrite(fs, path, bytes(good))
     r = reopen(fs, path)
     with pytest.raises(Corruption) as ei:
         r.get(b"a", 5)
-    assert (ei.value.offset, ei.value.reason) == (off, "unknown block compression 1")
+    assert (ei.value.offset, ei.value.reason) == (off, "unknown block compression 9")
 
 
 def test_undecodable_block_with_valid_crc(fs):
@@ -514,3 +514,84 @@ def test_block_cache_bounded_under_table_reads(fs):
     r1.get(k, 1 << 62)
     r1.get(k, 1 << 62)
     assert cache.hits >= h + 1
+
+
+# ---------------------------------------------------------------- block compression
+
+def _trailer_types(buf: bytes) -> list[int]:
+    """The compression byte of every data block, read from the file's own index."""
+    (index_off, index_size, *_rest) = FOOTER.unpack_from(buf, len(buf) - FOOTER_SIZE)
+    index = msgpack.unpackb(buf[index_off:index_off + index_size])
+    return [buf[off + size] for off, size in zip(index[1::3], index[2::3])]
+
+
+@pytest.mark.parametrize("codec,code", [("lz4", 1), ("zstd", 2)])
+def test_compressed_tables_read_back_what_was_written_at_every_snapshot(fs, codec, code):
+    entries = make_entries(nkeys=300, value_size=(20, 120))  # runs of one letter: compressible
+    plain_path, _ = build_one(fs, entries)
+    path, props = build_tables(fs, entries, lambda i: f"/t/{codec}-{i}.sst", 1 << 30,
+                               block_size=256, compression=codec)[0]
+    buf = fs.read_bytes(path)
+    assert set(_trailer_types(buf)) == {code}
+    assert props["file_size"] < len(fs.read_bytes(plain_path)) * 0.7
+    r = reopen(fs, path)
+    assert list(r.entries_from()) == entries
+    keys = sorted({k for k, _, _ in entries})
+    for key in keys[::7] + [b"key00001", b"zzz"]:
+        for snap in (1, 200, 10**9):
+            assert r.get(key, snap) == model_get(entries, key, snap)
+    assert r.range_entries(keys[10], keys[50]) == [e for e in entries if keys[10] <= e[0] < keys[50]]
+
+
+def test_a_block_that_does_not_shrink_by_an_eighth_is_stored_plain(fs):
+    rnd = random.Random(3)
+    entries = [(b"k%04d" % i, -(i + 1), rnd.randbytes(200)) for i in range(50)]
+    path, _ = build_tables(fs, entries, path_for, 1 << 30, block_size=512, compression="zstd")[0]
+    assert set(_trailer_types(fs.read_bytes(path))) == {0}
+    assert list(reopen(fs, path).entries_from()) == entries
+
+
+def test_the_block_cache_counts_uncompressed_bytes(fs):
+    entries = make_entries(nkeys=100, value_size=(100, 100), tomb=0)
+    path, _ = build_tables(fs, entries, path_for, 1 << 30, block_size=256, compression="lz4")[0]
+    cache = BlockCache(1 << 30)
+    r = reopen(fs, path, cache=cache)
+    list(r.entries_from())
+    stored = sum(r._sizes)
+    assert cache.size > stored, "decoded blocks are charged at their uncompressed size"
+
+
+@pytest.mark.parametrize("codec,code", [("lz4", 1), ("zstd", 2)])
+def test_a_compressed_block_that_does_not_decompress_is_corruption(fs, codec, code):
+    from crc32c import crc32c
+
+    entries = make_entries(nkeys=60, value_size=(50, 80))
+    path, _ = build_tables(fs, entries, path_for, 1 << 30, block_size=256, compression=codec)[0]
+    buf = bytearray(fs.read_bytes(path))
+    (index_off, index_size, *_rest) = FOOTER.unpack_from(buf, len(buf) - FOOTER_SIZE)
+    index = msgpack.unpackb(bytes(buf[index_off:index_off + index_size]))
+    off, size = index[1], index[2]
+    assert buf[off + size] == code
+    garbage = bytes(range(256))[:size] * (size // 256 + 1)
+    buf[off:off + size] = garbage[:size]  # a payload the codec cannot read, with a valid CRC
+    buf[off + size:off + size + TRAILER_SIZE] = struct.pack("<BI", code,
+                                                             crc32c(garbage[:size] + bytes([code])))
+    rewrite(fs, path, bytes(buf))
+    r = reopen(fs, path)
+    with pytest.raises(Corruption) as ei:
+        r.get(entries[0][0], 10**9)
+    assert ei.value.offset == off
+    assert ei.value.reason.startswith(f"undecompressible block (compression {code})")
+
+
+def test_unknown_codec_names_are_refused():
+    from strata.storage.errors import InvalidArgument
+    from strata.storage.options import Options
+
+    with pytest.raises(InvalidArgument):
+        Options.make(compression="snappy")
+    with pytest.raises(InvalidArgument):
+        Options.make(compression_per_level="none,lz5")
+    o = Options.make(compression="lz4", compression_per_level="none, lz4 ,zstd")
+    assert [o.codec(i) for i in range(5)] == ["none", "lz4", "zstd", "zstd", "zstd"]
+    assert Options.make(compression="zstd").codec(3) == "zstd"
