@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compaction": ("bench.compaction", "write throughput kept during a full compaction, vs LevelDB"),
     "replication": ("bench.replication", "three nodes async/quorum/sync and failover, vs a 3-node "
                                          "etcd cluster and Redis Sentinel"),
+    "compression": ("bench.compression", "table bytes and read/write cost of each block codec, "
+                                         "vs LevelDB (snappy) and RocksDB"),
     "distribution": ("bench.distribution", "event rings and WebSocket tiers vs multiprocessing.Queue, "
                                            "pyzmq, websockets broadcast, Redis pub/sub, NATS"),
 }

@@ -362,8 +362,10 @@ def test_manual_compaction_keeps_a_delete_whose_old_value_sits_deeper():
     from strata.storage.vfs import MemFS
 
     fs = MemFS()
+    # compression off: the tree's shape below follows from the tables' sizes
     opts = dict(durability="none", memtable_size=1 << 20, target_file_size=4 << 10,
-                base_level_size=4 << 10, l0_compaction_trigger=1, compaction_executor="thread")
+                base_level_size=4 << 10, l0_compaction_trigger=1, compaction_executor="thread",
+                compression="none")
 
     def files(db):
         v = db.versions.current
