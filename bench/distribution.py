@@ -24,7 +24,9 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,9 @@ from .server.procs import child_env, free_port, spawn, stop_proc
 
 VALUE = b"v" * 100
 PACE = 10_000  # events/s of the latency runs
-CTX = mp.get_context("fork")
+# Readers and subscribers start from a fresh interpreter: a forked child of a process that
+# runs gRPC threads (the test suite's) can inherit a lock held at fork time and hang.
+CTX = mp.get_context("spawn")
 
 
 def _pace(t0: float, done: int, rate: float) -> None:
@@ -291,8 +295,20 @@ def _subscribers(kind: str, target: str, total: int, n: int, sub_msg: str | None
              for c in per]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + 60
     for _ in range(total):
-        ready.get(timeout=60)
+        while True:
+            try:
+                ready.get(timeout=0.5)
+                break
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if not p.is_alive()]
+                if dead or time.monotonic() > deadline:
+                    for p in procs:
+                        p.kill()
+                    raise RuntimeError(f"{kind} subscribers not ready after "
+                                       f"{60 - (deadline - time.monotonic()):.0f} s; exited: "
+                                       f"{dead}") from None
     return procs, out
 
 
@@ -368,6 +384,9 @@ class Strata:
             try:
                 with Client(self.grpc, timeout=1) as c:
                     c.status()
+                # the WebSocket listener opens after the gRPC one: wait for it too
+                host, port = self.ws.rsplit(":", 1)
+                socket.create_connection((host, int(port)), timeout=1).close()
                 break
             except Exception:
                 if time.monotonic() > end:
