@@ -35,9 +35,13 @@ def test_consume_credits_acks_and_resume(daemon):
 def test_consume_delayed_tier_and_errors(daemon):
     async def main():
         async with AsyncClient(daemon.grpc) as c:
-            sub = c.consume(tier="delayed", window_ms=50)
+            # From an LSN, not live: the stream opens when it is first read, which may be
+            # after the batch below is written.
+            base = await c.put(b"warm", b"v")
+            sub = c.consume(tier="delayed", window_ms=50, from_lsn=base + 1)
             it = sub.__aiter__()
             first = await c.batch([("put", b"a%d" % i, b"v") for i in range(100)])
+            assert first == base + 100
             got = []
             while len(got) < 100:
                 got.append(await asyncio.wait_for(it.__anext__(), 10))
