@@ -59,7 +59,7 @@ _hash64 = mmh3.hash64
 
 
 class BloomFilter:
-    __slots__ = ("_bits", "_m", "_k", "_probes")
+    __slots__ = ("_bits", "_m", "_k", "_rest")
 
     def __init__(self, data: bytes) -> None:
         if len(data) < 2:
@@ -67,14 +67,20 @@ class BloomFilter:
         self._bits = data[:-1]
         self._m = len(self._bits) * 8
         self._k = data[-1]
-        self._probes = range(self._k)
+        self._rest = range(max(0, self._k - 1))
 
     def may_contain(self, key: bytes) -> bool:
-        h1, h2 = _hash64(key, signed=False)
+        # Probe i is ((h1 + i*h2) mod 2**64) mod m, each h from the last by one addition
+        # (a multiplication of two 64-bit ints per probe cost a fifth of a hit).
+        h, h2 = _hash64(key, signed=False)
         m = self._m
         bits = self._bits
-        for i in self._probes:
-            pos = ((h1 + i * h2) & _MASK64) % m
+        pos = h % m
+        if not bits[pos >> 3] >> (pos & 7) & 1:
+            return False
+        for _ in self._rest:
+            h = (h + h2) & _MASK64
+            pos = h % m
             if not bits[pos >> 3] >> (pos & 7) & 1:
                 return False
         return True

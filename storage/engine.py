@@ -9,7 +9,7 @@ Write path (LevelDB's DBImpl::Write, adapted to the GIL):
      the group; the next head becomes leader. In `none` and `interval` modes
      there is nothing to wait for, so the writer does all of it under the mutex.
 Read path: memtable -> immutable memtables -> L0 newest first -> L1..Ln, at a
-snapshot LSN; the (mem, imms, version, readers) tuple is swapped atomically.
+snapshot LSN; the (mem, imms, version, readers, read plan) tuple is swapped atomically.
 Background: one flush thread (memtable -> L0), one compaction thread that
 hands merges to a worker process and installs their output.
 
@@ -120,6 +120,20 @@ def _worker(kind: str) -> compaction.MergeWorker:
         return w
 
 
+def _read_plan(version: Version, readers: dict[int, sstable.TableReader]) -> tuple:
+    """What a point read walks, resolved once per read view: L0's files newest first as
+    (smallest, largest, may_contain, get), then per non-empty deeper level the files'
+    smallest and largest keys and their (may_contain, get)."""
+    levels = version.levels
+    l0 = tuple((f.smallest, f.largest, readers[f.number].filter.may_contain,
+                readers[f.number].get) for f in levels[0])
+    deeper = tuple(([f.smallest for f in files], [f.largest for f in files],
+                    [(readers[f.number].filter.may_contain, readers[f.number].get)
+                     for f in files])
+                   for files in levels[1:] if files)
+    return l0, deeper
+
+
 def _check_bytes(what: str, b: Any, limit: int) -> None:
     if type(b) is not bytes:
         if isinstance(b, (bytearray, memoryview)):
@@ -183,7 +197,9 @@ class Engine:
         self._mem = MemTable()
         self._imms: tuple[MemTable, ...] = ()
         self._readers: dict[int, sstable.TableReader] = {}
-        self._sv: tuple[MemTable, tuple[MemTable, ...], Version, dict[int, sstable.TableReader]]
+        # (memtable, immutables, version, readers, read plan: see _read_plan)
+        self._sv: tuple[MemTable, tuple[MemTable, ...], Version, dict[int, sstable.TableReader],
+                        tuple]
         self._threads: list[threading.Thread] = []
         self._compacting = False
         self._compaction_requested = False
@@ -349,7 +365,8 @@ class Engine:
 
     def _install_sv(self) -> None:
         """Publish a new read view. REQUIRES: _mutex held, or no other thread running."""
-        self._sv = (self._mem, self._imms, self.versions.current, dict(self._readers))
+        version, readers = self.versions.current, dict(self._readers)
+        self._sv = (self._mem, self._imms, version, readers, _read_plan(version, readers))
         self._throttled = self._needs_room()
 
     def _start_thread(self, fn, name: str) -> None:
@@ -872,7 +889,7 @@ class Engine:
 
     def _lookup(self, key: bytes, snap: int, sv: tuple | None = None) -> tuple[int, bytes | None]:
         """(-lsn, value) of key's newest version <= snap, tombstones included; (0, None) if none."""
-        mem, imms, version, readers = self._sv if sv is None else sv
+        mem, imms, _, _, (l0, deeper) = self._sv if sv is None else sv
         hit = mem.get(key, snap)
         if hit[0]:
             return hit
@@ -880,23 +897,19 @@ class Engine:
             hit = imm.get(key, snap)
             if hit[0]:
                 return hit
-        levels = version.levels
-        for f in levels[0]:
-            if f.smallest <= key <= f.largest:
-                r = readers[f.number]
-                if r.filter.may_contain(key):
-                    hit = r.get(key, snap)
+        for smallest, largest, may_contain, get in l0:
+            if smallest <= key <= largest and may_contain(key):
+                hit = get(key, snap)
+                if hit[0]:
+                    return hit
+        for smallests, largests, tables in deeper:
+            i = bisect_right(smallests, key) - 1
+            if i >= 0 and key <= largests[i]:
+                may_contain, get = tables[i]
+                if may_contain(key):
+                    hit = get(key, snap)
                     if hit[0]:
                         return hit
-        for lvl in range(1, NUM_LEVELS):
-            if levels[lvl]:
-                f = version.find(lvl, key)
-                if f is not None:
-                    r = readers[f.number]
-                    if r.filter.may_contain(key):
-                        hit = r.get(key, snap)
-                        if hit[0]:
-                            return hit
         return 0, None
 
     def scan(self, start: bytes | None = None, end: bytes | None = None,
@@ -915,7 +928,7 @@ class Engine:
         return self._scan(snap, start, end, sv)
 
     def _scan(self, snap, start, end, sv) -> Iterator[tuple[bytes, bytes]]:
-        mem, imms, version, readers = sv
+        mem, imms, version, readers, _ = sv
         self.versions.ref(version)
         try:
             sources: list[Iterable] = [mem.entries(start, end)]
