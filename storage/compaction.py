@@ -366,11 +366,19 @@ class Cancelled(StorageError):
     """The merge was cancelled (its engine is closing); its outputs are to be discarded."""
 
 
+# A worker still holding this much more than when it started, after a job and after
+# giving freed memory back, retires (the engine starts a fresh one for the next job):
+# CPython keeps a merge's peak in partly used arenas, which would stay in RSS for good.
+WORKER_RETIRE_BYTES = 48 << 20
+
+
 class MergeWorker:
     """A child process that runs `run_merge` jobs one at a time. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, retire_bytes: int | None = None) -> None:
         self._lock = threading.Lock()
+        self._retire = WORKER_RETIRE_BYTES if retire_bytes is None else retire_bytes
+        self.started = 0  # processes started: the first, then one per retirement or death
         self._proc: subprocess.Popen | None = None
         self._running_dir: str | None = None
         self._cancelled = False
@@ -392,9 +400,11 @@ class MergeWorker:
     def _ensure(self) -> subprocess.Popen:
         p = self._proc
         if p is None or p.poll() is not None:
-            p = subprocess.Popen([sys.executable, "-m", "strata.storage.merge_worker"],
+            p = subprocess.Popen([sys.executable, "-m", "strata.storage.merge_worker",
+                                  str(self._retire)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
             self._proc = p
+            self.started += 1
         return p
 
     def run(self, job: dict) -> dict:
@@ -418,6 +428,10 @@ class MergeWorker:
                     continue
                 finally:
                     self._running_dir = None
+                if reply.pop("retiring", False):  # it exits after this reply: a fresh one next
+                    p.stdin.close()
+                    p.wait()
+                    self._proc = None
                 if "error" in reply:
                     if reply.get("path") is not None:
                         raise Corruption(reply["path"], reply["offset"], reply["reason"])
@@ -442,10 +456,35 @@ class MergeWorker:
                 p.wait()
 
 
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _give_back() -> None:
+    """Return what the job freed: collect cycles, then let glibc trim its heap."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: what is freed stays with the process
+        pass
+
+
 def worker_main() -> None:
-    """The merge worker's loop: read a job, run it, reply; exit at EOF."""
+    """The merge worker's loop: read a job, run it, reply; exit at EOF, or after a job that
+    left it more than argv[1] bytes (default WORKER_RETIRE_BYTES) larger than it started
+    (the reply says so)."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but replies may reach the pipe
+    limit = int(sys.argv[1]) if len(sys.argv) > 1 else WORKER_RETIRE_BYTES
+    base = _rss()
     while True:
         try:
             job = _recv(stdin)
@@ -460,5 +499,12 @@ def worker_main() -> None:
                      "filename": e.filename if isinstance(e.filename, str) else None}
         except Exception as e:  # reported to the engine, which stops writes
             reply = {"error": f"{type(e).__name__}: {e}"}
+        job = None
+        _give_back()
+        retire = _rss() - base > limit
+        if retire:
+            reply["retiring"] = True
         _send(stdout, reply)
+        if retire:
+            return
 

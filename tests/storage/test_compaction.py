@@ -383,3 +383,42 @@ def test_merge_memory_is_bounded_by_the_window_not_the_inputs(tmp_path):
     # 2 MB window the heap holds one window and about one output table's entries
     # (measured: 274 MB whole, ~35 MB windowed).
     assert stats["peak_heap"] < 60 << 20, stats
+
+
+def test_a_worker_that_stays_large_after_a_job_retires_and_the_next_job_gets_a_fresh_one(tmp_path):
+    """A worker process gives freed memory back after each job; one still over its limit
+    says so in its reply and exits, and the next job runs in a new process."""
+    from strata.storage.compaction import MergeWorker
+    from strata.storage.vfs import OsFS
+
+    os_fs = OsFS()
+    runs = random_runs(3)
+    paths = []
+    for i, run in enumerate(runs):
+        p = str(tmp_path / f"{i + 1:06d}.sst")
+        build_tables(os_fs, sorted(run), lambda _i, p=p: p, 1 << 30)
+        paths.append(p)
+    job = {"dir": str(tmp_path), "inputs": paths, "smallest_snapshot": 10**9,
+           "drop_tombstones": False, "target_file_size": 1 << 30, "prefix": "compaction-5"}
+    expected = model_drop(sorted(e for run in runs for e in run), 10**9, False)
+
+    def merged(result) -> list:
+        ((out, _),) = result["outputs"]
+        r = TableReader(os_fs, out, 99)
+        try:
+            return r.all_entries()
+        finally:
+            r.close()
+            os.remove(out)
+
+    retiring = MergeWorker(retire_bytes=-1)  # a limit below any growth: retire after every job
+    staying = MergeWorker()
+    try:
+        for _ in range(3):
+            assert merged(retiring.run(dict(job))) == expected
+            assert merged(staying.run(dict(job))) == expected
+        assert retiring.started == 3 and retiring.restarts == 0
+        assert staying.started == 1
+    finally:
+        retiring.close()
+        staying.close()
