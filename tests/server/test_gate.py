@@ -119,3 +119,34 @@ def test_unary_maps_errors_and_frees_the_call_slot():
         assert g.calls.active == 0
 
     asyncio.run(main())
+
+
+def test_deadlines_without_a_client_deadline_and_a_client_that_goes_away():
+    async def main():
+        g = gate(default_deadline_s=0.05)
+
+        async def slow(engine):
+            await asyncio.sleep(10)
+
+        ctx = Context()  # no deadline from the client: default_deadline_s applies
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(RuntimeError, match="aborted"):
+            await g.unary("KV.Get", ctx, slow)
+        took = asyncio.get_running_loop().time() - t0
+        assert ctx.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert 0.05 <= took < 1.0
+
+        # A call cancelled from outside (the client went away) stays cancelled: it is no
+        # deadline of ours, and nothing is answered.
+        ctx = Context(remaining=10.0)
+        call = asyncio.ensure_future(g.unary("KV.Get", ctx, slow))
+        await asyncio.sleep(0.02)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert ctx.aborted is None and g.calls.active == 0
+        # nothing in progress: the deadline timer stops re-arming itself
+        await asyncio.sleep(0.05)
+        assert g._sweeper is None and not g._deadlines and not g._expired
+
+    asyncio.run(main())
