@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import heapq
 import logging
 import os
 import threading
 import time
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import msgpack
@@ -1641,14 +1641,54 @@ def _chain(readers: list[sstable.TableReader], start, end) -> Iterator:
         yield from r.entries_from(start if i == 0 else None, end)
 
 
+SCAN_CHUNK = 256  # entries taken from each source at a time by a scan's merge
+
+
+def _merged_chunks(sources: list[Iterable]) -> Iterator[list[tuple]]:
+    """Lists of (key, -lsn, value) in internal order, merged from sorted sources a chunk at
+    a time: each round takes what every source holds up to the smallest of their chunks'
+    last entries and sorts it in C (timsort merges the runs). heapq.merge's Python loop
+    per entry made a scan over a few sources half as fast (bench/engine: scan).
+    REQUIRES: no entry (key, lsn) in two sources (a read view never holds one twice)."""
+    its = [iter(src) for src in sources]
+    bufs = [list(islice(it, SCAN_CHUNK)) for it in its]
+    live = [i for i, b in enumerate(bufs) if b]
+    while live:
+        bound = min(bufs[i][-1] for i in live)
+        out: list[tuple] = []
+        still = []
+        for i in live:
+            b = bufs[i]
+            if b[-1] <= bound:
+                out += b
+                b = bufs[i] = list(islice(its[i], SCAN_CHUNK))
+            else:
+                j = bisect_right(b, bound)
+                out += b[:j]
+                del b[:j]
+            if b:
+                still.append(i)
+        live = still
+        out.sort()
+        yield out
+
+
 def _visible(sources: list[Iterable], snap: int) -> Iterator[tuple[bytes, bytes]]:
     """Merge sources of (key, -lsn, value) and yield each key's value at `snap`."""
-    merged = sources[0] if len(sources) == 1 else heapq.merge(*sources)
     last = None
     neg_snap = -snap
-    for k, neg, v in merged:
-        if neg < neg_snap or k == last:
-            continue
-        last = k
-        if v is not None:
-            yield k, v
+    if len(sources) == 1:
+        for k, neg, v in sources[0]:
+            if neg < neg_snap or k == last:
+                continue
+            last = k
+            if v is not None:
+                yield k, v
+        return
+    for chunk in _merged_chunks(sources):
+        for k, neg, v in chunk:
+            if neg < neg_snap or k == last:
+                continue
+            last = k
+            if v is not None:
+                yield k, v

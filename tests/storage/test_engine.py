@@ -552,3 +552,36 @@ def test_compression_per_level_and_a_codec_change_between_opens(path):
     with Engine.open(path) as db:  # reopened with no compression: old tables still read
         assert db.get(k(4321)) == value + b"4321"
         assert sum(1 for _ in db.scan()) == 9000
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 256])
+def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch, chunk):
+    """_merged_chunks against sorted(): sources of every length, keys shared between
+    sources with distinct LSNs, tombstones, chunks smaller than a key's versions."""
+    import random
+
+    from strata.storage import engine as eng
+
+    monkeypatch.setattr(eng, "SCAN_CHUNK", chunk)
+    rnd = random.Random(chunk)
+    for _ in range(30):
+        lsns = iter(rnd.sample(range(1, 10_000), 2000))
+        sources = []
+        for _ in range(rnd.randint(2, 6)):
+            n = rnd.choice([0, 1, 5, 40, 300])
+            entries = {(b"k%03d" % rnd.randrange(120), -next(lsns)) for _ in range(n)}
+            sources.append(sorted((k, neg, None if rnd.random() < 0.2 else b"v%d" % -neg)
+                                  for k, neg in entries))
+        expected = sorted(e for src in sources for e in src)
+        chunks = list(eng._merged_chunks([iter(s) for s in sources]))
+        assert [e for c in chunks for e in c] == expected
+        assert all(chunks)
+        # and what a scan yields at a snapshot: the newest version <= snap, no tombstones
+        snap = rnd.randrange(1, 10_000)
+        want, seen = [], set()
+        for k, neg, v in expected:
+            if -neg <= snap and k not in seen:
+                seen.add(k)
+                if v is not None:
+                    want.append((k, v))
+        assert list(eng._visible([iter(s) for s in sources], snap)) == want
