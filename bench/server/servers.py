@@ -153,7 +153,39 @@ class _GrpcProbe:
         self.channel.close()
 
 
-class StrataServer(Server):
+class _ProbedServer(Server):
+    """A gRPC server that is ready once `ping` gets an answer on a retrying channel."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self._probe: Any = None
+
+    def ping(self, channel) -> bool:
+        """One call on `channel`: True if it says the server is ready; raises RpcError
+        while it cannot be reached."""
+        raise NotImplementedError
+
+    def probe(self) -> bool:
+        if self._probe is None:
+            self._probe = _GrpcProbe(self.address)
+        try:
+            return self.ping(self._probe.channel)
+        except self._probe.grpc.RpcError:
+            return False
+
+    def close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+    def start(self, timeout: float = 60.0) -> float:
+        try:
+            return super().start(timeout)
+        finally:
+            self.close_probe()
+
+
+class StrataServer(_ProbedServer):
     system = "strata"
 
     def __init__(self, root: str, event_loop: str = "uvloop", data_dir: str | None = None) -> None:
@@ -161,7 +193,6 @@ class StrataServer(Server):
         self.event_loop = event_loop
         self.data_dir = data_dir or os.path.join(root, "data")
         self.starts = 0
-        self._probe: Any = None
 
     @staticmethod
     def version() -> str | None:
@@ -182,28 +213,12 @@ class StrataServer(Server):
         env["STRATA_EVENT_LOOP"] = self.event_loop
         return cmd, env
 
-    def probe(self) -> bool:
+    def ping(self, channel) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        if self._probe is None:
-            self._probe = _GrpcProbe(self.address)
-            self._stub = health_pb2_grpc.HealthStub(self._probe.channel)
-        try:
-            resp = self._stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-        except self._probe.grpc.RpcError:
-            return False
+        resp = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=1.0)
         return resp.status == health_pb2.HealthCheckResponse.SERVING
-
-    def close_probe(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
-
-    def start(self, timeout: float = 60.0) -> float:
-        try:
-            return super().start(timeout)
-        finally:
-            self.close_probe()
 
     def counters(self) -> dict[str, float]:
         """The engine's counters from the daemon's /metrics (strata_engine_*, unlabelled)."""
@@ -250,14 +265,10 @@ class StrataServer(Server):
         return out
 
 
-class CeilingServer(Server):
+class CeilingServer(_ProbedServer):
     """bench/server/ceiling.py: empty handlers on Strata's proto (the per-call ceiling)."""
 
     system = "ceiling"
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self._probe: Any = None
 
     @staticmethod
     def version() -> str | None:
@@ -267,31 +278,19 @@ class CeilingServer(Server):
         self.address = f"127.0.0.1:{free_port()}"
         return [sys.executable, "-m", "bench.server.ceiling", "--listen", self.address], child_env()
 
-    def probe(self) -> bool:
+    def ping(self, channel) -> bool:
         from strata_client._proto import strata_pb2, strata_pb2_grpc
 
-        if self._probe is None:
-            self._probe = _GrpcProbe(self.address)
-            self._stub = strata_pb2_grpc.KVStub(self._probe.channel)
-        try:
-            self._stub.Get(strata_pb2.GetRequest(key=b"probe"), timeout=1.0)
-        except self._probe.grpc.RpcError:
-            return False
+        strata_pb2_grpc.KVStub(channel).Get(strata_pb2.GetRequest(key=b"probe"), timeout=1.0)
         return True
 
-    def close_probe(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
 
-
-class EtcdServer(Server):
+class EtcdServer(_ProbedServer):
     system = "etcd"
 
     def __init__(self, root: str, stubs: str) -> None:
         super().__init__(root)
         self.stubs = stubs
-        self._probe: Any = None
 
     @staticmethod
     def missing() -> str | None:
@@ -318,31 +317,14 @@ class EtcdServer(Server):
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         return cmd, env
 
-    def probe(self) -> bool:
+    def ping(self, channel) -> bool:
         if self.stubs not in sys.path:
             sys.path.insert(0, self.stubs)
         import etcd_pb2
         import etcd_pb2_grpc
 
-        if self._probe is None:
-            self._probe = _GrpcProbe(self.address)
-            self._stub = etcd_pb2_grpc.KVStub(self._probe.channel)
-        try:
-            self._stub.Range(etcd_pb2.RangeRequest(key=b"\0probe"), timeout=1.0)
-        except self._probe.grpc.RpcError:
-            return False
+        etcd_pb2_grpc.KVStub(channel).Range(etcd_pb2.RangeRequest(key=b"\0probe"), timeout=1.0)
         return True
-
-    def close_probe(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
-
-    def start(self, timeout: float = 60.0) -> float:
-        try:
-            return super().start(timeout)
-        finally:
-            self.close_probe()
 
 
 class RedisServer(Server):
