@@ -56,6 +56,19 @@ def _threads(fn, n: int) -> list:
     return ts, out
 
 
+def _behind_a_held_call(c, gate: Gate, fn, n: int) -> list:
+    """One put that the server holds (so every slot is busy), then n calls fn(i) that
+    queue behind it; release it; return the n calls' results (or exceptions)."""
+    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
+    assert gate.entered.wait(5)
+    ts, out = _threads(fn, n)
+    _wait_queued(c, n)
+    gate.release.set()
+    for t in first + ts:
+        t.join(5)
+    return out
+
+
 def _wait_queued(c, n: int) -> None:
     for _ in range(500):
         if c._coalescer.stats.queued >= n:
@@ -80,20 +93,14 @@ def test_calls_made_while_a_message_is_in_flight_go_as_one_batch(fake, clients):
     fake.then("Put", gate)
     fake.always("Batch", _batch_answer(100))
     c = clients(fake.address, batching=ONE)
-    first, out0 = _threads(lambda i: c.put(b"first", b"v"), 1)
-    assert gate.entered.wait(5)
 
     def call(i):
         if i % 3 == 0:
             return c.delete(b"d%d" % i, request_id=f"id-{i}")
         return c.put(b"k%d" % i, b"v%d" % i, request_id=f"id-{i}")
 
-    ts, out = _threads(call, 10)
-    _wait_queued(c, 10)
-    gate.release.set()
-    for t in first + ts:
-        t.join(5)
-    assert out0 == [1]
+    out = _behind_a_held_call(c, gate, call, 10)
+    assert fake.requests("Put")[0].key == b"first"
     reqs = fake.requests("Batch")
     assert len(reqs) == 1, "the ten queued calls go as one message"
     ops = reqs[0].ops
@@ -122,13 +129,8 @@ def test_a_bad_call_fails_alone(fake, clients):
 
     fake.always("Put", put)
     c = clients(fake.address, batching=ONE)
-    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
-    assert gate.entered.wait(5)
-    ts, out = _threads(lambda i: c.put(b"too-long!" if i == 3 else b"k%d" % i, b"v"), 6)
-    _wait_queued(c, 6)
-    gate.release.set()
-    for t in first + ts:
-        t.join(5)
+    out = _behind_a_held_call(
+        c, gate, lambda i: c.put(b"too-long!" if i == 3 else b"k%d" % i, b"v"), 6)
     assert isinstance(out[3], errors.InvalidArgument) and "limit is 8" in str(out[3])
     assert [out[i] for i in (0, 1, 2, 4, 5)] == [0, 1, 2, 4, 5]
     assert fake.hits("Batch") == 1 and c.batching_stats()["splits"] == 1
@@ -156,13 +158,7 @@ def test_a_retried_message_resends_each_calls_id(fake, clients):
     fake.then("Put", gate)
     fake.then("Batch", Err(C.UNAVAILABLE), _batch_answer(7))
     c = clients(fake.address, batching=ONE)
-    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
-    assert gate.entered.wait(5)
-    ts, out = _threads(lambda i: c.put(b"k%d" % i, b"v"), 4)
-    _wait_queued(c, 4)
-    gate.release.set()
-    for t in first + ts:
-        t.join(5)
+    out = _behind_a_held_call(c, gate, lambda i: c.put(b"k%d" % i, b"v"), 4)
     a, b = fake.requests("Batch")
     assert [op.request_id for op in a.ops] == [op.request_id for op in b.ops]
     assert len({op.request_id for op in a.ops}) == 4
@@ -177,13 +173,7 @@ def test_a_redirected_message_resends_each_calls_id(servers, clients):
                                 (("strata-master", f"m={master.address}"),)))
     master.always("Batch", _batch_answer(40))
     c = clients(replica.address, batching=ONE)
-    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
-    assert gate.entered.wait(5)
-    ts, out = _threads(lambda i: c.put(b"k%d" % i, b"v"), 3)
-    _wait_queued(c, 3)
-    gate.release.set()
-    for t in first + ts:
-        t.join(5)
+    out = _behind_a_held_call(c, gate, lambda i: c.put(b"k%d" % i, b"v"), 3)
     (sent,), (got,) = replica.requests("Batch"), master.requests("Batch")
     assert [op.request_id for op in sent.ops] == [op.request_id for op in got.ops]
     assert sorted(out) == [40, 41, 42]
@@ -194,13 +184,7 @@ def test_an_error_of_the_whole_message_reaches_each_of_its_calls(fake, clients):
     fake.then("Put", gate)
     fake.always("Batch", Err(C.INTERNAL, "fsync failed"))
     c = clients(fake.address, batching=ONE)
-    first, _ = _threads(lambda i: c.put(b"first", b"v"), 1)
-    assert gate.entered.wait(5)
-    ts, out = _threads(lambda i: c.put(b"k%d" % i, b"v"), 3)
-    _wait_queued(c, 3)
-    gate.release.set()
-    for t in first + ts:
-        t.join(5)
+    out = _behind_a_held_call(c, gate, lambda i: c.put(b"k%d" % i, b"v"), 3)
     assert all(isinstance(e, errors.StrataError) and "fsync failed" in str(e) for e in out)
 
 
