@@ -277,6 +277,7 @@ class Client(_Base):
         super().__init__(target, token, timeout, retry, breaker, root_certificates, tls,
                          max_message, batching)
         self._coalescer = Coalescer(self.batching, self._send) if self.batching.enabled else None
+        self._switching = threading.Lock()
         self._connect(target)
 
     def _send(self, calls: list[Call]) -> list:
@@ -309,6 +310,19 @@ class Client(_Base):
     def close(self) -> None:
         self._channel.close()
 
+    def _switch(self, target: str) -> None:
+        """Move to `target` (a redirect or the next node). Other threads may have calls in
+        flight on the old channel: it is closed once their deadline has passed, not now,
+        and a thread that finds the move already made does nothing."""
+        with self._switching:
+            if target == self.target:
+                return
+            old = self._channel
+            self._connect(target)
+        t = threading.Timer(self.timeout + 1.0, old.close)
+        t.daemon = True
+        t.start()
+
     def __enter__(self) -> Client:
         return self
 
@@ -334,15 +348,13 @@ class Client(_Base):
                 nxt = self._next_target(err)
                 if isinstance(err, errors.NotMaster) and nxt and redirects < 2 + len(self.endpoints):
                     redirects += 1
-                    self.close()
-                    self._connect(nxt)
+                    self._switch(nxt)
                     continue
                 attempt += 1
                 if not self._keep_trying(retry, err, attempt, until):
                     raise err from None
                 if nxt and nxt != self.target:
-                    self.close()
-                    self._connect(nxt)
+                    self._switch(nxt)
             time.sleep(min(self.retry.delay(attempt - 1), max(0.0, until - time.monotonic())))
 
     # -- KV
@@ -467,6 +479,7 @@ class AsyncClient(_Base):
                          max_message, batching)
         self._coalescer = (AsyncCoalescer(self.batching, self._send)
                            if self.batching.enabled else None)
+        self._closing: set = set()  # old channels closing with a grace (see _switch)
         self._connect(target)
 
     async def _send(self, calls: list[Call]) -> list:
@@ -496,6 +509,8 @@ class AsyncClient(_Base):
         self.target = target
 
     async def close(self) -> None:
+        for old in list(self._closing):  # no more grace: the client is going away
+            await old.close()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -534,9 +549,17 @@ class AsyncClient(_Base):
                                     max(0.0, until - time.monotonic())))
 
     async def _switch(self, target: str) -> None:
+        """Move to `target` (a redirect or the next node). Other calls may be in flight on
+        the old channel (coalesced messages, concurrent callers): it is closed with a grace
+        that lets them finish, in the background; a call that finds the move already made
+        does nothing."""
+        if target == self.target:
+            return
         old = self._channel
         self._connect(target)
-        await old.close()
+        self._closing.add(old)
+        t = asyncio.ensure_future(old.close(grace=self.timeout))
+        t.add_done_callback(lambda _t: self._closing.discard(old))
 
     async def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
         if self._coalescer is not None:

@@ -5,6 +5,7 @@ past the master's WAL retention is seeded by a checkpoint, sync mode with a repl
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -13,7 +14,7 @@ import grpc
 import pytest
 
 from strata.storage import Engine, record
-from strata_client import Client
+from strata_client import AsyncClient, Client
 from strata_client import errors as cerr
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
@@ -153,6 +154,51 @@ def test_writes_on_the_master_reach_replicas_and_reads_are_redirected(cluster_fa
     rst = c.status(replicas[0])
     assert rst.role == "replica" and rst.master == f"{m}={c.nodes[m].grpc}"
     assert rst.term == st.term
+
+
+def test_coalesced_calls_sent_to_a_replica_follow_the_redirect_and_are_written_once(
+        cluster_factory):
+    """Concurrent puts through one client pointed at a replica (coroutines, then threads):
+    the messages carrying them are redirected to the master (several may be in flight on
+    the old channel when the first redirect lands), every call gets its own LSN, and the
+    same ids sent again are answered, not written."""
+    c = cluster_factory()
+    m = c.master()
+    r = next(i for i in c.nodes if i != m)
+    before = c.status(m).last_lsn
+
+    async def main():
+        async with AsyncClient(c.nodes[r].grpc) as cl:
+            puts = [cl.put(b"co%03d" % i, b"v%d" % i, request_id=f"co-{i}") for i in range(120)]
+            lsns = await asyncio.gather(*puts)
+            again = await asyncio.gather(*(cl.put(b"co%03d" % i, b"other", request_id=f"co-{i}")
+                                           for i in range(120)))
+            return lsns, again, cl.batching_stats()
+
+    lsns, again, st = asyncio.run(main())
+    assert len(set(lsns)) == 120 and again == lsns
+    assert st["messages"] < st["calls"], st
+    assert c.status(m).last_lsn == before + 120, "each put written once"
+    # The blocking client, from 16 threads, through the other replica.
+    r2 = next(i for i in c.nodes if i not in (m, r))
+    got: dict = {}
+    with Client(c.nodes[r2].grpc) as cl:
+        def run(w: int) -> None:
+            for j in range(8):
+                got[w, j] = cl.put(b"th%02d-%d" % (w, j), b"t")
+
+        ts = [threading.Thread(target=run, args=(w,)) for w in range(16)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+    assert len(got) == 128 and len(set(got.values())) == 128
+    assert c.status(m).last_lsn == before + 120 + 128
+    with Client(c.nodes[m].grpc) as mc:
+        for i in range(120):
+            assert mc.get_entry(b"co%03d" % i) == (b"v%d" % i, lsns[i])
+        for (w, j), lsn in got.items():
+            assert mc.get_entry(b"th%02d-%d" % (w, j)) == (b"t", lsn)
 
 
 def test_master_sigkill_under_quorum_writes_loses_no_acknowledged_write(cluster_factory):
