@@ -1,12 +1,16 @@
 """Client-side coalescing of concurrent put/delete calls (Kafka's producer,
 Pebble's commit pipeline).
 
-A call that finds a free slot (fewer than `max_inflight` messages on the
-wire) is sent at once, alone, as a unary Put/Delete: an idle client adds no
-latency. Calls that arrive while every slot is busy queue; when a message
-returns, the caller whose message it was hands the queue (up to the current
-size limit) to the first queued caller, which sends it as one Batch request
-and so on: no background thread or task runs while the client is idle.
+A call on an idle client is sent at once, alone, as a unary Put/Delete: it
+adds no latency. Calls that arrive while a message is on the wire queue, and
+the next free slot (at most `max_inflight` messages on the wire) takes the
+queue, up to the current size limit and `max_batch_bytes`, as one Batch
+request. With threads, the caller whose message returned hands the next one to
+the first queued caller's thread; with asyncio, a task per busy slot sends
+until the queue is empty, and starts one loop round after the slot frees, so
+the callers a returning message woke join the next message. Nothing runs
+while the client is idle. A queued call waits for the messages ahead of it
+(each bounded by the client's timeout) before its own goes out.
 
 Each call keeps its own result. Its op carries its own request id
 (`Op.request_id`), so a retried or redirected message is answered, not
