@@ -69,6 +69,22 @@ def _behind_a_held_call(c, gate: Gate, fn, n: int) -> list:
     return out
 
 
+def _refusing(fake, bad, message: str) -> Gate:
+    """Script a server that holds the first Put, refuses every Batch as INVALID_ARGUMENT
+    (`message`), and answers a lone Put its key's number, or refuses it if `bad(req)`."""
+    gate = Gate()
+    fake.then("Put", gate)
+    fake.always("Batch", Err(C.INVALID_ARGUMENT, message))
+
+    def put(req, ctx):
+        if bad(req):
+            ctx.abort(C.INVALID_ARGUMENT, message)
+        return pb.PutResponse(lsn=int(req.key[1:]))
+
+    fake.always("Put", put)
+    return gate
+
+
 def _wait_queued(c, n: int) -> None:
     for _ in range(500):
         if c._coalescer.stats.queued >= n:
@@ -118,16 +134,7 @@ def test_calls_made_while_a_message_is_in_flight_go_as_one_batch(fake, clients):
 
 
 def test_a_bad_call_fails_alone(fake, clients):
-    gate = Gate()
-    fake.then("Put", gate)
-    fake.always("Batch", Err(C.INVALID_ARGUMENT, "key is 9 bytes; the limit is 8"))
-
-    def put(req, ctx):
-        if req.key == b"too-long!":
-            ctx.abort(C.INVALID_ARGUMENT, "key is 9 bytes; the limit is 8")
-        return pb.PutResponse(lsn=int(req.key[1:]))
-
-    fake.always("Put", put)
+    gate = _refusing(fake, lambda req: req.key == b"too-long!", "key is 9 bytes; the limit is 8")
     c = clients(fake.address, batching=ONE)
     out = _behind_a_held_call(
         c, gate, lambda i: c.put(b"too-long!" if i == 3 else b"k%d" % i, b"v"), 6)
@@ -246,16 +253,7 @@ def test_async_calls_awaited_together_are_coalesced_with_their_own_results(fake)
 
 
 def test_async_bad_call_fails_alone_and_cancelled_caller_is_not_sent(fake):
-    gate = Gate()
-    fake.then("Put", gate)
-    fake.always("Batch", Err(C.INVALID_ARGUMENT, "value too large"))
-
-    def put(req, ctx):
-        if req.value == b"huge":
-            ctx.abort(C.INVALID_ARGUMENT, "value too large")
-        return pb.PutResponse(lsn=int(req.key[1:]))
-
-    fake.always("Put", put)
+    gate = _refusing(fake, lambda req: req.value == b"huge", "value too large")
 
     async def main():
         c = _async_client(fake.address, batching=ONE)
