@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import shutil
 import socket
 import subprocess
@@ -18,10 +19,40 @@ from .common import REPO_ROOT
 # ---------------------------------------------------------------- parent: processes
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nobody listens on, for a server started later.
+
+    Taken below the kernel's ephemeral range: a port from bind(0) lies inside it,
+    so any connection opened before the server binds (a client, a health probe)
+    can be given the same port as its local end, and the server then fails with
+    "address already in use". A port is not handed out twice by one process, so
+    a server restarted on its ports does not meet another one there."""
+    low = 10000 if _EPHEMERAL_LOW > 11000 else 1024
+    high = _EPHEMERAL_LOW - 1
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 _SETPRIV = shutil.which("setpriv")
