@@ -227,11 +227,10 @@ def _sub_proc(kind: str, target: str, conns: int, n: int, ready, go, out, sub_ms
                             got += 1
                             continue
                         k = m.count('"lsn"')
-                        if record:
-                            if k == 1:
-                                lat.append((now, json.loads(m)))
-                            else:
-                                lat.extend((now, e) for e in json.loads(m)["events"])
+                        if record:  # a delayed batch may hold a single event
+                            d = json.loads(m)
+                            events = d["events"] if d["op"] == "batch" else [d]
+                            lat.extend((now, e) for e in events)
                         got += k
                 except ConnectionClosed:  # cut off (it could not keep up): counted short
                     pass
