@@ -5,7 +5,8 @@ writes on the topic "kv" (one event per operation of a batch), published
 events on their own topic. The engine hands frames over from its committing
 thread (`on_commit`, which only appends to a bounded deque); the hub decodes
 and distributes them on the event loop. The commit path never waits for a
-subscriber.
+subscriber. On a cluster node the frames come through the committed feed
+(feed.py) instead, once the commit point passes them.
 
 Bounds and overflow policy (docs/operations.md, "Subscriptions"):
 - each subscriber holds at most `maxlen` undelivered events; one more and it
@@ -128,6 +129,15 @@ class Hub:
         self.grouped: dict = {}  # Consumer -> its Group
         # The LSN after the last frame drained: the next one any subscriber is offered.
         self.next_lsn = 0
+        # A cluster node's frames come through a CommittedFeed (distribution/feed.py),
+        # which hands them on only once committed; None on a single node.
+        self.feed = None
+
+    def visible(self, engine) -> int:
+        """The last LSN subscribers may see: history replays up to it, and everything
+        after it reaches the live feed. On a single node, every durable write; in a
+        cluster, what the committed feed released."""
+        return engine.last_lsn if self.feed is None else self.feed.released
 
     # -- engine side (any thread) -------------------------------------------------
 
@@ -253,7 +263,7 @@ class Hub:
         if self._pending:
             nxt = record.parse_frame(self._pending[0])[0]
         elif not nxt and engine is not None:
-            nxt = engine.last_lsn + 1  # nothing drained yet: nothing offered
+            nxt = self.visible(engine) + 1  # nothing drained yet: nothing offered
         for s in list(self.subs) + list(self.grouped):
             s.cut_off(nxt, reason)
 
@@ -294,15 +304,15 @@ async def stream(hub: Hub, engine, topics: frozenset[str] | None, key_prefix: by
             raise Compacted(from_lsn, engine.earliest_lsn)
         # Catch up from disk until close to live, so that the live queue
         # does not overflow while history is read.
-        while engine.last_lsn - pos > maxlen // 2:
-            upto = engine.last_lsn
+        while hub.visible(engine) - pos > maxlen // 2:
+            upto = hub.visible(engine)
             async for ev in history(engine, pos, upto):
                 if (topics is None or ev.topic in topics) and ev.key.startswith(key_prefix):
                     yield ev
             pos = upto + 1
     sub = hub.subscribe(topics, key_prefix, maxlen)
     try:
-        boundary = engine.last_lsn
+        boundary = hub.visible(engine)
         if from_lsn and pos <= boundary:
             async for ev in history(engine, pos, boundary):
                 if sub.wants(ev):

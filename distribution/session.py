@@ -188,14 +188,14 @@ async def _replay(c: Consumer, hub: Hub, engine, from_lsn: int, io, wake: asynci
     try:
         # Catch up from disk until close to live, so that the live queue does
         # not overflow while history is read.
-        while engine.last_lsn - pos > c.max_queue // 2:
-            upto = engine.last_lsn
+        while hub.visible(engine) - pos > c.max_queue // 2:
+            upto = hub.visible(engine)
             async for ev in history(engine, pos, upto):
                 if c.wants(ev) and not await send(ev):
                     return
             pos = upto + 1
         hub.add(c)  # live events queue up behind the rest of history
-        boundary = engine.last_lsn
+        boundary = hub.visible(engine)
         if pos <= boundary:
             async for ev in history(engine, pos, boundary):
                 if c.wants(ev) and not await send(ev):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from strata.distribution.feed import ALL
 from strata.storage import InvalidArgument, LogMismatch, StorageError, record
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
@@ -114,6 +115,9 @@ class Cluster:
         self._resetting = False  # the engine is being reopened (a cut or an install)
         self._resyncing = False  # a checkpoint is being fetched (one at a time)
         self.served = checkpoints.Served(data_dir)
+        # Told the highest LSN subscribers may see (distribution/feed.py): the commit
+        # point, or ALL on a master in async mode, which acknowledges at local durability.
+        self.on_publish_limit: Callable[[int], None] | None = None
         self.stats = {"elections_won": 0, "step_downs": 0, "resyncs": 0, "truncations": 0,
                       "frames_applied": 0}
 
@@ -137,6 +141,12 @@ class Cluster:
             engine.set_commit_lsn(None)
         else:
             engine.set_commit_lsn(self.commit_lsn)
+        self._publish_limit()
+
+    def _publish_limit(self) -> None:
+        if self.on_publish_limit is not None:
+            async_master = self.node.role == MASTER and self.mode == "async"
+            self.on_publish_limit(ALL if async_master else self.commit_lsn)
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -233,6 +243,7 @@ class Cluster:
         eng.set_read_only(False)
         if self.mode == "async":
             eng.set_commit_lsn(None)
+            self._publish_limit()
         try:
             lsn = await eng.begin_term_async(term, self.node_id)
         except Exception as e:
@@ -255,6 +266,7 @@ class Cluster:
             if eng is not None:
                 eng.set_read_only(True)
                 eng.set_commit_lsn(self.commit_lsn)
+            self._publish_limit()
             self._fail_waiters(NoMaster(f"node {self.node_id} is no longer master (term {term}): "
                                         f"the write's replication is unknown", outcome_unknown=True))
 
@@ -297,6 +309,7 @@ class Cluster:
             self.commit_lsn = c
             if self.mode != "async":
                 eng.set_commit_lsn(c)
+            self._publish_limit()
         self._release_waiters()
 
     def _released(self, lsn: int, now: float) -> bool:
@@ -438,6 +451,7 @@ class Cluster:
                     self.stats["frames_applied"] += 1
             if a.commit_lsn > self.commit_lsn:
                 self.commit_lsn = a.commit_lsn
+                self._publish_limit()
             eng.set_commit_lsn(self.commit_lsn)
             yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
                                             durable_lsn=eng.last_lsn, sent=a.sent))

@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from strata.distribution.feed import CommittedFeed
 from strata.distribution.hub import Hub
 from strata.distribution.ring import Rings
 from strata.replication import checkpoints
@@ -63,6 +64,7 @@ class Daemon:
         self._health_task: asyncio.Task | None = None
         self.cluster = None
         self._hub: Hub | None = None
+        self.feed: CommittedFeed | None = None
         self.rings: Rings | None = None
         self._cursor_task: asyncio.Task | None = None
 
@@ -121,6 +123,17 @@ class Daemon:
         self.gate.hub = self._hub
         if cfg.rings:
             self.rings = Rings(cfg.rings)
+        if self.cluster is not None:
+            # Subscribers and rings see a write once it is committed, never a tail a
+            # failover could cut: frames wait in the feed for the commit point.
+            sinks = [self._hub.on_commit] + ([self.rings.on_commit] if self.rings else [])
+            hub = self._hub
+            self._hub.feed = self.feed = CommittedFeed(
+                loop, lambda: self.engine, sinks,
+                wanted=lambda: bool(hub.subs or hub.groups or self.rings),
+                lost=lambda first, last, why: hub.cut_off_all(
+                    f"events {first}..{last} are no longer in the log: {why}", self.engine))
+            self.cluster.on_publish_limit = self.feed.set_limit
         self._cursor_task = asyncio.ensure_future(self.gate.cursors.run())
         self.metrics.attach_distribution(self.gate, self.rings)
         if self.cluster is not None:
@@ -147,9 +160,13 @@ class Daemon:
         """Put an open engine in service: replication, subscribers, metrics, calls."""
         if self.cluster is not None:
             self.cluster.attach(engine)
-        engine.add_commit_listener(self._hub.on_commit)
-        if self.rings is not None:
-            engine.add_commit_listener(self.rings.on_commit)
+        if self.feed is not None:
+            engine.add_commit_listener(self.feed.on_commit)
+            self.feed.attach(engine)
+        else:
+            engine.add_commit_listener(self._hub.on_commit)
+            if self.rings is not None:
+                engine.add_commit_listener(self.rings.on_commit)
         self.metrics.attach_engine(engine)
         self.gate.engine = engine
 
@@ -163,6 +180,8 @@ class Daemon:
         self.engine = None
         if eng is not None:
             self._hub.cut_off_all("the replica's log is being reset", eng)
+            if self.feed is not None:
+                self.feed.reset()
             await loop.run_in_executor(None, eng.close, False)
         log.warning("reopening %s%s", self.cfg.data_dir,
                     f" with the log cut after LSN {truncate_after}" if truncate_after is not None

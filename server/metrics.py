@@ -234,6 +234,18 @@ class _DistributionCollector:
             c = CounterMetricFamily("strata_events_published", "events handed to subscribers")
             c.add_metric([], hub.published)
             yield c
+            feed = hub.feed
+            if feed is not None:
+                g = GaugeMetricFamily("strata_events_awaiting_commit",
+                                      "frames durable here, held until the commit point passes "
+                                      "them (cluster)")
+                g.add_metric([], feed.held)
+                yield g
+                c = CounterMetricFamily("strata_events_read_back",
+                                        "frames read back from the WAL because more were awaiting "
+                                        "the commit point than the feed keeps in memory")
+                c.add_metric([], feed.stats["read_back"])
+                yield c
         c = CounterMetricFamily("strata_consumer_cursor_writes",
                                 "batches of consumer cursors written")
         c.add_metric([], gate.cursors.writes)

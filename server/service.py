@@ -668,7 +668,7 @@ async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
     gate.metrics.subscribers.inc()
     try:
         start = await session.position(c, engine, gate.cursors, req["from_lsn"])
-        yield pb.ConsumeResponse(from_lsn=start, last_lsn=engine.last_lsn)
+        yield pb.ConsumeResponse(from_lsn=start, last_lsn=gate.hub.visible(engine))
         task = asyncio.ensure_future(session.run(c, gate.hub, engine, start, io))
 
         async def read() -> None:

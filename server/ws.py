@@ -194,7 +194,7 @@ class Connection:
         gate.metrics.subscribers.inc()
         start = await session.position(c, engine, gate.cursors, req["from_lsn"])
         self.send({"op": "subscribed", "tier": c.tier, "from_lsn": start or None,
-                   "last_lsn": engine.last_lsn, "consumer": name or None})
+                   "last_lsn": gate.hub.visible(engine), "consumer": name or None})
         self.task = asyncio.ensure_future(self.serve(c, engine, start))
 
     async def serve(self, c: Consumer, engine, start: int) -> None:

@@ -6,12 +6,16 @@ past the master's WAL retention is seeded by a checkpoint, sync mode with a repl
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import threading
 import time
 
 import grpc
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from strata.storage import Engine, record
 from strata_client import AsyncClient, Client
@@ -289,17 +293,58 @@ def test_a_replica_past_the_masters_retention_is_seeded_by_a_checkpoint(cluster_
     assert "fetching a checkpoint" in c.nodes[lag].logs()
 
 
+class Subscriber:
+    """A realtime WebSocket subscriber in a thread, keeping the keys it was sent."""
+
+    def __init__(self, ws_addr: str) -> None:
+        self.keys: list[bytes] = []
+        self._ws = None
+        self._subscribed = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ws_addr,), daemon=True)
+        self._thread.start()
+        assert self._subscribed.wait(10), "not subscribed"
+
+    def _run(self, ws_addr: str) -> None:
+        with ws_connect(f"ws://{ws_addr}/v1/events", subprotocols=["strata.v1.json"]) as ws:
+            self._ws = ws
+            ws.send(json.dumps({"op": "subscribe", "tier": "realtime"}))
+            if json.loads(ws.recv(timeout=10))["op"] == "subscribed":
+                self._subscribed.set()
+            try:
+                for m in ws:
+                    msg = json.loads(m)
+                    if msg["op"] == "event":
+                        self.keys.append(base64.b64decode(msg["key"]))
+            except ConnectionClosed:
+                pass
+
+    def wait_for(self, key: bytes, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while key not in self.keys:
+            assert time.monotonic() < end, f"{key!r} not received; got {self.keys}"
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
+        self._thread.join(5)
+
+
 def test_a_returning_master_cuts_the_tail_it_alone_had(cluster_factory):
+    """...and no subscriber ever saw that tail: events wait for the commit point."""
     why = netns.unavailable()
     if why:
         pytest.skip(f"needs nftables to cut the master off: {why}")
     c = cluster_factory()
     m = c.master()
     replicas = [i for i in c.nodes if i != m]
+    subs = {i: Subscriber(c.nodes[i].ws) for i in (m, replicas[0])}
     with Client(c.nodes[m].grpc) as cl:
         base = cl.put(b"before", b"1")
     for r in replicas:
         c.wait_applied(r, base)
+    for s in subs.values():  # committed: published on the master and on a replica
+        s.wait_for(b"before")
     # Nothing reaches the replicas any more: the master's next writes stay its own.
     block = netns.PortBlock([int(c.nodes[r].grpc.rpartition(":")[2]) for r in replicas])
     lost = []
@@ -315,7 +360,10 @@ def test_a_returning_master_cuts_the_tail_it_alone_had(cluster_factory):
                         break  # the lease ran out: refused before anything was written
                     lost.append(b"lost-%d" % i)
         assert lost, "no write reached the isolated master's log"
+        time.sleep(0.5)  # what a subscriber would have been sent by now
+        assert subs[m].keys == [b"before"], "an uncommitted write was published"
         c.nodes[m].kill()
+        subs[m].close()
         # The dead master's sockets still hold those frames and the kernel would send
         # them once the block is lifted: restart the replicas, whose new sockets
         # refuse the old connections.
@@ -338,3 +386,5 @@ def test_a_returning_master_cuts_the_tail_it_alone_had(cluster_factory):
     c.stop()
     logs = {i: log_frames(d.data_dir, base) for i, d in c.nodes.items()}
     assert logs[m] == logs[new] == logs[next(r for r in replicas if r != new)]
+    subs[replicas[0]].close()
+    assert not set(lost) & set(subs[replicas[0]].keys)

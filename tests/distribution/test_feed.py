@@ -1,0 +1,178 @@
+"""The committed feed with a real engine: frames held until the commit point passes
+them, handed on in LSN order, gaps read back from the WAL, logs cut and reattached."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from strata.distribution.feed import ALL, CommittedFeed
+from strata.storage import Engine, record
+
+
+def lsns(frames: list[bytes]) -> list[int]:
+    out = []
+    for f in frames:
+        first, last = record.frame_span(f)
+        out += range(first, last + 1)
+    return out
+
+
+class Rig:
+    """An engine whose commits go through a feed into a list."""
+
+    def __init__(self, path: str, loop, **feed_opts) -> None:
+        self.path = path
+        self.got: list[bytes] = []
+        self.lost: list[tuple] = []
+        self.listening = True
+        self.engine = Engine.open(path, durability="always", flush_after_recovery=False)
+        self.feed = CommittedFeed(loop, lambda: self.engine, [self.got.extend],
+                                  wanted=lambda: self.listening,
+                                  lost=lambda *a: self.lost.append(a), **feed_opts)
+        self.engine.add_commit_listener(self.feed.on_commit)
+        self.feed.attach(self.engine)
+
+    def put(self, n: int, start: int = 0) -> None:
+        for i in range(start, start + n):
+            self.engine.put(b"k%03d" % i, b"v")
+
+    async def settle(self) -> None:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            pump = self.feed._pump
+            if not self.feed._scheduled and (pump is None or pump.done()):
+                return
+        raise AssertionError("the feed did not settle")
+
+    def reopen(self, truncate_after: int | None) -> None:
+        self.feed.reset()
+        self.engine.close(False)
+        self.engine = Engine.open(self.path, durability="always", flush_after_recovery=False,
+                                  truncate_after=truncate_after)
+        self.engine.add_commit_listener(self.feed.on_commit)
+        self.feed.attach(self.engine)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    made = []
+
+    def make(loop, **opts) -> Rig:
+        r = Rig(str(tmp_path / "db"), loop, **opts)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.engine.close(False)
+
+
+def test_frames_wait_for_the_limit_and_go_on_in_order(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        r.put(5)
+        r.engine.write_batch([("put", b"b1", b"x"), ("put", b"b2", b"x"), ("delete", b"k000")])
+        await r.settle()
+        assert r.got == [] and r.feed.released == 0 and r.feed.held == 6
+        r.feed.set_limit(3)
+        await r.settle()
+        assert lsns(r.got) == [1, 2, 3] and r.feed.released == 3
+        r.feed.set_limit(6)  # the batch (LSNs 6..8) is not whole below the limit
+        await r.settle()
+        assert lsns(r.got) == [1, 2, 3, 4, 5] and r.feed.released == 5
+        r.feed.set_limit(8)
+        await r.settle()
+        assert lsns(r.got) == list(range(1, 9)) and r.feed.held == 0
+        r.put(2, 10)  # frames above the limit wait; with ALL they go on as they come
+        await r.settle()
+        assert len(lsns(r.got)) == 8
+        r.feed.set_limit(ALL)
+        await r.settle()
+        assert lsns(r.got) == list(range(1, 11))
+        r.put(1, 20)
+        await r.settle()
+        assert lsns(r.got) == list(range(1, 12)) and r.feed.released == 11
+        assert r.lost == []
+
+    asyncio.run(main())
+
+
+def test_frames_past_the_bound_are_read_back_from_the_log(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop(), max_frames=3)
+        r.put(10)
+        assert r.feed.held == 3 and r.feed.stats["gaps"] == 1
+        r.feed.set_limit(7)  # inside the gap: read up to it
+        await r.settle()
+        assert lsns(r.got) == list(range(1, 8))
+        r.put(3, 10)  # they join the gap until it is read
+        assert r.feed.held == 0
+        r.feed.set_limit(13)
+        await r.settle()
+        assert lsns(r.got) == list(range(1, 14))
+        assert r.feed.stats["read_back"] == 10 and r.feed.stats["gaps"] == 1
+        r.put(2, 20)  # the gap is closed: held in memory again
+        assert r.feed.held == 2
+        r.feed.set_limit(15)
+        await r.settle()
+        assert lsns(r.got) == list(range(1, 16)) and r.lost == []
+
+    asyncio.run(main())
+
+
+def test_a_cut_log_loses_its_unreleased_tail_and_the_rest_is_read_back(rig):
+    async def main():
+        loop = asyncio.get_running_loop()
+        r = rig(loop)
+        r.put(4)
+        r.feed.set_limit(2)
+        await r.settle()
+        assert lsns(r.got) == [1, 2]
+        r.put(4, 10)  # LSNs 5..8: never committed, about to be cut
+        r.reopen(truncate_after=6)
+        assert r.engine.last_lsn == 6
+        r.put(2, 20)  # LSNs 7..8 again, other writes
+        r.feed.set_limit(8)
+        await r.settle()
+        assert lsns(r.got) == list(range(1, 9))
+        keys = [k for f in r.got[2:] for _, k, _ in record.decode_ops(*_ops(f))]
+        assert keys == [b"k002", b"k003", b"k010", b"k011", b"k020", b"k021"]
+
+    asyncio.run(main())
+
+
+def _ops(f: bytes) -> tuple:
+    lsn, _, ftype, payload = record.parse_frame(f)
+    return ftype, lsn, payload
+
+
+def test_a_restarted_node_reads_its_log_back_once_committed_or_skips_it_unheard(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        path = str(tmp_path / "db")
+        r = Rig(path, loop)
+        r.put(5)
+        r.engine.close(False)
+        r = Rig(path, loop)  # a restart: the log holds 1..5 already
+        try:
+            r.put(1, 10)
+            r.feed.set_limit(4)
+            await r.settle()
+            assert lsns(r.got) == [1, 2, 3, 4]
+            r.feed.set_limit(6)
+            await r.settle()
+            assert lsns(r.got) == list(range(1, 7))
+        finally:
+            r.engine.close(False)
+        r = Rig(path, loop)
+        try:
+            r.listening = False  # no subscriber, no ring: history covers it, nothing is read
+            r.feed.set_limit(6)
+            await r.settle()
+            assert r.got == [] and r.feed.released == 6 and r.feed.stats["read_back"] == 0
+        finally:
+            r.engine.close(False)
+
+    asyncio.run(main())
