@@ -34,11 +34,12 @@ import logging
 import threading
 from collections.abc import Callable
 
-from strata.storage import StorageError, record
+from strata.storage import Compacted, StorageError, record
 
 log = logging.getLogger("strata.distribution")
 
 ALL = 1 << 62  # limit of a node whose durable frames are all acknowledged
+READ_BACK_BYTES = 4 << 20  # a gap is read back this much at a time
 
 
 class CommittedFeed:
@@ -140,27 +141,35 @@ class CommittedFeed:
 
     def _kick(self) -> None:
         self._scheduled = False
-        if (self._pump is None or self._pump.done()) and self._held \
-                and self._held[0][0] <= self.limit:
-            self._pump = self._loop.create_task(self._run())
+        if self._pump is not None and not self._pump.done():
+            return  # reading a gap back: it hands on what follows when done
+        gap = self._release()
+        if gap is not None:
+            self._pump = self._loop.create_task(self._run(gap))
 
-    async def _run(self) -> None:
-        """Hand on what the limit passed, in order; gaps are read from the WAL."""
-        while True:
-            out: list[bytes] = []
-            gap = None
-            with self._lock:
-                held, limit = self._held, self.limit
-                while held and held[0][0] <= limit:
-                    if held[0][2] is None:
-                        gap = (held[0][0], min(held[0][1], limit))
-                        break
-                    if held[0][1] > limit:
-                        break
-                    out.append(self._pop()[2])
-            if out:
-                self._deliver(out)
-            if gap is None or not await self._read_back(*gap):
+    def _release(self) -> tuple[int, int] | None:
+        """Hand on the frames the limit passed, up to the first gap; that gap's range
+        to read back (up to the limit), if the limit reaches into it."""
+        out: list[bytes] = []
+        gap = None
+        with self._lock:
+            held, limit = self._held, self.limit
+            while held and held[0][0] <= limit:
+                if held[0][2] is None:
+                    gap = (held[0][0], min(held[0][1], limit))
+                    break
+                if held[0][1] > limit:
+                    break
+                out.append(self._pop()[2])
+        if out:
+            self._deliver(out)
+        return gap
+
+    async def _run(self, gap: tuple[int, int]) -> None:
+        """Read gaps back, in order, with what follows them, until the limit is reached."""
+        while await self._read_back(*gap):
+            gap = self._release()
+            if gap is None:
                 return
 
     async def _read_back(self, first: int, last: int) -> bool:
@@ -194,14 +203,16 @@ class CommittedFeed:
 
         def read() -> list[bytes]:
             out = []
+            size = 0
             it = eng.read_log(first)
             try:
                 for fr in it:
                     f_first, f_last = record.frame_span(fr.raw)
-                    if f_last > last:
+                    if f_last > last or size >= READ_BACK_BYTES:
                         break
                     if f_first >= first:
                         out.append(bytes(fr.raw))
+                        size += len(fr.raw)
             finally:
                 it.close()
             return out
@@ -214,7 +225,9 @@ class CommittedFeed:
         except (StorageError, OSError) as e:  # Compacted, Corruption, a closed engine
             if self._epoch != epoch:
                 return [], first - 1  # closed for a reset: the caller looks again
-            frames, why = [], str(e)
+            why = str(e)
+            if isinstance(e, Compacted) and first < e.earliest_lsn <= last:
+                last = e.earliest_lsn - 1  # the rest is still there: read next
         else:
             if frames:
                 self.stats["read_back"] += len(frames)

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from strata.distribution import feed as feed_mod
 from strata.distribution.feed import ALL, CommittedFeed
 from strata.storage import Engine, record
 
@@ -99,7 +100,10 @@ def test_frames_wait_for_the_limit_and_go_on_in_order(rig):
     asyncio.run(main())
 
 
-def test_frames_past_the_bound_are_read_back_from_the_log(rig):
+@pytest.mark.parametrize("chunk", [4 << 20, 64])
+def test_frames_past_the_bound_are_read_back_from_the_log(rig, monkeypatch, chunk):
+    monkeypatch.setattr(feed_mod, "READ_BACK_BYTES", chunk)  # 64: a frame or two a read
+
     async def main():
         r = rig(asyncio.get_running_loop(), max_frames=3)
         r.put(10)
@@ -172,6 +176,29 @@ def test_a_restarted_node_reads_its_log_back_once_committed_or_skips_it_unheard(
             r.feed.set_limit(6)
             await r.settle()
             assert r.got == [] and r.feed.released == 6 and r.feed.stats["read_back"] == 0
+        finally:
+            r.engine.close(False)
+
+    asyncio.run(main())
+
+
+def test_a_gap_the_log_no_longer_holds_is_reported_lost(tmp_path):
+    async def main():
+        r = Rig(str(tmp_path / "db"), asyncio.get_running_loop(), max_frames=1)
+        try:
+            r.engine.close(False)  # reopened with no retention: flushed segments go
+            r.engine = Engine.open(r.path, durability="always", wal_retention_bytes=0)
+            r.engine.add_commit_listener(r.feed.on_commit)
+            r.feed.attach(r.engine)
+            r.put(5)
+            r.engine.flush()
+            r.put(1, 10)
+            assert r.engine.earliest_lsn > 2
+            r.feed.set_limit(6)
+            await r.settle()
+            # 2..5 were flushed and their segment removed; 6 is read back.
+            assert lsns(r.got) == [1, 6]
+            assert [lost[:2] for lost in r.lost] == [(2, 5)] and r.feed.released == 6
         finally:
             r.engine.close(False)
 
