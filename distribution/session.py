@@ -100,6 +100,8 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
             if io.paused():
                 c.blocked = True
                 wake.set()
+            elif c.batch:
+                wake.set()  # a batch is open: the loop below times its window
         else:
             wake.set()
 

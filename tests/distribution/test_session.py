@@ -1,0 +1,61 @@
+"""session.run, the driver of one consumer, over an in-memory transport: the delayed
+tier's batches go out when credit arrives, however the output is split."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+
+from strata.distribution import session
+from strata.distribution.consumer import MSGPACK, Consumer
+from strata.distribution.hub import Hub
+from strata.storage import record
+
+
+class Wire:
+    """A transport that keeps what is written (never paused)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def paused(self) -> bool:
+        return False
+
+    async def drain(self) -> None:
+        pass
+
+    def lsns(self) -> list[int]:
+        out, buf = [], self.data
+        while buf:
+            n, head = buf[1] & 0x7F, 2
+            if n == 126:
+                n, head = int.from_bytes(buf[2:4], "big"), 4
+            msg = msgpack.unpackb(buf[head:head + n])
+            out += [e["lsn"] for e in (msg["events"] if msg["op"] == "batch" else [msg])]
+            buf = buf[head + n:]
+        return out
+
+
+def test_credit_releasing_more_than_a_batch_sends_the_open_remainder_too():
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        c = Consumer(fmt=MSGPACK, tier="delayed", credits=0, window_ms=20)
+        wire = Wire()
+        task = asyncio.ensure_future(session.run(c, hub, None, 0, wire))
+        await asyncio.sleep(0.01)
+        hub.on_commit([record.encode_frame(lsn, 0, record.TYPE_PUT, msgpack.packb([b"k", b"v"]))
+                       for lsn in range(1, 6)])
+        await asyncio.sleep(0.05)
+        assert wire.data == b"" and len(c.queue) == 5  # no credit yet
+        c.batcher.size = 2  # as after a slow stretch: two batches sealed at once, one open
+        c.grant(10)
+        await asyncio.sleep(0.2)  # ten windows
+        assert wire.lsns() == [1, 2, 3, 4, 5]
+        c.end("done", "", 6)
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
