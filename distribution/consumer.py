@@ -281,8 +281,9 @@ class Consumer:
         if self.manual:
             if self._window is not None:
                 self._window.append(lsn)
-        else:
+        elif self.batcher is None:
             self.acked = lsn
+        # ack "auto" on the delayed tier: acknowledged when its batch is sealed for sending
 
     def pump(self) -> None:
         """Move queued events out while credit and the transport allow."""
@@ -312,6 +313,8 @@ class Consumer:
         self.batch = []
         self.batch_bytes = 0
         self.batcher.sent(n, now)
+        if not self.manual:
+            self.acked = self.next_lsn - 1
 
     def take(self):
         """What to write now: framed WebSocket messages as bytes (b"" if none), or for

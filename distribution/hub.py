@@ -245,6 +245,21 @@ class Hub:
         self.subs.add(s)
         return s
 
+    def leave_group(self, c) -> None:
+        """Take a consumer out of its group before it unsubscribes, handing it the
+        events of the group's open batch (delayed tier) as its own: its last batch
+        then goes out with it instead of staying behind with the group."""
+        g = self.grouped.pop(c, None)
+        if g is None:
+            return
+        if c in g.members:
+            g.members.remove(c)
+        if g.batch:
+            for shared in g.events[len(g.events) - len(g.batch):]:
+                if shared.ev.lsn >= c.next_lsn:
+                    c.emit(shared)
+        self._drop_if_empty(c, g)
+
     def unsubscribe(self, s) -> None:
         self.subs.discard(s)
         g = self.grouped.pop(s, None)

@@ -164,6 +164,15 @@ class Connection:
                 c.grant(n)
         elif op == "unsubscribe":
             if c is not None:
+                if c.ended is None:
+                    # What counts as sent goes out first: a delayed batch still open (its
+                    # own, or its group's) and output held back by a full write buffer.
+                    self.gate.hub.leave_group(c)
+                    if c.batcher is not None:
+                        c.seal_batch()
+                    data = c.take()
+                    if data:
+                        self.io.write(data)
                 last = c.next_lsn - 1
                 await self.stop()
                 self.send({"op": "unsubscribed", "lsn": last})

@@ -218,6 +218,30 @@ def test_delayed_tier_sends_batches_per_window_and_grows_them_under_load(daemon)
     asyncio.run(main())
 
 
+def test_unsubscribe_sends_the_open_batch_and_a_named_consumer_resumes_after_it(daemon):
+    """What the delayed tier holds in an open batch is sent before `unsubscribed`, and
+    an auto-ack consumer's cursor counts only batches sent: nothing is skipped."""
+    async def main():
+        with Client(daemon.grpc) as c:
+            async with connect(url(daemon)) as ws:
+                await subscribe(ws, tier="delayed", window_ms=60_000, consumer="late",
+                                prefix=b64(b"u/"))
+                lsns = [c.put(b"u/%d" % i, b"v") for i in range(3)]
+                await asyncio.sleep(0.2)  # in the open batch, whose window is a minute
+                await ws.send(json.dumps({"op": "unsubscribe"}))
+                batch = await recv(ws)
+                assert batch["op"] == "batch"
+                assert [e["lsn"] for e in batch["events"]] == lsns
+                assert await recv(ws) == {"op": "unsubscribed", "lsn": lsns[-1]}
+                more = c.put(b"u/3", b"v")
+                sub = await subscribe(ws, tier="delayed", window_ms=10, consumer="late",
+                                      prefix=b64(b"u/"))
+                assert sub["from_lsn"] == lsns[-1] + 1
+                assert [e["lsn"] for e in await events(ws, 1)] == [more]
+
+    asyncio.run(main())
+
+
 def test_a_stalled_consumer_is_cut_off_and_memory_stays_bounded(daemon_factory):
     d = daemon_factory(extra_env={"STRATA_SUBSCRIBER_QUEUE": "2000",
                                   "STRATA_SUBSCRIBER_BUFFER": str(256 << 10),
