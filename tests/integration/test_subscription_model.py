@@ -1,0 +1,295 @@
+"""Model-based test of the WebSocket tiers against the real daemon: random writes
+(puts, deletes, batches, published events), compactions and checkpoints, while
+subscriptions of every tier, format, ack mode and credit window come and go,
+acknowledge, get credit, unsubscribe, and named consumers resume. The model is
+the list of events each write produced (its LSNs from the acknowledgements);
+every subscription must receive exactly the model's events from its start, in
+order, never more than its credits allow, and a named consumer resumes with no
+event skipped after its last acknowledgement.
+
+Each example writes under its own key prefix and subscribes with that prefix,
+so one daemon serves every example."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import time
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from strata_client import Client
+
+from .conftest import Daemon
+
+DAEMON: Daemon | None = None
+EXAMPLES = itertools.count()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def daemon(tmp_path_factory):
+    global DAEMON
+    # A small memtable: flushes (and new WAL segments) and compactions happen under the
+    # subscriptions, whose history is then read across segments.
+    DAEMON = Daemon(str(tmp_path_factory.mktemp("submodel") / "data"),
+                    {"STRATA_MEMTABLE_SIZE": "16384"})
+    DAEMON.start()
+    yield DAEMON
+    DAEMON.stop()
+    DAEMON = None
+
+
+class Sub:
+    """One WebSocket subscription and what it received."""
+
+    def __init__(self, fmt: str, req: dict) -> None:
+        self.fmt = fmt
+        self.req = req
+        self.manual = req.get("ack") == "manual"
+        self.credits = req.get("credits")  # None: unlimited
+        self.name = req.get("consumer")
+        self.got: list[tuple] = []  # (lsn, topic, key, value)
+        self.acked = 0
+        self.error: dict | None = None
+        self._cm = ws_connect(f"ws://{DAEMON.ws}/v1/events", subprotocols=[f"strata.v1.{fmt}"],
+                              max_size=None)
+        self.ws = self._cm.__enter__()
+        self.send(req)
+        reply = self.recv(10)
+        assert reply is not None and reply["op"] == "subscribed", reply
+        self.reply = reply
+
+    def send(self, msg: dict) -> None:
+        self.ws.send(json.dumps(msg) if self.fmt == "json" else msgpack.packb(msg))
+
+    def recv(self, timeout: float) -> dict | None:
+        try:
+            m = self.ws.recv(timeout=timeout)
+        except TimeoutError:
+            return None
+        return json.loads(m) if self.fmt == "json" else msgpack.unpackb(m)
+
+    def pump(self, timeout: float = 0.05) -> None:
+        """Take in whatever arrives within `timeout` of the last message."""
+        while self.error is None:
+            try:
+                msg = self.recv(timeout)
+            except ConnectionClosed:
+                return
+            if msg is None:
+                return
+            op = msg["op"]
+            if op == "event":
+                self._event(msg)
+            elif op == "batch":
+                assert self.req.get("tier") == "delayed"
+                for e in msg["events"]:
+                    self._event(e)
+            elif op == "error":
+                self.error = msg
+            else:
+                raise AssertionError(f"unexpected message {msg}")
+
+    def _event(self, e: dict) -> None:
+        def b(x):
+            return base64.b64decode(x) if self.fmt == "json" and x is not None else x
+        self.got.append((e["lsn"], e["topic"], b(e["key"]), b(e["value"])))
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self._cm.__exit__(None, None, None)
+
+
+class SubscriptionModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = b"m%05d/" % next(EXAMPLES)
+        self.client = Client(DAEMON.grpc)
+        self.events: list[tuple] = []  # the model: (lsn, topic, key, value | None)
+        self.subs: list[Sub] = []
+        self.cursor: dict[str, int] = {}  # named consumer -> last LSN it acknowledged
+
+    # -- writes ----------------------------------------------------------------------
+
+    KEYS = st.integers(0, 4).map(lambda i: b"k%d" % i)
+
+    @rule(k=KEYS, v=st.binary(max_size=24))
+    def put(self, k, v):
+        lsn = self.client.put(self.prefix + k, v)
+        self.events.append((lsn, "kv", self.prefix + k, v))
+
+    @rule(k=KEYS)
+    def delete(self, k):
+        lsn = self.client.delete(self.prefix + k)
+        self.events.append((lsn, "kv", self.prefix + k, None))
+
+    @rule(ops=st.lists(st.tuples(st.booleans(), KEYS, st.binary(max_size=8)), min_size=1,
+                       max_size=6))
+    def batch(self, ops):
+        last = self.client.batch([("put", self.prefix + k, v) if p else ("delete", self.prefix + k)
+                                  for p, k, v in ops])
+        for i, (p, k, v) in enumerate(ops):
+            self.events.append((last - len(ops) + 1 + i, "kv", self.prefix + k, v if p else None))
+
+    @rule(topic=st.sampled_from(["orders", "audit"]), k=KEYS, payload=st.binary(max_size=8))
+    def publish(self, topic, k, payload):
+        lsn = self.client.publish(topic, self.prefix + k, payload)
+        self.events.append((lsn, topic, self.prefix + k, payload))
+
+    @rule()
+    def compact(self):
+        self.client.compact()
+
+    @rule()
+    def checkpoint(self):
+        self.client.checkpoint(f"{self.prefix.decode()[:-1]}-{len(self.events)}-{time.monotonic_ns()}")
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    @precondition(lambda self: len(self.subs) < 3)
+    @rule(tier=st.sampled_from(["realtime", "delayed", "historical"]),
+          fmt=st.sampled_from(["json", "msgpack"]),
+          manual=st.booleans(),
+          credits=st.none() | st.integers(0, 4),
+          start=st.sampled_from(["default", "first", "middle", "last"]),
+          name=st.none() | st.sampled_from(["a", "b"]),
+          topics=st.none() | st.sampled_from([["kv"], ["orders", "audit"]]))
+    def subscribe(self, tier, fmt, manual, credits, start, name, topics):
+        req: dict = {"op": "subscribe", "tier": tier, "prefix": base64.b64encode(self.prefix).decode(),
+                     "ack": "manual" if manual or name else "auto", "window_ms": 10}
+        if fmt == "msgpack":
+            req["prefix"] = self.prefix
+        if credits is not None:
+            req["credits"] = credits
+        if topics is not None:
+            req["topics"] = topics
+        if start != "default" and self.events:
+            i = {"first": 0, "middle": len(self.events) // 2, "last": -1}[start]
+            req["from_lsn"] = self.events[i][0]
+        if name is not None:
+            req["consumer"] = f"{self.prefix.decode()[:-1]}-{name}"
+        sub = Sub(fmt, req)
+        for old in [s for s in self.subs if name is not None and s.name == sub.name]:
+            # The newer subscription takes over: the older one is told and closed, after
+            # the events sent before the take-over (checked like any others).
+            deadline = time.monotonic() + 10
+            while old.error is None and time.monotonic() < deadline:
+                old.pump(0.2)
+            assert old.error is not None and old.error["code"] == "superseded", old.error
+            self._check(old)
+            self._drop(old)
+        if name is not None and "from_lsn" not in req and sub.name in self.cursor:
+            # No event after the last acknowledgement is skipped.
+            assert sub.reply["from_lsn"] <= self.cursor[sub.name] + 1, sub.reply
+        self.subs.append(sub)
+
+    def _start(self, sub: Sub) -> int:
+        r = sub.reply
+        if r["from_lsn"]:
+            return r["from_lsn"]
+        return r["last_lsn"] + 1  # live
+
+    def _expected(self, sub: Sub) -> list[tuple]:
+        start = self._start(sub)
+        topics = sub.req.get("topics")
+        return [e for e in self.events if e[0] >= start and (topics is None or e[1] in topics)]
+
+    def _check(self, sub: Sub) -> None:
+        want = self._expected(sub)
+        assert sub.got == want[:len(sub.got)], (sub.req, sub.got, want)
+        if sub.credits is not None:
+            granted = sub.credits + getattr(sub, "granted", 0)
+            acked = sum(1 for e in sub.got if e[0] <= sub.acked) if sub.manual else 0
+            assert len(sub.got) <= granted + acked, (len(sub.got), granted, acked)
+
+    def _drop(self, sub: Sub) -> None:
+        sub.close()
+        self.subs.remove(sub)
+
+    @precondition(lambda self: self.subs)
+    @rule(i=st.integers(0, 2))
+    def read(self, i):
+        sub = self.subs[i % len(self.subs)]
+        sub.pump()
+        assert sub.error is None, sub.error
+        self._check(sub)
+
+    @precondition(lambda self: any(s.manual and s.got for s in self.subs))
+    @rule(i=st.integers(0, 2), upto=st.sampled_from(["all", "half"]))
+    def ack(self, i, upto):
+        subs = [s for s in self.subs if s.manual and s.got]
+        sub = subs[i % len(subs)]
+        lsn = sub.got[-1][0] if upto == "all" else sub.got[len(sub.got) // 2][0]
+        if lsn > sub.acked:
+            sub.send({"op": "ack", "lsn": lsn})
+            sub.acked = lsn
+            if sub.name:
+                self.cursor[sub.name] = lsn
+
+    @precondition(lambda self: any(s.credits is not None for s in self.subs))
+    @rule(i=st.integers(0, 2), n=st.integers(1, 5))
+    def credit(self, i, n):
+        subs = [s for s in self.subs if s.credits is not None]
+        sub = subs[i % len(subs)]
+        sub.send({"op": "credit", "n": n})
+        sub.granted = getattr(sub, "granted", 0) + n
+
+    @precondition(lambda self: self.subs)
+    @rule(i=st.integers(0, 2))
+    def unsubscribe(self, i):
+        sub = self.subs[i % len(self.subs)]
+        sub.send({"op": "unsubscribe"})
+        deadline = time.monotonic() + 10
+        last = None
+        while last is None and time.monotonic() < deadline:
+            msg = sub.recv(1.0)
+            if msg is None:
+                continue
+            if msg["op"] == "unsubscribed":
+                last = msg["lsn"]
+            elif msg["op"] == "event":
+                sub._event(msg)
+            elif msg["op"] == "batch":
+                for e in msg["events"]:
+                    sub._event(e)
+        assert last is not None, "no unsubscribed answer"
+        self._check(sub)
+        # Everything up to `last` was sent (resuming after it skips nothing), and was
+        # received before the answer.
+        assert [e for e in self._expected(sub) if e[0] <= last] == sub.got, (last, sub.got)
+        self._drop(sub)
+
+    def teardown(self):
+        try:
+            # Every open subscription receives all of its events once credit allows.
+            for sub in self.subs:
+                if sub.credits is not None:
+                    sub.send({"op": "credit", "n": 100_000})
+                    sub.granted = getattr(sub, "granted", 0) + 100_000
+                want = self._expected(sub)
+                deadline = time.monotonic() + 15
+                while len(sub.got) < len(want) and time.monotonic() < deadline:
+                    if sub.manual and sub.got:
+                        sub.send({"op": "ack", "lsn": sub.got[-1][0]})
+                        sub.acked = sub.got[-1][0]
+                    sub.pump(0.1)
+                assert sub.error is None, sub.error
+                assert sub.got == want, (sub.req, sub.got, want)
+        finally:
+            for sub in self.subs:
+                sub.close()
+            self.client.close()
+
+
+TestSubscriptionModel = SubscriptionModel.TestCase
+TestSubscriptionModel.settings = settings(max_examples=40, stateful_step_count=40, deadline=None,
+                                          suppress_health_check=list(HealthCheck))
