@@ -216,10 +216,13 @@ class Hub:
         """Attach a subscriber of another kind (distribution/consumer.Consumer): into
         the group of its identical stream when it can be served as one of many."""
         key = Group.key_of(sub)
-        if key is None:
+        g = self.groups.get(key) if key is not None else None
+        if key is None or (g is not None and (g.batch or g.out)):
+            # Not groupable, or its group holds bytes with events from before this
+            # subscriber's start: served alone until `promote` finds the group between
+            # batches.
             self.subs.add(sub)
             return
-        g = self.groups.get(key)
         if g is None:
             g = self.groups[key] = Group(key, sub)
             g.detach = self._detach

@@ -1,5 +1,6 @@
-"""session.run, the driver of one consumer, over an in-memory transport: the delayed
-tier's batches go out when credit arrives, however the output is split."""
+"""session.run, the driver of one consumer, over an in-memory transport, and the hub's
+fan-out groups: the delayed tier's batches go out when credit arrives, however the
+output is split, and a subscriber never gets a group's bytes from before its start."""
 
 from __future__ import annotations
 
@@ -29,15 +30,20 @@ class Wire:
         pass
 
     def lsns(self) -> list[int]:
-        out, buf = [], self.data
-        while buf:
-            n, head = buf[1] & 0x7F, 2
-            if n == 126:
-                n, head = int.from_bytes(buf[2:4], "big"), 4
-            msg = msgpack.unpackb(buf[head:head + n])
-            out += [e["lsn"] for e in (msg["events"] if msg["op"] == "batch" else [msg])]
-            buf = buf[head + n:]
-        return out
+        return lsns_in(self.data)
+
+
+def lsns_in(buf: bytes) -> list[int]:
+    """The event LSNs in unmasked msgpack WebSocket frames (events and batches)."""
+    out = []
+    while buf:
+        n, head = buf[1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(buf[2:4], "big"), 4
+        msg = msgpack.unpackb(buf[head:head + n])
+        out += [e["lsn"] for e in (msg["events"] if msg["op"] == "batch" else [msg])]
+        buf = buf[head + n:]
+    return out
 
 
 def test_credit_releasing_more_than_a_batch_sends_the_open_remainder_too():
@@ -57,5 +63,37 @@ def test_credit_releasing_more_than_a_batch_sends_the_open_remainder_too():
         assert wire.lsns() == [1, 2, 3, 4, 5]
         c.end("done", "", 6)
         await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+
+def put_frames(lsns) -> list[bytes]:
+    return [record.encode_frame(lsn, 0, record.TYPE_PUT, msgpack.packb([b"k", b"v"]))
+            for lsn in lsns]
+
+
+def test_a_live_subscriber_does_not_join_a_group_holding_an_open_batch():
+    """Its bytes would carry events from before the subscriber's start."""
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        a = Consumer(fmt=MSGPACK, tier="delayed", window_ms=10_000)
+        a.live = True
+        hub.add(a)
+        hub.on_commit(put_frames([1, 2, 3]))
+        await asyncio.sleep(0.02)
+        g = hub.grouped[a]
+        assert len(g.batch) == 3  # open: its window is ten seconds
+        b = Consumer(fmt=MSGPACK, tier="delayed", window_ms=10_000)
+        b.live = True
+        hub.add(b)  # subscribed now: live from LSN 4
+        assert b not in hub.grouped and b in hub.subs
+        hub.on_commit(put_frames([4]))
+        await asyncio.sleep(0.02)
+        hub._seal(g)
+        b.seal_batch()
+        assert lsns_in(b.take()) == [4]
+        assert lsns_in(b"".join(a.out)) == [1, 2, 3, 4]
+        hub.promote(b)  # the group is between batches now: b joins it
+        assert hub.grouped[b] is g
 
     asyncio.run(main())
