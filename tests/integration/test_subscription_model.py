@@ -5,7 +5,7 @@ acknowledge, get credit, unsubscribe, and named consumers resume. The model is
 the list of events each write produced (its LSNs from the acknowledgements);
 every subscription must receive exactly the model's events from its start, in
 order, never more than its credits allow, and a named consumer resumes with no
-event skipped after its last acknowledgement.
+event skipped after its last acknowledgement; a ring reader sees them all.
 
 Each example writes under its own key prefix and subscribes with that prefix,
 so one daemon serves every example."""
@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
+import random
 import time
 
 import msgpack
@@ -26,10 +28,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from strata_client import Client
+from strata_client.ring import RingReader
 
 from .conftest import Daemon
 
 DAEMON: Daemon | None = None
+RING = f"strata-model-{os.getpid()}-{random.randrange(1 << 30)}"
 EXAMPLES = itertools.count()
 
 
@@ -38,12 +42,16 @@ def daemon(tmp_path_factory):
     global DAEMON
     # A small memtable: flushes (and new WAL segments) and compactions happen under the
     # subscriptions, whose history is then read across segments.
+    # A ring too, read by every example alongside its WebSocket subscriptions.
     DAEMON = Daemon(str(tmp_path_factory.mktemp("submodel") / "data"),
-                    {"STRATA_MEMTABLE_SIZE": "16384"})
+                    {"STRATA_MEMTABLE_SIZE": "16384"}, args=["--rings", f"{RING}:4MiB"])
     DAEMON.start()
     yield DAEMON
     DAEMON.stop()
     DAEMON = None
+    for p in (f"/dev/shm/{RING}", f"/dev/shm/.{RING}.doorbell"):
+        if os.path.exists(p):
+            os.unlink(p)
 
 
 class Sub:
@@ -117,6 +125,8 @@ class SubscriptionModel(RuleBasedStateMachine):
         self.events: list[tuple] = []  # the model: (lsn, topic, key, value | None)
         self.subs: list[Sub] = []
         self.cursor: dict[str, int] = {}  # named consumer -> last LSN it acknowledged
+        self.ring = RingReader(RING, wait="poll")  # from the next event written on
+        self.ring_got: list[tuple] = []
 
     # -- writes ----------------------------------------------------------------------
 
@@ -250,6 +260,7 @@ class SubscriptionModel(RuleBasedStateMachine):
         sub.send({"op": "unsubscribe"})
         deadline = time.monotonic() + 10
         last = None
+        other = []
         while last is None and time.monotonic() < deadline:
             msg = sub.recv(1.0)
             if msg is None:
@@ -261,15 +272,33 @@ class SubscriptionModel(RuleBasedStateMachine):
             elif msg["op"] == "batch":
                 for e in msg["events"]:
                     sub._event(e)
-        assert last is not None, "no unsubscribed answer"
+            else:
+                other.append(msg)
+        assert last is not None, f"no unsubscribed answer: {sub.req} got {sub.got} {other}"
         self._check(sub)
         # Everything up to `last` was sent (resuming after it skips nothing), and was
         # received before the answer.
         assert [e for e in self._expected(sub) if e[0] <= last] == sub.got, (last, sub.got)
         self._drop(sub)
 
+    @rule()
+    def read_ring(self):
+        self._read_ring(0.01)
+
+    def _read_ring(self, timeout: float) -> None:
+        for e in self.ring.read(timeout=timeout):
+            assert not e.truncated
+            if bytes(e.key).startswith(self.prefix):
+                self.ring_got.append((e.lsn, e.topic, bytes(e.key),
+                                      None if e.deleted else bytes(e.value)))
+        assert self.ring_got == self.events[:len(self.ring_got)], (self.ring_got, self.events)
+
     def teardown(self):
         try:
+            deadline = time.monotonic() + 15
+            while len(self.ring_got) < len(self.events) and time.monotonic() < deadline:
+                self._read_ring(0.1)
+            assert self.ring_got == self.events
             # Every open subscription receives all of its events once credit allows.
             for sub in self.subs:
                 if sub.credits is not None:
@@ -287,6 +316,7 @@ class SubscriptionModel(RuleBasedStateMachine):
         finally:
             for sub in self.subs:
                 sub.close()
+            self.ring.close()
             self.client.close()
 
 
