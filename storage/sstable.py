@@ -104,6 +104,9 @@ def decompress(stored: bytes, ctype: int) -> bytes:
     raise KeyError(ctype)
 
 
+_TYPE_BYTE = [bytes((t,)) for t in range(256)]  # the trailer's type byte, for the CRC
+
+
 def _finish_block(contents: bytes, ctype: int = COMPRESSION_NONE) -> tuple[bytes, int]:
     """The block as stored (contents, maybe compressed, and trailer) and the stored size."""
     if ctype != COMPRESSION_NONE:
@@ -112,7 +115,7 @@ def _finish_block(contents: bytes, ctype: int = COMPRESSION_NONE) -> tuple[bytes
             contents = packed
         else:
             ctype = COMPRESSION_NONE  # not worth it: stored as it is
-    return (contents + TRAILER.pack(ctype, crc32c(contents + bytes((ctype,)))),
+    return (contents + TRAILER.pack(ctype, crc32c(_TYPE_BYTE[ctype], crc32c(contents))),
             len(contents))
 
 
@@ -380,7 +383,7 @@ class TableReader:
             raise Corruption(self.path, off, f"block of {size} bytes runs past the end of the file")
         contents = bytes(buf[off : off + size])
         ctype, crc = TRAILER.unpack_from(buf, off + size)
-        if crc != crc32c(contents + bytes([ctype])):
+        if crc != crc32c(_TYPE_BYTE[ctype], crc32c(contents)):  # chained: no copy
             raise Corruption(self.path, off, "block checksum mismatch")
         if ctype == COMPRESSION_NONE:
             return contents
