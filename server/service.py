@@ -700,7 +700,7 @@ async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
         if code == "compacted":
             raise Compacted(c.next_lsn or 1, resume)
         if code == "superseded":
-            raise Superseded(message)
+            raise Superseded(message, (("strata-superseded", req["consumer"]),))
         if code == "bad_request":
             raise InvalidInput(message)
         raise Unavailable(f"{message}; resume from LSN {resume}",

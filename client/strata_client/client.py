@@ -220,13 +220,16 @@ class Consumption:
     """A reliable subscription (Events.Consume): iterate the events; with
     manual_ack, `ack(lsn)` what was processed; `credit(n)` grants more. A
     named consumer resumes after its last acknowledgement when it subscribes
-    again. `from_lsn` says where delivery started (0: live)."""
+    again. Once iteration began, `from_lsn` says where delivery started (0:
+    live) and `last_lsn` the server's last LSN when it subscribed (a live
+    subscription gets the events after it)."""
 
     def __init__(self, client, call, send) -> None:
         self._client = client
         self._call = call
         self._send = send
         self.from_lsn = 0
+        self.last_lsn = 0
 
     def ack(self, lsn: int) -> None:
         self._send(pb.ConsumeRequest(ack=lsn))
@@ -241,8 +244,8 @@ class Consumption:
     def __iter__(self) -> Iterator:
         try:
             for resp in self._call:
-                if not resp.events:
-                    self.from_lsn = resp.from_lsn
+                if not resp.events and not self.last_lsn:  # the first response
+                    self.from_lsn, self.last_lsn = resp.from_lsn, resp.last_lsn
                 yield from resp.events
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.CANCELLED:
@@ -254,8 +257,8 @@ class Consumption:
     async def _aiter(self) -> AsyncIterator:
         try:
             async for resp in self._call:
-                if not resp.events:
-                    self.from_lsn = resp.from_lsn
+                if not resp.events and not self.last_lsn:  # the first response
+                    self.from_lsn, self.last_lsn = resp.from_lsn, resp.last_lsn
                 for ev in resp.events:
                     yield ev
         except grpc.RpcError as e:

@@ -37,6 +37,14 @@ class Conflict(StrataError):
         self.current_lsn = current_lsn
 
 
+class Superseded(Conflict):
+    """The named consumer subscribed again elsewhere: this subscription is over (the
+    newer one continues from the acknowledgements)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message, code, 0)
+
+
 class NotMaster(StrataError):
     """The node is a replica; `master` names the master as "id=host:port" (may be empty)."""
 
@@ -107,6 +115,8 @@ def from_rpc_error(err: grpc.RpcError) -> StrataError:
     if code == C.NOT_FOUND:
         return NotFound(msg, name)
     if code == C.ABORTED:
+        if _trailer(err, "strata-superseded"):
+            return Superseded(msg, name)
         return Conflict(msg, name, int(_trailer(err, "strata-current-lsn") or 0))
     if code == C.FAILED_PRECONDITION:
         return NotMaster(msg, name, _trailer(err, "strata-master"))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import pytest
 
 from strata_client import AsyncClient, Client
-from strata_client.errors import InvalidArgument
+from strata_client.errors import InvalidArgument, Superseded
 
 
 def take(it, n):
@@ -53,3 +54,20 @@ def test_consume_delayed_tier_and_errors(daemon):
                     pass
 
     asyncio.run(main())
+
+
+def test_a_consumer_taken_over_ends_with_superseded(daemon):
+    with Client(daemon.grpc) as c:
+        lsns = [c.put(b"t%d" % i, b"v") for i in range(3)]
+        old = c.consume("grpc-takeover", from_lsn=lsns[0], manual_ack=True)
+        it = iter(old)
+        assert [e.lsn for e in take(it, 3)] == lsns
+        assert old.from_lsn == lsns[0] and old.last_lsn >= lsns[-1]
+        old.ack(lsns[0])
+        time.sleep(0.3)  # acks travel on the stream unanswered: let this one arrive
+        new = c.consume("grpc-takeover", manual_ack=True)
+        with pytest.raises(Superseded):
+            next(it)
+        # The newer one continues after what the older one acknowledged.
+        assert [e.lsn for e in take(iter(new), 2)] == lsns[1:]
+        new.close()
