@@ -1,6 +1,7 @@
-"""Model-based test of the WebSocket tiers against the real daemon: random writes
-(puts, deletes, batches, published events), compactions and checkpoints, while
-subscriptions of every tier, format, ack mode and credit window come and go,
+"""Model-based test of the WebSocket tiers and gRPC Events.Consume against the real
+daemon: random writes (puts, deletes, batches, published events), compactions and
+checkpoints, while subscriptions of every tier, transport (JSON, MessagePack, gRPC),
+ack mode and credit window come and go,
 acknowledge, get credit, unsubscribe, and named consumers resume. The model is
 the list of events each write produced (its LSNs from the acknowledgements);
 every subscription must receive exactly the model's events from its start, in
@@ -17,6 +18,7 @@ import itertools
 import json
 import os
 import random
+import threading
 import time
 
 import msgpack
@@ -27,7 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from strata_client import Client
+from strata_client import Client, errors
 from strata_client.ring import RingReader
 
 from .conftest import Daemon
@@ -46,6 +48,8 @@ def daemon(tmp_path_factory):
     DAEMON = Daemon(str(tmp_path_factory.mktemp("submodel") / "data"),
                     {"STRATA_MEMTABLE_SIZE": "16384"}, args=["--rings", f"{RING}:4MiB"])
     DAEMON.start()
+    with Client(DAEMON.grpc) as c:
+        c.put(b"seed", b"")  # a Consume stream's first response then names a last LSN > 0
     yield DAEMON
     DAEMON.stop()
     DAEMON = None
@@ -55,17 +59,26 @@ def daemon(tmp_path_factory):
 
 
 class Sub:
-    """One WebSocket subscription and what it received."""
+    """One subscription and what it received: (lsn, topic, key, value | None)."""
 
-    def __init__(self, fmt: str, req: dict) -> None:
-        self.fmt = fmt
+    def __init__(self, req: dict) -> None:
         self.req = req
         self.manual = req.get("ack") == "manual"
         self.credits = req.get("credits")  # None: unlimited
+        self.granted = 0
         self.name = req.get("consumer")
-        self.got: list[tuple] = []  # (lsn, topic, key, value)
+        self.got: list[tuple] = []
         self.acked = 0
         self.error: dict | None = None
+        self.reply: dict = {}  # from_lsn (None: live), last_lsn
+
+
+class WsSub(Sub):
+    """A WebSocket subscription (`fmt`: json or msgpack)."""
+
+    def __init__(self, fmt: str, req: dict) -> None:
+        super().__init__(req)
+        self.fmt = fmt
         self._cm = ws_connect(f"ws://{DAEMON.ws}/v1/events", subprotocols=[f"strata.v1.{fmt}"],
                               max_size=None)
         self.ws = self._cm.__enter__()
@@ -91,30 +104,100 @@ class Sub:
                 msg = self.recv(timeout)
             except ConnectionClosed:
                 return
-            if msg is None:
+            if msg is None or not self._take(msg):
                 return
-            op = msg["op"]
-            if op == "event":
-                self._event(msg)
-            elif op == "batch":
-                assert self.req.get("tier") == "delayed"
-                for e in msg["events"]:
-                    self._event(e)
-            elif op == "error":
-                self.error = msg
-            else:
-                raise AssertionError(f"unexpected message {msg}")
+
+    def _take(self, msg: dict) -> bool:
+        op = msg["op"]
+        if op == "event":
+            self._event(msg)
+        elif op == "batch":
+            assert self.req.get("tier") == "delayed"
+            for e in msg["events"]:
+                self._event(e)
+        elif op == "error":
+            self.error = msg
+        else:
+            return False
+        return True
 
     def _event(self, e: dict) -> None:
         def b(x):
             return base64.b64decode(x) if self.fmt == "json" and x is not None else x
         self.got.append((e["lsn"], e["topic"], b(e["key"]), b(e["value"])))
 
+    def unsubscribe(self) -> int:
+        """The LSN `unsubscribed` names, after the events sent before it."""
+        self.send({"op": "unsubscribe"})
+        deadline = time.monotonic() + 10
+        other = []
+        while time.monotonic() < deadline:
+            msg = self.recv(1.0)
+            if msg is None:
+                continue
+            if msg["op"] == "unsubscribed":
+                return msg["lsn"]
+            if not self._take(msg):
+                other.append(msg)
+        raise AssertionError(f"no unsubscribed answer: {self.req} got {self.got} {other}")
+
     def close(self) -> None:
         try:
             self.ws.close()
         finally:
             self._cm.__exit__(None, None, None)
+
+
+class GrpcSub(Sub):
+    """An Events.Consume stream through the Python client, read by a thread."""
+
+    def __init__(self, req: dict) -> None:
+        super().__init__(req)
+        self.client = Client(DAEMON.grpc)
+        self.cons = self.client.consume(
+            self.name or "", tier=req["tier"], topics=req.get("topics") or (),
+            key_prefix=req["prefix"], from_lsn=req.get("from_lsn", 0), manual_ack=self.manual,
+            credits=self.credits, window_ms=req["window_ms"])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.cons.last_lsn and self.error is None:  # the first response
+            assert time.monotonic() < deadline, "no first Consume response"
+            time.sleep(0.002)
+        assert self.error is None, self.error
+        self.reply = {"from_lsn": self.cons.from_lsn or None, "last_lsn": self.cons.last_lsn}
+
+    def _run(self) -> None:
+        try:
+            for ev in self.cons:
+                self.got.append((ev.lsn, ev.topic, ev.key, None if ev.deleted else ev.value))
+        except errors.Superseded as e:
+            self.error = {"code": "superseded", "message": str(e)}
+        except errors.StrataError as e:
+            self.error = {"code": type(e).__name__, "message": str(e)}
+
+    def send(self, msg: dict) -> None:
+        if msg["op"] == "ack":
+            self.cons.ack(msg["lsn"])
+        elif msg["op"] == "credit":
+            self.cons.credit(msg["n"])
+        else:
+            raise AssertionError(msg)
+
+    def pump(self, timeout: float = 0.05) -> None:
+        n = -1
+        while n != len(self.got) and self.error is None:
+            n = len(self.got)
+            time.sleep(timeout)
+
+    def unsubscribe(self) -> None:
+        """gRPC has no unsubscribe message: the client ends the stream."""
+        self.close()
+
+    def close(self) -> None:
+        self.cons.close()
+        self._thread.join(5)
+        self.client.close()
 
 
 class SubscriptionModel(RuleBasedStateMachine):
@@ -167,16 +250,16 @@ class SubscriptionModel(RuleBasedStateMachine):
 
     @precondition(lambda self: len(self.subs) < 3)
     @rule(tier=st.sampled_from(["realtime", "delayed", "historical"]),
-          fmt=st.sampled_from(["json", "msgpack"]),
+          transport=st.sampled_from(["json", "msgpack", "grpc"]),
           manual=st.booleans(),
           credits=st.none() | st.integers(0, 4),
           start=st.sampled_from(["default", "first", "middle", "last"]),
           name=st.none() | st.sampled_from(["a", "b"]),
           topics=st.none() | st.sampled_from([["kv"], ["orders", "audit"]]))
-    def subscribe(self, tier, fmt, manual, credits, start, name, topics):
+    def subscribe(self, tier, transport, manual, credits, start, name, topics):
         req: dict = {"op": "subscribe", "tier": tier, "prefix": base64.b64encode(self.prefix).decode(),
                      "ack": "manual" if manual or name else "auto", "window_ms": 10}
-        if fmt == "msgpack":
+        if transport != "json":
             req["prefix"] = self.prefix
         if credits is not None:
             req["credits"] = credits
@@ -187,7 +270,7 @@ class SubscriptionModel(RuleBasedStateMachine):
             req["from_lsn"] = self.events[i][0]
         if name is not None:
             req["consumer"] = f"{self.prefix.decode()[:-1]}-{name}"
-        sub = Sub(fmt, req)
+        sub = GrpcSub(req) if transport == "grpc" else WsSub(transport, req)
         for old in [s for s in self.subs if name is not None and s.name == sub.name]:
             # The newer subscription takes over: the older one is told and closed, after
             # the events sent before the take-over (checked like any others).
@@ -217,7 +300,7 @@ class SubscriptionModel(RuleBasedStateMachine):
         want = self._expected(sub)
         assert sub.got == want[:len(sub.got)], (sub.req, sub.got, want)
         if sub.credits is not None:
-            granted = sub.credits + getattr(sub, "granted", 0)
+            granted = sub.credits + sub.granted
             acked = sum(1 for e in sub.got if e[0] <= sub.acked) if sub.manual else 0
             assert len(sub.got) <= granted + acked, (len(sub.got), granted, acked)
 
@@ -251,34 +334,18 @@ class SubscriptionModel(RuleBasedStateMachine):
         subs = [s for s in self.subs if s.credits is not None]
         sub = subs[i % len(subs)]
         sub.send({"op": "credit", "n": n})
-        sub.granted = getattr(sub, "granted", 0) + n
+        sub.granted += n
 
     @precondition(lambda self: self.subs)
     @rule(i=st.integers(0, 2))
     def unsubscribe(self, i):
         sub = self.subs[i % len(self.subs)]
-        sub.send({"op": "unsubscribe"})
-        deadline = time.monotonic() + 10
-        last = None
-        other = []
-        while last is None and time.monotonic() < deadline:
-            msg = sub.recv(1.0)
-            if msg is None:
-                continue
-            if msg["op"] == "unsubscribed":
-                last = msg["lsn"]
-            elif msg["op"] == "event":
-                sub._event(msg)
-            elif msg["op"] == "batch":
-                for e in msg["events"]:
-                    sub._event(e)
-            else:
-                other.append(msg)
-        assert last is not None, f"no unsubscribed answer: {sub.req} got {sub.got} {other}"
+        last = sub.unsubscribe()
         self._check(sub)
-        # Everything up to `last` was sent (resuming after it skips nothing), and was
-        # received before the answer.
-        assert [e for e in self._expected(sub) if e[0] <= last] == sub.got, (last, sub.got)
+        if last is not None:
+            # Everything up to `last` was sent (resuming after it skips nothing), and was
+            # received before the answer.
+            assert [e for e in self._expected(sub) if e[0] <= last] == sub.got, (last, sub.got)
         self._drop(sub)
 
     @rule()
@@ -303,7 +370,7 @@ class SubscriptionModel(RuleBasedStateMachine):
             for sub in self.subs:
                 if sub.credits is not None:
                     sub.send({"op": "credit", "n": 100_000})
-                    sub.granted = getattr(sub, "granted", 0) + 100_000
+                    sub.granted += 100_000
                 want = self._expected(sub)
                 deadline = time.monotonic() + 15
                 while len(sub.got) < len(want) and time.monotonic() < deadline:
