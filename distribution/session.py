@@ -136,8 +136,12 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
             if timeout is None:
                 await wake.wait()
             else:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that comes as the wake-up does, and the driver then
+                # outlives its unsubscribe (which waited for it for ever).
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await wake.wait()
                 except TimeoutError:
                     pass
         return c.ended

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import msgpack
+import pytest
 
 from strata.distribution import session
 from strata.distribution.consumer import MSGPACK, Consumer
@@ -95,5 +96,25 @@ def test_a_live_subscriber_does_not_join_a_group_holding_an_open_batch():
         assert lsns_in(b"".join(a.out)) == [1, 2, 3, 4]
         hub.promote(b)  # the group is between batches now: b joins it
         assert hub.grouped[b] is g
+
+    asyncio.run(main())
+
+
+def test_a_driver_cancelled_as_it_is_woken_ends():
+    """An unsubscribe cancels the driver; an ack just before it wakes the driver in the
+    same loop turn. On Python 3.11, asyncio.wait_for swallowed such a cancellation and
+    the driver (and the unsubscribe waiting for it) went on for ever."""
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        c = Consumer(fmt=MSGPACK, tier="delayed", ack="manual", credits=5, window_ms=10_000)
+        task = asyncio.ensure_future(session.run(c, hub, None, 0, Wire()))
+        await asyncio.sleep(0.01)
+        hub.on_commit(put_frames([1]))
+        await asyncio.sleep(0.02)
+        assert c.batch  # open for ten seconds: the driver waits with a timeout
+        c.ack(1)  # wakes the driver...
+        task.cancel()  # ...and is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)
 
     asyncio.run(main())
