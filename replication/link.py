@@ -147,7 +147,11 @@ class PeerLink:
         c = self.cluster
         call = c.stub(self.peer).Follow(metadata=c.metadata)
         try:
-            msg = await asyncio.wait_for(call.read(), c.election_timeout)
+            # asyncio.timeout rather than wait_for throughout: on Python 3.11 wait_for
+            # swallows a cancellation that arrives as the read completes, and a link
+            # cancelled at a step-down would go on.
+            async with asyncio.timeout(c.election_timeout):
+                msg = await call.read()
             if msg is grpc.aio.EOF or msg.WhichOneof("msg") != "hello":
                 raise ConnectionError(f"replica {self.peer} did not say hello")
             hello = msg.hello
@@ -173,7 +177,8 @@ class PeerLink:
                 log.warning("replica %s (last LSN %d): %s", self.peer, hello.last_lsn,
                             plan.reason or "resync")
                 try:  # the replica closes the stream once it has taken the order
-                    await asyncio.wait_for(call.read(), c.election_timeout)
+                    async with asyncio.timeout(c.election_timeout):
+                        await call.read()
                 except TimeoutError:
                     pass
                 return True
@@ -258,7 +263,8 @@ class PeerLink:
         silence = max(1.0, 2 * c.election_timeout)
         while True:
             try:
-                msg = await asyncio.wait_for(call.read(), silence)
+                async with asyncio.timeout(silence):
+                    msg = await call.read()
             except TimeoutError:
                 log.warning("replica %s: no answer for %.1fs; reconnecting", self.peer, silence)
                 return

@@ -510,7 +510,8 @@ class AsyncRingReader:
             s.setblocking(False)
             loop.add_reader(s.fileno(), lambda: fut.done() or fut.set_result(None))
             try:
-                await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):  # wait_for may swallow a cancel (3.11)
+                    await fut
                 try:
                     if not s.recv(64):
                         r._bell = None
