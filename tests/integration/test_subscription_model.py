@@ -316,11 +316,15 @@ class SubscriptionModel(RuleBasedStateMachine):
         assert sub.error is None, sub.error
         self._check(sub)
 
-    @precondition(lambda self: any(s.manual and s.got for s in self.subs))
+    # Preconditions look only at what the rules did, never at what arrived (timing):
+    # Hypothesis replays a rule sequence and expects the same rules to be enabled.
+    @precondition(lambda self: any(s.manual for s in self.subs))
     @rule(i=st.integers(0, 2), upto=st.sampled_from(["all", "half"]))
     def ack(self, i, upto):
-        subs = [s for s in self.subs if s.manual and s.got]
+        subs = [s for s in self.subs if s.manual]
         sub = subs[i % len(subs)]
+        if not sub.got:
+            return
         lsn = sub.got[-1][0] if upto == "all" else sub.got[len(sub.got) // 2][0]
         if lsn > sub.acked:
             sub.send({"op": "ack", "lsn": lsn})
@@ -388,5 +392,7 @@ class SubscriptionModel(RuleBasedStateMachine):
 
 
 TestSubscriptionModel = SubscriptionModel.TestCase
+# No example database: what fails here depends on timing as well as on the rules, so a
+# stored example would not fail again the same way on replay.
 TestSubscriptionModel.settings = settings(max_examples=40, stateful_step_count=40, deadline=None,
-                                          suppress_health_check=list(HealthCheck))
+                                          database=None, suppress_health_check=list(HealthCheck))
