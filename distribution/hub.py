@@ -217,10 +217,12 @@ class Hub:
         the group of its identical stream when it can be served as one of many."""
         key = Group.key_of(sub)
         g = self.groups.get(key) if key is not None else None
-        if key is None or (g is not None and (g.batch or g.out)):
-            # Not groupable, or its group holds bytes with events from before this
-            # subscriber's start: served alone until `promote` finds the group between
-            # batches.
+        if key is None or (g is not None and (g.batch or g.out)) or sub.next_lsn > self.next_lsn:
+            # Not groupable; or its group holds bytes with events from before this
+            # subscriber's start; or the feed has yet to reach where it is (a node that
+            # reads its log back once committed offers events it replayed from history):
+            # served alone, each event checked against its position, until `promote`
+            # finds the group between batches and the feed past it.
             self.subs.add(sub)
             return
         if g is None:

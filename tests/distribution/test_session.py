@@ -118,3 +118,27 @@ def test_a_driver_cancelled_as_it_is_woken_ends():
             await asyncio.wait_for(task, 2)
 
     asyncio.run(main())
+
+
+def test_a_subscriber_ahead_of_the_feed_is_served_alone_until_the_feed_passes_it():
+    """A restarted cluster node reads its log back to the hub once committed, so the
+    live feed can offer LSNs a subscriber already got from history: in a group it
+    would get them again."""
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        behind = Consumer(fmt=MSGPACK)
+        behind.live = True
+        hub.add(behind)  # a live subscriber from the start: grouped
+        ahead = Consumer(fmt=MSGPACK)
+        ahead.live = True
+        ahead.next_lsn = 10  # history was replayed up to 9
+        hub.add(ahead)
+        assert ahead not in hub.grouped
+        hub.on_commit(put_frames(range(5, 13)))
+        await asyncio.sleep(0.02)
+        assert lsns_in(b"".join(ahead.out)) == [10, 11, 12]
+        assert lsns_in(b"".join(behind.out)) == list(range(5, 13))
+        hub.promote(ahead)  # the feed is past it now
+        assert hub.grouped[ahead] is hub.grouped[behind]
+
+    asyncio.run(main())
