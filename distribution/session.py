@@ -90,6 +90,18 @@ async def position(c: Consumer, engine, cursors, from_lsn: int) -> int:
     return start
 
 
+def go_live(c: Consumer, hub: Hub, engine) -> int:
+    """Start a live subscription (no start LSN) now: every event after the log's
+    current end, and only those (a cluster node's feed may still offer older ones it
+    reads back). Registered at once, before the caller answers `subscribed`, so that
+    nothing committed after the answer's LSN is missed. Returns that LSN."""
+    last = engine.last_lsn
+    c.next_lsn = max(c.next_lsn, last + 1)
+    c.live = True
+    hub.add(c)
+    return last
+
+
 async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, str, int]:
     """Serve `c` until it ends (cut off, superseded, shutting down); returns c.ended."""
     wake = asyncio.Event()
@@ -110,9 +122,8 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
     try:
         if start_lsn:
             await _replay(c, hub, engine, start_lsn, io, wake)
-        else:
-            c.live = True
-            hub.add(c)
+        elif not c.live:
+            go_live(c, hub, engine)
         while c.ended is None:
             wake.clear()
             c.pump()

@@ -668,7 +668,8 @@ async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
     gate.metrics.subscribers.inc()
     try:
         start = await session.position(c, engine, gate.cursors, req["from_lsn"])
-        yield pb.ConsumeResponse(from_lsn=start, last_lsn=gate.hub.visible(engine))
+        last = session.go_live(c, gate.hub, engine) if not start else gate.hub.visible(engine)
+        yield pb.ConsumeResponse(from_lsn=start, last_lsn=last)
         task = asyncio.ensure_future(session.run(c, gate.hub, engine, start, io))
 
         async def read() -> None:

@@ -202,8 +202,9 @@ class Connection:
         self.consumer = c
         gate.metrics.subscribers.inc()
         start = await session.position(c, engine, gate.cursors, req["from_lsn"])
+        last = session.go_live(c, gate.hub, engine) if not start else gate.hub.visible(engine)
         self.send({"op": "subscribed", "tier": c.tier, "from_lsn": start or None,
-                   "last_lsn": gate.hub.visible(engine), "consumer": name or None})
+                   "last_lsn": last, "consumer": name or None})
         self.task = asyncio.ensure_future(self.serve(c, engine, start))
 
     async def serve(self, c: Consumer, engine, start: int) -> None:

@@ -12,7 +12,7 @@ import pytest
 from strata.distribution import session
 from strata.distribution.consumer import MSGPACK, Consumer
 from strata.distribution.hub import Hub
-from strata.storage import record
+from strata.storage import Engine, record
 
 
 class Wire:
@@ -52,6 +52,8 @@ def test_credit_releasing_more_than_a_batch_sends_the_open_remainder_too():
         hub = Hub(asyncio.get_running_loop())
         c = Consumer(fmt=MSGPACK, tier="delayed", credits=0, window_ms=20)
         wire = Wire()
+        c.live = True  # live from here, as session.go_live makes it before the driver runs
+        hub.add(c)
         task = asyncio.ensure_future(session.run(c, hub, None, 0, wire))
         await asyncio.sleep(0.01)
         hub.on_commit([record.encode_frame(lsn, 0, record.TYPE_PUT, msgpack.packb([b"k", b"v"]))
@@ -107,6 +109,8 @@ def test_a_driver_cancelled_as_it_is_woken_ends():
     async def main():
         hub = Hub(asyncio.get_running_loop())
         c = Consumer(fmt=MSGPACK, tier="delayed", ack="manual", credits=5, window_ms=10_000)
+        c.live = True
+        hub.add(c)
         task = asyncio.ensure_future(session.run(c, hub, None, 0, Wire()))
         await asyncio.sleep(0.01)
         hub.on_commit(put_frames([1]))
@@ -140,5 +144,30 @@ def test_a_subscriber_ahead_of_the_feed_is_served_alone_until_the_feed_passes_it
         assert lsns_in(b"".join(behind.out)) == list(range(5, 13))
         hub.promote(ahead)  # the feed is past it now
         assert hub.grouped[ahead] is hub.grouped[behind]
+
+    asyncio.run(main())
+
+
+def test_a_live_subscription_starts_after_the_log_it_was_answered_with(tmp_path):
+    """Registered before `subscribed` is sent: an event committed before the driver
+    runs is not missed; one at or below the answered LSN (read back by a restarted
+    cluster node) is not sent."""
+    async def main():
+        engine = Engine.open(str(tmp_path / "db"))
+        try:
+            engine.put(b"k", b"v")
+            hub = Hub(asyncio.get_running_loop())
+            c = Consumer(fmt=MSGPACK)
+            assert session.go_live(c, hub, engine) == 1
+            hub.on_commit(put_frames([1, 2]))
+            await asyncio.sleep(0.02)
+            wire = Wire()
+            task = asyncio.ensure_future(session.run(c, hub, engine, 0, wire))
+            await asyncio.sleep(0.02)
+            assert wire.lsns() == [2]
+            c.end("done", "", 3)
+            await asyncio.wait_for(task, 5)
+        finally:
+            engine.close()
 
     asyncio.run(main())
