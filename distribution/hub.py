@@ -340,8 +340,9 @@ async def stream(hub: Hub, engine, topics: frozenset[str] | None, key_prefix: by
                 if sub.lapped is not None:  # cut off (shutdown) while replaying history
                     raise Lapped(ev.lsn + 1, sub.lapped.reason)
         # Everything below next_lsn was replayed or is below from_lsn: a
-        # from_lsn beyond the last LSN waits for that LSN.
-        next_lsn = max(boundary + 1, from_lsn)
+        # from_lsn beyond the last LSN waits for that LSN. Live (no from_lsn): after
+        # the log's end, as session.go_live.
+        next_lsn = max(boundary + 1, from_lsn) if from_lsn else engine.last_lsn + 1
         while True:
             try:
                 ev = await sub.get()
