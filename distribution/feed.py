@@ -103,13 +103,14 @@ class CommittedFeed:
     def attach(self, engine) -> None:
         """An engine (re)opened with its log up to engine.last_lsn is in service: what
         that log holds past `released` is read from it when the limit passes it."""
+        base = engine.last_lsn  # read before the lock: the engine's own locks come first
+        earliest = engine.earliest_lsn
         with self._lock:
             self._epoch += 1
-            base = engine.last_lsn
             while self._held and self._held[0][1] <= base:
                 self._pop()
             # What the log no longer retains cannot be read by anyone (history neither).
-            start = max(self.released + 1, engine.earliest_lsn or base + 1)
+            start = max(self.released + 1, earliest or base + 1)
             if base >= start:
                 self._held.appendleft([start, base, None])
             self.released = max(self.released, start - 1)
