@@ -9,8 +9,10 @@ import asyncio
 import base64
 import json
 import os
+import re
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -362,6 +364,10 @@ def test_a_returning_master_cuts_the_tail_it_alone_had(cluster_factory):
         assert lost, "no write reached the isolated master's log"
         time.sleep(0.5)  # what a subscriber would have been sent by now
         assert subs[m].keys == [b"before"], "an uncommitted write was published"
+        metrics = urllib.request.urlopen(f"http://{c.nodes[m].metrics}/metrics",
+                                         timeout=5).read().decode()
+        held = re.search(r"^strata_events_awaiting_commit (\S+)$", metrics, re.M)
+        assert held and float(held.group(1)) >= len(lost), "the held writes are not counted"
         c.nodes[m].kill()
         subs[m].close()
         # The dead master's sockets still hold those frames and the kernel would send
