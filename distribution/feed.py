@@ -144,9 +144,8 @@ class CommittedFeed:
         self._scheduled = False
         if self._pump is not None and not self._pump.done():
             return  # reading a gap back: it hands on what follows when done
-        gap = self._release()
-        if gap is not None:
-            self._pump = self._loop.create_task(self._run(gap))
+        if self._release() is not None:
+            self._pump = self._loop.create_task(self._run())
 
     def _release(self) -> tuple[int, int] | None:
         """Hand on the frames the limit passed, up to the first gap; that gap's range
@@ -166,12 +165,13 @@ class CommittedFeed:
             self._deliver(out)
         return gap
 
-    async def _run(self, gap: tuple[int, int]) -> None:
-        """Read gaps back, in order, with what follows them, until the limit is reached."""
-        while await self._read_back(*gap):
-            gap = self._release()
-            if gap is None:
-                return
+    async def _run(self) -> None:
+        """Read gaps back, in order, with what follows them, until the limit is reached.
+        The gap is looked up again each time: the limit may move during a read."""
+        while (gap := self._release()) is not None:
+            limit = self.limit
+            if not await self._read_back(*gap) and self.limit == limit:
+                return  # the limit is inside a frame: the next set_limit starts again
 
     async def _read_back(self, first: int, last: int) -> bool:
         """Hand on the whole frames within first..last, read from the WAL off the loop;
@@ -202,7 +202,8 @@ class CommittedFeed:
     async def _read_frames(self, first: int, last: int) -> tuple[list[bytes], int]:
         eng = self._engine()
 
-        def read() -> list[bytes]:
+        def read() -> tuple[list[bytes], bool]:
+            """The frames, and whether the log goes on past them (False: it ended)."""
             out = []
             size = 0
             it = eng.read_log(first)
@@ -210,19 +211,19 @@ class CommittedFeed:
                 for fr in it:
                     f_first, f_last = record.frame_span(fr.raw)
                     if f_last > last or size >= READ_BACK_BYTES:
-                        break
+                        return out, True
                     if f_first >= first:
                         out.append(bytes(fr.raw))
                         size += len(fr.raw)
             finally:
                 it.close()
-            return out
+            return out, False
 
         if eng is None:
             return [], first - 1  # being reopened: attach() starts the pump again
         epoch = self._epoch
         try:
-            frames = await self._loop.run_in_executor(None, read)
+            frames, more = await self._loop.run_in_executor(None, read)
         except (StorageError, OSError) as e:  # Compacted, Corruption, a closed engine
             if self._epoch != epoch:
                 return [], first - 1  # closed for a reset: the caller looks again
@@ -233,8 +234,10 @@ class CommittedFeed:
             if frames:
                 self.stats["read_back"] += len(frames)
                 return frames, record.frame_span(frames[-1])[1]
-            if eng.last_lsn < last:
-                return [], first - 1  # not written yet (cannot happen after on_commit)
+            if more or eng.last_lsn < last:
+                # The limit is inside the gap's first frame (commit points fall on frame
+                # ends, so only for a moment), or that frame is not written yet.
+                return [], first - 1
             why = f"the log holds nothing from LSN {first} (earliest {eng.earliest_lsn})"
         self.stats["lost"] += 1
         log.error("events %d..%d could not be read back from the log: %s", first, last, why)

@@ -4,8 +4,14 @@ them, handed on in LSN order, gaps read back from the WAL, logs cut and reattach
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from strata.distribution import feed as feed_mod
 from strata.distribution.feed import ALL, CommittedFeed
@@ -203,3 +209,82 @@ def test_a_gap_the_log_no_longer_holds_is_reported_lost(tmp_path):
             r.engine.close(False)
 
     asyncio.run(main())
+
+
+class FeedModel(RuleBasedStateMachine):
+    """The feed against a model: writes, batches, the commit point moving, the log cut
+    above it and reopened, with a queue of two frames so that gaps are read back.
+    What goes on is always exactly the log's committed prefix, in order, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp()
+        self.loop = asyncio.new_event_loop()
+        self.rig = Rig(os.path.join(self.dir, "db"), self.loop, max_frames=2)
+        self.keys: dict[int, bytes] = {}  # LSN -> key of the log as it stands
+        self.n = 0
+
+    def _write(self, ops: int) -> None:
+        if ops == 1:
+            self.n += 1
+            key = b"k%d" % self.n
+            self.keys[self.rig.engine.put(key, b"v")] = key
+            return
+        batch = []
+        for _ in range(ops):
+            self.n += 1
+            batch.append(("put", b"k%d" % self.n, b"v"))
+        last = self.rig.engine.write_batch(batch)
+        for i, (_, key, _) in enumerate(batch):
+            self.keys[last - ops + 1 + i] = key
+
+    @rule(ops=st.integers(1, 4))
+    def write(self, ops):
+        self._write(ops)
+
+    @rule(frac=st.floats(0, 1))
+    def commit(self, frac):
+        feed, last = self.rig.feed, self.rig.engine.last_lsn
+        self.rig.feed.set_limit(max(feed.limit, feed.limit + round((last - feed.limit) * frac)))
+        self.loop.run_until_complete(self.rig.settle())
+
+    @precondition(lambda self: self.rig.engine.last_lsn > self.rig.feed.limit)
+    @rule(frac=st.floats(0, 1))
+    def cut(self, frac):
+        """A replica's log cut above the commit point (a frame boundary), as
+        replication/cluster.py orders it."""
+        eng, limit = self.rig.engine, self.rig.feed.limit
+        ends = sorted({lsn for lsn in self.keys if lsn >= limit and self._frame_end(lsn)})
+        after = ends[round((len(ends) - 1) * frac)] if ends else limit
+        self.rig.reopen(truncate_after=after)
+        self.keys = {lsn: k for lsn, k in self.keys.items() if lsn <= after}
+        assert eng.last_lsn >= self.rig.engine.last_lsn == max(self.keys, default=0)
+
+    def _frame_end(self, lsn: int) -> bool:
+        return any(f_last == lsn for f_last in self._frame_lasts())
+
+    def _frame_lasts(self) -> list[int]:
+        return [record.frame_span(bytes(fr.raw))[1] for fr in self.rig.engine.read_log(1)]
+
+    @invariant()
+    def committed_prefix_in_order(self):
+        got = lsns(self.rig.got)
+        assert got == list(range(1, len(got) + 1)), got  # each LSN once, in order
+        assert self.rig.feed.released == len(got) <= self.rig.feed.limit
+        for f in self.rig.got:
+            for lsn, key, _ in record.decode_ops(*_ops(f)):
+                assert self.keys.get(lsn) == key, (lsn, key)  # never a write later cut
+
+    def teardown(self):
+        feed, last = self.rig.feed, self.rig.engine.last_lsn
+        feed.set_limit(max(feed.limit, last))
+        self.loop.run_until_complete(self.rig.settle())
+        assert lsns(self.rig.got) == list(range(1, last + 1))
+        self.rig.engine.close(False)
+        self.loop.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+TestFeedModel = FeedModel.TestCase
+TestFeedModel.settings = settings(max_examples=30, stateful_step_count=25, deadline=None,
+                                  suppress_health_check=list(HealthCheck))
