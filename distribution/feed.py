@@ -152,6 +152,7 @@ class CommittedFeed:
         to read back (up to the limit), if the limit reaches into it."""
         out: list[bytes] = []
         gap = None
+        last = 0
         with self._lock:
             held, limit = self._held, self.limit
             while held and held[0][0] <= limit:
@@ -160,9 +161,10 @@ class CommittedFeed:
                     break
                 if held[0][1] > limit:
                     break
-                out.append(self._pop()[2])
+                _, last, frame = self._pop()
+                out.append(frame)
         if out:
-            self._deliver(out)
+            self._deliver(out, last)
         return gap
 
     async def _run(self) -> None:
@@ -194,7 +196,7 @@ class CommittedFeed:
             else:
                 return False  # the limit is inside its first frame: wait for it to move
         if frames:
-            self._deliver(frames)
+            self._deliver(frames, reached)
         else:
             self.released = max(self.released, reached)
         return True
@@ -245,10 +247,11 @@ class CommittedFeed:
             self._lost(first, last, why)
         return [], last
 
-    def _deliver(self, frames: list[bytes]) -> None:
+    def _deliver(self, frames: list[bytes], last: int) -> None:
+        """Hand frames on to every sink; `last` is the last LSN they carry."""
         for sink in self.sinks:
             try:
                 sink(frames)
             except Exception:
                 log.exception("a committed-feed sink failed")
-        self.released = max(self.released, record.frame_span(frames[-1])[1])
+        self.released = max(self.released, last)

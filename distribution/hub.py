@@ -254,24 +254,24 @@ class Hub:
         """Take a consumer out of its group before it unsubscribes, handing it the
         events of the group's open batch (delayed tier) as its own: its last batch
         then goes out with it instead of staying behind with the group."""
-        g = self.grouped.pop(c, None)
-        if g is None:
-            return
-        if c in g.members:
-            g.members.remove(c)
-        if g.batch:
+        g = self._ungroup(c)
+        if g is not None and g.batch:
             for shared in g.events[len(g.events) - len(g.batch):]:
                 if shared.ev.lsn >= c.next_lsn:
                     c.emit(shared)
-        self._drop_if_empty(c, g)
 
     def unsubscribe(self, s) -> None:
         self.subs.discard(s)
-        g = self.grouped.pop(s, None)
+        self._ungroup(s)
+
+    def _ungroup(self, c):
+        """Take c out of its group (dropping the group if it empties); the group, if any."""
+        g = self.grouped.pop(c, None)
         if g is not None:
-            if s in g.members:
-                g.members.remove(s)
-            self._drop_if_empty(s, g)
+            if c in g.members:
+                g.members.remove(c)
+            self._drop_if_empty(c, g)
+        return g
 
     def cut_off_all(self, reason: str, engine=None) -> None:
         """Cut every subscriber off (shutdown), each at the first event it has not received.

@@ -111,9 +111,8 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
             io.write(c.take())
             if io.paused():
                 c.blocked = True
+            if c.blocked or c.batch:  # the loop below drains, or times the open batch
                 wake.set()
-            elif c.batch:
-                wake.set()  # a batch is open: the loop below times its window
         else:
             wake.set()
 
