@@ -24,9 +24,11 @@ log or installs a checkpoint) and `reopen(truncate_after=, install=)`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -46,6 +48,7 @@ from .state import FilePersistence
 log = logging.getLogger("strata.replication")
 
 MODES = ("async", "quorum", "sync")
+COMMIT_TIMES = 100_000
 
 
 @dataclass
@@ -118,6 +121,15 @@ class Cluster:
         # Told the highest LSN subscribers may see (distribution/feed.py): the commit
         # point, or ALL on a master in async mode, which acknowledges at local durability.
         self.on_publish_limit: Callable[[int], None] | None = None
+        # Master: when its frames became durable here, (last LSN of a commit group, time),
+        # so a peer's lag is the age of the oldest frame it has not acknowledged. At most
+        # one entry per millisecond and COMMIT_TIMES entries (a peer further behind shows
+        # at least the age of the oldest entry kept).
+        self._commit_times: deque[tuple[int, float]] = deque(maxlen=COMMIT_TIMES)
+        # Replica: when it last took an Append from a master of its term, and since when
+        # its log has been behind the commit point that master sent (None: not behind).
+        self.heard_at: float | None = None
+        self.behind_since: float | None = None
         self.stats = {"elections_won": 0, "step_downs": 0, "resyncs": 0, "truncations": 0,
                       "frames_applied": 0}
 
@@ -231,6 +243,10 @@ class Cluster:
         log.warning("node %s is master of term %d", self.node_id, term)
         self.term_start = 0
         self._stop_links()
+        # Frames this node had before it won are as old as its term, for lag purposes.
+        eng = self.engine()
+        self._commit_times.clear()
+        self._commit_times.append((eng.last_lsn if eng is not None else 0, time.monotonic()))
         self.links = {p: PeerLink(self, p, addr, term) for p, addr in self.conf.peers.items()}
         for link in self.links.values():
             link.task = self._spawn(link.run())
@@ -293,6 +309,12 @@ class Cluster:
             first, last = record.frame_span(f)
             spans.append((first, last, f))
             size += len(f)
+        now = time.monotonic()
+        times = self._commit_times
+        if times and now - times[-1][1] < 0.001:
+            times[-1] = (last, times[-1][1])  # the same millisecond: widen the last entry
+        else:
+            times.append((last, now))
         for link in self.links.values():
             link.offer(spans, size)
         self.advance_commit()
@@ -311,6 +333,15 @@ class Cluster:
                 eng.set_commit_lsn(c)
             self._publish_limit()
         self._release_waiters()
+
+    def frame_age(self, acked: int, now: float) -> float:
+        """Seconds since the oldest frame past `acked` became durable on this master
+        (0.0 when there is none)."""
+        times = self._commit_times
+        if not times or times[-1][0] <= acked:
+            return 0.0
+        i = bisect.bisect_right(times, acked, key=lambda e: e[0])
+        return now - times[i][1]
 
     def _released(self, lsn: int, now: float) -> bool:
         if lsn > self.commit_lsn:
@@ -453,6 +484,12 @@ class Cluster:
                 self.commit_lsn = a.commit_lsn
                 self._publish_limit()
             eng.set_commit_lsn(self.commit_lsn)
+            now = time.monotonic()
+            self.heard_at = now
+            if eng.last_lsn >= self.commit_lsn:
+                self.behind_since = None
+            elif self.behind_since is None:
+                self.behind_since = now
             yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
                                             durable_lsn=eng.last_lsn, sent=a.sent))
 
@@ -492,6 +529,21 @@ class Cluster:
 
     # -- status ---------------------------------------------------------------------
 
+    def replica_health(self, max_lag_s: float) -> str:
+        """Why this node should not be read from as a replica ("" if it may): the named
+        health service `strata.v1.Replica` answers NOT_SERVING while this is not empty.
+        A master is fine while it holds its lease; a replica must follow a master (an
+        Append within an election timeout) and not be behind the commit point that
+        master sent for longer than `max_lag_s`."""
+        now = time.monotonic()
+        if self.node.role == MASTER:
+            return "" if self.node.has_lease(now) else "master without its lease"
+        if self.heard_at is None or now - self.heard_at >= self.election_timeout:
+            return "follows no master"
+        if self.behind_since is not None and now - self.behind_since > max_lag_s:
+            return f"behind the commit point for {now - self.behind_since:.1f}s"
+        return ""
+
     def status(self) -> dict:
         now = time.monotonic()
         node = self.node
@@ -502,11 +554,19 @@ class Cluster:
         for pid, addr in self.conf.peers.items():
             ln = self.links.get(pid)
             if ln is None:
-                peers.append(dict(node=pid, address=addr, state="unknown", acked_lsn=0,
-                                  lag_lsns=0, lag_ms=0.0, last_heartbeat_ago_s=-1.0))
+                # A replica knows its master by the Appends it takes, and nothing of
+                # the other replicas.
+                heard = self.heard_at if pid == m else None
+                age = now - heard if heard is not None else -1.0
+                state = ("unknown" if heard is None else "failed"
+                         if age >= self.election_timeout else
+                         "healthy" if age < 3 * self.heartbeat_interval else "degraded")
+                peers.append(dict(node=pid, address=addr, state=state, acked_lsn=0,
+                                  lag_lsns=0, lag_ms=0.0, last_heartbeat_ago_s=age))
                 continue
-            peers.append(dict(node=pid, address=addr, state=ln.state(now), acked_lsn=ln.match,
-                              lag_lsns=max(0, last - ln.match), lag_ms=ln.lag_ms(now),
+            peers.append(dict(node=pid, address=addr, state=ln.state(now, last),
+                              acked_lsn=ln.match, lag_lsns=max(0, last - ln.match),
+                              lag_ms=ln.lag_s(now) * 1000,
                               last_heartbeat_ago_s=(now - ln.last_answer
                                                     if ln.last_answer is not None else -1.0)))
         return dict(role=node.role, term=node.term,

@@ -54,8 +54,34 @@ def read_wal(engine, start: int, upto: int, max_bytes: int) -> tuple[bytes, int]
     return b"".join(out), nxt
 
 
+class _Session:
+    """What one Follow stream owns. Made afresh for every stream, so nothing a broken
+    stream left behind (appends never acknowledged, a full window, queued frames, a
+    heartbeat flag) can hold the next one back."""
+
+    def __init__(self, next_lsn: int) -> None:
+        self.next_lsn = next_lsn  # the next LSN to send
+        self.queue: deque = deque()  # (first LSN, last LSN, frame bytes) from the listener
+        self.queued = 0  # bytes in `queue`
+        # The frames at next_lsn must come from the WAL: catching up at the start of a
+        # session, after the queue overflowed, or when it starts past next_lsn. Otherwise
+        # they are on their way from the commit listener: wait for them, no file reads.
+        self.from_wal = True
+        self.inflight = 0  # appends sent and not acknowledged (at most WINDOW)
+        self.heartbeat_due = False
+        self.wake = asyncio.Event()  # frames queued or a heartbeat due
+        self.acked = asyncio.Event()  # an acknowledgement made room in the window
+
+
 class PeerLink:
-    """Replication to one peer while this node is master of `term`."""
+    """Replication to one peer while this node is master of `term`.
+
+    Per stream (`_Session`): the send position, the listener's queue, the window.
+    Across streams, for status: `match` (the peer's durable LSN acknowledged in this
+    term; a new stream restarts it from the peer's hello), `last_answer` and
+    `progress_at`, which only acknowledgements move, so a peer that reconnects over
+    and over without acknowledging anything shows as failed or stalled, not healthy.
+    """
 
     def __init__(self, cluster, peer: str, address: str, term: int) -> None:
         self.cluster = cluster
@@ -63,63 +89,72 @@ class PeerLink:
         self.address = address
         self.term = term
         self.match = 0  # the replica's durable LSN, acknowledged in this term
-        self.next_lsn = 0  # the next LSN to send (0: not streaming)
-        self.last_answer: float | None = None  # monotonic time of the last ack
-        self.connected = False
+        self.last_answer: float | None = None  # monotonic time of the last acknowledgement
+        self.progress_at: float | None = None  # monotonic time `match` last moved
+        self.sessions = 0  # Follow streams begun in this term
         self.resyncs = 0
         self.truncations = 0
-        self._queue: deque = deque()  # (first LSN, last LSN, frame bytes) from the listener
-        self._queued = 0
-        # The frames at next_lsn must come from the WAL: catching up at the start of a
-        # session, after the queue overflowed, or when it starts past next_lsn. Otherwise
-        # they are on their way from the commit listener: wait for them, no file reads.
-        self._from_wal = True
-        self._inflight = 0
-        self._wake = asyncio.Event()
-        self._acked = asyncio.Event()
-        self._heartbeat_due = False
-        self._sent: deque = deque()  # (last LSN, send time) of unacknowledged appends
+        self._session: _Session | None = None
         self.task: asyncio.Task | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    @property
+    def next_lsn(self) -> int:
+        """The next LSN to send (0: no stream)."""
+        return self._session.next_lsn if self._session is not None else 0
 
     # -- fed by the cluster ---------------------------------------------------------
 
     def offer(self, frames: list[tuple[int, int, bytes]], size: int) -> None:
-        if not self.next_lsn:
+        s = self._session
+        if s is None:
             return
-        if self._queued + size > MAX_QUEUE:
-            self._queue.clear()  # too far behind: the sender reads the WAL instead
-            self._queued = 0
-            self._from_wal = True
+        if s.queued + size > MAX_QUEUE:
+            s.queue.clear()  # too far behind: the sender reads the WAL instead
+            s.queued = 0
+            s.from_wal = True
         else:
-            self._queue.extend(frames)
-            self._queued += size
-        self._wake.set()
+            s.queue.extend(frames)
+            s.queued += size
+        s.wake.set()
 
     def heartbeat(self) -> None:
-        self._heartbeat_due = True
-        self._wake.set()
+        s = self._session
+        if s is not None:
+            s.heartbeat_due = True
+            s.wake.set()
 
-    def state(self, now: float) -> str:
+    def state(self, now: float, last_lsn: int | None = None) -> str:
+        """failed: no acknowledgement for an election timeout (or none yet in this
+        term); stalled: it answers, but its acknowledged LSN has not moved for an
+        election timeout while this master has newer frames; else healthy, or
+        degraded when its last answer is older than three heartbeats."""
         c = self.cluster
-        if not self.connected or self.last_answer is None:
+        if self.last_answer is None or now - self.last_answer >= c.election_timeout:
             return "failed"
-        age = now - self.last_answer
-        if age < 3 * c.heartbeat_interval:
-            return "healthy"
-        return "degraded" if age < c.election_timeout else "failed"
+        if last_lsn is not None and self.match < last_lsn and \
+                now - (self.progress_at or 0.0) >= c.election_timeout and \
+                self.lag_s(now) >= c.election_timeout:
+            return "stalled"
+        return "healthy" if now - self.last_answer < 3 * c.heartbeat_interval else "degraded"
 
-    def lag_ms(self, now: float) -> float:
-        while self._sent and self._sent[0][0] <= self.match:
-            self._sent.popleft()
-        return (now - self._sent[0][1]) * 1000 if self._sent else 0.0
+    def lag_s(self, now: float) -> float:
+        """Age of the oldest frame this master has and the peer has not acknowledged."""
+        return self.cluster.frame_age(self.match, now)
 
     # -- the stream -----------------------------------------------------------------
 
     async def run(self) -> None:
         attempt = 0
+        # Reconnects back off with full jitter up to `cap`: a dead peer costs a timer a
+        # fraction of a second, and one that comes back is found within that.
+        cap = max(0.2, min(1.0, self.cluster.election_timeout / 2))
         while True:
             try:
-                again = await self._session()
+                again = await self._session_run()
                 attempt = 0 if again else attempt + 1
             except asyncio.CancelledError:
                 raise
@@ -133,15 +168,11 @@ class PeerLink:
                 attempt += 1
                 log.exception("replication to %s failed", self.peer)
             finally:
-                self.connected = False
-                self.next_lsn = 0
-                self._queue.clear()
-                self._queued = 0
-                self._from_wal = True
+                self._session = None
             if attempt:
-                await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** min(attempt, 10))))
+                await asyncio.sleep(random.uniform(0, min(cap, 0.05 * 2 ** min(attempt, 10))))
 
-    async def _session(self) -> bool:
+    async def _session_run(self) -> bool:
         """One Follow stream; returns True when it ended for a reason that warrants an
         immediate reconnect (the replica cut its log or fetched a checkpoint)."""
         c = self.cluster
@@ -182,15 +213,18 @@ class PeerLink:
                 except TimeoutError:
                     pass
                 return True
-            self.connected = True
-            self.match = hello.last_lsn
-            self.next_lsn = plan.from_lsn
-            self.last_answer = time.monotonic()
+            s = self._session = _Session(plan.from_lsn)
+            self.sessions += 1
+            # The replica's durable LSN as it says now: what a power cut or a cut tail
+            # left of what it acknowledged before, never more.
+            if hello.last_lsn != self.match:
+                self.match = hello.last_lsn
+                self.progress_at = time.monotonic()
             log.info("replica %s follows from LSN %d (term %d)", self.peer, plan.from_lsn,
                      self.term)
             c.advance_commit()
-            sender = asyncio.ensure_future(self._send(call, engine))
-            receiver = asyncio.ensure_future(self._receive(call))
+            sender = asyncio.ensure_future(self._send(call, engine, s))
+            receiver = asyncio.ensure_future(self._receive(call, s))
             try:
                 done, _ = await asyncio.wait({sender, receiver},
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -203,63 +237,62 @@ class PeerLink:
         finally:
             call.cancel()
 
-    def _take_queued(self) -> tuple[bytes, int]:
-        q = self._queue
-        while q and q[0][1] < self.next_lsn:
-            self._queued -= len(q.popleft()[2])
-        if not q or q[0][0] != self.next_lsn:
-            return b"", self.next_lsn
+    def _take_queued(self, s: _Session) -> tuple[bytes, int]:
+        q = s.queue
+        while q and q[0][1] < s.next_lsn:
+            s.queued -= len(q.popleft()[2])
+        if not q or q[0][0] != s.next_lsn:
+            return b"", s.next_lsn
         out: list[bytes] = []
         size = 0
-        nxt = self.next_lsn
+        nxt = s.next_lsn
         while q and q[0][0] == nxt and size < MAX_APPEND:
             first, last, raw = q.popleft()
-            self._queued -= len(raw)
+            s.queued -= len(raw)
             out.append(raw)
             size += len(raw)
             nxt = last + 1
         return b"".join(out), nxt
 
-    async def _send(self, call, engine) -> None:
+    async def _send(self, call, engine, s: _Session) -> None:
         c = self.cluster
         loop = asyncio.get_running_loop()
         while True:
-            self._wake.clear()
-            data, nxt = self._take_queued()
-            q = self._queue
-            if q and q[0][0] > self.next_lsn:
-                self._from_wal = True  # a gap before what the listener queued
-            if not data and self._from_wal and engine.last_lsn >= self.next_lsn:
+            s.wake.clear()
+            data, nxt = self._take_queued(s)
+            q = s.queue
+            if q and q[0][0] > s.next_lsn:
+                s.from_wal = True  # a gap before what the listener queued
+            if not data and s.from_wal and engine.last_lsn >= s.next_lsn:
                 try:
                     data, nxt = await loop.run_in_executor(
-                        None, read_wal, engine, self.next_lsn, engine.last_lsn, MAX_APPEND)
+                        None, read_wal, engine, s.next_lsn, engine.last_lsn, MAX_APPEND)
                 except Compacted:
                     log.warning("replica %s needs LSN %d, no longer retained: it resyncs",
-                                self.peer, self.next_lsn)
+                                self.peer, s.next_lsn)
                     return  # the next handshake finds it behind the log
                 if (q and q[0][0] <= nxt) or nxt > engine.last_lsn:
-                    self._from_wal = False  # caught up with the listener's queue
-            if not data and not self._heartbeat_due:
-                await self._wake.wait()
+                    s.from_wal = False  # caught up with the listener's queue
+            if not data and not s.heartbeat_due:
+                await s.wake.wait()
                 continue
-            while self._inflight >= WINDOW:
-                self._acked.clear()
-                await self._acked.wait()
+            while s.inflight >= WINDOW:
+                s.acked.clear()
+                await s.acked.wait()
             sent = time.monotonic()
-            self._heartbeat_due = False
-            self._inflight += 1
+            s.heartbeat_due = False
+            s.inflight += 1
             if data:
-                self._sent.append((nxt - 1, sent))
-                self.next_lsn = nxt
+                s.next_lsn = nxt
             await call.write(pb.ToReplica(append=pb.Append(
                 term=self.term, master=c.node_id, address=c.address, sent=sent,
                 commit_lsn=c.commit_lsn, frames=data)))
 
-    async def _receive(self, call) -> None:
+    async def _receive(self, call, s: _Session) -> None:
         c = self.cluster
         # Heartbeats are answered every interval: silence for this long means a stream
-        # stuck on a connection that drops packets (a partition), which TCP alone would
-        # take minutes to give up on. Reconnect instead.
+        # stuck on a connection that drops packets (a partition) or a peer that is
+        # paused, which TCP alone would take minutes to give up on. Reconnect instead.
         silence = max(1.0, 2 * c.election_timeout)
         while True:
             try:
@@ -271,15 +304,17 @@ class PeerLink:
             if msg is grpc.aio.EOF:
                 return
             ack = msg.ack
-            self._inflight = max(0, self._inflight - 1)
-            self._acked.set()
+            s.inflight = max(0, s.inflight - 1)
+            s.acked.set()
             if ack.error:
                 log.warning("replica %s could not apply frames: %s", self.peer, ack.error)
                 return
             c.receive(HeartbeatAck(ack.term, self.peer, ack.ok, ack.sent))
             if not ack.ok:
                 return
-            self.last_answer = time.monotonic()
+            now = time.monotonic()
+            self.last_answer = now
             if ack.durable_lsn > self.match:
                 self.match = ack.durable_lsn
+                self.progress_at = now
                 c.advance_commit()

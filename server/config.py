@@ -101,6 +101,10 @@ class Config:
     election_timeout_ms: int = _opt(1000, "a replica that hears no master for this long (plus a "
                                           "random part up to as much again) starts an election; "
                                           "the master's lease is 0.8 of it (ms)")
+    max_replica_lag_ms: int = _opt(5000, "the gRPC health service `strata.v1.Replica` answers "
+                                         "NOT_SERVING on a replica behind the commit point for "
+                                         "longer than this, or following no master (ms)",
+                                   reload=True)
     engine: dict = field(default_factory=dict, metadata={
         "help": "[engine] table: further engine options by name (storage/options.py), "
                 "e.g. l0_compaction_trigger, target_file_size, wal_segment_size",

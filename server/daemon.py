@@ -45,6 +45,9 @@ from .service import AdminService, EventsService, Gate, KVService, tolerant_hand
 log = logging.getLogger("strata.daemon")
 
 SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
+# Health of this node as a replica to read from (Cluster.replica_health); not a service
+# of the proto, only a name the health service answers for.
+REPLICA_HEALTH = "strata.v1.Replica"
 
 
 class Daemon:
@@ -71,6 +74,8 @@ class Daemon:
     async def _set_health(self, status) -> None:
         for name in ["", *SERVICES]:
             await self.health.set(name, status)
+        if self.cluster is not None and status != health_pb2.HealthCheckResponse.SERVING:
+            await self.health.set(REPLICA_HEALTH, status)
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -227,12 +232,24 @@ class Daemon:
         """Health follows the engine: NOT_SERVING while writes are stopped (a full disk,
         a failed fsync), SERVING again when they resume. Reads keep being answered."""
         serving = True
+        replica_ok: bool | None = None
         while not self.gate.draining:
+            if self.cluster is not None and serving:
+                why = self.cluster.replica_health(self.cfg.max_replica_lag_ms / 1000)
+                if (not why) != replica_ok:
+                    replica_ok = not why
+                    status = health_pb2.HealthCheckResponse
+                    await self.health.set(REPLICA_HEALTH,
+                                          status.SERVING if replica_ok else status.NOT_SERVING)
+                    log.log(logging.INFO if replica_ok else logging.WARNING,
+                            "replica health %s%s", "SERVING" if replica_ok else "NOT_SERVING",
+                            f": {why}" if why else "")
             err = self.engine.write_error if self.engine is not None else None
             if (err is None) != serving:
                 serving = err is None
                 status = health_pb2.HealthCheckResponse
                 await self._set_health(status.SERVING if serving else status.NOT_SERVING)
+                replica_ok = None  # _set_health set it too: decide it again
                 if serving:
                     log.warning("writes resumed: health SERVING")
                     sdnotify.notify("STATUS=serving")

@@ -189,7 +189,7 @@ class _ClusterCollector:
         for p in st["peers"]:
             lag.add_metric([p["node"]], p["lag_lsns"])
             lag_ms.add_metric([p["node"]], p["lag_ms"] / 1000)
-            for s in ("healthy", "degraded", "failed", "unknown"):
+            for s in ("healthy", "degraded", "stalled", "failed", "unknown"):
                 state.add_metric([p["node"], s], 1 if p["state"] == s else 0)
         yield lag
         yield lag_ms

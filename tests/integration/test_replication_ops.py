@@ -1,0 +1,215 @@
+"""Three daemons run the way operators run them: a replica restarted with SIGTERM, paused
+with SIGSTOP, cut off by the network for a few seconds, and a rolling restart of every
+node. Writes go on throughout (a recorded history, checked for linearizability); a
+replica that comes back must reach the master's LSN within 2 s, every acknowledged write
+must be in the final log, and status and health must tell the truth meanwhile."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from . import netns
+from .conftest import Daemon
+from .test_replication import FAST, Cluster
+from .test_replication_jepsen import Recorder, committed_events
+
+CATCH_UP_S = 2.0
+
+
+def replica_health(addr: str) -> int | None:
+    try:
+        with grpc.insecure_channel(addr) as ch:
+            return health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service="strata.v1.Replica"), timeout=1).status
+    except grpc.RpcError:
+        return None
+
+
+def wait_replica_health(addr: str, want: int, timeout: float = 5.0) -> int | None:
+    deadline = time.monotonic() + timeout
+    while (got := replica_health(addr)) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
+
+
+def caught_up_in(c: Cluster, master: str, replica: str, limit: float = 10.0) -> float:
+    """Seconds until `replica` has durably every LSN the master had when this was called."""
+    t0 = time.monotonic()
+    target = c.status(master).last_lsn
+    while time.monotonic() - t0 < limit:
+        try:
+            if c.status(replica).durable_lsn >= target:
+                return time.monotonic() - t0
+        except grpc.RpcError:
+            pass
+        time.sleep(0.02)
+    return math.inf
+
+
+def peer(c: Cluster, at: str, node: str):
+    return next(p for p in c.status(at).peers if p.node == node)
+
+
+def check_outcome(c: Cluster, rec: Recorder) -> None:
+    """The history is linearizable and every acknowledged put is in the master's log."""
+    rec.verify(min_done=100)
+    final = c.master()
+    c.stop()
+    log = {kv for kv in committed_events(c.nodes[final].data_dir).values()}
+    acked = [(op.key, op.value) for op in rec.history
+             if op.kind == "put" and op.ret != math.inf]
+    missing = [kv for kv in acked if kv not in log]
+    assert not missing, f"{len(missing)} acknowledged puts missing, e.g. {missing[:3]}"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def test_a_replica_restarted_with_sigterm_is_resumed(cluster):
+    c = cluster.start()
+    rec = Recorder([d.grpc for d in c.nodes.values()])
+    rec.start()
+    try:
+        time.sleep(1.0)
+        m = c.master()
+        r, other = (i for i in c.nodes if i != m)
+        for _ in range(2):  # the second time, the link it stalled before must work too
+            assert c.nodes[r].terminate() == 0
+            time.sleep(1.0)
+            c.nodes[r].start()
+            took = caught_up_in(c, m, r)
+            assert took <= CATCH_UP_S, f"replica {r} caught up after {took:.2f}s:\n" \
+                                       f"{c.nodes[m].logs()[-3000:]}"
+        # It acknowledges again: with the other replica gone, writes go on.
+        c.nodes[other].kill()
+        time.sleep(1.0)
+        assert peer(c, m, r).state == "healthy"
+        assert c.status(m).lease
+    finally:
+        rec.finish()
+    check_outcome(c, rec)
+
+
+def test_a_paused_replica_is_resumed_and_status_shows_it_meanwhile(cluster):
+    c = cluster.start()
+    rec = Recorder([d.grpc for d in c.nodes.values()])
+    rec.start()
+    try:
+        time.sleep(1.0)
+        m = c.master()
+        r, other = (i for i in c.nodes if i != m)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert wait_replica_health(c.nodes[r].grpc, serving) == serving
+        for _ in range(2):
+            c.nodes[r].proc.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(3.0)
+                p = peer(c, m, r)
+                assert p.state == "failed", p
+                assert p.last_heartbeat_ago_s >= 2.0, p
+                assert p.lag_ms >= 1000, p  # writes went on: its oldest unacked frame is old
+            finally:
+                c.nodes[r].proc.send_signal(signal.SIGCONT)
+            took = caught_up_in(c, m, r)
+            assert took <= CATCH_UP_S, f"replica {r} caught up after {took:.2f}s:\n" \
+                                       f"{c.nodes[m].logs()[-3000:]}"
+        time.sleep(0.5)
+        p = peer(c, m, r)
+        assert p.state == "healthy" and p.last_heartbeat_ago_s < 0.5 and p.lag_ms < 500, p
+        rs = c.status(r)
+        assert rs.commit_lsn > 0 and rs.commit_lsn >= rs.durable_lsn - 1000, rs
+        assert wait_replica_health(c.nodes[r].grpc, serving) == serving
+        c.nodes[other].kill()
+        time.sleep(1.0)
+        assert c.status(m).lease, "the resumed replica does not count towards the quorum"
+    finally:
+        rec.finish()
+    check_outcome(c, rec)
+
+
+def test_replica_health_says_not_serving_without_a_master(cluster):
+    c = cluster.start()
+    m = c.master()
+    r, other = (i for i in c.nodes if i != m)
+    serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                            health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert wait_replica_health(c.nodes[r].grpc, serving) == serving
+    assert wait_replica_health(c.nodes[m].grpc, serving) == serving
+    c.nodes[m].kill()
+    c.nodes[other].kill()
+    assert wait_replica_health(c.nodes[r].grpc, not_serving) == not_serving
+    # The process itself works: the overall service stays SERVING.
+    with grpc.insecure_channel(c.nodes[r].grpc) as ch:
+        st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+    assert st.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_rolling_restart_with_sigterm(cluster):
+    c = cluster.start()
+    rec = Recorder([d.grpc for d in c.nodes.values()])
+    rec.start()
+    try:
+        time.sleep(1.0)
+        for i in list(c.nodes):
+            assert c.nodes[i].terminate() == 0
+            m = c.master(among=[j for j in c.nodes if j != i])
+            c.nodes[i].start()
+            took = caught_up_in(c, m, i)
+            assert took <= CATCH_UP_S, f"node {i} caught up after {took:.2f}s"
+            time.sleep(0.5)
+    finally:
+        rec.finish()
+    check_outcome(c, rec)
+
+
+@pytest.fixture
+def network():
+    why = netns.unavailable()
+    if why:
+        pytest.skip(f"partition tests need network namespaces: {why}")
+    net = netns.Network(["a", "b", "c"])
+    yield net
+    net.close()
+
+
+def test_a_replica_cut_off_for_3s_is_resumed(tmp_path, network):
+    nodes = {i: Daemon(str(tmp_path / f"node-{i}"), dict(FAST), netns=network.ns[i],
+                       host=network.ip[i]) for i in ("a", "b", "c")}
+    c = Cluster(tmp_path, nodes=nodes, args=("--ws-listen", "", "--metrics-listen", ""))
+    c.start()
+    try:
+        rec = Recorder([d.grpc for d in c.nodes.values()])
+        rec.start()
+        try:
+            time.sleep(1.0)
+            m = c.master()
+            r, other = (i for i in c.nodes if i != m)
+            for _ in range(2):
+                network.cut(r, [m, other])
+                try:
+                    time.sleep(3.0)
+                    assert peer(c, m, r).state == "failed"
+                finally:
+                    network.heal(r)
+                took = caught_up_in(c, m, r)
+                assert took <= CATCH_UP_S, f"replica {r} caught up after {took:.2f}s:\n" \
+                                           f"{c.nodes[m].logs()[-3000:]}"
+            assert c.master() == m, "a replica cut off for 3 s deposed the master"
+            c.nodes[other].kill()
+            time.sleep(1.0)
+            assert c.status(m).lease
+        finally:
+            rec.finish()
+        check_outcome(c, rec)
+    finally:
+        c.stop()
