@@ -40,7 +40,7 @@ from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
 from . import checkpoints
-from .election import MASTER, Heartbeat, HeartbeatAck, Node, RequestVote, Vote
+from .election import MASTER, Heartbeat, HeartbeatAck, Node, RequestVote, TimeoutNow, Vote
 from .errors import NoMaster, NotMaster
 from .link import PeerLink
 from .state import FilePersistence
@@ -117,6 +117,7 @@ class Cluster:
         self._apply_lock = asyncio.Lock()
         self._resetting = False  # the engine is being reopened (a cut or an install)
         self._resyncing = False  # a checkpoint is being fetched (one at a time)
+        self._handing_to: str | None = None  # master: the replica a hand-over goes to
         self.served = checkpoints.Served(data_dir)
         # Told the highest LSN subscribers may see (distribution/feed.py): the commit
         # point, or ALL on a master in async mode, which acknowledges at local durability.
@@ -215,17 +216,100 @@ class Cluster:
                 link = self.links.get(peer)
                 if link is not None:
                     link.heartbeat()
+            elif isinstance(msg, TimeoutNow):
+                self._spawn(self._send_timeout_now(peer, msg))
             # Vote and HeartbeatAck are answers: they travel in RPC replies (below).
 
     async def _ask_vote(self, peer: str, msg: RequestVote) -> None:
         try:
             reply = await self.stub(peer).RequestVote(
                 pb.VoteRequest(term=msg.term, candidate=msg.candidate, last_term=msg.last_term,
-                               last_lsn=msg.last_lsn, pre_vote=msg.pre),
+                               last_lsn=msg.last_lsn, pre_vote=msg.pre, transfer=msg.transfer),
                 metadata=self.metadata, timeout=self.election_timeout / 2)
         except grpc.RpcError:
             return
         self.receive(Vote(reply.term, reply.voter, reply.granted, reply.pre_vote))
+
+    async def _send_timeout_now(self, peer: str, msg: TimeoutNow) -> None:
+        try:
+            await self.stub(peer).TimeoutNow(
+                pb.TimeoutNowRequest(term=msg.term, master=msg.master),
+                metadata=self.metadata, timeout=self.election_timeout / 2)
+        except grpc.RpcError as e:
+            # Nobody serves now; the replicas elect a master the usual way.
+            log.warning("telling %s to start an election failed: %s", peer, e.code().name)
+
+    async def transfer_leadership(self, to: str = "", timeout: float | None = None) -> str:
+        """Hand the master's role over (Raft thesis, section 3.10) and return the node
+        that won. This master stops serving (writes and reads are redirected to the
+        chosen replica), waits until that replica has every write durable and every
+        waiting write is committed, then steps down and tells it to start an election
+        at once. Raises NotMaster/NoMaster on a node that is not master, InvalidArgument
+        for an unknown node, and NoMaster when the replica did not catch up within
+        `timeout` (this master then serves again) or no master was seen in time."""
+        node = self.node
+        if node.role != MASTER:
+            raise self._not_serving()
+        if not self.term_start:
+            raise NoMaster(f"node {self.node_id} is starting its term; retry")
+        if to and to not in self.links:
+            raise InvalidArgument(f"{to!r} is not a peer of {self.node_id} "
+                                  f"(peers: {', '.join(self.links)})")
+        timeout = timeout if timeout is not None else 4 * self.election_timeout
+        now = time.monotonic()
+        eng = self.engine()
+        last = eng.last_lsn if eng is not None else 0
+        live = [ln for ln in self.links.values() if ln.state(now, last) in ("healthy", "degraded")]
+        if not to and not live:
+            raise NoMaster(f"no replica of {self.node_id} answers: none to hand over to")
+        target = to or max(live, key=lambda ln: ln.match).peer
+        link = self.links[target]
+        term = node.term
+        t0 = now
+        deadline = now + timeout
+        log.warning("handing the master's role of term %d over to %s (acknowledged LSN %d "
+                    "of %d)", term, target, link.match, last)
+        self._handing_to = target
+        node.pause_for_transfer(now, deadline)
+        try:
+            # The log stops growing (writes are refused); what is queued drains.
+            while True:
+                now = time.monotonic()
+                if node.role != MASTER or node.term != term or not node.transferring(now):
+                    raise NoMaster(f"the hand-over to {target} was overtaken (term "
+                                   f"{node.term}, role {node.role})")
+                eng = self.engine()
+                last = eng.last_lsn if eng is not None else 0
+                if link.match >= last and self.commit_lsn >= last and not self._waiters:
+                    break
+                if now >= deadline:
+                    node.resume()
+                    raise NoMaster(f"{target} did not catch up within {timeout:.1f}s "
+                                   f"(acknowledged LSN {link.match} of {last}): "
+                                   f"{self.node_id} stays master")
+                await asyncio.sleep(0.002)
+            self._dispatch(node.timeout_now(target, time.monotonic()))
+            while time.monotonic() < deadline:
+                m = node.master
+                if m and m != self.node_id and node.term > term:
+                    log.warning("%s is master of term %d after %.3fs", m, node.term,
+                                time.monotonic() - t0)
+                    return m
+                await asyncio.sleep(0.002)
+            raise NoMaster(f"no master was elected within {timeout:.1f}s after handing over "
+                           f"to {target}; the replicas elect one the usual way")
+        finally:
+            self._handing_to = None
+
+    def timeout_now(self, req) -> pb.TimeoutNowReply:
+        """The replica's side: the master asks it to start an election at once."""
+        before = self.node.term
+        self.receive(TimeoutNow(req.term, req.master))
+        started = self.node.term > before and self.node.voted_for == self.node_id
+        if started:
+            log.warning("master %s handed over: election for term %d", req.master,
+                        self.node.term)
+        return pb.TimeoutNowReply(term=self.node.term, started=started)
 
     async def _tick_loop(self) -> None:
         period = self.heartbeat_interval / 4
@@ -386,6 +470,11 @@ class Cluster:
 
     def _not_serving(self) -> Exception:
         node = self.node
+        target = self._handing_to
+        if target and (node.role == MASTER or not node.master) \
+                and target in self.master_address:
+            # Sent on to the replica taking over: it is master within a few round trips.
+            return NotMaster(target, self.master_address[target])
         if node.role == MASTER:
             if not self.term_start:
                 return NoMaster(f"node {self.node_id} was just elected (term {node.term}) and is "
@@ -523,7 +612,7 @@ class Cluster:
 
     def vote(self, req) -> pb.VoteReply:
         out = self.node.receive(RequestVote(req.term, req.candidate, req.last_term, req.last_lsn,
-                                            req.pre_vote), time.monotonic())
+                                            req.pre_vote, req.transfer), time.monotonic())
         v = out[0][1]
         return pb.VoteReply(term=v.term, voter=v.voter, granted=v.granted, pre_vote=v.pre)
 
@@ -599,6 +688,10 @@ class ReplicationService(pbg.ReplicationServicer):
     async def RequestVote(self, request, context):
         await self._auth(context)
         return self.cluster.vote(request)
+
+    async def TimeoutNow(self, request, context):
+        await self._auth(context)
+        return self.cluster.timeout_now(request)
 
     async def FetchCheckpoint(self, request, context):
         await self._auth(context)

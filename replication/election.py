@@ -22,6 +22,14 @@ Rules kept here:
   holding its lease does too. Every node that acked a heartbeat thus refuses to help
   elect anyone until the lease that heartbeat extended has run out.
 - A node starts as a replica, whatever it was before a restart.
+- Leadership transfer (Raft thesis, section 3.10): a master that hands over first stops
+  serving (`pause_for_transfer`: no lease, so no writes or reads) until the chosen replica
+  has every write; then `timeout_now` steps it down and tells that replica to start an
+  election at once (`TimeoutNow`, no pre-vote). Its vote requests carry `transfer`, and
+  voters grant them within an election timeout of hearing from the master: that master
+  gave up its lease before asking, and never serves again in its term, so no two
+  leases overlap. A pause that ends before `timeout_now` (the replica did not catch up)
+  resumes the master: nobody was told to run, so its lease was never at risk.
 - Pre-vote (Raft thesis, section 9.6): a node whose election timeout passes first asks
   whether a majority would vote for it, without raising its term; only then does it
   start an election. A node that was cut off and comes back therefore cannot force a
@@ -45,6 +53,7 @@ class RequestVote:
     last_term: int  # term of the candidate's last log entry
     last_lsn: int
     pre: bool = False  # a pre-vote: "would you vote for me in `term`?" (nothing changes)
+    transfer: bool = False  # an election the master of term - 1 asked for (TimeoutNow)
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,13 @@ class HeartbeatAck:
     sent: float  # the heartbeat's `sent`
 
 
-Message = RequestVote | Vote | Heartbeat | HeartbeatAck
+@dataclass(frozen=True)
+class TimeoutNow:
+    term: int  # the master's term
+    master: str
+
+
+Message = RequestVote | Vote | Heartbeat | HeartbeatAck | TimeoutNow
 
 
 class Persistence(Protocol):
@@ -133,6 +148,7 @@ class Node:
         self._deadline = now + self._timeout()
         self._next_heartbeat = 0.0
         self._acked: dict[str, float] = {}  # peer -> `sent` of the newest acked heartbeat
+        self._paused_until: float | None = None  # a master handing over serves nothing
         # When a master was last heard from; a start counts as hearing one (a restarted
         # node cannot know whose lease it may have acked before it went down).
         self._heard_at = now
@@ -145,15 +161,44 @@ class Node:
 
     def has_lease(self, now: float) -> bool:
         """Whether this node may acknowledge writes and serve reads as master now."""
-        if self.role != MASTER:
+        if self.role != MASTER or self.transferring(now):
             return False
         fresh = 1 + sum(1 for sent in self._acked.values() if now - sent < self.lease)
         return fresh >= self.quorum
 
+    def transferring(self, now: float) -> bool:
+        """Whether this master is handing over (paused for a transfer) at `now`."""
+        return self._paused_until is not None and now < self._paused_until
+
     # -- events ----------------------------------------------------------------------
+
+    def pause_for_transfer(self, now: float, until: float) -> None:
+        """A master about to hand over stops serving (no lease) until `until` or
+        `resume`, so that its log stops growing and the replica can catch up."""
+        if self.role != MASTER:
+            raise ValueError("only a master hands over")
+        self._paused_until = until
+
+    def resume(self) -> None:
+        """The hand-over was given up before `timeout_now`: serve again."""
+        self._paused_until = None
+
+    def timeout_now(self, target: str, now: float) -> list[tuple[str, Message]]:
+        """Step down and tell `target` (which has every write) to start an election.
+        REQUIRES: paused for the transfer (so the lease was given up first)."""
+        if self.role != MASTER or not self.transferring(now):
+            raise ValueError("timeout_now needs a master paused for a transfer")
+        if target not in self.peers:
+            raise ValueError(f"{target!r} is not a peer")
+        term = self.term
+        self._paused_until = None
+        self._step_down(term, None, now)
+        return [(target, TimeoutNow(term, self.id))]
 
     def tick(self, now: float) -> list[tuple[str, Message]]:
         """Advance time: start an election past the deadline, send due heartbeats."""
+        if self._paused_until is not None and now >= self._paused_until:
+            self._paused_until = None  # the hand-over ran out of time: serve again
         if self.role == MASTER:
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.heartbeat_interval
@@ -170,7 +215,9 @@ class Node:
             return self._on_pre_vote_request(msg, now)
         if isinstance(msg, Vote) and msg.pre:
             return self._on_pre_vote(msg, now)
-        if isinstance(msg, RequestVote) and self._master_recent(now):
+        if isinstance(msg, TimeoutNow):
+            return self._on_timeout_now(msg, now)
+        if isinstance(msg, RequestVote) and not msg.transfer and self._master_recent(now):
             # Leader stickiness (Raft thesis, section 6.4): within an election timeout of
             # hearing from a master (or of starting), a vote request is refused without
             # taking its term. This is what makes the master's lease safe: every node
@@ -213,6 +260,7 @@ class Node:
     def _step_down(self, term: int, master: str | None, now: float) -> None:
         if term > self.term:
             self._persist(term, None)
+        self._paused_until = None
         self._votes.clear()
         self._pre_votes = None
         self._acked.clear()
@@ -246,7 +294,14 @@ class Node:
             return self._start_election(now)
         return []
 
-    def _start_election(self, now: float) -> list[tuple[str, Message]]:
+    def _on_timeout_now(self, msg: TimeoutNow, now: float) -> list[tuple[str, Message]]:
+        if msg.term < self.term or self.role == MASTER:
+            return []  # stale: a newer term began meanwhile
+        if msg.term > self.term:
+            self._step_down(msg.term, None, now)
+        return self._start_election(now, transfer=True)
+
+    def _start_election(self, now: float, transfer: bool = False) -> list[tuple[str, Message]]:
         self._pre_votes = None
         self._persist(self.term + 1, self.id)
         self._votes = {self.id}
@@ -255,7 +310,7 @@ class Node:
         if len(self._votes) >= self.quorum:  # a cluster of one
             return self._win(now)
         last_term, last_lsn = self.last_entry()
-        req = RequestVote(self.term, self.id, last_term, last_lsn)
+        req = RequestVote(self.term, self.id, last_term, last_lsn, transfer=transfer)
         return [(p, req) for p in self.peers]
 
     def _on_request_vote(self, msg: RequestVote, now: float) -> list[tuple[str, Message]]:

@@ -3,6 +3,7 @@
     strata serve [--config FILE] [--data-dir D] [--grpc-listen H:P] ...   run the daemon
     strata config [--config FILE] [flags] [--markdown]                  effective configuration
     strata put KEY VALUE | get KEY | del KEY | scan [START [END]] | status   client commands
+    strata admin transfer-leader [--to NODE]                            hand the master's role over
 
 Client commands talk to --server (default $STRATA_SERVER or 127.0.0.1:7400)
 through strata_client; keys and values are taken as UTF-8 text, or as hex
@@ -101,6 +102,9 @@ def _client_cmd(args: argparse.Namespace) -> int:
             elif args.command == "scan":
                 for k, v in c.scan(_bytes(args.start, h), _bytes(args.end, h), limit=args.limit):
                     print(f"{_show(k, h)}\t{_show(v, h)}")
+            elif args.command == "admin":
+                r = c.transfer_leader(args.to)
+                print(f"master {r.master} (term {r.term}) after {r.seconds * 1000:.0f} ms")
             elif args.command == "status":
                 st = c.status()
                 print(f"node {st.node}  role {st.role}  term {st.term}  durability {st.durability}")
@@ -153,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ss.add_argument("end", nargs="?", default="")
     ss.add_argument("--limit", type=int, default=0)
     sub.add_parser("status", parents=[client_parent], help="node status")
+    sa = sub.add_parser("admin", help="cluster administration")
+    asub = sa.add_subparsers(dest="admin_command", required=True)
+    tl = asub.add_parser("transfer-leader", parents=[client_parent],
+                         help="hand the master's role to a replica (no election timeout passes)")
+    tl.add_argument("--to", default="",
+                    help="node id of the new master (default: the most caught-up replica)")
     tail.add_parser(sub)
     args = p.parse_args(argv)
     if args.command == "serve":

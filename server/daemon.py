@@ -6,7 +6,10 @@ start:  gRPC listener up with health NOT_SERVING (so probes get an answer
         READY=1.
 run:    SIGHUP reloads the reloadable options and the log level; the systemd
         watchdog is fed while the loop is alive.
-drain:  on SIGTERM/SIGINT: health NOT_SERVING, systemd STOPPING=1, new
+hand over: on SIGTERM/SIGINT, a cluster's master first hands its role to its most
+        caught-up replica (Cluster.transfer_leadership): writes are redirected
+        there, no election timeout passes;
+drain:  then health NOT_SERVING, systemd STOPPING=1, new
         calls refused with UNAVAILABLE, subscribers told to resume elsewhere,
         in-flight calls given `drain_timeout_s` to finish;
 stop:   listeners closed, then the engine closed (memtable flushed, so the
@@ -277,8 +280,22 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def _hand_over(self) -> None:
+        """A master stopping hands its role to its most caught-up replica first, as etcd
+        does: clients see a redirect, not an election. Calls keep being answered (sent
+        on to the new master) meanwhile."""
+        c = self.cluster
+        if c is None or c.role_term() is None:
+            return
+        try:
+            await c.transfer_leadership(timeout=2 * c.election_timeout)
+        except Exception as e:  # NoMaster, or anything else: stop anyway
+            log.warning("stopping without handing over: %s", e)
+
     async def stop(self) -> None:
         t0 = time.monotonic()
+        if not self.gate.draining:
+            await self._hand_over()
         log.info("draining: refusing new calls, %.1fs for calls in flight", self.cfg.drain_timeout_s)
         sdnotify.notify("STOPPING=1")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

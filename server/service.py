@@ -99,7 +99,7 @@ def _check(request) -> None:
 
 
 # Calls that write files or rewrite the database: with admin_token set, only it admits them.
-ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Compact"})
+ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Compact", "Admin.TransferLeader"})
 
 
 class RequestIds:
@@ -786,3 +786,16 @@ class AdminService(pbg.AdminServicer):
             return pb.CompactResponse(seconds=time.monotonic() - t0)
 
         return await self.gate.unary("Admin.Compact", context, handle, request)
+
+    async def TransferLeader(self, request, context):
+        async def handle(engine: Engine):
+            cluster = self.gate.cluster
+            if cluster is None:
+                raise InvalidInput("this node has no peers: there is no one to hand over to")
+            t0 = time.monotonic()
+            winner = await cluster.transfer_leadership(request.to)
+            return pb.TransferLeaderResponse(
+                master=f"{winner}={cluster.master_address.get(winner, '')}",
+                term=cluster.node.term, seconds=time.monotonic() - t0)
+
+        return await self.gate.unary("Admin.TransferLeader", context, handle, request)

@@ -281,7 +281,7 @@ class Client(_Base):
                          max_message, batching)
         self._coalescer = Coalescer(self.batching, self._send) if self.batching.enabled else None
         self._switching = threading.Lock()
-        self._connect(target)
+        self._connect(self.endpoints[0])
 
     def _send(self, calls: list[Call]) -> list:
         """One message for the coalescer: each call's LSN or its own error."""
@@ -468,6 +468,11 @@ class Client(_Base):
         return self._call("admin.Compact", pb.CompactRequest(), retry=False,
                           timeout=max(self.timeout, 3600)).seconds
 
+    def transfer_leader(self, to: str = ""):
+        """Hand the master's role to node `to` (default: the most caught-up replica);
+        returns the TransferLeaderResponse (master "id=host:port", term, seconds)."""
+        return self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to), retry=False)
+
 
 class AsyncClient(_Base):
     """asyncio client on grpc.aio; same methods as Client, awaitable. put/delete
@@ -483,7 +488,7 @@ class AsyncClient(_Base):
         self._coalescer = (AsyncCoalescer(self.batching, self._send)
                            if self.batching.enabled else None)
         self._closing: set = set()  # old channels closing with a grace (see _switch)
-        self._connect(target)
+        self._connect(self.endpoints[0])
 
     async def _send(self, calls: list[Call]) -> list:
         if len(calls) == 1:
@@ -646,3 +651,7 @@ class AsyncClient(_Base):
 
     async def status(self):
         return await self._call("admin.Status", pb.StatusRequest(), retry=True)
+
+    async def transfer_leader(self, to: str = ""):
+        return await self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to),
+                                retry=False)

@@ -48,6 +48,17 @@ class Cluster:
         return self
 
     def stop(self) -> None:
+        """SIGTERM every node, the master last: a master stopping while its replicas
+        run hands its role over, and the new master's term marker would reach only
+        the nodes still running (tests compare the logs afterwards)."""
+        def is_master(i: str) -> bool:
+            try:
+                return self.status(i).role == "master"
+            except grpc.RpcError:
+                return False
+
+        for i in sorted(self.alive(), key=is_master):
+            self.nodes[i].stop()
         for d in self.nodes.values():
             d.stop()
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import math
 import signal
+import subprocess
+import sys
+import threading
 import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from strata_client import Client
 
 from . import netns
 from .conftest import Daemon
@@ -213,3 +218,105 @@ def test_a_replica_cut_off_for_3s_is_resumed(tmp_path, network):
         check_outcome(c, rec)
     finally:
         c.stop()
+
+
+class Writers:
+    """Threads putting distinct keys through the README's client with a node list;
+    records when each acknowledgement came and every error raised."""
+
+    def __init__(self, targets: str, n: int = 4, batching: bool = True) -> None:
+        from strata_client import Batching, Client
+
+        self.acks: list[tuple[float, bytes, bytes, int]] = []
+        self.errors: list[Exception] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.client = Client(targets, timeout=10,
+                             batching=Batching(enabled=batching))
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, n: int) -> None:
+        from strata_client import errors
+
+        for i in range(100_000):  # bounded: the stop event ends it first
+            if self.stop.is_set():
+                return
+            key, value = b"w%d-%d" % (n, i), b"v%d" % i
+            try:
+                lsn = self.client.put(key, value)
+            except errors.StrataError as e:
+                with self.lock:
+                    self.errors.append(e)
+                continue
+            with self.lock:
+                self.acks.append((time.monotonic(), key, value, lsn))
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+        self.client.close()
+
+    def max_gap(self, start: float, end: float) -> float:
+        times = sorted(t for t, *_ in self.acks if start <= t <= end)
+        return max((b - a for a, b in zip(times, times[1:])), default=math.inf)
+
+
+def test_sigterm_of_the_master_hands_over_without_an_election(cluster):
+    c = cluster.start()
+    w = Writers(c.targets())
+    try:
+        time.sleep(1.0)
+        m = c.master()
+        term = c.status(m).term
+        t0 = time.monotonic()
+        assert c.nodes[m].terminate() == 0
+        new = c.master(among=[i for i in c.nodes if i != m])
+        time.sleep(1.0)
+        t1 = time.monotonic()
+    finally:
+        w.finish()
+    assert c.status(new).term == term + 1, "more than one election ran"
+    gap = w.max_gap(t0 - 0.5, t1)
+    print(f"longest time between two acknowledged writes around the SIGTERM: {gap * 1000:.0f} ms")
+    # An election would take at least an election timeout (500 ms here) to start.
+    assert gap < 0.5, f"{gap * 1000:.0f} ms without an acknowledged write"
+    assert "handing the master's role" in c.nodes[m].logs()
+    assert not w.errors, w.errors[:5]
+    c.nodes[m].start()
+    with Client(c.targets()) as cl:
+        last = cl.put(b"after", b"1")
+    c.wait_applied(m, last)
+    for _, key, value, _lsn in w.acks[-50:]:
+        assert cl_get(c, m, key) == value
+
+
+def cl_get(c: Cluster, node: str, key: bytes) -> bytes | None:
+    with Client(c.nodes[node].grpc) as cl:
+        return cl.get(key, stale_ok=True)
+
+
+def test_admin_transfer_leader_from_the_cli(cluster):
+    c = cluster.start()
+    m = c.master()
+    r = next(i for i in c.nodes if i != m)
+    term = c.status(m).term
+    out = subprocess.run(
+        [sys.executable, "-m", "strata.server.cli", "admin", "transfer-leader", "--to", r,
+         "--server", c.nodes[r].grpc], capture_output=True, text=True, timeout=30,
+        env=c.nodes[r].env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"master {r}={c.nodes[r].grpc} (term {term + 1})"), out.stdout
+    assert c.master() == r and c.status(r).term == term + 1
+    # Without --to: the most caught-up replica; a write goes on working through it.
+    with Client(c.targets()) as cl:
+        resp = cl.transfer_leader()
+        assert resp.term == term + 2 and not resp.master.startswith(f"{r}=")
+        assert cl.put(b"k", b"v") > 0
+    out = subprocess.run(
+        [sys.executable, "-m", "strata.server.cli", "admin", "transfer-leader", "--to", "nope",
+         "--server", c.targets()], capture_output=True, text=True, timeout=30,
+        env=c.nodes[r].env)
+    assert out.returncode == 1 and "not a peer" in out.stderr, out.stderr

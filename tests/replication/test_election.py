@@ -254,3 +254,60 @@ def test_a_pre_vote_changes_nothing_on_the_voter():
     n.receive(Heartbeat(0, "c", 10.0), 10.0)
     out = n.receive(RequestVote(5, "a", 0, 0, pre=True), 10.1)
     assert out == [("a", Vote(0, "b", False, pre=True))]
+
+
+# -- leadership transfer (Raft thesis, section 3.10) ---------------------------------------
+
+
+def test_a_transfer_elects_the_target_at_once_and_no_lease_overlaps():
+    c = Cluster(seed=5)
+    c.run(3 * ET)
+    old = c.master()
+    target = next(i for i in c.ids if i != old)
+    term = c.nodes[old].term
+    c.nodes[old].pause_for_transfer(c.now, c.now + ET)
+    assert not c.nodes[old].has_lease(c.now), "a master handing over still serves"
+    c.run(0.05)
+    c.send(old, c.nodes[old].timeout_now(target, c.now))
+    assert c.nodes[old].role == REPLICA
+    c.run(0.1)  # a few message delays: no election timeout, no pre-vote round
+    assert c.master() == target
+    assert c.nodes[target].term == term + 1
+    assert c.nodes[target].has_lease(c.now)
+    c.run(2 * ET)
+    assert c.master() == target  # check_safety ran at every step
+
+
+def test_a_transfer_is_refused_while_other_replicas_would_not_vote_for_its_log():
+    c = Cluster(seed=6)
+    c.run(3 * ET)
+    old = c.master()
+    target, other = (i for i in c.ids if i != old)
+    c.logs[old] = c.logs[other] = (1, 10)  # the target lacks writes: it must not win
+    c.nodes[old].pause_for_transfer(c.now, c.now + ET)
+    c.send(old, c.nodes[old].timeout_now(target, c.now))
+    for _ in range(20):
+        c.run(ET)
+        if c.master() is not None:
+            break
+    assert c.master() in (old, other), c.now
+
+
+def test_a_pause_that_runs_out_serves_again_and_a_stale_timeout_now_is_ignored():
+    c = Cluster(seed=7)
+    c.run(3 * ET)
+    m = c.master()
+    target = next(i for i in c.ids if i != m)
+    n = c.nodes[m]
+    n.pause_for_transfer(c.now, c.now + 0.3)
+    c.run(0.1)
+    assert not n.has_lease(c.now) and n.role == MASTER
+    c.run(0.3)
+    assert n.has_lease(c.now), "the pause ran out: the master serves again"
+    with pytest.raises(ValueError):
+        n.timeout_now(target, c.now)  # only while paused
+    # A TimeoutNow of an older term (delayed in the network) starts nothing.
+    from strata.replication.election import TimeoutNow
+    assert c.nodes[target].receive(TimeoutNow(n.term - 1, m), c.now) == []
+    c.run(ET)
+    assert c.master() == m

@@ -229,6 +229,22 @@ class Event(_message.Message):
     deleted: bool
     def __init__(self, lsn: _Optional[int] = ..., topic: _Optional[str] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., deleted: _Optional[bool] = ...) -> None: ...
 
+class TransferLeaderRequest(_message.Message):
+    __slots__ = ("to",)
+    TO_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    def __init__(self, to: _Optional[str] = ...) -> None: ...
+
+class TransferLeaderResponse(_message.Message):
+    __slots__ = ("master", "term", "seconds")
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    master: str
+    term: int
+    seconds: float
+    def __init__(self, master: _Optional[str] = ..., term: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -420,18 +436,36 @@ class ToReplica(_message.Message):
     def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., append: _Optional[_Union[Append, _Mapping]] = ...) -> None: ...
 
 class VoteRequest(_message.Message):
-    __slots__ = ("term", "candidate", "last_term", "last_lsn", "pre_vote")
+    __slots__ = ("term", "candidate", "last_term", "last_lsn", "pre_vote", "transfer")
     TERM_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     LAST_TERM_FIELD_NUMBER: _ClassVar[int]
     LAST_LSN_FIELD_NUMBER: _ClassVar[int]
     PRE_VOTE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     term: int
     candidate: str
     last_term: int
     last_lsn: int
     pre_vote: bool
-    def __init__(self, term: _Optional[int] = ..., candidate: _Optional[str] = ..., last_term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., pre_vote: _Optional[bool] = ...) -> None: ...
+    transfer: bool
+    def __init__(self, term: _Optional[int] = ..., candidate: _Optional[str] = ..., last_term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., pre_vote: _Optional[bool] = ..., transfer: _Optional[bool] = ...) -> None: ...
+
+class TimeoutNowRequest(_message.Message):
+    __slots__ = ("term", "master")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    master: str
+    def __init__(self, term: _Optional[int] = ..., master: _Optional[str] = ...) -> None: ...
+
+class TimeoutNowReply(_message.Message):
+    __slots__ = ("term", "started")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    started: bool
+    def __init__(self, term: _Optional[int] = ..., started: _Optional[bool] = ...) -> None: ...
 
 class VoteReply(_message.Message):
     __slots__ = ("term", "voter", "granted", "pre_vote")

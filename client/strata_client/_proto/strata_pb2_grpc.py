@@ -570,6 +570,11 @@ class AdminStub:
                 request_serializer=strata_dot_v1_dot_strata__pb2.CompactRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_strata__pb2.CompactResponse.FromString,
                 _registered_method=True)
+        self.TransferLeader = channel.unary_unary(
+                '/strata.v1.Admin/TransferLeader',
+                request_serializer=strata_dot_v1_dot_strata__pb2.TransferLeaderRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.TransferLeaderResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -598,6 +603,17 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferLeader(self, request, context):
+        """Hand the master's role to a replica (the most caught-up one unless `to` names
+        one): the master stops taking writes, waits until the replica has every write,
+        and tells it to start an election at once. FAILED_PRECONDITION on a replica
+        (naming the master), UNAVAILABLE if the hand-over did not finish in time (the
+        master then serves again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -615,6 +631,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Compact,
                     request_deserializer=strata_dot_v1_dot_strata__pb2.CompactRequest.FromString,
                     response_serializer=strata_dot_v1_dot_strata__pb2.CompactResponse.SerializeToString,
+            ),
+            'TransferLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferLeader,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.TransferLeaderRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.TransferLeaderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -710,6 +731,33 @@ class Admin:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def TransferLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.Admin/TransferLeader',
+            strata_dot_v1_dot_strata__pb2.TransferLeaderRequest.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.TransferLeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ReplicationStub:
     """------------------------------------------------------------------------ Replication
@@ -734,6 +782,11 @@ class ReplicationStub:
                 '/strata.v1.Replication/RequestVote',
                 request_serializer=strata_dot_v1_dot_strata__pb2.VoteRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_strata__pb2.VoteReply.FromString,
+                _registered_method=True)
+        self.TimeoutNow = channel.unary_unary(
+                '/strata.v1.Replication/TimeoutNow',
+                request_serializer=strata_dot_v1_dot_strata__pb2.TimeoutNowRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.TimeoutNowReply.FromString,
                 _registered_method=True)
         self.FetchCheckpoint = channel.unary_stream(
                 '/strata.v1.Replication/FetchCheckpoint',
@@ -766,6 +819,14 @@ class ReplicationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TimeoutNow(self, request, context):
+        """A master handing over (Raft thesis, section 3.10) tells its chosen replica,
+        which has every write the master took, to start an election now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FetchCheckpoint(self, request, context):
         """A replica whose log cannot be continued from the master's retained WAL
         fetches a checkpoint: file by file, in chunks, resumable.
@@ -786,6 +847,11 @@ def add_ReplicationServicer_to_server(servicer, server):
                     servicer.RequestVote,
                     request_deserializer=strata_dot_v1_dot_strata__pb2.VoteRequest.FromString,
                     response_serializer=strata_dot_v1_dot_strata__pb2.VoteReply.SerializeToString,
+            ),
+            'TimeoutNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.TimeoutNow,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.TimeoutNowRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.TimeoutNowReply.SerializeToString,
             ),
             'FetchCheckpoint': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchCheckpoint,
@@ -852,6 +918,33 @@ class Replication:
             '/strata.v1.Replication/RequestVote',
             strata_dot_v1_dot_strata__pb2.VoteRequest.SerializeToString,
             strata_dot_v1_dot_strata__pb2.VoteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TimeoutNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.Replication/TimeoutNow',
+            strata_dot_v1_dot_strata__pb2.TimeoutNowRequest.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.TimeoutNowReply.FromString,
             options,
             channel_credentials,
             insecure,
