@@ -67,6 +67,12 @@ class Config:
     rate_limit: float = _opt(0.0, "requests per second per client address; 0: unlimited", True)
     rate_burst: int = _opt(0, "token-bucket burst per client (0: one second of rate_limit)", True)
     default_deadline_s: float = _opt(30.0, "deadline applied to calls that bring none", True)
+    request_id_capacity: int = _opt(
+        100_000, "request ids remembered for exactly-once retries, the newest (0: none); each "
+        "takes ~260 bytes (32 characters). docs/operations.md, \"Request ids\"", True)
+    request_id_ttl_s: float = _opt(
+        900.0, "how long a request id is remembered after its write (s; 0: until "
+        "request_id_capacity newer ones push it out)", True)
     drain_timeout_s: float = _opt(10.0, "on SIGTERM, how long in-flight calls may take to finish",
                                   True)
     subscriber_memory: int = _opt(
@@ -203,6 +209,8 @@ def validate(cfg: Config) -> None:
                  "subscriber_memory", "subscriber_buffer", "max_ws_connections"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if cfg.request_id_capacity < 0 or cfg.request_id_ttl_s < 0:
+        raise ConfigError("request_id_capacity and request_id_ttl_s must not be negative")
     if cfg.rate_limit < 0 or cfg.rate_burst < 0:
         raise ConfigError("rate_limit and rate_burst must not be negative")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):

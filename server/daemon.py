@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import signal
 import time
@@ -126,7 +127,7 @@ class Daemon:
         log.info("listening: grpc %s, websocket %s, metrics %s; recovering %s",
                  cfg.grpc_listen, cfg.ws_listen or "off", cfg.metrics_listen or "off", cfg.data_dir)
         loop = asyncio.get_running_loop()
-        self.engine = await loop.run_in_executor(None, self._open_engine)
+        self.engine = await self._open()
         self._hub = Hub(loop)
         self.gate.hub = self._hub
         if cfg.rings:
@@ -164,6 +165,26 @@ class Daemon:
             checkpoints.finish_install(self.cfg.data_dir)
         return Engine.open(self.cfg.data_dir, truncate_after=truncate_after, **opts)
 
+    async def _open(self, truncate_after: int | None = None) -> Engine:
+        """Open the engine off the loop and make the request ids its log's, before
+        anything can write to it or apply frames to it (the cluster reaches the engine
+        through self.engine, which the caller sets from the result)."""
+        loop = asyncio.get_running_loop()
+        eng = await loop.run_in_executor(None, self._open_engine, truncate_after)
+        cfg = self.cfg
+        try:
+            seen = await loop.run_in_executor(
+                None, eng.recent_request_ids, cfg.request_id_capacity,
+                cfg.request_id_ttl_s or math.inf)
+        except StorageError as e:
+            # The log opened but its retained history does not read back: writes are
+            # still exactly once from here on, retries of older ones may write again.
+            log.error("request ids not recovered from the log: %s", e)
+            seen = []
+        self.gate.ids.follow(eng, seen)
+        log.info("request ids: %d recovered from the log", len(self.gate.ids))
+        return eng
+
     def _attach(self, engine: Engine) -> None:
         """Put an open engine in service: replication, subscribers, metrics, calls."""
         if self.cluster is not None:
@@ -195,10 +216,10 @@ class Daemon:
                     f" with the log cut after LSN {truncate_after}" if truncate_after is not None
                     else " on the master's checkpoint" if install else "")
         try:
-            self.engine = await loop.run_in_executor(None, self._open_engine, truncate_after)
+            self.engine = await self._open(truncate_after)
         except StorageError:
             log.exception("reopening failed; retrying on the same files")
-            self.engine = await loop.run_in_executor(None, self._open_engine, None)
+            self.engine = await self._open(None)
         self._attach(self.engine)
 
     def _make_cluster(self):

@@ -16,7 +16,6 @@ import importlib.metadata
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,6 +36,7 @@ from .config import Config, backup_dir
 from .errors import InvalidInput, Overloaded, Superseded, Unauthenticated, Unavailable, classify
 from .limits import Bulkhead, RateLimiter
 from .metrics import Metrics
+from .request_ids import RequestIds
 
 log = logging.getLogger("strata.rpc")
 
@@ -102,109 +102,6 @@ def _check(request) -> None:
 ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Compact", "Admin.TransferLeader"})
 
 
-class RequestIds:
-    """Recently seen request ids -> LSN, so a retried write is answered, not repeated.
-
-    The write runs as its own task: when the caller goes away (deadline,
-    cancelled stream) the write still commits, and its outcome is recorded
-    under its id whatever happens to the caller, so the client's retry with
-    the same id gets the LSN instead of writing again. A retry that arrives
-    while the write is in flight waits for that same write.
-
-    Bounded to `capacity` ids (least recently used forgotten) and kept in
-    memory only: a retry that spans a server restart may write twice.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._done: OrderedDict[str, int] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future] = {}  # tasks, or futures of ops
-
-    async def run(self, request_id: str, write) -> int:
-        if not request_id:
-            return await write()
-        if len(request_id) > 64:
-            raise InvalidInput("request_id is longer than 64 characters")
-        lsn = self._done.get(request_id)
-        if lsn is not None:
-            return lsn
-        task = self._inflight.get(request_id)
-        if task is None:
-            task = asyncio.ensure_future(write())
-            self._inflight[request_id] = task
-            task.add_done_callback(lambda t, rid=request_id: self._finished(rid, t))
-        # shield: a caller's cancellation must not cancel the write it started.
-        return await asyncio.shield(task)
-
-    async def run_ops(self, ids: list[str], write) -> list[int]:
-        """A batch whose ops carry their own ids (a client's coalesced calls): each op is
-        written once. Ops whose id is already done are answered with their LSN, ops whose
-        id is in flight wait for it, and the rest go as one batch through
-        `write(indices)`, which returns that batch's last LSN (op k of n has last-n+1+k).
-        Ops without an id are always written. Returns each op's LSN in order."""
-        loop = asyncio.get_running_loop()
-        lsns = [0] * len(ids)
-        waits: list[tuple[int, asyncio.Future]] = []
-        fresh: list[int] = []
-        mine: list[tuple[str, asyncio.Future]] = []
-        for i, rid in enumerate(ids):  # checked first: nothing is registered for a bad request
-            if len(rid) > 64:
-                raise InvalidInput(f"request_id of op {i} is longer than 64 characters")
-        for i, rid in enumerate(ids):
-            if rid:
-                lsn = self._done.get(rid)
-                if lsn is not None:
-                    lsns[i] = lsn
-                    continue
-                fut = self._inflight.get(rid)
-                if fut is not None:  # in flight, in another request or earlier in this one
-                    waits.append((i, fut))
-                    continue
-                fut = loop.create_future()
-                self._inflight[rid] = fut
-                mine.append((rid, fut))
-            fresh.append(i)
-        if fresh:
-            task = asyncio.ensure_future(write(fresh))
-            base = len(fresh) - 1
-            offsets = {rid: k for k, i in enumerate(fresh) if (rid := ids[i])}
-            task.add_done_callback(lambda t: self._ops_finished(t, mine, offsets, base))
-            last = await asyncio.shield(task)
-            for k, i in enumerate(fresh):
-                lsns[i] = last - base + k
-        for i, fut in waits:
-            lsns[i] = await asyncio.shield(fut)
-        return lsns
-
-    def _ops_finished(self, task: asyncio.Task, mine: list, offsets: dict, base: int) -> None:
-        for rid, fut in mine:
-            if self._inflight.get(rid) is fut:
-                del self._inflight[rid]
-            if task.cancelled():
-                fut.cancel()
-            elif (exc := task.exception()) is not None:
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: waiters get it, nobody else must log it
-            else:
-                lsn = task.result() - base + offsets[rid]
-                fut.set_result(lsn)
-                self._done[rid] = lsn
-        while len(self._done) > self.capacity:
-            self._done.popitem(last=False)
-
-    def _finished(self, request_id: str, task: asyncio.Task) -> None:
-        self._inflight.pop(request_id, None)
-        if task.cancelled() or task.exception() is not None:
-            return  # not written (or outcome unknown and the engine stopped): a retry may write
-        self._done[request_id] = task.result()
-        if len(self._done) > self.capacity:
-            self._done.popitem(last=False)
-
-    def lsn(self, request_id: str) -> int | None:
-        """The LSN recorded for a finished write with this id, if still remembered."""
-        return self._done.get(request_id)
-
-
 class Gate:
     """Admission and accounting shared by every RPC."""
 
@@ -220,7 +117,7 @@ class Gate:
         self.rate = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         self.calls = Bulkhead(cfg.max_concurrent_calls)
         self.streams = Bulkhead(cfg.max_streams)
-        self.ids = RequestIds()
+        self.ids = RequestIds(cfg.request_id_capacity, cfg.request_id_ttl_s, settle=self._settle)
         self.started = time.monotonic()
         # Subscribers of the WebSocket tiers and Events.Consume (distribution/)
         self.subscriber_budget = Budget(cfg.subscriber_memory)
@@ -238,6 +135,7 @@ class Gate:
         self.calls.limit = cfg.max_concurrent_calls
         self.streams.limit = cfg.max_streams
         self.subscriber_budget.ceiling = cfg.subscriber_memory
+        self.ids.configure(cfg.request_id_capacity, cfg.request_id_ttl_s)
 
     def _client(self, context) -> str:
         peer = context.peer() or ""
@@ -292,22 +190,30 @@ class Gate:
     async def replicated(self, write) -> int:
         """Await a write, then its replication as the cluster's mode asks."""
         lsn = await write
+        await self._settle(lsn)
+        return lsn
+
+    async def _settle(self, lsn: int) -> None:
+        """Return once a write at `lsn` may be acknowledged: at once on a single node,
+        at the cluster's commit point otherwise (NoMaster if this node stops being
+        master first). A retry answered from the request ids waits here too."""
         if self.cluster is not None:
             await self.cluster.committed(lsn)
-        return lsn
 
     async def write_batch(self, engine: Engine, req, ops: list[tuple]) -> pb.BatchResponse:
         """A Batch / Write-stream request: once per request id, or, when its ops carry
         their own ids (coalesced calls), once per op (RequestIds.run_ops)."""
         ids = [op.request_id for op in req.ops]
         if not any(ids):
+            rid = req.request_id
             lsn = await self.ids.run(
-                req.request_id, lambda: self.replicated(engine.write_batch_async(ops)))
+                rid, lambda: self.replicated(engine.write_batch_async(ops, request_id=rid)))
             return pb.BatchResponse(lsn=lsn, id=req.id)
         if req.request_id:
             raise InvalidInput("set request_id on the batch or on its ops, not both")
         lsns = await self.ids.run_ops(
-            ids, lambda idx: self.replicated(engine.write_batch_async([ops[i] for i in idx])))
+            ids, lambda idx: self.replicated(engine.write_batch_async(
+                [ops[i] for i in idx], request_ids=[ids[i] for i in idx])))
         return pb.BatchResponse(lsn=max(lsns), id=req.id, lsns=lsns)
 
     def _deadline(self, context) -> float:
@@ -440,8 +346,9 @@ class KVService(pbg.KVServicer):
         async def handle(engine: Engine):
             key, value = _key(cfg, request.key), _value(cfg, request.value)
             self.gate.check_write()
-            lsn = await self.gate.ids.run(
-                request.request_id, lambda: self.gate.replicated(engine.put_async(key, value)))
+            rid = request.request_id
+            lsn = await self.gate.ids.run(rid, lambda: self.gate.replicated(
+                engine.put_async(key, value, request_id=rid)))
             return pb.PutResponse(lsn=lsn)
 
         return await self.gate.unary("KV.Put", context, handle, request)
@@ -461,8 +368,9 @@ class KVService(pbg.KVServicer):
         async def handle(engine: Engine):
             key = _key(self.gate.cfg, request.key)
             self.gate.check_write()
+            rid = request.request_id
             lsn = await self.gate.ids.run(
-                request.request_id, lambda: self.gate.replicated(engine.delete_async(key)))
+                rid, lambda: self.gate.replicated(engine.delete_async(key, request_id=rid)))
             return pb.DeleteResponse(lsn=lsn)
 
         return await self.gate.unary("KV.Delete", context, handle, request)

@@ -22,9 +22,11 @@ loses whatever the OS had not written back). docs/durability.md has the detail.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import errno
 import logging
+import math
 import os
 import threading
 import time
@@ -382,11 +384,17 @@ class Engine:
 
     # ------------------------------------------------------------------ writes
 
-    def put(self, key: bytes, value: bytes) -> int:
-        """Store value under key; return the write's LSN once it is durable per the mode."""
+    def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
+        """Store value under key; return the write's LSN once it is durable per the mode.
+
+        `request_id` (a str of at most record.MAX_REQUEST_ID characters; None or ""
+        for none) is written in the same frame: see `recent_request_ids`.
+        """
         if type(key) is not bytes or type(value) is not bytes or len(key) > self._max_key \
                 or len(value) > self._max_value or not key:
             self._validate(key, value)
+        if request_id:
+            return self._write(*self._prepare_put(key, value, request_id))
         if self._always or self._throttled:
             return self._write(record.TYPE_PUT, _packb((key, value)), ((key, value),))
         # The unsynced put, inlined: on the reference machine each Python call
@@ -414,16 +422,20 @@ class Engine:
                 self._rotate_locked()
         return lsn
 
-    def delete(self, key: bytes) -> int:
-        """Delete key (a tombstone); return the LSN."""
-        return self._write(*self._prepare_delete(key))
+    def delete(self, key: bytes, *, request_id: str | None = None) -> int:
+        """Delete key (a tombstone); return the LSN. `request_id` as for put."""
+        return self._write(*self._prepare_delete(key, request_id))
 
-    def write_batch(self, ops: Iterable[tuple]) -> int:
+    def write_batch(self, ops: Iterable[tuple], *, request_id: str | None = None,
+                    request_ids: list[str | None] | None = None) -> int:
         """Apply ("put", key, value) and ("delete", key) ops atomically; return the last LSN.
 
         All or nothing, also across a crash: the batch is one WAL frame.
+        Request ids go in the same frame: `request_id` names the whole batch (its
+        answer is the last LSN, so it is written on the last op), or `request_ids`
+        one per op (None or "" for an op without one); not both (InvalidArgument).
         """
-        return self._write(*self._prepare_batch(ops))
+        return self._write(*self._prepare_batch(ops, request_id, request_ids))
 
     def append_event(self, topic: bytes, key: bytes, payload: bytes) -> int:
         """Write an event frame (not applied to the key space); return its LSN."""
@@ -500,15 +512,20 @@ class Engine:
             except Exception:  # a listener's bug must not fail a committed write
                 log.exception("commit listener failed")
 
-    def _prepare_put(self, key: Any, value: Any) -> tuple[int, bytes, tuple]:
+    def _prepare_put(self, key: Any, value: Any,
+                     request_id: Any = None) -> tuple[int, bytes, tuple]:
         self._validate(key, value)
-        return record.TYPE_PUT, _packb((key, value)), ((key, value),)
+        rid = _request_id(request_id)
+        return (record.TYPE_PUT, _packb((key, value) if rid is None else (key, value, rid)),
+                ((key, value),))
 
-    def _prepare_delete(self, key: Any) -> tuple[int, bytes, tuple]:
+    def _prepare_delete(self, key: Any, request_id: Any = None) -> tuple[int, bytes, tuple]:
         self._validate(key, b"")
-        return record.TYPE_DELETE, _packb(key), ((key, None),)
+        rid = _request_id(request_id)
+        return record.TYPE_DELETE, _packb(key if rid is None else (key, rid)), ((key, None),)
 
-    def _prepare_batch(self, ops: Iterable[tuple]) -> tuple[int, bytes, list]:
+    def _prepare_batch(self, ops: Iterable[tuple], request_id: Any = None,
+                       request_ids: list | None = None) -> tuple[int, bytes, list]:
         kvs: list[tuple[bytes, bytes | None]] = []
         wire: list[tuple[int, bytes, bytes | None]] = []
         size = 0
@@ -545,6 +562,16 @@ class Engine:
             raise TooLarge("batch (operations)", len(kvs), self.opts.max_batch_ops)
         if size > self.opts.max_batch_bytes:
             raise TooLarge("batch", size, self.opts.max_batch_bytes)
+        if request_ids is not None:
+            if request_id:
+                raise InvalidArgument("give a batch request_id or request_ids, not both")
+            if len(request_ids) != len(wire):
+                raise InvalidArgument(f"{len(request_ids)} request ids for {len(wire)} ops")
+            for i, r in enumerate(request_ids):
+                if (rid := _request_id(r)) is not None:
+                    wire[i] = (*wire[i], rid)
+        elif (rid := _request_id(request_id)) is not None:
+            wire[-1] = (*wire[-1], rid)  # the batch's answer is its last op's LSN
         return record.TYPE_BATCH, _packb(wire), kvs
 
     def _prepare_event(self, topic: Any, key: Any, payload: Any) -> tuple[int, bytes, tuple]:
@@ -1124,6 +1151,41 @@ class Engine:
         """The oldest LSN read_log can still return (0: nothing retained)."""
         return self._wal.earliest_lsn()
 
+    def recent_request_ids(self, limit: int,
+                           max_age_s: float = math.inf) -> list[tuple[str, int, float]]:
+        """The request ids written in the retained log, oldest first, as (request id, LSN
+        of the op it names, written): `written` is when the frame's segment was last
+        written (wall clock, time.time(); now for the open segment), so never before
+        the frame was. At most the newest `limit` ids, and none from a segment last
+        written over `max_age_s` ago (every frame in it is older). An id written twice
+        appears twice. Reads the log on the caller's thread (call it off an event loop);
+        raises Corruption as read_log does."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        segs = self._wal.segments()
+        young: list[tuple[int, float]] = []  # (first LSN, written) of the segments to read
+        for i in range(len(segs) - 1, -1, -1):
+            first, path = segs[i]
+            try:
+                written = now if i == len(segs) - 1 else self.fs.mtime(path)
+            except FileNotFoundError:  # purged meanwhile: it and all older are gone
+                break
+            if now - written > max_age_s:
+                break
+            young.append((first, written))
+        if not young:
+            return []
+        young.reverse()
+        out: collections.deque = collections.deque(maxlen=limit)
+        seg = 0
+        for fr in self._wal.read_from(young[0][0]):
+            while seg + 1 < len(young) and fr.lsn >= young[seg + 1][0]:
+                seg += 1
+            for rid, lsn in record.decode_ids(fr.type, fr.lsn, fr.payload):
+                out.append((rid, lsn, young[seg][1]))
+        return list(out)
+
     def wal_stats(self) -> dict:
         """WAL fsync figures: {"syncs", "sync_seconds", "sync_buckets": [(upper bound in
         seconds or inf, count)], "bytes_written"}."""
@@ -1143,15 +1205,17 @@ class Engine:
                     self._executor = concurrent.futures.ThreadPoolExecutor(64, "strata-io")
         return self._executor
 
-    async def put_async(self, key: bytes, value: bytes) -> int:
+    async def put_async(self, key: bytes, value: bytes, *,
+                        request_id: str | None = None) -> int:
         """put() for asyncio callers: awaits the group's fsync without blocking the loop."""
-        return await self._write_async(*self._prepare_put(key, value))
+        return await self._write_async(*self._prepare_put(key, value, request_id))
 
-    async def delete_async(self, key: bytes) -> int:
-        return await self._write_async(*self._prepare_delete(key))
+    async def delete_async(self, key: bytes, *, request_id: str | None = None) -> int:
+        return await self._write_async(*self._prepare_delete(key, request_id))
 
-    async def write_batch_async(self, ops: list[tuple]) -> int:
-        return await self._write_async(*self._prepare_batch(ops))
+    async def write_batch_async(self, ops: list[tuple], *, request_id: str | None = None,
+                                request_ids: list[str | None] | None = None) -> int:
+        return await self._write_async(*self._prepare_batch(ops, request_id, request_ids))
 
     async def append_event_async(self, topic: bytes, key: bytes, payload: bytes) -> int:
         return await self._write_async(*self._prepare_event(topic, key, payload))
@@ -1630,6 +1694,19 @@ class Engine:
         finally:
             self._closed = True
             self._release_lock_file()
+
+
+def _request_id(request_id: Any) -> str | None:
+    """The id to write: None for None or "" (no id), else a str of at most
+    record.MAX_REQUEST_ID characters (InvalidArgument otherwise)."""
+    if request_id is None or request_id == "":
+        return None
+    if type(request_id) is not str:
+        raise InvalidArgument(f"request id must be a str, not {type(request_id).__name__}")
+    if len(request_id) > record.MAX_REQUEST_ID:
+        raise InvalidArgument(f"request id is {len(request_id)} characters; the limit is "
+                              f"{record.MAX_REQUEST_ID}")
+    return request_id
 
 
 def _no_space(e: BaseException) -> bool:

@@ -6,6 +6,20 @@ A segment file is a header followed by frames::
     header  := magic[8] "STRATWAL" | version u32 | first_lsn u64 | crc32c u32   (24 bytes)
     frame   := length u32 | crc32c u32 | lsn u64 | term u64 | type u8 | payload[length]
 
+Payloads (msgpack; `rid` is a request id, a str of 1 .. MAX_REQUEST_ID characters)::
+
+    put     := [key, value] | [key, value, rid]
+    delete  := key | [key, rid]
+    batch   := [op+]     op := [code, key, value|nil] | [code, key, value|nil, rid]
+    event   := [topic, key, payload]
+    term    := [term, node]
+
+A request id names the write that carries it, in the same frame, so it is as
+durable as the write and replicated with it. A batch written under one id for
+the whole batch carries it on its last op: the batch's answer is its last LSN,
+which is that op's. Ids are not data: `decode_ops` leaves them out, and only
+`decode_ids` reads them.
+
 All integers little-endian. `crc32c` covers lsn..payload, so a frame whose
 length field is damaged fails its checksum rather than being misread. The
 header's crc covers the 20 bytes before it. Segments are preallocated, so a
@@ -32,7 +46,11 @@ from crc32c import crc32c
 MAGIC = b"STRATWAL"
 # 2: the type byte's high bit is the sync-point flag (a version-1 reader
 # would take flagged frames for unknown types and truncate them as damage).
-VERSION = 2
+# 3: payloads may end with a request id (a version-2 reader fails to decode a
+# put or batch that carries one, and replays a delete with an id as the wrong
+# key). Version-2 segments are read as they are: their payloads never carry one.
+VERSION = 3
+READ_VERSIONS = (2, 3)
 HEADER = struct.Struct("<8sIQI")
 HEADER_SIZE = HEADER.size  # 24
 FRAME = struct.Struct("<IIQQB")
@@ -50,12 +68,21 @@ SYNC_FLAG = 0x80
 TYPE_MASK = 0x7F
 
 # Frame types. Payloads (msgpack):
-TYPE_PUT = 1  # [key, value]
-TYPE_DELETE = 2  # key
-TYPE_BATCH = 3  # [[op, key, value|None], ...]: op 1 = put, 2 = delete; lsn is the first op's
+TYPE_PUT = 1  # [key, value] or [key, value, request_id]
+TYPE_DELETE = 2  # key or [key, request_id]
+TYPE_BATCH = 3  # [[op, key, value|None(, request_id)], ...]: op 1 = put, 2 = delete;
+#                 lsn is the first op's
 TYPE_EVENT = 4  # [topic, key, payload]: a published event, not applied to the key space
 TYPE_TERM = 5  # [term, node]: a new master's term marker
 TYPE_EDIT = 16  # manifest version edit (msgpack map)
+
+# The longest request id a frame may carry (characters): ids name a client's
+# call, and a UUID's 32 hex digits fit with room for a prefix.
+MAX_REQUEST_ID = 64
+# msgpack's fixarray headers of the payloads with an id: `decode_ids` skips a
+# put or delete without one by its first byte, without decoding it.
+_PUT_WITH_ID = 0x93
+_DELETE_WITH_ID = 0x92
 
 _ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
 DATA_TYPES = bytes([TYPE_PUT, TYPE_DELETE, TYPE_BATCH, TYPE_EVENT, TYPE_TERM])
@@ -85,7 +112,7 @@ def decode_header(buf, path: str) -> int:
         raise ValueError(f"{path}: bad magic {magic!r}")
     if crc != crc32c(bytes(buf[:20])):
         raise ValueError(f"{path}: header checksum mismatch")
-    if version != VERSION:
+    if version not in READ_VERSIONS:
         raise ValueError(f"{path}: unsupported version {version}")
     return first_lsn
 
@@ -116,16 +143,35 @@ def parse_frame(data: bytes) -> tuple[int, int, int, bytes]:
 def decode_ops(ftype: int, lsn: int, payload: bytes) -> list[tuple[int, bytes, bytes | None]]:
     """The key-space operations a data frame carries: [(lsn, key, value or None for a
     delete)], one LSN each (a batch's ops take consecutive LSNs from the frame's).
-    Events and term markers carry none. The one decoder of payloads: the engine's
-    recovery, the WAL's LSN chain and the event hub all read frames through it."""
+    Events and term markers carry none, and request ids are not operations. The one
+    decoder of payloads: the engine's recovery, the WAL's LSN chain and the event hub
+    all read frames through it."""
     if ftype == TYPE_PUT:
-        k, v = msgpack.unpackb(payload)
-        return [(lsn, k, v)]
+        p = msgpack.unpackb(payload)
+        return [(lsn, p[0], p[1])]
     if ftype == TYPE_DELETE:
-        return [(lsn, msgpack.unpackb(payload), None)]
+        k = msgpack.unpackb(payload)
+        return [(lsn, k if type(k) is bytes else k[0], None)]
     if ftype == TYPE_BATCH:
-        return [(lsn + i, k, v if op == 1 else None)
-                for i, (op, k, v) in enumerate(msgpack.unpackb(payload))]
+        return [(lsn + i, op[1], op[2] if op[0] == 1 else None)
+                for i, op in enumerate(msgpack.unpackb(payload))]
+    return []
+
+
+def decode_ids(ftype: int, lsn: int, payload: bytes) -> list[tuple[str, int]]:
+    """The request ids a data frame carries, as [(request id, LSN of the op it names)]
+    in LSN order; [] for a frame without any (events and term markers never have one).
+    A put or delete without an id is told by its payload's first byte (not decoded)."""
+    if ftype == TYPE_PUT:
+        if payload[0] != _PUT_WITH_ID:
+            return []
+        return [(msgpack.unpackb(payload)[2], lsn)]
+    if ftype == TYPE_DELETE:
+        if payload[0] != _DELETE_WITH_ID:
+            return []
+        return [(msgpack.unpackb(payload)[1], lsn)]
+    if ftype == TYPE_BATCH:
+        return [(op[3], lsn + i) for i, op in enumerate(msgpack.unpackb(payload)) if len(op) > 3]
     return []
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from strata.server.errors import InvalidInput
-from strata.server.service import RequestIds
+from strata.server.request_ids import RequestIds
+from strata.storage import Engine
 
 
 def test_a_write_whose_caller_timed_out_still_records_its_lsn():
@@ -143,5 +145,172 @@ def test_ops_of_a_failed_write_are_not_recorded_and_a_bad_id_registers_nothing()
         log: list = []
         assert await ids.run_ops(["p", "", "q"], _writer([9], log)) == [7, 8, 9]
         assert log == [[0, 1, 2]]  # an op without an id is always written
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------- expiry
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ids_expire_by_count_and_by_age():
+    async def main():
+        clock = Clock()
+        ids = RequestIds(capacity=3, ttl_s=10.0, clock=clock)
+        written: list[str] = []
+
+        def write(rid: str, lsn: int):
+            async def w() -> int:
+                written.append(rid)
+                return lsn
+            return w
+
+        for i in range(4):
+            assert await ids.run(f"r{i}", write(f"r{i}", i + 1)) == i + 1
+            clock.now += 2
+        # count: the newest 3 are kept
+        assert [ids.lsn(f"r{i}") for i in range(4)] == [None, 2, 3, 4]
+        # age: r1 was written at 1002, r3 at 1006; at 1014.5 only r3 is within 10 s
+        clock.now = 1014.5
+        assert [ids.lsn(f"r{i}") for i in range(4)] == [None, None, None, 4]
+        assert await ids.run("r3", write("again", 99)) == 4  # known: answered
+        assert await ids.run("r1", write("r1 again", 50)) == 50  # forgotten: written
+        assert written == ["r0", "r1", "r2", "r3", "r1 again"]
+        assert ids.lsn("r1") == 50 and len(ids) <= 3
+        ids.configure(capacity=1, ttl_s=0)  # SIGHUP: applied at once; 0 = no age limit
+        assert len(ids) == 1 and ids.lsn("r1") == 50
+        clock.now += 1e6
+        assert ids.lsn("r1") == 50
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------- the table follows the log
+
+def test_the_table_holds_the_ids_of_the_frames_an_engine_commits_or_applies(tmp_path):
+    """Writes taken elsewhere (a replica applying the master's frames) are known too, and
+    a write's id is in the table before the write's own caller is answered."""
+    async def main(master: Engine, replica: Engine):
+        on_master = RequestIds()
+        on_master.follow(master, [])
+        on_replica = RequestIds()
+        on_replica.follow(replica, replica.recent_request_ids(100))
+        lsn = await master.put_async(b"a", b"1", request_id="A")
+        assert on_master.lsn("A") == lsn  # before any other callback could run
+        last = await master.write_batch_async([("put", b"b", b"2"), ("delete", b"c")],
+                                              request_ids=["B", "C"])
+        whole = await master.write_batch_async([("put", b"d", b"3"), ("put", b"e", b"4")],
+                                               request_id="D")
+        await master.delete_async(b"x")  # no id
+        replica.apply_frames(b"".join(bytes(fr.raw) for fr in master.read_log(1)))
+        await asyncio.sleep(0)  # applied on this thread: the loop takes them next
+        for table in (on_master, on_replica):
+            assert (table.lsn("A"), table.lsn("B"), table.lsn("C"), table.lsn("D")) == \
+                (lsn, last - 1, last, whole)
+            assert len(table) == 4
+
+    m = Engine.open(str(tmp_path / "m"), durability="always")
+    r = Engine.open(str(tmp_path / "r"), durability="always")
+    r.set_read_only(True)
+    try:
+        asyncio.run(main(m, r))
+    finally:
+        m.close()
+        r.close()
+
+
+def test_a_log_cut_or_restart_rebuilds_the_table_from_what_the_log_holds(tmp_path):
+    p = str(tmp_path / "db")
+    opts = dict(durability="always", flush_after_recovery=False)
+
+    ids = RequestIds()
+
+    async def before(db: Engine) -> int:
+        ids.follow(db, [])
+        await db.put_async(b"k", b"1", request_id="kept")
+        keep = db.last_lsn
+        await db.put_async(b"k", b"2", request_id="cut")  # a tail the next master never had
+        await asyncio.sleep(0)
+        assert ids.lsn("kept") == keep and ids.lsn("cut") == keep + 1
+        return keep
+
+    async def after(db: Engine, keep: int) -> None:
+        ids.follow(db, db.recent_request_ids(100))
+        assert ids.lsn("kept") == keep
+        assert ids.lsn("cut") is None, "an id of a write that was cut is remembered"
+
+    db = Engine.open(p, **opts)
+    keep = asyncio.run(before(db))
+    db._halt()
+    db.close()
+    with Engine.open(p, truncate_after=keep, **opts) as db:
+        asyncio.run(after(db, keep))
+
+
+def test_ids_read_back_from_the_log_keep_their_age():
+    async def main():
+        clock = Clock()
+        ids = RequestIds(ttl_s=900.0, clock=clock)
+
+        class NoEngine:
+            def add_commit_listener(self, fn) -> None:
+                pass
+
+        now = time.time()
+        ids.follow(NoEngine(), [("old", 1, now - 3600), ("recent", 2, now - 890),
+                                ("new", 3, now)])
+        assert (ids.lsn("old"), ids.lsn("recent"), ids.lsn("new")) == (None, 2, 3)
+        clock.now += 20  # "recent" was written 910 s ago now
+        assert (ids.lsn("recent"), ids.lsn("new")) == (None, 3)
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------- answers wait for the commit point
+
+def test_a_known_id_is_answered_once_its_lsn_is_committed_and_not_before():
+    async def main():
+        committed = asyncio.get_running_loop().create_future()
+        asked: list[int] = []
+
+        async def settle(lsn: int) -> None:
+            asked.append(lsn)
+            await committed
+
+        ids = RequestIds(settle=settle)
+        now = time.monotonic()
+        ids._record("seen", 41, now, now)  # in the log, not yet committed
+
+        async def never() -> int:
+            raise AssertionError("a known id was written again")
+
+        retry = asyncio.ensure_future(ids.run("seen", never))
+        ops = asyncio.ensure_future(ids.run_ops(["seen", "fresh"], _writer([50], [])))
+        await asyncio.sleep(0.01)
+        assert not retry.done() and not ops.done(), "answered above the commit point"
+        committed.set_result(None)
+        assert await retry == 41
+        assert await ops == [41, 50]
+        assert asked == [41, 41]
+
+    asyncio.run(main())
+
+
+def test_a_known_id_whose_commit_is_unknown_fails_like_its_write_would():
+    async def main():
+        async def deposed(lsn: int) -> None:
+            raise RuntimeError("no longer master")
+
+        ids = RequestIds(settle=deposed)
+        now = time.monotonic()
+        ids._record("seen", 7, now, now)
+        with pytest.raises(RuntimeError):
+            await ids.run("seen", lambda: None)
 
     asyncio.run(main())

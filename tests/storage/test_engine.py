@@ -585,3 +585,110 @@ def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch,
                 if v is not None:
                     want.append((k, v))
         assert list(eng._visible([iter(s) for s in sources], snap)) == want
+
+
+# ---------------------------------------------------------------------- request ids
+
+
+def _write_with_ids(db, n: int, start: int = 0) -> list[tuple[str, int]]:
+    """Writes of every kind carrying request ids; returns the (id, LSN) each names."""
+    out = []
+    for i in range(start, start + n):
+        kind = i % 4
+        if kind == 0:
+            out.append((f"p{i}", db.put(k(i), b"v%d" % i, request_id=f"p{i}")))
+        elif kind == 1:
+            out.append((f"d{i}", db.delete(k(i), request_id=f"d{i}")))
+        elif kind == 2:
+            last = db.write_batch([("put", k(i), b"a"), ("delete", k(i + 1))],
+                                  request_id=f"b{i}")
+            out.append((f"b{i}", last))  # the whole batch's id names its last LSN
+        else:
+            last = db.write_batch([("put", k(i), b"a"), ("put", k(i + 1), b"b"),
+                                   ("delete", k(i + 2))], request_ids=[f"x{i}", None, f"z{i}"])
+            out += [(f"x{i}", last - 2), (f"z{i}", last)]
+        db.put(k(i), b"no id")  # writes without an id are in between
+    return out
+
+
+def test_request_ids_are_read_back_from_the_log_after_a_crash(path):
+    opts = dict(small(wal_segment_size=32 << 10), flush_after_recovery=False)
+    with Engine.open(path, **opts) as db:
+        want = _write_with_ids(db, 400)
+        db.flush()  # flushed writes keep their ids while their segments are retained
+        want += _write_with_ids(db, 100, start=400)
+        assert len(db.wal().segments()) > 2
+        db._halt()  # crash: the tail is only in the log
+    with Engine.open(path, **opts) as db:
+        got = db.recent_request_ids(10_000)
+        assert [(rid, lsn) for rid, lsn, _ in got] == want
+        now = time.time()
+        assert all(now - 60 < written <= now for _, _, written in got)
+        # the newest `limit` only
+        assert [(rid, lsn) for rid, lsn, _ in db.recent_request_ids(7)] == want[-7:]
+        assert db.recent_request_ids(0) == []
+
+
+def test_a_log_cut_on_reopen_forgets_the_ids_of_the_cut_writes(tmp_path):
+    p = str(tmp_path / "db")
+    opts = dict(small(), flush_after_recovery=False)
+    with Engine.open(p, **opts) as db:
+        kept = _write_with_ids(db, 40)
+        keep = db.last_lsn
+        _write_with_ids(db, 40, start=40)  # the tail a new master never had
+        db._halt()
+    with Engine.open(p, truncate_after=keep, **opts) as db:
+        assert [(rid, lsn) for rid, lsn, _ in db.recent_request_ids(10_000)] == kept
+        again = db.put(b"again", b"1", request_id="p40")  # an id of a cut write, written anew
+        assert db.recent_request_ids(1)[0][:2] == ("p40", again)
+
+
+def test_request_ids_of_segments_last_written_before_max_age_are_not_read(path):
+    opts = dict(small(wal_segment_size=16 << 10), flush_after_recovery=False)
+    with Engine.open(path, **opts) as db:
+        old = _write_with_ids(db, 300)
+        db.flush()  # rolls the log: the old writes are all in sealed segments
+        sealed = db.wal().segments()[:-1]
+        assert len(sealed) >= 2 and sealed[-1][0] < db.wal().segments()[-1][0] == db.last_lsn + 1
+        new = _write_with_ids(db, 5, start=300)
+        hour_ago = time.time() - 3600
+        for _, p in sealed:
+            os.utime(p, (hour_ago, hour_ago))
+        got = db.recent_request_ids(10_000, max_age_s=60)
+        assert [(rid, lsn) for rid, lsn, _ in got] == new
+        every = db.recent_request_ids(10_000)
+        assert [(rid, lsn) for rid, lsn, _ in every] == old + new
+        # a frame is dated by its segment's last write
+        assert [w for _, _, w in every[:len(old)]] == pytest.approx([hour_ago] * len(old))
+
+
+def test_request_ids_are_checked_before_anything_is_written(path):
+    with Engine.open(path) as db:
+        for bad in ("r" * 65, b"bytes", 7):
+            with pytest.raises(InvalidArgument):
+                db.put(b"k", b"v", request_id=bad)
+            with pytest.raises(InvalidArgument):
+                db.delete(b"k", request_id=bad)
+            with pytest.raises(InvalidArgument):
+                db.write_batch([("put", b"k", b"v")], request_ids=[bad])
+        with pytest.raises(InvalidArgument):
+            db.write_batch([("put", b"k", b"v")], request_id="a", request_ids=["b"])
+        with pytest.raises(InvalidArgument):
+            db.write_batch([("put", b"k", b"v")], request_ids=["a", "b"])
+        assert db.last_lsn == 0
+        db.put(b"k", b"v", request_id="")  # "" is no id
+        assert db.recent_request_ids(10) == []
+
+
+def test_async_writes_carry_their_ids(path):
+    async def main(db):
+        a = await db.put_async(b"a", b"1", request_id="A")
+        d = await db.delete_async(b"a", request_id="D")
+        b = await db.write_batch_async([("put", b"b", b"2")], request_id="B")
+        c = await db.write_batch_async([("put", b"c", b"3"), ("put", b"e", b"4")],
+                                       request_ids=["C", "E"])
+        return [("A", a), ("D", d), ("B", b), ("C", c - 1), ("E", c)]
+
+    with Engine.open(path, durability="always") as db:
+        want = asyncio.run(main(db))
+        assert [(rid, lsn) for rid, lsn, _ in db.recent_request_ids(10)] == want
