@@ -154,6 +154,9 @@ class RingWriter:
         """Write events (lsn, ts_ns, topic, key, value|None) and wake sleeping readers.
 
         REQUIRES: one caller at a time (the engine's commit listener is).
+        Events are cut into batches of at most half the ring, each published
+        with the reserve / copy / write protocol of `_commit`, so that a reader
+        that had caught up is never lapped by one batch.
         """
         cap = self.capacity
         half = cap // 2
@@ -182,8 +185,11 @@ class RingWriter:
                 chunks.append((pos, bytearray(_WRAP if cap - off >= 4 else b"")))
                 pos += cap - off
                 chunk, chunk_at = bytearray(), pos
-            if pos - start + size > half and chunk:  # keep one batch under half the ring
-                chunks.append((chunk_at, chunk))
+            # Keep one batch under half the ring. `pos > start`, not `chunk`: after a
+            # wrap the chunk is empty although the batch already holds frames.
+            if pos - start + size > half and pos > start:
+                if chunk:
+                    chunks.append((chunk_at, chunk))
                 self._commit(start, pos, chunks, last)
                 chunks, start, chunk, chunk_at = [], pos, bytearray(), pos
             tail = _TAIL.pack(lsn, ts, len(topic), flags, 0, len(key))
@@ -197,6 +203,12 @@ class RingWriter:
                 chunk += bytes(8 - length % 8)
             pos += size
             last = lsn
+            if pos % cap == 0:
+                # Invariant: a chunk never crosses the end of the data area. One that
+                # ends exactly there is closed, so the next frame starts a chunk at
+                # offset 0 (it was appended to this one and copied past the end).
+                chunks.append((chunk_at, chunk))
+                chunk, chunk_at = bytearray(), pos
         if chunk:
             chunks.append((chunk_at, chunk))
         if chunks:
@@ -204,7 +216,14 @@ class RingWriter:
             self.published += len(events)
             self._bells.ring(pos)
 
-    def _commit(self, start: int, end: int, chunks: list, last_lsn: int) -> None:
+    def _commit(self, start: int, end: int, chunks: list[tuple[int, bytearray]],
+                last_lsn: int) -> None:
+        """Publish the batch [start, end): tail, reserve, copy the chunks, write.
+
+        REQUIRES: each chunk lies within the data area (at % cap + len <= cap) and
+        end - start <= cap // 2. A copy that raised here would leave reserve_pos
+        ahead of write_pos and `_pos` behind both: every later batch misplaced.
+        """
         w, data, cap = self._words, self._data, self.capacity
         batches = self._batches
         batches.append(start)

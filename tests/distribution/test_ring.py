@@ -220,3 +220,96 @@ def test_poll_frames_is_the_same_stream_as_poll(name):
     a.close()
     b.close()
     w.close()
+
+
+# -- the end of the data area ----------------------------------------------------------
+
+def sized(lsn: int, frame: int, topic: bytes = b"kv") -> tuple:
+    """An event whose frame is exactly `frame` bytes (a multiple of 8, at least 56),
+    its value a pattern of its LSN (so that an overwritten byte shows)."""
+    key = b"k%07d" % lsn
+    n = frame - 32 - len(topic) - len(key)
+    return (lsn, lsn, topic, key, pattern(lsn, n))
+
+
+def pattern(lsn: int, n: int) -> bytes:
+    return (lsn.to_bytes(8, "little") * (n // 8 + 1))[:n]
+
+
+def check_published(w: RingWriter) -> None:
+    """The writer's own positions agree with the header: nothing reserved but unwritten."""
+    from strata_client.ring import W_RESERVE, W_WRITE
+
+    assert w._words[W_WRITE] == w._words[W_RESERVE] == w._pos
+
+
+def test_a_frame_ending_at_the_end_of_the_data_area_then_more_of_the_same_commit(name):
+    """16384 * 3, then a commit of [16384, small] on a 64 KiB ring: the fourth frame
+    ends exactly at the end of the data area and the fifth starts at offset 0. It was
+    copied past the end (ValueError in the commit listener) and LSNs 4, 5 were lost."""
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    got = []
+    for commit in ([sized(1, 16384)], [sized(2, 16384)], [sized(3, 16384)],
+                   [sized(4, 16384), sized(5, 64)], [sized(6, 64)]):
+        w.publish(commit)
+        check_published(w)
+        got += [(e.lsn, bytes(e.value)) for e in r.poll(100)]
+    assert [lsn for lsn, _ in got] == [1, 2, 3, 4, 5, 6]
+    assert all(v == sized(lsn, len(v) + 42)[4] for lsn, v in got)
+    assert w._pos == (64 << 10) + 128
+    r.close()
+    w.close()
+
+
+@pytest.mark.parametrize("frame", [64, 512, 4096, 8192, 16384])
+@pytest.mark.parametrize("per_commit", [2, 3, 5, 7])
+def test_equal_frames_that_divide_the_ring_in_commits_of_several(name, frame, per_commit):
+    """Frames of a size that divides the ring end exactly at its end on every lap;
+    commits of several straddle it. The ring used to stop publishing for good."""
+    cap = 64 << 10
+    per_commit = min(per_commit, cap // 2 // frame)  # read after each: never lapped
+    w = RingWriter(name, cap)
+    r = RingReader(name, wait="poll")
+    n = 3 * cap // frame + per_commit  # three laps and then some
+    lsn, seen = 1, []
+    while lsn <= n:
+        w.publish([sized(x, frame) for x in range(lsn, min(lsn + per_commit, n + 1))])
+        lsn += per_commit
+        check_published(w)
+        seen += [e.lsn for e in r.poll(10_000) if bytes(e.value) == sized(e.lsn, frame)[4]]
+    assert seen == list(range(1, n + 1))
+    assert w._pos == n * frame  # no wrap was needed: every frame fits up to the end
+    r.close()
+    w.close()
+
+
+@pytest.mark.parametrize("left", [8, 16, 24, 32, 40, 56, 64, 4096 - 8, 4096, 4096 + 8])
+def test_commits_straddling_the_end(name, left):
+    """A commit of 4 KiB frames starting `left` bytes before the end of the data area:
+    a wrap (or, exactly fitting, none) and the rest from offset 0, all in order."""
+    cap = 64 << 10
+    w = RingWriter(name, cap)
+    r = RingReader(name, wait="poll")
+    fill = cap - left
+    lsn, seen = 1, []
+    while fill:  # frames up to `left` bytes before the end, at most a quarter each
+        size = min(fill, 16384)
+        if fill - size and fill - size < 56:
+            size -= 64
+        w.publish([sized(lsn, size)])
+        fill -= size
+        lsn += 1
+        seen += [e.lsn for e in r.poll(100)]
+    assert w._pos == cap - left
+    w.publish([sized(x, 4096) for x in range(lsn, lsn + 4)])
+    check_published(w)
+    got = r.poll(100)
+    assert [e.lsn for e in got] == list(range(lsn, lsn + 4))
+    assert all(bytes(e.value) == sized(e.lsn, 4096)[4] for e in got)
+    assert seen == list(range(1, lsn))
+    fits = left // 4096  # frames that fit before the end; the rest start at offset 0
+    assert w._pos == cap + (4 - fits) * 4096
+    del got
+    r.close()
+    w.close()
