@@ -559,3 +559,65 @@ def test_a_reader_process_beside_a_writer_sees_no_gap_and_no_bad_byte(name, shap
         w.close()
     assert out["read"] > 1000 and out["vouched"] > 10, out
     assert (out["gaps"], out["repeats"], out["bad"]) == (0, 0, 0), out
+
+
+STDLIB_ONLY_READER = r"""
+import sys
+
+class OnlyTheStandardLibrary:
+    # Any import outside the standard library and strata_client fails, as it would
+    # where only strata_client is installed (pip install --no-deps): grpc, protobuf...
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in sys.stdlib_module_names and top != "strata_client":
+            raise ImportError(f"{name} is not installed here")
+        return None
+
+sys.meta_path.insert(0, OnlyTheStandardLibrary())
+for m in [m for m in sys.modules if m.partition(".")[0] not in sys.stdlib_module_names]:
+    del sys.modules[m]  # whatever site-packages' .pth files loaded
+try:
+    import grpc  # noqa: F401
+    raise SystemExit("grpc is importable")
+except ImportError:
+    pass
+
+from strata_client.errors import Lapped, StrataError
+from strata_client.ring import RingReader
+
+r = RingReader(sys.argv[1], wait="poll", from_start=True)
+print([e.lsn for e in r.read(1000, timeout=5)], flush=True)
+sys.stdin.readline()  # the writer laps us meanwhile
+try:
+    r.read(timeout=5)
+    print("not lapped", flush=True)
+except Lapped as e:
+    assert isinstance(e, StrataError)
+    print("lapped", e.resume_lsn, flush=True)
+r.close()
+outside = sorted({m.partition(".")[0] for m in sys.modules} - set(sys.stdlib_module_names))
+print(outside, flush=True)
+"""
+
+
+def test_the_ring_reader_runs_with_nothing_but_the_standard_library(name):
+    """strata_client.ring (and the errors it raises, Lapped with resume_lsn) imports
+    nothing outside the standard library: grpc and protobuf made unimportable."""
+    import subprocess
+    import sys
+
+    w = RingWriter(name, 64 << 10)
+    w.publish(events(1, 10))
+    p = subprocess.Popen([sys.executable, "-c", STDLIB_ONLY_READER, name], text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline().strip() == str(list(range(1, 11))), p.stderr.read()
+        for first in range(11, 2000, 50):
+            w.publish(events(first, 50))
+        out, err = p.communicate("go\n", timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+        w.close()
+    assert p.returncode == 0, err
+    assert out.splitlines() == ["lapped 11", "['strata_client']"]
