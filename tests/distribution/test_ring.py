@@ -621,3 +621,22 @@ def test_the_ring_reader_runs_with_nothing_but_the_standard_library(name):
         w.close()
     assert p.returncode == 0, err
     assert out.splitlines() == ["lapped 11", "['strata_client']"]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o644])
+def test_the_ring_file_and_its_doorbell_get_the_configured_mode(name, mode):
+    """Exactly `mode`, whatever the umask: the permissions are a ring's only protection."""
+    import stat
+
+    from strata_client.ring import doorbell_path
+
+    old = os.umask(0o077)
+    try:
+        w = RingWriter(name, 64 << 10, mode=mode)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(f"/dev/shm/{name}").st_mode) == mode
+        assert stat.S_IMODE(os.stat(doorbell_path(name)).st_mode) == mode
+    finally:
+        w.close()

@@ -194,3 +194,14 @@ def test_frames_that_end_exactly_at_the_end_of_the_ring_all_arrive(daemon_factor
     assert got == sent
     assert "commit listener failed" not in d.logs()
     r.close()
+
+
+def test_ring_mode_sets_the_permissions_of_the_ring_and_its_doorbell(daemon_factory, ring_name):
+    """ring_mode from the environment (octal digits), applied to both files."""
+    import stat
+
+    daemon_factory(args=["--rings", f"{ring_name}:1MiB"], extra_env={"STRATA_RING_MODE": "0640"})
+    for path in (f"/dev/shm/{ring_name}", f"/dev/shm/.{ring_name}.doorbell"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, path
+    r = RingReader(ring_name, wait="poll")  # the owner still reads it
+    r.close()
