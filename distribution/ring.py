@@ -101,9 +101,15 @@ def parse_rings(spec: str) -> list[tuple[str, int, frozenset[str] | None]]:
 
 
 class RingWriter:
-    """One ring: create (or replace a stale one), publish batches, close."""
+    """One ring: create (or replace a stale one), publish batches, close.
 
-    def __init__(self, name: str, capacity: int, topics: frozenset[str] | None = None) -> None:
+    `mode`: the permissions of the shared-memory file and the doorbell socket,
+    set exactly (not through the umask). A ring bypasses the server's tokens:
+    whoever may open the file reads every event in it.
+    """
+
+    def __init__(self, name: str, capacity: int, topics: frozenset[str] | None = None,
+                 mode: int = 0o600) -> None:
         capacity -= capacity % 8
         self.name = name
         self.capacity = capacity
@@ -112,6 +118,9 @@ class RingWriter:
         self._replace_stale(name)
         self._shm = shared_memory.SharedMemory(name=name, create=True, size=HEADER_SIZE + capacity)
         _untrack(self._shm)  # the daemon unlinks it, at stop or (stale) at the next start
+        # Created 0o600 (less the umask) by SharedMemory; fchmod is exact. Readers
+        # open it read-write (their doorbell slot is in the header).
+        os.fchmod(self._shm._fd, mode)  # type: ignore[attr-defined]
         buf = self._shm.buf
         self._words = buf[:HEADER_SIZE].cast("Q")
         self._data = buf[HEADER_SIZE:HEADER_SIZE + capacity]
@@ -125,7 +134,7 @@ class RingWriter:
         self._batches: collections.deque[int] = collections.deque()  # batch start positions
         self.published = 0
         self.truncated = 0
-        self._bells = _Doorbell(doorbell_path(name), self._words)
+        self._bells = _Doorbell(doorbell_path(name), self._words, mode)
 
     @staticmethod
     def _replace_stale(name: str) -> None:
@@ -154,6 +163,9 @@ class RingWriter:
         """Write events (lsn, ts_ns, topic, key, value|None) and wake sleeping readers.
 
         REQUIRES: one caller at a time (the engine's commit listener is).
+        Events are cut into batches of at most half the ring, each published
+        with the reserve / copy / write protocol of `_commit`, so that a reader
+        that had caught up is never lapped by one batch.
         """
         cap = self.capacity
         half = cap // 2
@@ -182,8 +194,11 @@ class RingWriter:
                 chunks.append((pos, bytearray(_WRAP if cap - off >= 4 else b"")))
                 pos += cap - off
                 chunk, chunk_at = bytearray(), pos
-            if pos - start + size > half and chunk:  # keep one batch under half the ring
-                chunks.append((chunk_at, chunk))
+            # Keep one batch under half the ring. `pos > start`, not `chunk`: after a
+            # wrap the chunk is empty although the batch already holds frames.
+            if pos - start + size > half and pos > start:
+                if chunk:
+                    chunks.append((chunk_at, chunk))
                 self._commit(start, pos, chunks, last)
                 chunks, start, chunk, chunk_at = [], pos, bytearray(), pos
             tail = _TAIL.pack(lsn, ts, len(topic), flags, 0, len(key))
@@ -197,6 +212,12 @@ class RingWriter:
                 chunk += bytes(8 - length % 8)
             pos += size
             last = lsn
+            if pos % cap == 0:
+                # Invariant: a chunk never crosses the end of the data area. One that
+                # ends exactly there is closed, so the next frame starts a chunk at
+                # offset 0 (it was appended to this one and copied past the end).
+                chunks.append((chunk_at, chunk))
+                chunk, chunk_at = bytearray(), pos
         if chunk:
             chunks.append((chunk_at, chunk))
         if chunks:
@@ -204,7 +225,14 @@ class RingWriter:
             self.published += len(events)
             self._bells.ring(pos)
 
-    def _commit(self, start: int, end: int, chunks: list, last_lsn: int) -> None:
+    def _commit(self, start: int, end: int, chunks: list[tuple[int, bytearray]],
+                last_lsn: int) -> None:
+        """Publish the batch [start, end): tail, reserve, copy the chunks, write.
+
+        REQUIRES: each chunk lies within the data area (at % cap + len <= cap) and
+        end - start <= cap // 2. A copy that raised here would leave reserve_pos
+        ahead of write_pos and `_pos` behind both: every later batch misplaced.
+        """
         w, data, cap = self._words, self._data, self.capacity
         batches = self._batches
         batches.append(start)
@@ -260,7 +288,7 @@ class _Doorbell:
     word; `ring` sends one byte to every reader whose slot is set. A thread
     accepts readers and notices the ones that leave."""
 
-    def __init__(self, path: str, words) -> None:
+    def __init__(self, path: str, words, mode: int = 0o600) -> None:
         self.path = path
         self.words = words
         self.socks: dict[int, socket.socket] = {}
@@ -270,6 +298,7 @@ class _Doorbell:
             pass
         self._listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listen.bind(path)
+        os.chmod(path, mode)  # connecting needs write permission: the ring's readers'
         self._listen.listen(64)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._listen, selectors.EVENT_READ)
@@ -355,11 +384,13 @@ class _Doorbell:
 class Rings:
     """The configured rings, fed by the engine's commit listener."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, mode: int = 0o600) -> None:
+        """`spec` as `parse_rings` reads it; `mode` the permissions of every ring's files
+        (config `ring_mode`)."""
         self.rings: list[RingWriter] = []
         try:
             for name, size, topics in parse_rings(spec):
-                self.rings.append(RingWriter(name, size, topics))
+                self.rings.append(RingWriter(name, size, topics, mode))
                 log.info("ring %r: %d bytes, topics %s", name, size,
                          ", ".join(sorted(topics)) if topics else "all")
         except BaseException:

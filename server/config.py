@@ -30,6 +30,14 @@ class ConfigError(ValueError):
     """A configuration value is missing, malformed or out of range; says which and why."""
 
 
+class FileMode(int):
+    """A file permission mode: written and shown in octal (0o640), read from TOML
+    as an integer (write it 0o640) and from the environment as octal digits."""
+
+    def __repr__(self) -> str:
+        return f"0o{self:03o}"
+
+
 def _opt(default: Any, help: str, reload: bool = False, **kw: Any) -> Any:
     """A Config field with its documentation and whether SIGHUP reloads it."""
     return field(default=default, metadata={"help": help, "reload": reload}, **kw)
@@ -86,6 +94,10 @@ class Config:
     rings: str = _opt("", "shared-memory event rings for readers on this host: "
                       "name[:size[:topic,topic]] entries separated by ';', e.g. "
                       "\"events:64MiB;orders:8MiB:orders\" (docs/protocol.md, \"Event ring\")")
+    ring_mode: int = _opt(
+        FileMode(0o600), "permissions of each ring's shared-memory file (/dev/shm/<name>) and "
+        "doorbell socket; readers open both read-write, so readers in the daemon's group need "
+        "0o660. A ring is not behind auth_token: these permissions are its only protection")
     subscriber_queue: int = _opt(10_000, "events buffered per subscriber before it is cut off",
                                  True)
     auth_token: str = _opt(
@@ -136,6 +148,12 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, str):
                 return raw.strip().lower() in ("1", "true", "yes", "on")
             return bool(raw)
+        if isinstance(default, FileMode):
+            if isinstance(raw, str):  # "640", "0640" or "0o640": octal, as chmod reads it
+                return FileMode(int(raw.strip().lower().removeprefix("0o") or "x", 8))
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise TypeError(raw)
+            return FileMode(raw)
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
@@ -205,6 +223,11 @@ def validate(cfg: Config) -> None:
             parse_rings(cfg.rings)
         except ValueError as e:
             raise ConfigError(f"rings: {e}") from None
+    if not 0 <= cfg.ring_mode <= 0o777 or cfg.ring_mode & 0o600 != 0o600:
+        # The daemon reopens a ring by name (a stale one at the next start): it
+        # needs read and write itself; set-id and sticky bits mean nothing here.
+        raise ConfigError(f"ring_mode must be 0o600 .. 0o777 with owner read and write "
+                          f"(0o600 set), not {cfg.ring_mode:#o}")
     for name in ("max_batch_ops", "max_concurrent_calls", "max_streams", "subscriber_queue",
                  "subscriber_memory", "subscriber_buffer", "max_ws_connections"):
         if getattr(cfg, name) < 1:

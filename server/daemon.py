@@ -131,7 +131,7 @@ class Daemon:
         self._hub = Hub(loop)
         self.gate.hub = self._hub
         if cfg.rings:
-            self.rings = Rings(cfg.rings)
+            self.rings = Rings(cfg.rings, cfg.ring_mode)
         if self.cluster is not None:
             # Subscribers and rings see a write once it is committed, never a tail a
             # failover could cut: frames wait in the feed for the commit point.

@@ -3,11 +3,18 @@
 Each carries what the caller needs to act: the current LSN of a failed
 compare-and-set, the LSN to resume a subscription from, the earliest LSN
 still retained, the master's address.
+
+Standard library only at import: strata_client.ring (which must run without
+grpc, for readers on the daemon's host) raises these same classes. grpc is
+imported by `from_rpc_error`, which only a gRPC caller reaches.
 """
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
 
 
 class StrataError(Exception):
@@ -106,6 +113,8 @@ def _trailer(err: grpc.RpcError, name: str) -> str:
 
 
 def from_rpc_error(err: grpc.RpcError) -> StrataError:
+    import grpc  # here, not at the top: see the module docstring
+
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     msg = (err.details() if hasattr(err, "details") else "") or str(err)
     name = code.name if code is not None else "UNKNOWN"

@@ -34,7 +34,9 @@ position r reads up to `write_pos`; the frames it parsed are intact if, after
 checking their CRC, `reserve_pos - capacity <= r` (the writer has not started
 to overwrite them). Otherwise the reader was lapped: it raises
 `Lapped(resume_lsn)`, the first LSN it did not return, to resume from through
-the server's historical tier. It never skips an event silently.
+the server's historical tier. It never skips an event silently. Views of the
+frames it returned from position s stay intact while `reserve_pos - capacity
+<= s` (`still_valid`): the writer overwrites the oldest bytes first.
 
 Changing any of these constants breaks attached readers: bump VERSION.
 """
@@ -197,20 +199,26 @@ class RingReader:
         # Start at the live end, or at the oldest frame the ring still holds.
         # last_lsn before write_pos (the writer stores them the other way round): a
         # resume point taken from it may repeat an event, never skip one.
+        # At the live end that LSN is a lower bound: events after it and before the
+        # first one returned were published before the attach. from_start is exact.
         self.last_lsn = w[W_LAST_LSN]  # the last LSN returned (or passed over at attach)
         wpos = w[W_WRITE]
         self.pos = wpos
         if from_start:
-            self.pos, self.last_lsn = self._oldest(wpos)
+            self.pos, self.last_lsn = self._oldest(wpos, self.last_lsn)
+        # Where the frames of the last non-empty poll start: their views stay
+        # intact while reserve_pos - capacity <= this (see still_valid).
+        self._views_from = self.pos
         self._bell: socket.socket | None = None
         self._slot = -1
         self._checked = time.monotonic()
 
     # -- attach / detach -------------------------------------------------------------
 
-    def _oldest(self, wpos: int) -> tuple[int, int]:
+    def _oldest(self, wpos: int, last_lsn: int) -> tuple[int, int]:
         """The oldest frame the ring still holds (`tail_pos`, a frame start the writer
-        keeps up to date), and the LSN before it."""
+        keeps up to date), and the LSN before it; (wpos, last_lsn), the live end
+        as loaded at attach, if the writer keeps overwriting it."""
         w, cap = self._words, self.capacity
         for _ in range(1000):
             pos = w[W_TAIL]
@@ -225,7 +233,9 @@ class RingReader:
             lsn = FRAME.unpack_from(self._data, off)[2]
             if w[W_RESERVE] - cap <= pos:  # not overwritten while we looked
                 return pos, lsn - 1
-        return wpos, w[W_LAST_LSN]
+        # Not last_lsn loaded now: it may belong to a batch after wpos, and a resume
+        # point past an event the reader never got would skip it.
+        return wpos, last_lsn
 
     def close(self) -> None:
         if self._bell is not None:
@@ -289,6 +299,8 @@ class RingReader:
         self._check_lapped(start, last)
         self.pos = pos
         self.last_lsn = last
+        if out:
+            self._views_from = start
         return out
 
     def poll_frames(self, max_events: int = 1024) -> list[tuple[int, memoryview]]:
@@ -333,6 +345,8 @@ class RingReader:
         self._check_lapped(start, last)
         self.pos = pos
         self.last_lsn = last
+        if out:
+            self._views_from = start
         return out
 
     def _check_lapped(self, start: int, last: int) -> None:
@@ -341,8 +355,15 @@ class RingReader:
                          f"read", "RING_LAPPED", self.last_lsn + 1)
 
     def still_valid(self) -> bool:
-        """True while the views of the last poll() cannot yet have been overwritten."""
-        return self._words[W_RESERVE] - self.capacity <= self.pos
+        """True while the views returned by the last poll that returned any (poll,
+        poll_frames, read, read_frames) cannot yet have been overwritten.
+
+        Call it after using the views: True means every byte read through them
+        was the byte written. The test is on where those frames start, not on
+        where they end: the writer overwrites the oldest bytes first, so the
+        first frame is the first one lost.
+        """
+        return self._words[W_RESERVE] - self.capacity <= self._views_from
 
     def read(self, max_events: int = 256, timeout: float | None = None) -> list[RingEvent]:
         """Block until at least one event (or `timeout` seconds: then []); at most max_events."""

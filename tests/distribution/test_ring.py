@@ -9,15 +9,19 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from strata.distribution.ring import RingInUse, RingWriter, parse_rings
 from strata_client.errors import Lapped
 from strata_client.ring import (
+    FRAME_HEADER,
     HEADER_SIZE,
     W_CLOSED,
     AsyncRingReader,
     RingClosed,
     RingCorrupt,
+    RingEvent,
     RingReader,
 )
 
@@ -220,3 +224,419 @@ def test_poll_frames_is_the_same_stream_as_poll(name):
     a.close()
     b.close()
     w.close()
+
+
+# -- the end of the data area ----------------------------------------------------------
+
+def sized(lsn: int, frame: int, topic: bytes = b"kv") -> tuple:
+    """An event whose frame is exactly `frame` bytes (a multiple of 8, at least 56),
+    its value a pattern of its LSN (so that an overwritten byte shows)."""
+    key = b"k%07d" % lsn
+    n = frame - 32 - len(topic) - len(key)
+    return (lsn, lsn, topic, key, pattern(lsn, n))
+
+
+def pattern(lsn: int, n: int) -> bytes:
+    return (lsn.to_bytes(8, "little") * (n // 8 + 1))[:n]
+
+
+def check_published(w: RingWriter) -> None:
+    """The writer's own positions agree with the header: nothing reserved but unwritten."""
+    from strata_client.ring import W_RESERVE, W_WRITE
+
+    assert w._words[W_WRITE] == w._words[W_RESERVE] == w._pos
+
+
+def test_a_frame_ending_at_the_end_of_the_data_area_then_more_of_the_same_commit(name):
+    """16384 * 3, then a commit of [16384, small] on a 64 KiB ring: the fourth frame
+    ends exactly at the end of the data area and the fifth starts at offset 0. It was
+    copied past the end (ValueError in the commit listener) and LSNs 4, 5 were lost."""
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    got = []
+    for commit in ([sized(1, 16384)], [sized(2, 16384)], [sized(3, 16384)],
+                   [sized(4, 16384), sized(5, 64)], [sized(6, 64)]):
+        w.publish(commit)
+        check_published(w)
+        got += [(e.lsn, bytes(e.value)) for e in r.poll(100)]
+    assert [lsn for lsn, _ in got] == [1, 2, 3, 4, 5, 6]
+    assert all(v == sized(lsn, len(v) + 42)[4] for lsn, v in got)
+    assert w._pos == (64 << 10) + 128
+    r.close()
+    w.close()
+
+
+@pytest.mark.parametrize("frame", [64, 512, 4096, 8192, 16384])
+@pytest.mark.parametrize("per_commit", [2, 3, 5, 7])
+def test_equal_frames_that_divide_the_ring_in_commits_of_several(name, frame, per_commit):
+    """Frames of a size that divides the ring end exactly at its end on every lap;
+    commits of several straddle it. The ring used to stop publishing for good."""
+    cap = 64 << 10
+    per_commit = min(per_commit, cap // 2 // frame)  # read after each: never lapped
+    w = RingWriter(name, cap)
+    r = RingReader(name, wait="poll")
+    n = 3 * cap // frame + per_commit  # three laps and then some
+    lsn, seen = 1, []
+    while lsn <= n:
+        w.publish([sized(x, frame) for x in range(lsn, min(lsn + per_commit, n + 1))])
+        lsn += per_commit
+        check_published(w)
+        seen += [e.lsn for e in r.poll(10_000) if bytes(e.value) == sized(e.lsn, frame)[4]]
+    assert seen == list(range(1, n + 1))
+    assert w._pos == n * frame  # no wrap was needed: every frame fits up to the end
+    r.close()
+    w.close()
+
+
+@pytest.mark.parametrize("left", [8, 16, 24, 32, 40, 56, 64, 4096 - 8, 4096, 4096 + 8])
+def test_commits_straddling_the_end(name, left):
+    """A commit of 4 KiB frames starting `left` bytes before the end of the data area:
+    a wrap (or, exactly fitting, none) and the rest from offset 0, all in order."""
+    cap = 64 << 10
+    w = RingWriter(name, cap)
+    r = RingReader(name, wait="poll")
+    fill = cap - left
+    lsn, seen = 1, []
+    while fill:  # frames up to `left` bytes before the end, at most a quarter each
+        size = min(fill, 16384)
+        if fill - size and fill - size < 56:
+            size -= 64
+        w.publish([sized(lsn, size)])
+        fill -= size
+        lsn += 1
+        seen += [e.lsn for e in r.poll(100)]
+    assert w._pos == cap - left
+    w.publish([sized(x, 4096) for x in range(lsn, lsn + 4)])
+    check_published(w)
+    got = r.poll(100)
+    assert [e.lsn for e in got] == list(range(lsn, lsn + 4))
+    assert all(bytes(e.value) == sized(e.lsn, 4096)[4] for e in got)
+    assert seen == list(range(1, lsn))
+    fits = left // 4096  # frames that fit before the end; the rest start at offset 0
+    assert w._pos == cap + (4 - fits) * 4096
+    del got
+    r.close()
+    w.close()
+
+
+# -- still_valid() ---------------------------------------------------------------------
+
+def test_still_valid_is_false_once_the_first_view_of_the_batch_is_overwritten(name):
+    """Views of frames [a, b): the writer overwrites from a. It used to compare with
+    b, the end of the batch, and said True for views already overwritten."""
+    cap = 64 << 10
+    w = RingWriter(name, cap)
+    r = RingReader(name, wait="poll")
+    w.publish([sized(1, 8192)])
+    r.poll()
+    w.publish([sized(2, 8192), sized(3, 8192)])  # the batch [8 KiB, 24 KiB)
+    views = r.poll()
+    assert [e.lsn for e in views] == [2, 3] and r.still_valid()
+    w.publish([sized(x, 8192) for x in (4, 5, 6)])
+    w.publish([sized(x, 8192) for x in (7, 8, 9, 10)])  # to 80 KiB: over 2, not over 3
+    assert bytes(views[0].value) != sized(2, 8192)[4]
+    assert bytes(views[1].value) == sized(3, 8192)[4]
+    assert not r.still_valid()
+    del views
+    r.close()
+    w.close()
+
+
+def test_still_valid_speaks_of_the_last_poll_that_returned_events(name):
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    w.publish([sized(1, 8192)])
+    views = r.poll()
+    assert r.poll() == []  # an empty poll returns no views: those of the last stay watched
+    for x in range(2, 9):
+        w.publish([sized(x, 8192)])
+    assert r.still_valid()  # 1 is intact: the writer stopped just before it
+    w.publish([sized(9, 64)])
+    assert not r.still_valid()
+    del views
+    r.close()
+    w.close()
+
+
+# -- a model reader against random frames and commits ------------------------------------
+
+@st.composite
+def steps(draw):
+    """Commits of random frames (sizes that end at the end of the ring often, sizes
+    over a quarter of the ring sometimes), polls of random length, still_valid()
+    checks and attaches, in random order."""
+    # Frames of 64, 512, 4096, 8192, 16384 bytes divide the ring: in an example of
+    # those alone, frames end exactly at its end again and again.
+    exact = st.sampled_from([22, 470, 4054, 8150, 16342]).map(lambda n: ("exact", n))
+    if draw(st.booleans()):
+        value = exact
+    else:
+        value = st.one_of(
+            exact,
+            st.just(("exact", 14)),  # a 56-byte frame: the smallest
+            st.integers(0, 3000).map(lambda n: ("any", n)),
+            st.integers(16343, 20000).map(lambda n: ("any", n)),  # truncated
+            st.just(("delete", 0)))
+    commit = st.lists(value, min_size=1, max_size=8).map(lambda c: ("commit", c))
+    step = st.one_of(
+        commit, commit, commit, commit,  # several commits between polls: the ring wraps
+        st.tuples(st.just("poll"), st.sampled_from([1, 2, 5, 1000]), st.booleans()),
+        st.just(("check",)),
+        st.tuples(st.just("attach"), st.booleans()))
+    return draw(st.lists(step, min_size=1, max_size=80))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=steps())
+def test_model_no_silent_gap_and_no_bad_byte_behind_still_valid(script):
+    """Every LSN published after the attach is returned, in order, or covered by a
+    Lapped whose resume_lsn is the first LSN not returned (then the reader attaches
+    again: from_start, or at the live end, as a client resuming through the
+    historical tier would). A view still_valid() vouches for holds the bytes written."""
+    name = f"strata-model-{os.getpid()}-{random.randrange(1 << 30)}"
+    cap = 64 << 10
+    w = RingWriter(name, cap)
+    r = RingReader(name, wait="poll")
+    try:
+        lsn = 0  # the last LSN published
+        nxt = 1  # the next LSN the reader owes us
+        written: dict[int, tuple] = {}
+        views: list = []  # (lsn, topic view, key view, value view or None)
+
+        def attach(from_start: bool) -> None:
+            nonlocal r, nxt, views
+            views = []
+            r.close()
+            r = RingReader(name, wait="poll", from_start=from_start)
+            if not from_start:
+                assert r.last_lsn == lsn  # one thread: nothing is in flight
+            # History from the resume LSN up to r.last_lsn covers what is in between.
+            assert r.last_lsn < nxt or r.last_lsn <= lsn
+            nxt = r.last_lsn + 1
+
+        def poll(n: int, frames: bool) -> None:
+            nonlocal nxt, views
+            try:
+                if frames:
+                    got = [RingEvent.parse(f) for _, f in r.poll_frames(n)]
+                else:
+                    got = r.poll(n)
+            except Lapped as e:
+                assert e.resume_lsn == nxt  # never past an event not returned
+                attach(random.random() < 0.5)
+                return
+            for ev in got:
+                assert ev.lsn == nxt, "a silent gap (or a repeat)"
+                nxt += 1
+                topic, key, value = written[ev.lsn]
+                assert bytes(ev.topic_bytes) == topic
+                if ev.truncated:
+                    assert FRAME_HEADER + len(topic) + len(key) + len(value or b"") > cap // 4
+                    assert ev.value is None and bytes(ev.key) == b""
+                else:
+                    assert bytes(ev.key) == key
+                    assert (None if ev.value is None else bytes(ev.value)) == value
+            if got:
+                assert r.still_valid()
+                views = [(ev.lsn, ev.topic_bytes, ev.key, ev.value) for ev in got]
+
+        def check() -> None:
+            """Use the views (copy them), then ask still_valid() whether that was safe."""
+            copies = [(bytes(t), bytes(k), None if v is None else bytes(v))
+                      for _, t, k, v in views]
+            if r.still_valid():
+                for (n, *_), (t, k, v) in zip(views, copies, strict=True):
+                    want = written[n]
+                    assert t == want[0], "a bad topic passed as valid"
+                    if k or v is not None:  # not truncated
+                        assert (k, v) == want[1:], "a bad value passed as valid"
+
+        for step in script:
+            if step[0] == "commit":
+                evs = []
+                for kind, n in step[1]:
+                    lsn += 1
+                    if kind == "exact":  # a frame of exactly 32 + 10 + n bytes
+                        topic, key, value = b"kv", b"k%07d" % (lsn % 10**7), pattern(lsn, n)
+                    else:
+                        topic, key = b"t", b"key-%d" % lsn
+                        value = None if kind == "delete" else pattern(lsn, n)
+                    written[lsn] = (topic, key, value)
+                    evs.append((lsn, lsn, topic, key, value))
+                w.publish(evs)
+                check_published(w)
+            elif step[0] == "poll":
+                poll(step[1], step[2])
+                check()
+            elif step[0] == "check":
+                check()
+            else:
+                attach(step[1])
+        while nxt <= lsn:  # drain: every LSN is returned or covered by a Lapped
+            before = nxt
+            poll(1000, False)
+            assert nxt > before or r.last_lsn >= lsn
+        assert nxt == lsn + 1
+    finally:
+        views = []
+        r.close()
+        w.close()
+
+
+STRESS_READER = r"""
+import json, random, sys, time
+from strata_client.errors import Lapped
+from strata_client.ring import RingReader
+name, secs = sys.argv[1], float(sys.argv[2])
+rng = random.Random(1)
+r = RingReader(name, wait="poll")
+nxt, exact = None, False  # at the live end the first LSN is not known in advance
+st = dict(read=0, lapped=0, gaps=0, repeats=0, vouched=0, bad=0)
+print("ready", flush=True)
+end = time.monotonic() + secs
+while time.monotonic() < end:
+    try:
+        evs = r.poll(rng.choice((1, 4, 64, 1024)))
+    except Lapped as e:
+        st["lapped"] += 1
+        st["gaps"] += nxt is not None and e.resume_lsn != nxt
+        evs = None
+        r.close()
+        r = RingReader(name, wait="poll", from_start=True)  # history up to r.last_lsn
+        nxt = r.last_lsn + 1
+        continue
+    for ev in evs:
+        if nxt is not None and ev.lsn != nxt:
+            st["gaps" if ev.lsn > nxt else "repeats"] += 1
+        nxt = ev.lsn + 1
+    st["read"] += len(evs)
+    if evs and rng.random() < 0.5:
+        time.sleep(rng.choice((0, 1e-5, 1e-4, 1e-3)))  # the writer runs meanwhile
+        copies = [(ev.lsn, bytes(ev.value)) for ev in evs if ev.value is not None]
+        if r.still_valid():
+            st["vouched"] += 1
+            st["bad"] += any(v != (n.to_bytes(8, "little") * (len(v) // 8 + 1))[:len(v)]
+                             for n, v in copies)
+    evs = None
+r.close()
+print(json.dumps(st), flush=True)
+"""
+
+
+@pytest.mark.parametrize("shape", ["random", "dividing"])
+def test_a_reader_process_beside_a_writer_sees_no_gap_and_no_bad_byte(name, shape):
+    """The writer here, a reader in another process (real concurrency, its polls and
+    the writer's copies interleaved at any byte): 3 s of commits into a 64 KiB ring,
+    the reader lapped thousands of times. Before the writer and still_valid() fixes
+    this saw silent gaps and about one bad value in ten vouched for."""
+    import json
+    import subprocess
+    import sys
+
+    w = RingWriter(name, 64 << 10)
+    p = subprocess.Popen([sys.executable, "-c", STRESS_READER, name, "3"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        rng = random.Random(2)
+        lsn = 1
+        while p.poll() is None:
+            if shape == "random":
+                sizes = [rng.choice((rng.randrange(0, 300), rng.randrange(0, 5000), 16342))
+                         for _ in range(rng.randrange(1, 8))]
+            else:
+                sizes = [rng.choice((470, 4054))] * rng.randrange(2, 6)
+            w.publish([sized(x, 42 + n) if n in (470, 4054, 16342)
+                       else (x, 0, b"kv", b"k%07d" % x, pattern(x, n))
+                       for x, n in zip(range(lsn, lsn + len(sizes)), sizes, strict=True)])
+            lsn += len(sizes)
+            if rng.random() < 0.01:
+                time.sleep(0.001)  # let the reader catch up now and then
+        out = json.loads(p.stdout.readline())
+    finally:
+        p.kill()
+        p.wait()
+        w.close()
+    assert out["read"] > 1000 and out["vouched"] > 10, out
+    assert (out["gaps"], out["repeats"], out["bad"]) == (0, 0, 0), out
+
+
+STDLIB_ONLY_READER = r"""
+import sys
+
+class OnlyTheStandardLibrary:
+    # Any import outside the standard library and strata_client fails, as it would
+    # where only strata_client is installed (pip install --no-deps): grpc, protobuf...
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in sys.stdlib_module_names and top != "strata_client":
+            raise ImportError(f"{name} is not installed here")
+        return None
+
+sys.meta_path.insert(0, OnlyTheStandardLibrary())
+for m in [m for m in sys.modules if m.partition(".")[0] not in sys.stdlib_module_names]:
+    del sys.modules[m]  # whatever site-packages' .pth files loaded
+try:
+    import grpc  # noqa: F401
+    raise SystemExit("grpc is importable")
+except ImportError:
+    pass
+
+from strata_client.errors import Lapped, StrataError
+from strata_client.ring import RingReader
+
+r = RingReader(sys.argv[1], wait="poll", from_start=True)
+print([e.lsn for e in r.read(1000, timeout=5)], flush=True)
+sys.stdin.readline()  # the writer laps us meanwhile
+try:
+    r.read(timeout=5)
+    print("not lapped", flush=True)
+except Lapped as e:
+    assert isinstance(e, StrataError)
+    print("lapped", e.resume_lsn, flush=True)
+r.close()
+outside = sorted({m.partition(".")[0] for m in sys.modules} - set(sys.stdlib_module_names))
+print(outside, flush=True)
+"""
+
+
+def test_the_ring_reader_runs_with_nothing_but_the_standard_library(name):
+    """strata_client.ring (and the errors it raises, Lapped with resume_lsn) imports
+    nothing outside the standard library: grpc and protobuf made unimportable."""
+    import subprocess
+    import sys
+
+    w = RingWriter(name, 64 << 10)
+    w.publish(events(1, 10))
+    p = subprocess.Popen([sys.executable, "-c", STDLIB_ONLY_READER, name], text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline().strip() == str(list(range(1, 11))), p.stderr.read()
+        for first in range(11, 2000, 50):
+            w.publish(events(first, 50))
+        out, err = p.communicate("go\n", timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+        w.close()
+    assert p.returncode == 0, err
+    assert out.splitlines() == ["lapped 11", "['strata_client']"]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o644])
+def test_the_ring_file_and_its_doorbell_get_the_configured_mode(name, mode):
+    """Exactly `mode`, whatever the umask: the permissions are a ring's only protection."""
+    import stat
+
+    from strata_client.ring import doorbell_path
+
+    old = os.umask(0o077)
+    try:
+        w = RingWriter(name, 64 << 10, mode=mode)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(f"/dev/shm/{name}").st_mode) == mode
+        assert stat.S_IMODE(os.stat(doorbell_path(name)).st_mode) == mode
+    finally:
+        w.close()

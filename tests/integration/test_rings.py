@@ -140,3 +140,68 @@ def test_ring_readers_do_not_starve_the_daemon(daemon_factory, ring_name):
             p.wait()
     assert all(len(o) == 2000 for o in outs)
     assert took < 10
+
+
+def test_frames_that_end_exactly_at_the_end_of_the_ring_all_arrive(daemon_factory, ring_name):
+    """Values sized so that kv frames end exactly at the end of a 64 KiB ring's data
+    area, followed in the same commit by more frames: every LSN arrives, in order,
+    with its value (the writer used to fail there, 'commit listener failed', and the
+    ring lost those events or stopped publishing for good)."""
+    from strata_client.ring import W_WRITE
+
+    cap = 64 << 10
+    d = daemon_factory(args=["--rings", f"{ring_name}:64KiB"])
+    r = RingReader(ring_name, wait="poll")
+    sent: list[tuple[int, bytes]] = []
+    got: list[tuple[int, bytes]] = []
+
+    def value(frame: int, i: int) -> bytes:  # a kv frame of `frame` bytes: key k%05d
+        return bytes([i % 251]) * (frame - 32 - 2 - 6)
+
+    def read_all() -> None:
+        deadline = time.monotonic() + 10
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            got.extend((e.lsn, bytes(e.value)) for e in r.read(timeout=1))
+        assert [lsn for lsn, _ in got] == [lsn for lsn, _ in sent]
+
+    with Client(d.grpc) as c:
+        i = 0
+
+        def write(frames: list[int]) -> None:
+            nonlocal i
+            ops = [("put", b"k%05d" % (i + j), value(f, i + j)) for j, f in enumerate(frames)]
+            last = c.batch(ops) if len(ops) > 1 else c.put(ops[0][1], ops[0][2])
+            sent.extend(zip(range(last - len(ops) + 1, last + 1), (v for _, _, v in ops),
+                            strict=True))
+            i += len(ops)
+            read_all()
+
+        left = -r._words[W_WRITE] % cap  # fill up to the end: the test starts at offset 0
+        while left:
+            frame = min(left, 16384)
+            if 0 < left - frame < 64:  # leave room for a whole frame (64 B is the least)
+                frame -= 64
+            write([frame])
+            left -= frame
+        for _ in range(3):  # 16 KiB, 16 KiB, 16 KiB, then [16 KiB (ends at capacity), small]
+            write([16384])
+        write([16384, 64])
+        write([64] * 3)
+        for _ in range(3 * cap // (3 * 4096) + 1):  # 4 KiB frames three by three: 3 laps
+            write([4096] * 3)
+        for _ in range(6):  # 8 KiB frames four by four (half the ring each commit)
+            write([8192] * 4)
+    assert got == sent
+    assert "commit listener failed" not in d.logs()
+    r.close()
+
+
+def test_ring_mode_sets_the_permissions_of_the_ring_and_its_doorbell(daemon_factory, ring_name):
+    """ring_mode from the environment (octal digits), applied to both files."""
+    import stat
+
+    daemon_factory(args=["--rings", f"{ring_name}:1MiB"], extra_env={"STRATA_RING_MODE": "0640"})
+    for path in (f"/dev/shm/{ring_name}", f"/dev/shm/.{ring_name}.doorbell"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, path
+    r = RingReader(ring_name, wait="poll")  # the owner still reads it
+    r.close()

@@ -39,12 +39,25 @@ def test_file_then_environment_then_flags(tmp_path):
     ("[engine]\nl0_stop_trigger = 'x'\nno_such = 1\n", r"\[engine\]: unknown engine option"),
     ("[engine]\nmemtable_size = 1\n", r"set memtable_size at the top level"),
     ('tls_cert = "a.pem"\n', "tls_cert and tls_key go together"),
+    ("ring_mode = 640\n", "ring_mode must be 0o600 .. 0o777"),  # decimal 640 = 0o1200
+    ("ring_mode = 0o400\n", "ring_mode must be 0o600 .. 0o777 with owner read and write"),
+    ('ring_mode = "rw"\n', "ring_mode from .*: 'rw' is not a FileMode"),
 ])
 def test_bad_values_are_refused_with_what_and_why(tmp_path, text, match):
     conf = tmp_path / "s.toml"
     conf.write_text(text)
     with pytest.raises(c.ConfigError, match=match):
         c.load(str(conf), env={})
+
+
+def test_ring_mode_is_octal_in_the_file_the_environment_and_the_output(tmp_path):
+    conf = tmp_path / "s.toml"
+    conf.write_text("ring_mode = 0o660\n")
+    cfg, _ = c.load(str(conf), env={})
+    assert cfg.ring_mode == 0o660 and "ring_mode = 0o660" in c.render(cfg, _)
+    for raw in ("640", "0640", "0o640"):
+        assert c.load(env={"STRATA_RING_MODE": raw})[0].ring_mode == 0o640
+    assert c.load(env={})[0].ring_mode == 0o600
 
 
 def test_limits_come_from_the_engine():
