@@ -9,6 +9,8 @@ Measured:
 - replication lag under the unary load (the master's view of each replica, sampled);
 - failover: SIGKILL of the master -> first write acknowledged by the new master,
   over --trials trials, median and max, for Strata (quorum), etcd and Redis Sentinel.
+- hand-over: SIGTERM of the master -> time between the old master's last acknowledged
+  write and the new master's first, for Strata (quorum) and etcd (both hand over).
 
 Every server and the client share the machine's cores (say so beside the figures).
 Writes docs/bench/replication.md, .png and .json (a full run; see bench.report.publish).
@@ -272,6 +274,99 @@ def strata_failover(root: str, trials: int) -> list[float]:
     return out
 
 
+def _handover_gap(write, nodes: list[str], master: str, stop_master, t_limit: float = 30.0
+                  ) -> float:
+    """One writer puts continuously, to the node that last took a write, else the next;
+    `stop_master()` sends SIGTERM to `master`. Returns the time between the old master's
+    last acknowledged write and the first one another node acknowledged."""
+    acks: list[tuple[float, str]] = []
+    at = master
+    for _ in range(200):  # warm up: a few acknowledged writes on the master
+        if write(at):
+            acks.append((time.monotonic(), at))
+            if len(acks) >= 20:
+                break
+    stop_master()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < t_limit:
+        if write(at):
+            acks.append((time.monotonic(), at))
+            if at != master:
+                break
+        else:
+            at = nodes[(nodes.index(at) + 1) % len(nodes)]
+    else:
+        raise TimeoutError("no write acknowledged by another node after the SIGTERM")
+    last_old = max(t for t, n in acks if n == master)
+    return acks[-1][0] - last_old
+
+
+def strata_handover(root: str, trials: int) -> list[float]:
+    """SIGTERM of the master: it hands over (docs/replication.md)."""
+    from strata_client._proto import strata_pb2 as pb
+    from strata_client._proto import strata_pb2_grpc as pbg
+
+    c = StrataCluster(root, 3, "quorum")
+    c.start()
+    chans = {i: grpc.insecure_channel(a) for i, a in c.addr.items()}
+    out = []
+    try:
+        for t in range(trials):
+            m = c.master()
+
+            def write(i: str, t: int = t) -> bool:
+                try:
+                    pbg.KVStub(chans[i]).Put(pb.PutRequest(key=b"ho", value=b"%d" % t),
+                                             timeout=0.2)
+                    return True
+                except grpc.RpcError:
+                    return False
+
+            out.append(_handover_gap(write, c.ids, m, lambda m=m: c.procs[m].terminate()))
+            c.procs[m].wait(30)
+            c.start_node(m)
+            time.sleep(1.0)
+            c.status(m, 10)
+    finally:
+        for ch in chans.values():
+            ch.close()
+        c.stop()
+    return out
+
+
+def etcd_handover(root: str, stubs: str, trials: int) -> list[float]:
+    """SIGTERM of the etcd leader: etcd transfers leadership on shutdown."""
+    if stubs not in sys.path:
+        sys.path.insert(0, stubs)
+    import etcd_pb2
+    import etcd_pb2_grpc
+
+    out = []
+    for t in range(trials):
+        c = EtcdCluster(os.path.join(root, f"etcd-ho-{t}"), stubs)
+        c.start()
+        chans = {i: grpc.insecure_channel(a) for i, a in c.client.items()}
+        try:
+            m = c.leader()
+
+            def write(i: str, t: int = t, chans: dict = chans) -> bool:
+                try:
+                    etcd_pb2_grpc.KVStub(chans[i]).Put(
+                        etcd_pb2.PutRequest(key=b"ho", value=b"%d" % t), timeout=0.2)
+                    return True
+                except grpc.RpcError:
+                    return False
+
+            while not write(m):
+                time.sleep(0.05)
+            out.append(_handover_gap(write, c.ids, m, lambda m=m, c=c: c.procs[m].terminate()))
+        finally:
+            for ch in chans.values():
+                ch.close()
+            c.stop()
+    return out
+
+
 def etcd_failover(root: str, stubs: str, trials: int) -> list[float]:
     import etcd_pb2
     import etcd_pb2_grpc
@@ -379,7 +474,7 @@ def run(args) -> dict:
     trials = 3 if args.quick else args.trials
     res: dict[str, Any] = {"machine": report.machine_info(root, ["grpcio", "strata"]),
                            "seconds": seconds, "trials": trials, "throughput": {}, "lag_ms": {},
-                           "failover_s": {}, "skipped": {}}
+                           "failover_s": {}, "handover_s": {}, "skipped": {}}
     stubs = os.path.join(root, "etcd-stubs")
     try:
         for n, mode in ((1, "none"), (3, "async"), (3, "quorum"), (3, "sync")):
@@ -418,9 +513,11 @@ def run(args) -> dict:
             finally:
                 e.stop()
             res["failover_s"]["etcd 3 nodes"] = etcd_failover(root, stubs, trials)
+            res["handover_s"]["etcd 3 nodes"] = etcd_handover(root, stubs, trials)
         else:
             res["skipped"]["etcd"] = "etcd not on PATH (Debian: apt-get install etcd-server)"
         res["failover_s"]["strata 3 nodes quorum"] = strata_failover(root, trials)
+        res["handover_s"]["strata 3 nodes quorum"] = strata_handover(root, trials)
         if shutil.which("redis-sentinel") and shutil.which("redis-server"):
             res["failover_s"]["redis + sentinel"] = redis_failover(root, trials)
         else:
@@ -465,6 +562,19 @@ def render_text(res: dict) -> str:
         [[k, f"{statistics.median(v):.2f}", f"{max(v):.2f}",
           _ratio(statistics.median(v), etcd_med), " ".join(f"{x:.2f}" for x in v)]
          for k, v in fo.items() if v]))
+    ho = res.get("handover_s", {})
+    if ho:
+        out.append(f"\nHand-over: SIGTERM of the master -> time between the old master's last "
+                   f"acknowledged write and the new master's first ({res['trials']} trials)")
+        etcd_ho = statistics.median(ho["etcd 3 nodes"]) if ho.get("etcd 3 nodes") else None
+        out.append(report.text_table(
+            ["system", "median s", "max s", "vs etcd median", "vs own SIGKILL median",
+             "trials"],
+            [[k, f"{statistics.median(v):.3f}", f"{max(v):.3f}",
+              _ratio(statistics.median(v), etcd_ho),
+              _ratio(statistics.median(v), statistics.median(fo[k]) if fo.get(k) else None),
+              " ".join(f"{x:.3f}" for x in v)]
+             for k, v in ho.items() if v]))
     for k, why in res["skipped"].items():
         out.append(f"skipped {k}: {why}")
     return "\n".join(out)
