@@ -344,7 +344,7 @@ class Consumption:
 
 
 class Client(_Base):
-    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per client.
+    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per node it talks to.
     put/delete calls made concurrently from several threads are coalesced into
     Batch requests (strata_client.batching; `batching=Batching(enabled=False)`
     turns it off)."""
