@@ -6,7 +6,8 @@
         c.get(b"k")
 
 Depends only on grpcio and protobuf; `strata_client.errors` holds the typed
-errors (Conflict.current_lsn, Lapped.resume_lsn, Compacted.earliest_lsn, ...).
+errors (Conflict.current_lsn, Lapped.resume_lsn, Compacted.earliest_lsn,
+OutcomeUnknown.request_id, ...).
 
 `strata_client.ring` needs nothing but the standard library: importing it (or
 `errors`) does not import the gRPC client, which is loaded on first use of the

@@ -16,7 +16,9 @@ Each call keeps its own result. Its op carries its own request id
 (`Op.request_id`), so a retried or redirected message is answered, not
 written twice, op by op; the server answers each op's LSN (`lsns`). A
 message refused as INVALID_ARGUMENT wrote nothing: its calls are resent one
-by one, so a bad key or value fails only its own call. Ops in one message
+by one, so a bad key or value fails only its own call. A message whose
+outcome stays unknown at its deadline fails each of its calls with its own
+errors.OutcomeUnknown, carrying that call's request id. Ops in one message
 are applied atomically, but callers must not rely on that: atomicity is what
 `batch()` promises, ordering is per caller (a call that returned is ordered
 before any call made after it).

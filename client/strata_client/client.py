@@ -1,23 +1,36 @@
 """Sync and asyncio clients for Strata's gRPC API.
 
-Retries: only errors that are `retryable` (UNAVAILABLE, RESOURCE_EXHAUSTED,
-DEADLINE_EXCEEDED) and only for requests that are safe to repeat: reads,
-and writes that carry a request id (put, delete and batch get one
-automatically, so the server answers a repeat with the first LSN instead of
-writing twice). Publish and compare-and-set are never retried. Back-off is
-exponential with full jitter. A per-endpoint circuit breaker fails calls fast
-after `threshold` consecutive transient failures, for `cooldown` seconds,
-then lets one probe through.
+Retries (strata_client.attempts has the rules, shared by both clients): only
+errors that are `retryable` (UNAVAILABLE, RESOURCE_EXHAUSTED,
+DEADLINE_EXCEEDED), and only for calls that are safe to repeat: reads, and
+writes that carry a request id (put, delete and batch get one automatically,
+so the server answers a repeat with the first LSN instead of writing twice).
+Publish and compare-and-set are never sent again once they may have reached a
+server. Back-off is exponential with full jitter.
 
-Clusters: `target` may list several nodes ("a:7400,b:7400,c:7400"). A
-NotMaster answer (FAILED_PRECONDITION, trailer `strata-master: id=host:port`)
-is followed at once, without using up an attempt; a transient error moves
-the next attempt to the next listed node. With more than one node listed,
-retryable calls keep trying (with back-off) until their deadline rather than
-for a fixed number of attempts, so a call made during a failover is answered
-by the new master once one is elected. Writes carry request ids, so a retry
-of one that reached the old master is answered, not written twice, whenever
-it lands on the node that took it.
+One node: transient errors are retried up to `RetryPolicy.attempts`, each
+attempt with the whole timeout, and the circuit breaker fails calls fast after
+`threshold` consecutive transient failures, for `cooldown` seconds, then lets
+one probe through.
+
+Clusters: `target` may list several nodes ("a:7400,b:7400,c:7400"). A call
+then keeps trying until its deadline (the client's `timeout`) and never
+raises NotMaster, Unavailable or a connection error while it has time left:
+a NotMaster answer (FAILED_PRECONDITION, trailer `strata-master:
+id=host:port`) is followed at once, a transient error or a master that does
+not answer moves it to the next listed node, and a call going round in a
+circle (replicas naming a dead master until they elect another) backs off a
+little each round. So a call made during a failover is answered by the new
+master once one is elected. Each node has its own channel and circuit
+breaker; an open circuit only steers calls to the other nodes.
+
+Outcomes: a call that may have been done but whose answer the client could
+not get raises `errors.OutcomeUnknown` (an Unavailable) carrying its
+`request_id`, never an error saying nothing was written. A write keeps
+retrying with its id until the deadline (the server answers a known id with
+its first LSN) and raises it only then; publish and compare-and-set raise it
+at once (with no id). Calls that were refused (NotMaster, a connection never
+made, a server's plain UNAVAILABLE) were not done.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import grpc
 from . import errors
 from ._proto import strata_pb2 as pb
 from ._proto import strata_pb2_grpc as pbg
+from .attempts import NODE, ONCE, READ, WRITE, Attempts
 from .batching import AsyncCoalescer, Batching, Call, Coalescer
 
 
@@ -52,7 +66,10 @@ class RetryPolicy:
 
 class CircuitBreaker:
     """closed -> open after `threshold` consecutive transient failures -> half-open
-    after `cooldown_s` (one probe) -> closed on success / open again on failure."""
+    after `cooldown_s` (one probe) -> closed on success / open again on failure.
+
+    A client keeps one per node: the instance given to it serves the first listed
+    node, and the others get their own with the same threshold and cooldown."""
 
     def __init__(self, threshold: int = 5, cooldown_s: float = 2.0) -> None:
         self.threshold = threshold
@@ -68,14 +85,23 @@ class CircuitBreaker:
             return "closed"
         return "open" if time.monotonic() < self.open_until else "half-open"
 
-    def before(self) -> None:
+    def allow(self) -> bool:
+        """Whether a call may go to the node now; True in half-open makes it the probe
+        (its success() or failure() ends the probe)."""
         with self._lock:
             if self.failures < self.threshold:
-                return
+                return True
             if time.monotonic() < self.open_until or self._probe:
-                raise errors.Unavailable(
-                    f"circuit open after {self.failures} failures; not calling the server", "UNAVAILABLE")
+                return False
             self._probe = True
+            return True
+
+    def before(self) -> None:
+        """allow(), raising Unavailable ("circuit open") when the call may not go."""
+        if not self.allow():
+            raise errors.Unavailable(
+                f"circuit open after {self.failures} failures; not calling the server",
+                "UNAVAILABLE")
 
     def success(self) -> None:
         with self._lock:
@@ -115,11 +141,33 @@ def _cas_request(key: bytes, value: bytes | None, expected_lsn, expected_value,
 
 
 def _channel_args(max_message: int) -> list:
+    # A node killed and restarted in a failover must be callable again within about a
+    # second: grpc's own reconnect back-off grows to 120 s, and a channel waiting in it
+    # fails every call at once.
     return [("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message)]
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
+class _Stubs:
+    """The stubs of one node's channel."""
+
+    __slots__ = ("channel", "kv", "events", "admin")
+
+    def __init__(self, channel) -> None:
+        self.channel = channel
+        self.kv = pbg.KVStub(channel)
+        self.events = pbg.EventsStub(channel)
+        self.admin = pbg.AdminStub(channel)
 
 
 class _Base:
+    """What Client and AsyncClient share: the node list, a channel and a circuit breaker
+    per node (made on first use, closed by close(); a cluster names only its own nodes,
+    so they stay few), and the node new calls start at (`target`: the last that answered,
+    or the next listed after one that failed)."""
+
     def __init__(self, target: str, token: str | None, timeout: float,
                  retry: RetryPolicy | None, breaker: CircuitBreaker | None,
                  root_certificates: bytes | None, tls: bool, max_message: int,
@@ -129,36 +177,53 @@ class _Base:
         self.target = self.endpoints[0]
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.breaker = breaker or CircuitBreaker()
+        self._breaker_model = breaker or CircuitBreaker()
+        self._breakers: dict[str, CircuitBreaker] = {self.target: self._breaker_model}
+        self._nodes: dict[str, _Stubs] = {}
+        self._nodes_lock = threading.Lock()  # creating channels and breakers (threads)
+        self.closed = False
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._tls = tls or root_certificates is not None
         self._roots = root_certificates
         self._max_message = max_message
 
-    def _stubs(self, channel) -> None:
-        self._channel = channel
-        self.breaker.success()  # a new endpoint starts with a closed circuit
-        self.kv = pbg.KVStub(channel)
-        self.events = pbg.EventsStub(channel)
-        self.admin = pbg.AdminStub(channel)
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker of the node calls go to now."""
+        return self._breaker(self.target)
 
-    def _next_target(self, err: errors.StrataError) -> str | None:
-        """Where the next attempt goes: the master a NotMaster names, or after a transient
-        error the next listed node; None: stay."""
-        if isinstance(err, errors.NotMaster) and err.master:
-            return err.master.rpartition("=")[2] or None
-        if err.retryable and len(self.endpoints) > 1:
-            i = self.endpoints.index(self.target) if self.target in self.endpoints else -1
-            return self.endpoints[(i + 1) % len(self.endpoints)]
-        return None
+    def _breaker(self, target: str) -> CircuitBreaker:
+        b = self._breakers.get(target)
+        if b is None:
+            with self._nodes_lock:
+                m = self._breaker_model
+                b = self._breakers.setdefault(target, CircuitBreaker(m.threshold, m.cooldown_s))
+        return b
 
-    def _keep_trying(self, retry: bool, err: errors.StrataError, attempt: int,
-                     until: float) -> bool:
-        if not (retry and err.retryable):
-            return False
-        if len(self.endpoints) > 1:
-            return time.monotonic() < until
-        return attempt < self.retry.attempts
+    def _node(self, target: str) -> _Stubs:
+        node = self._nodes.get(target)
+        if node is None:
+            with self._nodes_lock:
+                node = self._nodes.get(target)
+                if node is None:
+                    node = self._nodes[target] = _Stubs(self._channel_to(target))
+        return node
+
+    def _channel_to(self, target: str):
+        raise NotImplementedError
+
+    # The stubs of the node calls go to now (streams: scan, subscribe, consume, write).
+    @property
+    def kv(self):
+        return self._node(self.target).kv
+
+    @property
+    def events(self):
+        return self._node(self.target).events
+
+    @property
+    def admin(self):
+        return self._node(self.target).admin
 
     def batching_stats(self) -> dict:
         """What the put/delete coalescer did: calls, messages, ops_per_message, limit,
@@ -187,12 +252,24 @@ class _Base:
         return [resp.lsn - n + 1 + i for i in range(n)]  # a server without per-op LSNs
 
     def _handle(self, e: grpc.RpcError) -> errors.StrataError:
+        """A stream's error, typed, counted by the breaker of the node it came from."""
         err = errors.from_rpc_error(e)
         if err.retryable:
             self.breaker.failure()
         else:
             self.breaker.success()  # the endpoint answered: it is up
         return err
+
+    @staticmethod
+    def _request_id(request) -> str:
+        return getattr(request, "request_id", "")
+
+    @staticmethod
+    def _unknown_each(e: errors.OutcomeUnknown, calls: list[Call]) -> list:
+        """A coalesced message whose outcome is unknown: each call's own OutcomeUnknown,
+        carrying its own request id (the message has none of its own)."""
+        return [errors.OutcomeUnknown(f"{e} (request id {c.request_id})", e.code, c.request_id)
+                for c in calls]
 
     def _handle_stream_end(self, e: grpc.RpcError) -> errors.StrataError:
         """A subscription's end. Its own deadline running out, or the server cutting a
@@ -267,7 +344,7 @@ class Consumption:
 
 
 class Client(_Base):
-    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per client.
+    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per node it talks to.
     put/delete calls made concurrently from several threads are coalesced into
     Batch requests (strata_client.batching; `batching=Batching(enabled=False)`
     turns it off)."""
@@ -280,17 +357,17 @@ class Client(_Base):
         super().__init__(target, token, timeout, retry, breaker, root_certificates, tls,
                          max_message, batching)
         self._coalescer = Coalescer(self.batching, self._send) if self.batching.enabled else None
-        self._switching = threading.Lock()
-        self._connect(self.endpoints[0])
 
     def _send(self, calls: list[Call]) -> list:
         """One message for the coalescer: each call's LSN or its own error."""
         if len(calls) == 1:
             method, req = self._single(calls[0])
-            return [self._call(method, req, retry=True).lsn]
+            return [self._call(method, req, kind=WRITE).lsn]
         try:
-            return self._lsns(self._call("kv.Batch", self._coalesced(calls), retry=True),
+            return self._lsns(self._call("kv.Batch", self._coalesced(calls), kind=WRITE),
                               len(calls))
+        except errors.OutcomeUnknown as e:
+            return self._unknown_each(e, calls)
         except errors.InvalidArgument:  # nothing was written: find the bad call(s)
             self._coalescer.stats.splits += 1
             out: list = []
@@ -301,30 +378,18 @@ class Client(_Base):
                     out.append(e)
             return out
 
-    def _connect(self, target: str) -> None:
+    def _channel_to(self, target: str):
         args = _channel_args(self._max_message)
         if self._tls:
-            ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(self._roots), args)
-        else:
-            ch = grpc.insecure_channel(target, args)
-        self._stubs(ch)
-        self.target = target
+            return grpc.secure_channel(target, grpc.ssl_channel_credentials(self._roots), args)
+        return grpc.insecure_channel(target, args)
 
     def close(self) -> None:
-        self._channel.close()
-
-    def _switch(self, target: str) -> None:
-        """Move to `target` (a redirect or the next node). Other threads may have calls in
-        flight on the old channel: it is closed once their deadline has passed, not now,
-        and a thread that finds the move already made does nothing."""
-        with self._switching:
-            if target == self.target:
-                return
-            old = self._channel
-            self._connect(target)
-        t = threading.Timer(self.timeout + 1.0, old.close)
-        t.daemon = True
-        t.start()
+        with self._nodes_lock:
+            self.closed = True
+            nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            node.channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -332,40 +397,28 @@ class Client(_Base):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
-        attempt = 0
-        redirects = 0  # NotMaster redirects cost no attempt (a few per call)
+    def _call(self, method: str, request, *, kind: str, timeout: float | None = None):
+        """Send a unary call, retried and moved between nodes as strata_client.attempts
+        says for its `kind`; raises a StrataError when it ends without an answer."""
         service, name = method.split(".")
-        until = time.monotonic() + (timeout or self.timeout)
+        a = Attempts(self, kind, timeout or self.timeout, self._request_id(request))
         while True:
-            self.breaker.before()
+            target, left = a.next()
+            rpc = getattr(getattr(self._node(target), service), name)
             try:
-                left = until - time.monotonic() if len(self.endpoints) > 1 else None
-                resp = getattr(getattr(self, service), name)(
-                    request, timeout=max(0.05, left) if left is not None else timeout or self.timeout,
-                    metadata=self._metadata)
-                self.breaker.success()
-                return resp
+                resp = rpc(request, timeout=left, metadata=self._metadata)
             except grpc.RpcError as e:
-                err = self._handle(e)
-                nxt = self._next_target(err)
-                if isinstance(err, errors.NotMaster) and nxt and redirects < 2 + len(self.endpoints):
-                    redirects += 1
-                    self._switch(nxt)
-                    continue
-                attempt += 1
-                if not self._keep_trying(retry, err, attempt, until):
-                    raise err from None
-                if nxt and nxt != self.target:
-                    self._switch(nxt)
-            time.sleep(min(self.retry.delay(attempt - 1), max(0.0, until - time.monotonic())))
+                time.sleep(a.failed(e))
+                continue
+            a.answered()
+            return resp
 
     # -- KV
     def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
         if self._coalescer is not None:
             return self._coalescer.submit(("put", key, value), request_id or uuid.uuid4().hex)
         req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
-        return self._call("kv.Put", req, retry=True).lsn
+        return self._call("kv.Put", req, kind=WRITE).lsn
 
     def get(self, key: bytes, *, stale_ok: bool = False) -> bytes | None:
         return self.get_entry(key, stale_ok=stale_ok)[0]
@@ -373,25 +426,25 @@ class Client(_Base):
     def get_entry(self, key: bytes, *, stale_ok: bool = False) -> tuple[bytes | None, int]:
         """(value, LSN of the write that produced it); (None, 0) if absent. `stale_ok`:
         any node may answer from what it has applied (in a cluster: maybe behind)."""
-        resp = self._call("kv.Get", pb.GetRequest(key=key, stale_ok=stale_ok), retry=True)
+        resp = self._call("kv.Get", pb.GetRequest(key=key, stale_ok=stale_ok), kind=READ)
         return (resp.value, resp.lsn) if resp.found else (None, 0)
 
     def delete(self, key: bytes, *, request_id: str | None = None) -> int:
         if self._coalescer is not None:
             return self._coalescer.submit(("delete", key), request_id or uuid.uuid4().hex)
         req = pb.DeleteRequest(key=key, request_id=request_id or uuid.uuid4().hex)
-        return self._call("kv.Delete", req, retry=True).lsn
+        return self._call("kv.Delete", req, kind=WRITE).lsn
 
     def batch(self, ops: Iterable[tuple], *, request_id: str | None = None) -> int:
         """Atomic ("put", key, value) / ("delete", key) operations; returns the last LSN."""
         req = pb.BatchRequest(ops=_ops(ops), request_id=request_id or uuid.uuid4().hex)
-        return self._call("kv.Batch", req, retry=True).lsn
+        return self._call("kv.Batch", req, kind=WRITE).lsn
 
     def compare_and_set(self, key: bytes, value: bytes | None = None, *,
                         expected_lsn: int | None = None, expected_value: bytes | None = None,
                         expect_absent: bool = False, delete: bool = False) -> int:
         req = _cas_request(key, value, expected_lsn, expected_value, expect_absent, delete)
-        return self._call("kv.CompareAndSet", req, retry=False).lsn
+        return self._call("kv.CompareAndSet", req, kind=ONCE).lsn
 
     def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
              keys_only: bool = False, stale_ok: bool = False) -> Iterator[tuple[bytes, bytes]]:
@@ -428,7 +481,7 @@ class Client(_Base):
     # -- Events
     def publish(self, topic: str, key: bytes, payload: bytes) -> int:
         req = pb.PublishRequest(topic=topic, key=key, payload=payload)
-        return self._call("events.Publish", req, retry=False).lsn
+        return self._call("events.Publish", req, kind=ONCE).lsn
 
     def subscribe(self, topics: Iterable[str] = (), *, key_prefix: bytes = b"",
                   from_lsn: int = 0, timeout: float | None = None) -> Iterator:
@@ -458,20 +511,20 @@ class Client(_Base):
 
     # -- Admin
     def status(self):
-        return self._call("admin.Status", pb.StatusRequest(), retry=True)
+        return self._call("admin.Status", pb.StatusRequest(), kind=READ)
 
     def checkpoint(self, path: str) -> int:
-        return self._call("admin.Checkpoint", pb.CheckpointRequest(path=path), retry=False,
+        return self._call("admin.Checkpoint", pb.CheckpointRequest(path=path), kind=NODE,
                           timeout=max(self.timeout, 600)).lsn
 
     def compact(self) -> float:
-        return self._call("admin.Compact", pb.CompactRequest(), retry=False,
+        return self._call("admin.Compact", pb.CompactRequest(), kind=NODE,
                           timeout=max(self.timeout, 3600)).seconds
 
     def transfer_leader(self, to: str = ""):
         """Hand the master's role to node `to` (default: the most caught-up replica);
         returns the TransferLeaderResponse (master "id=host:port", term, seconds)."""
-        return self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to), retry=False)
+        return self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to), kind=ONCE)
 
 
 class AsyncClient(_Base):
@@ -487,16 +540,16 @@ class AsyncClient(_Base):
                          max_message, batching)
         self._coalescer = (AsyncCoalescer(self.batching, self._send)
                            if self.batching.enabled else None)
-        self._closing: set = set()  # old channels closing with a grace (see _switch)
-        self._connect(self.endpoints[0])
 
     async def _send(self, calls: list[Call]) -> list:
         if len(calls) == 1:
             method, req = self._single(calls[0])
-            return [(await self._call(method, req, retry=True)).lsn]
+            return [(await self._call(method, req, kind=WRITE)).lsn]
         try:
-            return self._lsns(await self._call("kv.Batch", self._coalesced(calls), retry=True),
+            return self._lsns(await self._call("kv.Batch", self._coalesced(calls), kind=WRITE),
                               len(calls))
+        except errors.OutcomeUnknown as e:
+            return self._unknown_each(e, calls)
         except errors.InvalidArgument:  # nothing was written: find the bad call(s)
             self._coalescer.stats.splits += 1
             return await asyncio.gather(*(self._send_one(c) for c in calls))
@@ -507,19 +560,18 @@ class AsyncClient(_Base):
         except errors.StrataError as e:
             return e
 
-    def _connect(self, target: str) -> None:
+    def _channel_to(self, target: str):
         args = _channel_args(self._max_message)
         if self._tls:
-            ch = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(self._roots), args)
-        else:
-            ch = grpc.aio.insecure_channel(target, args)
-        self._stubs(ch)
-        self.target = target
+            return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(self._roots),
+                                           args)
+        return grpc.aio.insecure_channel(target, args)
 
     async def close(self) -> None:
-        for old in list(self._closing):  # no more grace: the client is going away
-            await old.close()
-        await self._channel.close()
+        self.closed = True
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            await node.channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -527,77 +579,50 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
-        attempt = 0
-        redirects = 0  # NotMaster redirects cost no attempt (a few per call)
+    async def _call(self, method: str, request, *, kind: str, timeout: float | None = None):
+        """As Client._call, on the event loop."""
         service, name = method.split(".")
-        until = time.monotonic() + (timeout or self.timeout)
+        a = Attempts(self, kind, timeout or self.timeout, self._request_id(request))
         while True:
-            self.breaker.before()
+            target, left = a.next()
+            rpc = getattr(getattr(self._node(target), service), name)
             try:
-                left = until - time.monotonic() if len(self.endpoints) > 1 else None
-                resp = await getattr(getattr(self, service), name)(
-                    request, timeout=max(0.05, left) if left is not None else timeout or self.timeout,
-                    metadata=self._metadata)
-                self.breaker.success()
-                return resp
+                resp = await rpc(request, timeout=left, metadata=self._metadata)
             except grpc.RpcError as e:
-                err = self._handle(e)
-                nxt = self._next_target(err)
-                if isinstance(err, errors.NotMaster) and nxt and redirects < 2 + len(self.endpoints):
-                    redirects += 1
-                    await self._switch(nxt)
-                    continue
-                attempt += 1
-                if not self._keep_trying(retry, err, attempt, until):
-                    raise err from None
-                if nxt and nxt != self.target:
-                    await self._switch(nxt)
-            await asyncio.sleep(min(self.retry.delay(attempt - 1),
-                                    max(0.0, until - time.monotonic())))
-
-    async def _switch(self, target: str) -> None:
-        """Move to `target` (a redirect or the next node). Other calls may be in flight on
-        the old channel (coalesced messages, concurrent callers): it is closed with a grace
-        that lets them finish, in the background; a call that finds the move already made
-        does nothing."""
-        if target == self.target:
-            return
-        old = self._channel
-        self._connect(target)
-        self._closing.add(old)
-        t = asyncio.ensure_future(old.close(grace=self.timeout))
-        t.add_done_callback(lambda _t: self._closing.discard(old))
+                await asyncio.sleep(a.failed(e))
+                continue
+            a.answered()
+            return resp
 
     async def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
         if self._coalescer is not None:
             return await self._coalescer.submit(("put", key, value),
                                                 request_id or uuid.uuid4().hex)
         req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
-        return (await self._call("kv.Put", req, retry=True)).lsn
+        return (await self._call("kv.Put", req, kind=WRITE)).lsn
 
     async def get(self, key: bytes, *, stale_ok: bool = False) -> bytes | None:
         return (await self.get_entry(key, stale_ok=stale_ok))[0]
 
     async def get_entry(self, key: bytes, *, stale_ok: bool = False) -> tuple[bytes | None, int]:
-        resp = await self._call("kv.Get", pb.GetRequest(key=key, stale_ok=stale_ok), retry=True)
+        resp = await self._call("kv.Get", pb.GetRequest(key=key, stale_ok=stale_ok), kind=READ)
         return (resp.value, resp.lsn) if resp.found else (None, 0)
 
     async def delete(self, key: bytes, *, request_id: str | None = None) -> int:
         if self._coalescer is not None:
             return await self._coalescer.submit(("delete", key), request_id or uuid.uuid4().hex)
         req = pb.DeleteRequest(key=key, request_id=request_id or uuid.uuid4().hex)
-        return (await self._call("kv.Delete", req, retry=True)).lsn
+        return (await self._call("kv.Delete", req, kind=WRITE)).lsn
 
     async def batch(self, ops: Iterable[tuple], *, request_id: str | None = None) -> int:
         req = pb.BatchRequest(ops=_ops(ops), request_id=request_id or uuid.uuid4().hex)
-        return (await self._call("kv.Batch", req, retry=True)).lsn
+        return (await self._call("kv.Batch", req, kind=WRITE)).lsn
 
     async def compare_and_set(self, key: bytes, value: bytes | None = None, *,
                               expected_lsn: int | None = None, expected_value: bytes | None = None,
                               expect_absent: bool = False, delete: bool = False) -> int:
         req = _cas_request(key, value, expected_lsn, expected_value, expect_absent, delete)
-        return (await self._call("kv.CompareAndSet", req, retry=False)).lsn
+        return (await self._call("kv.CompareAndSet", req, kind=ONCE)).lsn
 
     async def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
                    keys_only: bool = False, stale_ok: bool = False
@@ -621,7 +646,7 @@ class AsyncClient(_Base):
 
     async def publish(self, topic: str, key: bytes, payload: bytes) -> int:
         req = pb.PublishRequest(topic=topic, key=key, payload=payload)
-        return (await self._call("events.Publish", req, retry=False)).lsn
+        return (await self._call("events.Publish", req, kind=ONCE)).lsn
 
     async def subscribe(self, topics: Iterable[str] = (), *, key_prefix: bytes = b"",
                         from_lsn: int = 0) -> AsyncIterator:
@@ -650,8 +675,8 @@ class AsyncClient(_Base):
         return Consumption(self, call, q.put_nowait)
 
     async def status(self):
-        return await self._call("admin.Status", pb.StatusRequest(), retry=True)
+        return await self._call("admin.Status", pb.StatusRequest(), kind=READ)
 
     async def transfer_leader(self, to: str = ""):
         return await self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to),
-                                retry=False)
+                                kind=ONCE)

@@ -2,7 +2,8 @@
 
 Each carries what the caller needs to act: the current LSN of a failed
 compare-and-set, the LSN to resume a subscription from, the earliest LSN
-still retained, the master's address.
+still retained, the master's address, the request id of a write whose outcome
+is unknown.
 
 Standard library only at import: strata_client.ring (which must run without
 grpc, for readers on the daemon's host) raises these same classes. grpc is
@@ -80,6 +81,22 @@ class Unavailable(StrataError):
     retryable = True
 
 
+class OutcomeUnknown(Unavailable):
+    """The call may or may not have been done, and the client could not find out before
+    its deadline: the server said so (UNAVAILABLE with trailer `strata-outcome: unknown`,
+    e.g. a master that lost its lease with the write on its own log), or the connection
+    broke or the deadline passed after the request may have reached a server.
+
+    `request_id` is the write's id ("" for a call without one: publish,
+    compare-and-set). Sending the same write again with that id is answered with its
+    first LSN by a node that knows the id, instead of writing it twice; or read the key
+    to find out. Never raised for a call the client knows was not done."""
+
+    def __init__(self, message: str, code: str = "UNAVAILABLE", request_id: str = "") -> None:
+        super().__init__(message, code)
+        self.request_id = request_id
+
+
 class DeadlineExceeded(StrataError):
     """The deadline passed. A write may or may not have happened (use request ids)."""
 
@@ -135,6 +152,8 @@ def from_rpc_error(err: grpc.RpcError) -> StrataError:
             return Lapped(msg, name, int(resume))
         return Overloaded(msg, name)
     if code == C.UNAVAILABLE:
+        if _trailer(err, "strata-outcome") == "unknown":
+            return OutcomeUnknown(msg, name)
         return Unavailable(msg, name)
     if code == C.DEADLINE_EXCEEDED:
         return DeadlineExceeded(msg, name)

@@ -73,6 +73,7 @@ class Fake:
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self.address = ""
+        self.server: grpc.Server | None = None  # stop(0) it to take the node down
 
     # scripting
     def then(self, method: str, *actions) -> Fake:
@@ -201,6 +202,7 @@ def _start_fake() -> tuple[Fake, grpc.Server]:
     assert port
     server.start()
     fake.address = f"127.0.0.1:{port}"
+    fake.server = server
     return fake, server
 
 
