@@ -1,0 +1,67 @@
+"""A replication link's status (replication/link.py) from what its peer acknowledged:
+failed, stalled, degraded, healthy, and the lag as the age of the oldest frame the peer
+has not acknowledged."""
+
+from __future__ import annotations
+
+import bisect
+
+from strata.replication.link import PeerLink
+
+ET = 1.0
+
+
+class FakeCluster:
+    """What a link reads of its cluster: the timeouts and when frames became durable."""
+
+    election_timeout = ET
+    heartbeat_interval = 0.1
+
+    def __init__(self) -> None:
+        self.times: list[tuple[int, float]] = []  # (last LSN of a group, time)
+
+    def frame_age(self, acked: int, now: float) -> float:
+        if not self.times or self.times[-1][0] <= acked:
+            return 0.0
+        i = bisect.bisect_right(self.times, acked, key=lambda e: e[0])
+        return now - self.times[i][1]
+
+
+def link() -> tuple[PeerLink, FakeCluster]:
+    c = FakeCluster()
+    return PeerLink(c, "b", "127.0.0.1:1", term=3), c
+
+
+def test_a_peer_that_never_acknowledged_is_failed_and_has_no_stream():
+    ln, _ = link()
+    assert ln.state(10.0, 5) == "failed"
+    assert not ln.connected and ln.next_lsn == 0
+
+
+def test_states_follow_acknowledgements_not_reconnects():
+    ln, c = link()
+    c.times = [(10, 1.0)]
+    ln.last_answer, ln.match, ln.progress_at = 1.0, 10, 1.0
+    assert ln.state(1.05, 10) == "healthy"
+    assert ln.state(1.5, 10) == "degraded"  # older than three heartbeats
+    assert ln.state(1.0 + ET, 10) == "failed"
+
+
+def test_a_peer_that_answers_without_progress_while_behind_is_stalled():
+    ln, c = link()
+    c.times = [(10, 1.0), (20, 2.0)]
+    ln.match, ln.progress_at = 10, 1.0
+    ln.last_answer = 3.0  # it answers heartbeats ...
+    assert ln.lag_s(3.05) == 3.05 - 2.0
+    assert ln.state(3.05, 20) == "stalled"  # ... but LSNs 11-20 wait for over ET
+    ln.match, ln.progress_at = 20, 3.04  # it catches up
+    assert ln.lag_s(3.05) == 0.0
+    assert ln.state(3.05, 20) == "healthy"
+
+
+def test_slow_progress_is_not_stalled():
+    ln, c = link()
+    c.times = [(10, 1.0), (20, 2.9)]
+    ln.match, ln.progress_at, ln.last_answer = 10, 1.0, 3.0
+    # Its acknowledged LSN has not moved for 2 s, but the frames it lacks are 0.15 s old.
+    assert ln.state(3.05, 20) == "healthy"
