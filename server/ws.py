@@ -241,7 +241,13 @@ class Connection:
             raise
         except Exception as e:
             log.exception("subscription failed")
-            code, message, resume = "shutting_down", f"internal error: {e}", c.next_lsn
+            # As session.run ends: what was taken (the open batch sealed by end) goes
+            # out first, so the resume LSN skips nothing.
+            c.end("shutting_down", f"internal error: {e}", c.first_unsent())
+            data = c.take()
+            if data:
+                self.io.write(data)
+            code, message, resume = c.ended
         if code == "lapped":
             if gate.draining:
                 code, message = "shutting_down", "the server is shutting down"
