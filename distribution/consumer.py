@@ -5,10 +5,18 @@ No sockets and no event loop here: the hub offers events (`offer`), the
 transport hands in what the client said (`ack`, `credit`) and takes what is
 ready to send (`take`). The drivers are server/ws.py and server/service.py.
 
-Positions. `next_lsn` is the first LSN not sent yet: an event below it is a
-duplicate (history and live overlap at the hand-over) and is dropped. `acked`
-is the last LSN the client acknowledged (ack "manual") or was sent (ack
-"auto"); a named consumer's cursor stores it.
+Positions. `next_lsn` is the first LSN not taken yet: an event below it is a
+duplicate (history and live overlap at the hand-over) and is dropped. On the
+delayed tier the events taken last may still wait in the open batch: `sent_lsn`
+is the last LSN handed to the output (`out`), the open batch excluded. `acked`
+is the last LSN the client acknowledged (ack "manual", never past `sent_lsn`:
+a client cannot have processed what it was not sent) or was sent (ack "auto");
+a named consumer's cursor stores it.
+
+Ending. `end` seals the open batch into `out` first, so every event below
+`next_lsn` is in the output, and the resume LSN it is given (the first event not
+taken) skips nothing, provided the driver writes `out` before the end message
+(session.run does).
 
 Credits. `credit` is how many more events may be sent (None: no limit, the
 realtime default). Each event sent takes one; `{"op":"credit","n":N}` gives N
@@ -202,6 +210,7 @@ class Consumer:
         self.batch: list[bytes] = []
         self.batch_bytes = 0
         self.batch_since = 0.0
+        self.batch_lsn = 0  # the first LSN in the open batch (meaningful while batch is set)
         self.batcher = Batcher(window_ms / 1000, max_size=max_batch) if tier == "delayed" else None
         self.ended: tuple[str, str, int] | None = None  # (code, message, resume_lsn)
         self.on_ready = None  # callable: there is output, or the consumer ended (set by driver)
@@ -241,8 +250,14 @@ class Consumer:
         self.end("lapped", reason, self.first_unsent(next_lsn))
 
     def end(self, code: str, message: str, resume_lsn: int) -> None:
+        """Stop with (code, message, resume_lsn). The open delayed batch is sealed into
+        `out` first: the driver writes `out`, then the end message, so a resume LSN
+        of `first_unsent()` skips no event of that batch. Once only: later calls are
+        ignored."""
         if self.ended is not None:
             return
+        if self.batch:
+            self.seal_batch()
         self.ended = (code, message, resume_lsn)
         self.drop_queue()
         if self.on_ready is not None:
@@ -269,6 +284,7 @@ class Consumer:
         else:
             if not self.batch:
                 self.batch_since = time.monotonic()
+                self.batch_lsn = lsn
             body = shared if grpc else shared.body(self.fmt)
             self.batch.append(body)
             self.batch_bytes += shared.size if grpc else len(body)
@@ -329,9 +345,16 @@ class Consumer:
 
     # -- client side ----------------------------------------------------------------
 
+    @property
+    def sent_lsn(self) -> int:
+        """The last LSN handed to the output: `next_lsn - 1`, less the open delayed
+        batch (its events are taken but not sent until it is sealed)."""
+        return self.batch_lsn - 1 if self.batch else self.next_lsn - 1
+
     def ack(self, lsn: int) -> None:
-        """Acknowledge everything up to `lsn` (beyond what was sent: up to what was sent)."""
-        lsn = min(lsn, self.next_lsn - 1)
+        """Acknowledge everything up to `lsn` (beyond what was sent: up to what was sent,
+        `sent_lsn`; an event of the open batch was not sent, whatever the client says)."""
+        lsn = min(lsn, self.sent_lsn)
         if lsn <= self.acked:
             return
         self.acked = lsn

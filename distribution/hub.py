@@ -275,6 +275,7 @@ class Hub:
 
     def cut_off_all(self, reason: str, engine=None) -> None:
         """Cut every subscriber off (shutdown), each at the first event it has not received.
+        A consumer is first handed its group's open batch (leave_group); end() seals it.
 
         Frames still waiting in the hand-over deque were offered to nobody:
         a subscriber with an empty queue resumes at the first of them.
@@ -284,7 +285,12 @@ class Hub:
             nxt = record.parse_frame(self._pending[0])[0]
         elif not nxt and engine is not None:
             nxt = self.visible(engine) + 1  # nothing drained yet: nothing offered
-        for s in list(self.subs) + list(self.grouped):
+        for s in list(self.grouped):
+            # Its group's open batch (delayed tier) becomes its own, so that end()
+            # seals it and it goes out before the end message rather than never.
+            self.leave_group(s)
+            self.subs.add(s)
+        for s in list(self.subs):
             s.cut_off(nxt, reason)
 
 

@@ -154,6 +154,13 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
                         await wake.wait()
                 except TimeoutError:
                     pass
+        # Ended: what it counts as sent (end() sealed the open batch into `out`, and
+        # what a full buffer held back) goes out before the caller's end message, so
+        # the resume LSN skips nothing. Past the buffer's mark if need be: at most one
+        # batch more, and the connection closes next.
+        data = c.take()
+        if data:
+            io.write(data)
         return c.ended
     finally:
         hub.unsubscribe(c)

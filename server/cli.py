@@ -23,7 +23,8 @@ from . import config as config_mod
 from . import tail
 
 FLAG_OPTIONS = ("data_dir", "grpc_listen", "ws_listen", "metrics_listen", "durability", "log_level",
-                "node", "auth_token", "peers", "replication", "advertise", "rings")
+                "node", "auth_token", "peers", "replication", "advertise", "rings",
+                "ws_allowed_origins")
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from strata.storage.errors import InvalidArgument
 from strata.storage.options import (
@@ -91,6 +92,10 @@ class Config:
         "(and its memory counts against subscriber_memory)")
     max_ws_connections: int = _opt(1024, "WebSocket connections open at once; more get 503",
                                    True)
+    ws_allowed_origins: str = _opt(
+        "", "browser origins allowed to open a WebSocket, exact scheme://host[:port] entries "
+        "separated by ',', or '*' for any (empty: only clients that send no Origin header, "
+        "i.e. not browsers; any other handshake gets 403). docs/protocol.md, \"Origins\"", True)
     rings: str = _opt("", "shared-memory event rings for readers on this host: "
                       "name[:size[:topic,topic]] entries separated by ';', e.g. "
                       "\"events:64MiB;orders:8MiB:orders\" (docs/protocol.md, \"Event ring\")")
@@ -216,6 +221,10 @@ def validate(cfg: Config) -> None:
         engine_options(cfg)
     except InvalidArgument as e:
         raise ConfigError(f"[engine]: {e}") from None
+    try:
+        parse_origins(cfg.ws_allowed_origins)
+    except ValueError as e:
+        raise ConfigError(f"ws_allowed_origins: {e}") from None
     if cfg.rings:
         from strata.distribution.ring import parse_rings
 
@@ -255,6 +264,59 @@ def validate(cfg: Config) -> None:
                               "election_timeout_ms")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
+
+
+ANY_ORIGIN = "*"
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def normalize_origin(origin: str) -> str:
+    """An origin as browsers serialize it (RFC 6454 6.1): lower-case scheme and host, no
+    default port, so that `HTTP://Example.com:80` in a config matches the header
+    `http://example.com`. Raises ValueError for anything but scheme://host[:port]."""
+    text = origin.strip()
+    parts = urlsplit(text)
+    if not parts.scheme or not parts.netloc or "://" not in text:
+        raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], "
+                         f"e.g. http://localhost:8000")
+    if parts.path or parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise ValueError(f"{origin!r}: an origin has no path, query or fragment "
+                         f"(not even a trailing '/')")
+    if parts.username is not None or parts.password is not None or not parts.hostname:
+        raise ValueError(f"{origin!r}: an origin is scheme://host[:port], with no user")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{origin!r}: the port must be a number 0 .. 65535") from None
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal, as the Origin header writes it
+    scheme = parts.scheme.lower()
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def parse_origins(text: str) -> frozenset[str]:
+    """ws_allowed_origins as a set of normalized origins; `ANY_ORIGIN` in it allows every
+    origin (only when written out). Empty text: the empty set (no browser origin at all).
+    Raises ValueError saying which entry is wrong and why."""
+    if not text.strip():
+        return frozenset()
+    out = set()
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            raise ValueError(f"an empty entry in {text!r} (entries are separated by one ',')")
+        if entry == ANY_ORIGIN:
+            out.add(ANY_ORIGIN)
+        elif entry.lower() == "null":
+            # Sandboxed frames, file:// pages and some redirects all send "null": allowing
+            # it would let any of them in.
+            raise ValueError("'null' is not an allowed origin: every sandboxed page sends it")
+        else:
+            out.add(normalize_origin(entry))
+    return frozenset(out)
 
 
 def engine_options(cfg: Config) -> Options:

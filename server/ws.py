@@ -13,6 +13,13 @@ resume_lsn), 4003 a well-formed but invalid request, 4004 superseded by a newer
 subscription of the same consumer, 4005 a named consumer on a replica.
 Every close is preceded by an `error` message saying the same.
 
+Origins. A handshake whose `Origin` header is not allowed by ws_allowed_origins
+gets HTTP 403 before anything else is looked at: a browser sends the page's
+origin with every WebSocket, and without this check any site open in a browser
+on a host that can reach the port could subscribe (and take a named consumer
+over). With the default (empty) only handshakes without an Origin, i.e. not
+from a browser, are accepted.
+
 `/v1/subscribe`, the earlier realtime-only URL, is gone: it answers 404 with a
 pointer here.
 """
@@ -41,7 +48,7 @@ from strata.distribution.consumer import (
 )
 from strata.distribution.session import MAX_CREDITS, BadRequest, int_field, parse_request
 
-from .config import Config
+from .config import ANY_ORIGIN, Config, normalize_origin, parse_origins
 
 log = logging.getLogger("strata.ws")
 
@@ -64,6 +71,25 @@ def _authorised(cfg: Config, request) -> bool:
         if t and (hmac.compare_digest(got, want) or hmac.compare_digest(token, want)):
             return True
     return False
+
+
+def origin_allowed(allowed: frozenset[str], request) -> tuple[bool, str | None]:
+    """Whether a handshake's Origin passes ws_allowed_origins (parsed by parse_origins);
+    returns that and the origin as sent (None: no header, a client that is not a
+    browser, always allowed). Several Origin headers, or one that is not an origin,
+    are refused: no browser sends either."""
+    values = request.headers.get_all("Origin")
+    if not values:
+        return True, None
+    if len(values) > 1:
+        return False, ", ".join(values)
+    origin = values[0]
+    if ANY_ORIGIN in allowed:
+        return True, origin
+    try:
+        return normalize_origin(origin) in allowed, origin
+    except ValueError:
+        return False, origin
 
 
 def decode_message(fmt: str, data) -> dict:
@@ -215,7 +241,13 @@ class Connection:
             raise
         except Exception as e:
             log.exception("subscription failed")
-            code, message, resume = "shutting_down", f"internal error: {e}", c.next_lsn
+            # As session.run ends: what was taken (the open batch sealed by end) goes
+            # out first, so the resume LSN skips nothing.
+            c.end("shutting_down", f"internal error: {e}", c.first_unsent())
+            data = c.take()
+            if data:
+                self.io.write(data)
+            code, message, resume = c.ended
         if code == "lapped":
             if gate.draining:
                 code, message = "shutting_down", "the server is shutting down"
@@ -247,14 +279,35 @@ class Connection:
                     log.warning("consumer %r: cursor not saved: %s", c.name, e)
 
 
+def _peer(connection: ServerConnection) -> str:
+    addr = connection.remote_address
+    if not addr:
+        return "unknown"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def start_ws(cfg: Config, gate):
     host, _, port = cfg.ws_listen.rpartition(":")
     conns = {"n": 0}
+    # Parsed once per configuration (SIGHUP replaces gate.cfg), not per handshake.
+    origins: dict[str, frozenset[str]] = {}
 
     def process_request(connection: ServerConnection, request):
         url = urlsplit(request.path)
         if url.path != "/v1/events":
             return connection.respond(HTTPStatus.NOT_FOUND, "try /v1/events (docs/protocol.md)\n")
+        text = gate.cfg.ws_allowed_origins
+        allowed = origins.get(text)
+        if allowed is None:
+            origins.clear()
+            allowed = origins[text] = parse_origins(text)  # validated at load: cannot raise
+        ok, origin = origin_allowed(allowed, request)
+        if not ok:
+            log.warning("ws handshake from %s refused: origin %r is not in ws_allowed_origins",
+                        _peer(connection), origin)
+            return connection.respond(HTTPStatus.FORBIDDEN,
+                                      "origin not allowed (ws_allowed_origins)\n")
         if not _authorised(gate.cfg, request):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
         if gate.engine is None or gate.draining:
@@ -268,6 +321,8 @@ async def start_ws(cfg: Config, gate):
         return next((p for p in offered if p in SUBPROTOCOLS), None)
 
     async def handler(ws: ServerConnection) -> None:
+        log.info("ws connection from %s, origin %s, subprotocol %s", _peer(ws),
+                 ws.request.headers.get("Origin") or "none", ws.subprotocol or "none")
         conns["n"] += 1
         try:
             await Connection(ws, gate, SUBPROTOCOLS.get(ws.subprotocol, JSON)).run()

@@ -238,3 +238,53 @@ def test_a_member_that_caught_up_rejoins_its_group_without_gap_or_duplicate():
         assert [f["lsn"] for f in frames(a)] == [1, 2, 3, 4]
 
     asyncio.run(main())
+
+
+def test_an_ack_counts_only_what_was_sent_not_the_open_batch():
+    c = live(tier="delayed", window_ms=60_000, ack="manual")
+    c.next_lsn = 1
+    for lsn in (1, 2, 3):
+        c.offer(ev(lsn).ev, ev(lsn))  # in the open batch: not sent
+    assert (c.sent_lsn, c.next_lsn) == (0, 4)
+    c.ack(2)
+    assert c.acked == 0  # clamped to what was sent, not to the next LSN (2 before)
+    c.seal_batch()
+    assert c.sent_lsn == 3
+    c.ack(2)
+    assert c.acked == 2
+    c.ack(99)
+    assert c.acked == 3
+
+
+def test_the_end_of_a_delayed_consumer_seals_its_open_batch_before_the_end():
+    c = live(tier="delayed", window_ms=60_000)
+    c.next_lsn = 1
+    for lsn in (1, 2, 3):
+        c.offer(ev(lsn).ev, ev(lsn))
+    c.cut_off(4, "fell behind")
+    assert c.ended == ("lapped", "fell behind", 4)
+    (msg,) = frames(c)  # everything below the resume LSN is in the output
+    assert [e["lsn"] for e in msg["events"]] == [1, 2, 3]
+
+
+def test_shutdown_hands_a_delayed_group_member_its_groups_open_batch():
+    import asyncio
+
+    from strata.distribution.hub import Hub
+
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        a, b = live(tier="delayed", window_ms=60_000), live(tier="delayed", window_ms=60_000)
+        hub.add(a)
+        hub.add(b)
+        assert len(hub.groups) == 1
+        hub.on_commit([_put_frame(lsn) for lsn in range(1, 4)])
+        await asyncio.sleep(0.01)
+        assert a.take() == b""  # in the group's open batch
+        hub.cut_off_all("server shutting down")
+        for c in (a, b):
+            assert c.ended[2] == 4
+            (msg,) = frames(c)
+            assert [e["lsn"] for e in msg["events"]] == [1, 2, 3]
+
+    asyncio.run(main())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import threading
 import time
 
@@ -414,3 +415,90 @@ def test_credits_hold_during_history_replay_too(daemon):
                 await recv(ws, 0.3)
 
     asyncio.run(main())
+
+
+def test_sigterm_with_an_open_delayed_batch_skips_nothing(daemon_factory):
+    """SIGTERM while a 5 s batch holds the last 10 events: the subscriber is sent them
+    before `shutting_down`, or told to resume at the first one it did not get."""
+    d = daemon_factory()
+
+    async def main():
+        async with connect(url(d)) as ws:
+            await subscribe(ws, tier="delayed", window_ms=5000, prefix=b64(b"s/"))
+            with Client(d.grpc) as c:
+                lsns = [c.put(b"s/%d" % i, b"v") for i in range(10)]
+            await asyncio.sleep(0.3)  # offered: in the open batch, whose window is 5 s
+            d.proc.send_signal(signal.SIGTERM)
+            return lsns, await closed_with(ws)
+
+    lsns, (code, msgs) = asyncio.run(main())
+    assert d.proc.wait(15) == 0
+    err = msgs[-1]
+    assert (code, err["op"], err["code"]) == (1001, "error", "shutting_down"), msgs
+    got = [e["lsn"] for m in msgs[:-1] for e in m["events"]]
+    missing = [n for n in lsns if n not in got]
+    # resume_lsn promises: nothing below it that the client did not get.
+    assert not missing or err["resume_lsn"] <= missing[0], (got, err)
+    assert got == lsns and err["resume_lsn"] == lsns[-1] + 1, (got, err)
+
+
+def test_an_ack_inside_the_unsent_batch_moves_the_cursor_only_up_to_what_was_sent(daemon):
+    """A named consumer that acks an LSN of its open (unsent) delayed batch, then
+    disconnects: the next holder of the name gets those events."""
+    async def main():
+        with Client(daemon.grpc) as c:
+            async with connect(url(daemon)) as ws:
+                await subscribe(ws, tier="delayed", window_ms=10, consumer="acker",
+                                ack="manual", prefix=b64(b"a/"))
+                first = c.put(b"a/first", b"v")
+                assert [e["lsn"] for e in await events(ws, 1)] == [first]
+                await ws.send(json.dumps({"op": "ack", "lsn": first}))
+                await ws.send(json.dumps({"op": "unsubscribe"}))
+                assert await recv(ws) == {"op": "unsubscribed", "lsn": first}
+                await subscribe(ws, tier="delayed", window_ms=5000, consumer="acker",
+                                ack="manual", prefix=b64(b"a/"))
+                lsns = [c.put(b"a/%d" % i, b"v") for i in range(10)]
+                await asyncio.sleep(0.3)  # offered: in the open batch, not sent
+                # Acks the 5th, which it never got, and goes away without unsubscribing.
+                await ws.send(json.dumps({"op": "ack", "lsn": lsns[4]}))
+                await asyncio.sleep(0.2)
+                ws.transport.abort()
+            await asyncio.sleep(0.3)  # the server notices and saves the cursor
+            async with connect(url(daemon)) as ws:
+                sub = await subscribe(ws, tier="delayed", window_ms=10, consumer="acker",
+                                      ack="manual", prefix=b64(b"a/"))
+                assert first < sub["from_lsn"] <= lsns[0], sub  # (the cursor's own write between)
+                assert [e["lsn"] for e in await events(ws, 10)] == lsns
+
+    asyncio.run(main())
+
+
+def test_a_cut_off_delayed_subscriber_is_told_to_resume_at_the_first_event_it_did_not_get(
+        daemon_factory):
+    """A slow anonymous delayed subscriber cut off with a batch open: everything below
+    its resume_lsn reached it (the open batch is sent first, or not counted)."""
+    d = daemon_factory(extra_env={"STRATA_SUBSCRIBER_QUEUE": "200",
+                                  "STRATA_SUBSCRIBER_BUFFER": str(64 << 10),
+                                  "STRATA_DURABILITY": "none"})
+    value = b"x" * 8000  # 64 events fill a 512 KiB batch: one commit of 100 leaves it open
+
+    async def main():
+        # max_queue=1: the client stops reading the socket once one message waits.
+        async with connect(url(d), max_queue=1, max_size=None) as slow:
+            await subscribe(slow, tier="delayed", window_ms=1000, prefix=b64(b"c/"))
+            with Client(d.grpc) as c:
+                first = c.put(b"c/start", b"")
+                for i in range(60):  # 48 MB: more than the socket buffers and the queue
+                    last = c.batch([("put", b"c/%05d" % (i * 100 + j), value)
+                                    for j in range(100)])
+            await asyncio.sleep(0.5)
+            code, msgs = await closed_with(slow, 20)
+            return first, last, code, msgs
+
+    first, last, code, msgs = asyncio.run(main())
+    err = msgs[-1]
+    assert (code, err["op"], err["code"]) == (4002, "error", "lapped"), (code, err)
+    got = [e["lsn"] for m in msgs[:-1] for e in m["events"]]
+    assert got == list(range(first, got[-1] + 1))  # in order, no gap
+    assert first < err["resume_lsn"] <= last
+    assert err["resume_lsn"] == got[-1] + 1, (got[-1], err)  # skips nothing it did not get

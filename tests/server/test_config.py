@@ -42,6 +42,16 @@ def test_file_then_environment_then_flags(tmp_path):
     ("ring_mode = 640\n", "ring_mode must be 0o600 .. 0o777"),  # decimal 640 = 0o1200
     ("ring_mode = 0o400\n", "ring_mode must be 0o600 .. 0o777 with owner read and write"),
     ('ring_mode = "rw"\n', "ring_mode from .*: 'rw' is not a FileMode"),
+    ('ws_allowed_origins = "localhost:8000"\n', "ws_allowed_origins: 'localhost:8000' is not "
+                                                 "an origin: write scheme://host"),
+    ('ws_allowed_origins = "http://localhost:8000/"\n', "an origin has no path"),
+    ('ws_allowed_origins = "https://a.example/app"\n', "an origin has no path"),
+    ('ws_allowed_origins = "http://a.example,,http://b.example"\n', "an empty entry"),
+    ('ws_allowed_origins = "http://a.example,"\n', "an empty entry"),
+    ('ws_allowed_origins = "null"\n', "'null' is not an allowed origin"),
+    ('ws_allowed_origins = "http://a.example:99999"\n', "the port must be a number"),
+    ('ws_allowed_origins = "http://user@a.example"\n', "with no user"),
+    ('ws_allowed_origins = "*.example.com"\n', "is not an origin"),
 ])
 def test_bad_values_are_refused_with_what_and_why(tmp_path, text, match):
     conf = tmp_path / "s.toml"
@@ -58,6 +68,23 @@ def test_ring_mode_is_octal_in_the_file_the_environment_and_the_output(tmp_path)
     for raw in ("640", "0640", "0o640"):
         assert c.load(env={"STRATA_RING_MODE": raw})[0].ring_mode == 0o640
     assert c.load(env={})[0].ring_mode == 0o600
+
+
+def test_ws_allowed_origins_from_file_environment_and_flag(tmp_path):
+    assert c.parse_origins(c.load(env={})[0].ws_allowed_origins) == frozenset()
+    conf = tmp_path / "s.toml"
+    conf.write_text('ws_allowed_origins = "HTTP://LocalHost:80, https://dash.example:8443"\n')
+    cfg, _ = c.load(str(conf), env={})
+    # As browsers write the header: lower case, default port left out.
+    assert c.parse_origins(cfg.ws_allowed_origins) == {"http://localhost",
+                                                       "https://dash.example:8443"}
+    env = {"STRATA_WS_ALLOWED_ORIGINS": "*"}
+    cfg, sources = c.load(str(conf), env=env)
+    assert c.parse_origins(cfg.ws_allowed_origins) == {"*"}
+    assert sources["ws_allowed_origins"] == "STRATA_WS_ALLOWED_ORIGINS"
+    cfg, sources = c.load(env=env, flags={"ws_allowed_origins": "http://[::1]:8000"})
+    assert c.parse_origins(cfg.ws_allowed_origins) == {"http://[::1]:8000"}
+    assert sources["ws_allowed_origins"] == "flag --ws-allowed-origins"
 
 
 def test_limits_come_from_the_engine():
