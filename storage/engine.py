@@ -1187,13 +1187,18 @@ class Engine:
         return list(out)
 
     def wal_stats(self) -> dict:
-        """WAL fsync figures: {"syncs", "sync_seconds", "sync_buckets": [(upper bound in
-        seconds or inf, count)], "bytes_written"}."""
+        """WAL figures: {"syncs", "sync_seconds", "sync_buckets": [(upper bound in
+        seconds or inf, count)], "bytes_written" (frames appended since open),
+        "retained_bytes" (headers and frames of the segments on disk: what retention
+        counts), "preallocated_bytes" (space the files hold beyond those),
+        "segments"}."""
         w = self._wal
         bounds = (*SYNC_BUCKETS, float("inf"))
+        retained, preallocated = w.usage()
         return {"syncs": w.syncs, "sync_seconds": w.sync_seconds,
                 "sync_buckets": list(zip(bounds, w.sync_counts)),
-                "bytes_written": w.bytes_written}
+                "bytes_written": w.bytes_written, "retained_bytes": retained,
+                "preallocated_bytes": preallocated, "segments": len(w.segments())}
 
     # ------------------------------------------------------------------ async
 
@@ -1575,14 +1580,13 @@ class Engine:
                 for i in range(NUM_LEVELS)]
 
     def disk_usage(self) -> dict:
+        """{"sst_bytes": live tables, "wal_bytes": the log's written bytes (segment
+        headers and frames: what WAL retention counts), "wal_preallocated_bytes": space
+        the log's files take beyond that, allocated ahead for frames}. The two WAL
+        figures add up to the files' sizes."""
         sst = sum(f.size for _, f in self.versions.current.files())
-        wal = 0
-        for _, p in self._wal.segments():
-            try:
-                wal += self.fs.size(p)
-            except FileNotFoundError:
-                pass
-        return {"sst_bytes": sst, "wal_bytes": wal}
+        written, preallocated = self._wal.usage()
+        return {"sst_bytes": sst, "wal_bytes": written, "wal_preallocated_bytes": preallocated}
 
     def verify(self) -> None:
         """Check every block of every live table; raise Corruption at the first bad one."""

@@ -325,6 +325,26 @@ def written_end(buf, start: int) -> int:
     return start
 
 
+def frames_end(buf, start: int = HEADER_SIZE) -> int:
+    """Offset just past the last frame of the run that starts at `start`, found by
+    the length fields alone (no checksums): where a segment's written part ends.
+
+    Stops at the end of `buf`, at an all-zero frame header (the preallocated
+    tail) and at a length no frame can have or that runs past the end. For
+    accounting only (the WAL's retention counts these bytes): recovery, which
+    decides what to keep, checks every frame with `iter_frames` instead.
+    """
+    end = len(buf)
+    pos = start
+    unpack = FRAME.unpack_from
+    while end - pos >= FRAME_HEADER_SIZE:
+        length = unpack(buf, pos)[0]
+        if length == 0 or length > MAX_PAYLOAD or pos + FRAME_HEADER_SIZE + length > end:
+            break
+        pos += FRAME_HEADER_SIZE + length
+    return pos
+
+
 def is_zero(buf, start: int) -> bool:
     """True if buf[start:] holds only zero bytes (preallocated, never written)."""
     view = memoryview(buf)[start:]

@@ -55,6 +55,16 @@ class FileSystem(Protocol):
     """
 
     def create(self, path: str, preallocate: int = 0) -> WritableFile: ...
+
+    def reopen(self, path: str, size: int) -> WritableFile:
+        """Open the existing file `path` for writing from offset `size`, keeping the
+        space allocated past it (a preallocated WAL segment taken up again).
+
+        REQUIRES: every byte past `size` is zero (allocated, never written): the
+        writes overwrite them in place and a reader stops at the first zeros.
+        """
+        ...
+
     def open_read(self, path: str) -> ReadableFile: ...
     def read_bytes(self, path: str) -> bytes: ...
     def exists(self, path: str) -> bool: ...
@@ -109,8 +119,12 @@ def write_file_atomic(fs: FileSystem, path: str, data: bytes) -> None:
 class _OsWritable:
     __slots__ = ("_fd", "path")
 
-    def __init__(self, path: str, preallocate: int) -> None:
+    def __init__(self, path: str, preallocate: int, offset: int | None = None) -> None:
         self.path = path
+        if offset is not None:  # reopen: no O_TRUNC, which would give the allocation back
+            self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            return
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         if preallocate:
             try:
@@ -187,6 +201,9 @@ class OsFS:
 
     def create(self, path: str, preallocate: int = 0) -> WritableFile:
         return _OsWritable(path, preallocate)
+
+    def reopen(self, path: str, size: int) -> WritableFile:
+        return _OsWritable(path, 0, offset=size)
 
     def open_read(self, path: str) -> ReadableFile:
         return _OsReadable(path)
@@ -373,6 +390,14 @@ class MemFS:
                 raise IsADirectoryError(errno.EISDIR, "is a directory", path)
             inode = _Inode()
             self._dir(d)[name] = inode
+            return _MemWritable(self, inode)
+
+    def reopen(self, path: str, size: int) -> WritableFile:
+        # This file system allocates nothing ahead: the zeros past `size` that the
+        # contract promises are simply not there, and writes append from `size`.
+        with self._lock:
+            inode = self._inode(path)
+            del inode.data[size:]
             return _MemWritable(self, inode)
 
     def open_read(self, path: str) -> ReadableFile:
@@ -608,6 +633,10 @@ class FaultFS:
     def create(self, path: str, preallocate: int = 0) -> WritableFile:
         self._maybe_fail("create")
         return _FaultWritable(self, self.inner.create(path, preallocate))
+
+    def reopen(self, path: str, size: int) -> WritableFile:
+        self._maybe_fail("create")
+        return _FaultWritable(self, self.inner.reopen(path, size))
 
     def rename(self, src: str, dst: str) -> None:
         self._maybe_fail("rename")

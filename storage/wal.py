@@ -92,6 +92,11 @@ class Wal:
         self.min_term = 0  # the manifest's term: frames after damage are at least this new
         # (first LSN, path) of every sealed segment on disk, oldest first. Guarded by _lock.
         self._sealed: list[tuple[int, str]] = []
+        # Bytes written (header and whole frames) of each sealed segment, by first LSN:
+        # what retention counts, never the file's size, which includes the space
+        # preallocated for frames that never came. The open segment's is `_cur.size`.
+        # Guarded by _lock.
+        self._written: dict[int, int] = {}
         self._lock = threading.Lock()
         # LSNs readers still need (checkpoints, history replay): purge keeps their segments.
         self._pins: list[int] = []
@@ -122,6 +127,28 @@ class Wal:
         out.sort()
         return out
 
+    def _settle(self, path: str) -> int:
+        """The written bytes of a sealed segment (header and frames), after giving back
+        any space preallocated past its last frame. Called at open only.
+
+        Once settled a segment ends with its last frame, so usually only its last
+        byte is read; one still preallocated (sealed since the last open) or whose
+        last frame ends in zeros is walked by its frames' length fields.
+        """
+        f = self.fs.open_read(path)
+        try:
+            buf = f.buf
+            n = len(buf)
+            if n > record.HEADER_SIZE and buf[n - 1] != 0:
+                return n
+            end = max(min(n, record.HEADER_SIZE), record.frames_end(buf, record.HEADER_SIZE))
+            trim = record.HEADER_SIZE < end < n and record.is_zero(buf, end)
+        finally:
+            f.close()
+        if trim:
+            self.fs.truncate(path, end)  # syncs
+        return end
+
     def recover(self, after_lsn: int, repair: bool = False) -> RecoveredTail:
         """Read every frame with LSN > after_lsn, checking the whole LSN chain.
 
@@ -147,27 +174,47 @@ class Wal:
                              f"hold only up to LSN {after_lsn}: frames {after_lsn + 1}.."
                              f"{segs[0][0] - 1} are missing")
         frames: list[record.Frame] = []
+        written: dict[int, int] = {}  # first LSN -> bytes written (header and frames)
         replayed = 0  # len(frames) once the segments read so far were made durable
         last_lsn = 0
         last_term = 0
         truncated = 0
         keep: list[tuple[int, str]] = []
+        removed_empty = False
         for i, (first, path) in enumerate(segs):
             newest = i == len(segs) - 1
             nxt = segs[i + 1][0] if not newest else None
             if nxt is not None and nxt - 1 <= after_lsn:
-                # Entirely flushed: only its name matters (retention, history).
-                keep.append((first, path))
+                # Entirely flushed: only its name and its written size matter (retention,
+                # history), so its frames are not checked here.
+                size = self._settle(path)
                 last_lsn = max(last_lsn, nxt - 1)
+                if size <= record.HEADER_SIZE:
+                    # No frame, and a later segment already starts past its name's LSN:
+                    # it holds nothing of the log (no chain runs through an empty
+                    # segment that is not the newest). Removing it loses no LSN.
+                    log.info("removing WAL segment %s: it holds no frame", path)
+                    self.fs.remove(path)
+                    removed_empty = True
+                    continue
+                keep.append((first, path))
+                written[first] = size
                 continue
             f = self.fs.open_read(path)
+            trim = False
             try:
                 damage = self._recover_segment(f.buf, path, first, nxt, newest, after_lsn,
                                                frames, last_term)
+                end = self._seg_end
+                trim = (damage is None and end > record.HEADER_SIZE and len(f.buf) > end
+                        and record.is_zero(f.buf, end))
             finally:
                 f.close()
             if damage is None:
+                if trim:
+                    self.fs.truncate(path, self._seg_end)  # syncs
                 keep.append((first, path))
+                written[first] = self._seg_end
                 if len(frames) > replayed:
                     self._make_durable(path)
                     replayed = len(frames)
@@ -201,10 +248,14 @@ class Wal:
                     self.fs.remove(p)
             self.fs.truncate(path, offset)  # truncate syncs what is left
             keep.append((first, path))
+            written[first] = offset
             if not torn:
                 break
+        if removed_empty:
+            self.fs.sync_dir(self.dir)
         with self._lock:
             self._sealed = keep
+            self._written = written
         return RecoveredTail(frames, last_lsn, last_term, truncated)
 
     def cut_after(self, lsn: int) -> int:
@@ -216,7 +267,8 @@ class Wal:
         keep: list[tuple[int, str]] = []
         for first, path in self._sealed:
             if first > lsn:
-                dropped += self.fs.size(path)
+                size = self._written.get(first)
+                dropped += size if size is not None else self.fs.size(path)
                 log.warning("cutting the log after LSN %d: removing %s", lsn, path)
                 self.fs.remove(path)
                 continue
@@ -242,9 +294,11 @@ class Wal:
                 log.warning("cutting the log after LSN %d: truncating %s at offset %d (%d bytes)",
                             lsn, path, cut, end - cut)
                 self.fs.truncate(path, cut)
+                self._written[first] = cut
         self.fs.sync_dir(self.dir)
         with self._lock:
             self._sealed = keep
+            self._written = {f: n for f, n in self._written.items() if f <= lsn}
         return dropped
 
     def _adopt_next(self) -> None:
@@ -337,10 +391,12 @@ class Wal:
         """Append one segment's frames past after_lsn to `frames`.
 
         Returns None if the segment is sound, else (offset, reason, torn, dropped_bytes).
-        Sets self._seg_last / self._seg_term to the last good LSN and term.
+        Sets self._seg_last / self._seg_term to the last good LSN and term, and
+        self._seg_end to the offset just past the last good frame.
         """
         self._seg_last = first - 1
         self._seg_term = term
+        self._seg_end = record.HEADER_SIZE
         try:
             hdr_lsn = record.decode_header(buf, path)
         except ValueError as e:
@@ -362,6 +418,7 @@ class Wal:
                 self._seg_last = expected - 1
                 self._seg_term = max(self._seg_term, fr.term)
                 end_of_frames = fr.offset + record.FRAME_HEADER_SIZE + len(fr.payload)
+                self._seg_end = end_of_frames
         except record.BadFrame as bad:
             end = record.written_end(buf, bad.offset)
             dropped = end - bad.offset
@@ -379,8 +436,21 @@ class Wal:
     # ------------------------------------------------------------------ writing
 
     def start(self, next_lsn: int) -> None:
-        """Open a fresh segment whose first frame will carry `next_lsn`; start the
-        background thread that finishes rolls and keeps a spare segment ready."""
+        """Open the segment whose first frame will carry `next_lsn`; start the
+        background thread that finishes rolls and keeps a spare segment ready.
+
+        A newest segment that holds only its header (a clean close leaves one:
+        the flush at close rolls the log) is taken up again as the open segment
+        if it is named `next_lsn`, keeping its preallocated space; otherwise it
+        is removed (it holds no frame, and the chain goes on from `next_lsn`).
+        Either way no restart leaves a segment behind that holds nothing.
+        Crash safety: reuse changes nothing on disk; a removal is synced before
+        the new segment is made, and a cut between the two leaves a log whose
+        newest segment is older and non-empty, or no segment at all: both open.
+        """
+        if self._take_up_empty(next_lsn):
+            self._start_background()
+            return
         path = os.path.join(self.dir, segment_name(next_lsn))
         if self.fs.exists(path):
             # An empty segment from an earlier run (recovery found no frame in
@@ -399,6 +469,59 @@ class Wal:
             seg = self._create_segment(next_lsn, preallocate=False)
         with self._lock:
             self._cur = seg
+        self._start_background()
+
+    def _take_up_empty(self, next_lsn: int) -> bool:
+        """Reuse the newest segment as the open one if it holds only its header and is
+        named `next_lsn` (True); remove it if it holds nothing but cannot be reused."""
+        with self._lock:
+            if not self._sealed:
+                return False
+            first, path = self._sealed[-1]
+        try:
+            f = self.fs.open_read(path)
+        except FileNotFoundError:
+            return False
+        try:
+            buf = f.buf
+            try:
+                header_ok = record.decode_header(buf, path) == first
+            except ValueError:
+                header_ok = False
+            if not header_ok or record.frames_end(buf, record.HEADER_SIZE) > record.HEADER_SIZE:
+                return False  # frames (or damage recovery kept): not ours to touch
+            # Only zeros after the header: frames written from there read back as the
+            # only ones (a reader stops at the first zero frame header, so bytes left
+            # after one would surface behind the new frames as damage).
+            reusable = first == next_lsn and record.is_zero(buf, record.HEADER_SIZE)
+        finally:
+            f.close()
+        if not reusable:
+            log.info("removing WAL segment %s: it holds no frame and the log goes on "
+                     "from LSN %d", path, next_lsn)
+            with self._lock:
+                self._sealed.pop()
+                self._written.pop(first, None)
+            self.fs.remove(path)
+            self.fs.sync_dir(self.dir)
+            return False
+        wf = self.fs.reopen(path, record.HEADER_SIZE)
+        try:
+            # The header may be in the page cache only (a process killed after the roll
+            # that made it): frames must not become durable in a file that might not.
+            wf.sync()
+            self.fs.sync_dir(self.dir)
+        except BaseException:
+            wf.close()
+            raise
+        log.info("taking up the empty WAL segment %s again for LSN %d on", path, next_lsn)
+        with self._lock:
+            self._sealed.pop()
+            self._written.pop(first, None)
+            self._cur = _Segment(first, path, wf, record.HEADER_SIZE)
+        return True
+
+    def _start_background(self) -> None:
         self._bg_stop = False
         self._bg_thread = threading.Thread(target=self._background, name="strata-wal-roll",
                                            daemon=True)
@@ -636,6 +759,7 @@ class Wal:
                     new.dirty = True
                     with self._lock:
                         self._sealed.append((old.first_lsn, old.path))
+                        self._written[old.first_lsn] = old.size
                         self._cur = new
                         self._pending = (old, new)
             finally:
@@ -657,6 +781,7 @@ class Wal:
             raise
         with self._lock:
             self._sealed.append((old.first_lsn, old.path))
+            self._written[old.first_lsn] = old.size
             self._cur = new
         with self._bg_cv:
             self._bg_cv.notify_all()
@@ -679,6 +804,7 @@ class Wal:
                     cur.closed = True
             with self._lock:
                 self._sealed.append((cur.first_lsn, cur.path))
+                self._written[cur.first_lsn] = cur.size
                 self._cur = None
         if self.failed is not None:
             raise OSError(self.failed.errno, f"the WAL was closed unsynced after a failed fsync: "
@@ -719,13 +845,15 @@ class Wal:
         """Delete sealed segments wholly at or below `flushed_lsn` past retention.
 
         Retention keeps an unbroken run of the newest flushed segments while
-        their total size is within `retention_bytes` or they are younger than
+        their written bytes (header and frames: never the space preallocated
+        past them) total at most `retention_bytes` or they are younger than
         `retention_age_s`; the first segment that fits neither ends the run and
         it and everything older is deleted, so retained history never has holes.
         Segments a pin still needs are kept whatever the policy says.
         """
         with self._lock:
             segs = self._segments_locked()
+            written = dict(self._written)
             if self._pins:
                 flushed_lsn = min(flushed_lsn, min(self._pins) - 1)
         removable = [segs[i] for i in range(len(segs) - 1) if segs[i + 1][0] - 1 <= flushed_lsn]
@@ -733,9 +861,9 @@ class Wal:
         now = time.time()
         cut = -1  # index into removable: this one and all older go
         for i in range(len(removable) - 1, -1, -1):
-            path = removable[i][1]
+            first, path = removable[i]
             try:
-                size = self.fs.size(path)
+                size = written[first] if first in written else self.fs.size(path)
                 young = self.retention_age_s > 0 and now - self.fs.mtime(path) < self.retention_age_s
             except FileNotFoundError:
                 continue
@@ -753,6 +881,8 @@ class Wal:
         with self._lock:
             gone = set(doomed)
             self._sealed = [s for s in self._sealed if s[1] not in gone]
+            for first, _ in removable[: cut + 1]:
+                self._written.pop(first, None)
         for path in doomed:
             try:
                 self.fs.remove(path)
@@ -788,6 +918,36 @@ class Wal:
                 pass
             f.close()
         raise FileNotFoundError(errno.ENOENT, "WAL segment vanished while being opened", final)
+
+    def usage(self) -> tuple[int, int]:
+        """(written, preallocated) bytes of the log on disk.
+
+        written: the headers and frames of every listed segment, the bytes
+        retention counts. preallocated: the rest of what the files take, space
+        allocated ahead for frames (the open segment's tail, the spare, and the
+        tails of segments sealed since this open, which the next open gives
+        back). Sizes are read as the files are now; a segment purged or renamed
+        meanwhile is left out.
+        """
+        with self._lock:
+            segs = list(self._sealed)
+            written = sum(self._written.get(first, 0) for first, _ in segs)
+            cur = self._cur
+            if cur is not None:
+                segs.append((cur.first_lsn, cur.path))
+                written += cur.size
+            spare = self._spare is not None
+        paths = [p for _, p in segs]
+        next_path = os.path.join(self.dir, NEXT_SEGMENT)
+        if spare and next_path not in paths:
+            paths.append(next_path)
+        allocated = 0
+        for p in paths:
+            try:
+                allocated += self.fs.size(p)
+            except FileNotFoundError:
+                pass
+        return written, max(0, allocated - written)
 
     def earliest_lsn(self) -> int:
         with self._lock:
