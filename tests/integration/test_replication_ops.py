@@ -50,7 +50,9 @@ def caught_up_in(c: Cluster, master: str, replica: str, limit: float = 10.0) -> 
     while time.monotonic() - t0 < limit:
         try:
             if c.status(replica).durable_lsn >= target:
-                return time.monotonic() - t0
+                took = time.monotonic() - t0
+                print(f"{replica} reached LSN {target} of master {master} in {took:.3f}s")
+                return took
         except grpc.RpcError:
             pass
         time.sleep(0.02)
