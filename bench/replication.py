@@ -95,6 +95,18 @@ class StrataCluster:
         self.procs[i].kill()
         self.procs[i].wait()
 
+    def wait_up(self, i: str, timeout: float = 30.0) -> None:
+        """Until node `i` (restarted) answers a status call."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                self.status(i, 1.0)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
+
     def stop(self) -> None:
         for p in self.procs.values():
             stop_proc(p)
@@ -265,8 +277,8 @@ def strata_failover(root: str, trials: int) -> list[float]:
             c.kill(m)
             out.append(_first_ack(write, others, t0))
             c.start_node(m)
+            c.wait_up(m)
             time.sleep(1.0)
-            c.status(m, 10)
     finally:
         for ch in chans.values():
             ch.close()
@@ -325,8 +337,8 @@ def strata_handover(root: str, trials: int) -> list[float]:
             out.append(_handover_gap(write, c.ids, m, lambda m=m: c.procs[m].terminate()))
             c.procs[m].wait(30)
             c.start_node(m)
+            c.wait_up(m)
             time.sleep(1.0)
-            c.status(m, 10)
     finally:
         for ch in chans.values():
             ch.close()
@@ -334,8 +346,9 @@ def strata_handover(root: str, trials: int) -> list[float]:
     return out
 
 
-def etcd_handover(root: str, stubs: str, trials: int) -> list[float]:
-    """SIGTERM of the etcd leader: etcd transfers leadership on shutdown."""
+def _etcd_trials(root: str, stubs: str, trials: int, tag: str, measure) -> list[float]:
+    """A fresh 3-node etcd cluster per trial; `measure(cluster, write, leader)` returns the
+    trial's figure, where `write(node)` tries one Put there and says whether it was taken."""
     if stubs not in sys.path:
         sys.path.insert(0, stubs)
     import etcd_pb2
@@ -343,7 +356,7 @@ def etcd_handover(root: str, stubs: str, trials: int) -> list[float]:
 
     out = []
     for t in range(trials):
-        c = EtcdCluster(os.path.join(root, f"etcd-ho-{t}"), stubs)
+        c = EtcdCluster(os.path.join(root, f"etcd-{tag}-{t}"), stubs)
         c.start()
         chans = {i: grpc.insecure_channel(a) for i, a in c.client.items()}
         try:
@@ -352,51 +365,34 @@ def etcd_handover(root: str, stubs: str, trials: int) -> list[float]:
             def write(i: str, t: int = t, chans: dict = chans) -> bool:
                 try:
                     etcd_pb2_grpc.KVStub(chans[i]).Put(
-                        etcd_pb2.PutRequest(key=b"ho", value=b"%d" % t), timeout=0.2)
+                        etcd_pb2.PutRequest(key=tag.encode(), value=b"%d" % t), timeout=0.2)
                     return True
                 except grpc.RpcError:
                     return False
 
             while not write(m):
                 time.sleep(0.05)
-            out.append(_handover_gap(write, c.ids, m, lambda m=m, c=c: c.procs[m].terminate()))
+            out.append(measure(c, write, m))
         finally:
             for ch in chans.values():
                 ch.close()
             c.stop()
     return out
+
+
+def etcd_handover(root: str, stubs: str, trials: int) -> list[float]:
+    """SIGTERM of the etcd leader: etcd transfers leadership on shutdown."""
+    return _etcd_trials(root, stubs, trials, "ho", lambda c, write, m: _handover_gap(
+        write, c.ids, m, lambda: c.procs[m].terminate()))
 
 
 def etcd_failover(root: str, stubs: str, trials: int) -> list[float]:
-    import etcd_pb2
-    import etcd_pb2_grpc
+    def measure(c: EtcdCluster, write, m: str) -> float:
+        t0 = time.monotonic()
+        c.kill(m)
+        return _first_ack(write, [i for i in c.ids if i != m], t0)
 
-    out = []
-    for t in range(trials):
-        c = EtcdCluster(os.path.join(root, f"etcd-fo-{t}"), stubs)
-        c.start()
-        chans = {i: grpc.insecure_channel(a) for i, a in c.client.items()}
-        try:
-            m = c.leader()
-
-            def write(i: str, t: int = t, chans: dict = chans) -> bool:
-                try:
-                    etcd_pb2_grpc.KVStub(chans[i]).Put(
-                        etcd_pb2.PutRequest(key=b"fo", value=b"%d" % t), timeout=0.2)
-                    return True
-                except grpc.RpcError:
-                    return False
-
-            while not write(m):
-                time.sleep(0.05)
-            t0 = time.monotonic()
-            c.kill(m)
-            out.append(_first_ack(write, [i for i in c.ids if i != m], t0))
-        finally:
-            for ch in chans.values():
-                ch.close()
-            c.stop()
-    return out
+    return _etcd_trials(root, stubs, trials, "fo", measure)
 
 
 def _redis(port: int, *args: str, timeout: float = 0.3) -> bytes:

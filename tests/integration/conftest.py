@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.server.procs import free_port
 
+from . import netns
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -114,3 +116,15 @@ def daemon_factory(tmp_path):
 @pytest.fixture
 def daemon(daemon_factory):
     return daemon_factory()
+
+
+@pytest.fixture
+def network():
+    """Three network namespaces a, b, c on a bridge (tests/integration/netns.py);
+    skips, saying why, where they cannot be made."""
+    why = netns.unavailable()
+    if why:
+        pytest.skip(f"partition tests need network namespaces: {why}")
+    net = netns.Network(["a", "b", "c"])
+    yield net
+    net.close()

@@ -14,7 +14,6 @@ import threading
 import time
 
 import grpc
-import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
@@ -23,7 +22,6 @@ from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
 from ..jepsen.lincheck import Op, check
-from . import netns
 from .conftest import Daemon
 from .test_replication import FAST, Cluster
 
@@ -191,16 +189,6 @@ def test_history_through_master_sigkills_is_linearizable(tmp_path):
                                  f"{sorted(set(want) - set(seen))[:5]}"
     finally:
         c.stop()
-
-
-@pytest.fixture
-def network():
-    why = netns.unavailable()
-    if why:
-        pytest.skip(f"partition tests need network namespaces: {why}")
-    net = netns.Network(["a", "b", "c"])
-    yield net
-    net.close()
 
 
 def test_history_through_a_partition_of_the_master_is_linearizable(tmp_path, network):

@@ -19,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from strata_client import Client
 
-from . import netns
 from .conftest import Daemon
 from .test_replication import FAST, Cluster
 from .test_replication_jepsen import Recorder, committed_events
@@ -177,16 +176,6 @@ def test_rolling_restart_with_sigterm(cluster):
     finally:
         rec.finish()
     check_outcome(c, rec)
-
-
-@pytest.fixture
-def network():
-    why = netns.unavailable()
-    if why:
-        pytest.skip(f"partition tests need network namespaces: {why}")
-    net = netns.Network(["a", "b", "c"])
-    yield net
-    net.close()
 
 
 def test_a_replica_cut_off_for_3s_is_resumed(tmp_path, network):
