@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import heapq
 import logging
 import time
 from collections import deque
@@ -43,6 +42,7 @@ from . import checkpoints
 from .election import MASTER, Heartbeat, HeartbeatAck, Node, RequestVote, TimeoutNow, Vote
 from .errors import NoMaster, NotMaster
 from .link import PeerLink
+from .progress import Follower, Progress
 from .state import FilePersistence
 
 log = logging.getLogger("strata.replication")
@@ -101,12 +101,12 @@ class Cluster:
                          heartbeat_interval=conf.heartbeat_interval, now=time.monotonic(),
                          on_master=self._on_master, on_role=self._on_role)
         self.links: dict[str, PeerLink] = {}
-        self.commit_lsn = 0
-        self.term_start = 0  # LSN of this master's term marker once durable (0: not yet)
+        # The commit point, this master's waiters, and what a replica knows of the
+        # master's progress: sans-I/O (replication/progress.py), driven from here.
+        self.progress = Progress(self.node.quorum, conf.mode)
+        self.follower = Follower(self.progress)
         self.master_address: dict[str, str] = dict(conf.peers)
         self.master_address[conf.node_id] = conf.address
-        self._waiters: list = []  # heap of (lsn, seq, future)
-        self._seq = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pbg.ReplicationStub] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -127,12 +127,16 @@ class Cluster:
         # one entry per millisecond and COMMIT_TIMES entries (a peer further behind shows
         # at least the age of the oldest entry kept).
         self._commit_times: deque[tuple[int, float]] = deque(maxlen=COMMIT_TIMES)
-        # Replica: when it last took an Append from a master of its term, and since when
-        # its log has been behind the commit point that master sent (None: not behind).
-        self.heard_at: float | None = None
-        self.behind_since: float | None = None
         self.stats = {"elections_won": 0, "step_downs": 0, "resyncs": 0, "truncations": 0,
                       "frames_applied": 0}
+
+    @property
+    def commit_lsn(self) -> int:
+        return self.progress.commit_lsn
+
+    @property
+    def term_start(self) -> int:
+        return self.progress.term_start
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -280,7 +284,7 @@ class Cluster:
                                    f"{node.term}, role {node.role})")
                 eng = self.engine()
                 last = eng.last_lsn if eng is not None else 0
-                if link.match >= last and self.commit_lsn >= last and not self._waiters:
+                if link.match >= last and self.commit_lsn >= last and not self.progress.waiting:
                     break
                 if now >= deadline:
                     node.resume()
@@ -325,7 +329,7 @@ class Cluster:
     def _on_master(self, term: int) -> None:
         self.stats["elections_won"] += 1
         log.warning("node %s is master of term %d", self.node_id, term)
-        self.term_start = 0
+        self.progress.begin_term()
         self._stop_links()
         # Frames this node had before it won are as old as its term, for lag purposes.
         eng = self.engine()
@@ -350,7 +354,7 @@ class Cluster:
             log.error("could not write the term marker of term %d: %s", term, e)
             return
         if self.node.term == term and self.node.role == MASTER:
-            self.term_start = lsn
+            self.progress.term_started(lsn)
             log.info("term %d begins at LSN %d", term, lsn)
             self.advance_commit()
 
@@ -361,7 +365,7 @@ class Cluster:
                 log.warning("node %s steps down in term %d (master: %s)", self.node_id, term,
                             master or "unknown")
             self._stop_links()
-            self.term_start = 0
+            self.progress.begin_term()
             eng = self.engine()
             if eng is not None:
                 eng.set_read_only(True)
@@ -404,17 +408,14 @@ class Cluster:
         self.advance_commit()
 
     def advance_commit(self) -> None:
-        if self.node.role != MASTER or not self.term_start:
+        if self.node.role != MASTER:
             return
         eng = self.engine()
         if eng is None:
             return
-        durable = sorted([eng.last_lsn, *(ln.match for ln in self.links.values())], reverse=True)
-        c = durable[self.node.quorum - 1]
-        if c >= self.term_start and c > self.commit_lsn:
-            self.commit_lsn = c
+        if self.progress.advance(eng.last_lsn, (ln.match for ln in self.links.values())):
             if self.mode != "async":
-                eng.set_commit_lsn(c)
+                eng.set_commit_lsn(self.commit_lsn)
             self._publish_limit()
         self._release_waiters()
 
@@ -427,24 +428,20 @@ class Cluster:
         i = bisect.bisect_right(times, acked, key=lambda e: e[0])
         return now - times[i][1]
 
-    def _released(self, lsn: int, now: float) -> bool:
-        if lsn > self.commit_lsn:
-            return False
-        if self.mode == "sync":
-            return all(ln.match >= lsn for ln in self.links.values() if ln.state(now) != "failed")
-        return True
+    def _live_matches(self) -> list[int]:
+        """The acknowledged LSNs of the peers that are not failed (sync mode waits for
+        them)."""
+        now = time.monotonic()
+        return [ln.match for ln in self.links.values() if ln.state(now) != "failed"]
 
     def _release_waiters(self) -> None:
-        now = time.monotonic()
-        w = self._waiters
-        while w and self._released(w[0][0], now):
-            _, _, fut = heapq.heappop(w)
+        live = self._live_matches() if self.mode == "sync" else ()
+        for fut in self.progress.release(live):
             if not fut.done():
                 fut.set_result(None)
 
     def _fail_waiters(self, err: Exception) -> None:
-        w, self._waiters = self._waiters, []
-        for _, _, fut in w:
+        for fut in self.progress.fail():
             if not fut.done():
                 fut.set_exception(err)
 
@@ -459,11 +456,11 @@ class Cluster:
                 raise NoMaster("the master lost its lease: the write is on this node only and "
                                "may be lost", outcome_unknown=True)
             return
-        if self._released(lsn, time.monotonic()):
+        live = self._live_matches() if self.mode == "sync" else ()
+        if self.progress.releasable(lsn, live):
             return
         fut = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._waiters, (lsn, self._seq, fut))
+        self.progress.wait(lsn, fut)
         await fut
 
     # -- admission ------------------------------------------------------------------
@@ -569,16 +566,9 @@ class Cluster:
                                                         error=str(e), sent=a.sent))
                         return
                     self.stats["frames_applied"] += 1
-            if a.commit_lsn > self.commit_lsn:
-                self.commit_lsn = a.commit_lsn
+            if self.follower.append(a.commit_lsn, eng.last_lsn, time.monotonic()):
                 self._publish_limit()
             eng.set_commit_lsn(self.commit_lsn)
-            now = time.monotonic()
-            self.heard_at = now
-            if eng.last_lsn >= self.commit_lsn:
-                self.behind_since = None
-            elif self.behind_since is None:
-                self.behind_since = now
             yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
                                             durable_lsn=eng.last_lsn, sent=a.sent))
 
@@ -627,11 +617,7 @@ class Cluster:
         now = time.monotonic()
         if self.node.role == MASTER:
             return "" if self.node.has_lease(now) else "master without its lease"
-        if self.heard_at is None or now - self.heard_at >= self.election_timeout:
-            return "follows no master"
-        if self.behind_since is not None and now - self.behind_since > max_lag_s:
-            return f"behind the commit point for {now - self.behind_since:.1f}s"
-        return ""
+        return self.follower.unfit(now, self.election_timeout, max_lag_s)
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -645,7 +631,7 @@ class Cluster:
             if ln is None:
                 # A replica knows its master by the Appends it takes, and nothing of
                 # the other replicas.
-                heard = self.heard_at if pid == m else None
+                heard = self.follower.heard_at if pid == m else None
                 age = now - heard if heard is not None else -1.0
                 state = ("unknown" if heard is None else "failed"
                          if age >= self.election_timeout else
