@@ -216,3 +216,28 @@ def test_delete_consumer_takes_the_admin_token(daemon_factory):
         assert out.returncode == 1 and "admin token" in out.stderr
         assert _cli(d, "consumers", "delete", "x", "--token", "adm").returncode == 0
         assert json.dumps([x.name for x in c.consumers().consumers]) == "[]"
+
+
+def test_a_replica_holds_the_same_log_for_the_cursors_it_replicated(tmp_path):
+    from .test_replication import Cluster
+
+    cl = Cluster(tmp_path, "quorum", ENV, ids=("a", "b"))
+    try:
+        cl.start()
+        m = cl.master()
+        r = next(i for i in cl.nodes if i != m)
+        with Client(cl.nodes[m].grpc) as c:
+            warm = _write(c, 20, "warm")
+            cursor = _leave_at(c, "rep", warm[0], 10)
+            last = _write(c, 1500, "while-away")[-1]
+        cl.wait_applied(r, last)
+        with Client(cl.nodes[r].grpc) as c:
+            deadline = time.monotonic() + 10
+            while (x := _consumer(c, "rep")) is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert x is not None and x.cursor_lsn == cursor and not x.connected
+            resp = c.consumers()
+            assert resp.earliest_lsn <= cursor + 1, "the replica kept the log from the cursor"
+            assert x.retained and x.held_bytes > 1_000_000
+    finally:
+        cl.stop()
