@@ -112,8 +112,9 @@ class Config:
                                  True)
     auth_token: str = _opt(
         "", "shared token required in `authorization: Bearer <token>` (empty: no auth)")
-    admin_token: str = _opt("", "token Admin.Checkpoint, Admin.Compact and Admin.TransferLeader "
-                                "require instead of auth_token (empty: auth_token suffices)")
+    admin_token: str = _opt("", "token Admin.Checkpoint, Admin.Compact, Admin.TransferLeader and "
+                                "Admin.DeleteConsumer require instead of auth_token (empty: "
+                                "auth_token suffices)")
     backup_dir: str = _opt("", "directory Admin.Checkpoint writes into, by relative name "
                                "(empty: <data_dir>/checkpoints, on the same file system: hard links)")
     tls_cert: str = _opt("", "PEM certificate chain for gRPC TLS (with tls_key)")

@@ -162,8 +162,8 @@ class Gate:
             t.cancel()
 
     def _authorize(self, context, method: str) -> None:
-        """The data token admits data calls; with `admin_token` set, Admin.Checkpoint and
-        Admin.Compact take only it (it admits every other call too)."""
+        """The data token admits data calls; with `admin_token` set, ADMIN_METHODS take
+        only it (it admits every other call too)."""
         cfg = self.cfg
         admin = method in ADMIN_METHODS and bool(cfg.admin_token)
         if not (cfg.auth_token or admin):
