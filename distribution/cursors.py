@@ -41,10 +41,15 @@ def encode(acked_lsn: int) -> bytes:
 
 def decode(value: bytes | None) -> int:
     """The acknowledged LSN stored in a cursor value (0: none)."""
+    return decode_entry(value)[0]
+
+
+def decode_entry(value: bytes | None) -> tuple[int, float]:
+    """(acknowledged LSN, when it was written in Unix seconds) of a cursor value."""
     if not value:
-        return 0
-    lsn, _ = msgpack.unpackb(value)
-    return int(lsn)
+        return 0, 0.0
+    lsn, ms = msgpack.unpackb(value)
+    return int(lsn), ms / 1000
 
 
 class CursorStore:
@@ -59,6 +64,9 @@ class CursorStore:
     One subscription owns a name at a time; a new one with the same name takes
     it over (`claim`, which returns the previous owner to be ended) and starts
     from the previous owner's acknowledgements.
+    `delete` forgets a name: its cursor is deleted and its owner, if any, is no
+    longer one (its release writes nothing back). Cursor writes and deletes are
+    serialised (`_lock`), so a delete is never overtaken by an older write.
     """
 
     def __init__(self, get_engine, interval: float = 0.1) -> None:
@@ -67,6 +75,11 @@ class CursorStore:
         self.owners: dict[str, object] = {}  # name -> Consumer (has .acked)
         self.saved: dict[str, int] = {}
         self.writes = 0
+        self.since: dict[str, float] = {}  # name -> when its owner claimed it (Unix s)
+        # name -> when this node last wrote its cursor forward (Unix s): the last ack,
+        # to within `interval`
+        self.acked_at: dict[str, float] = {}
+        self._lock = asyncio.Lock()
 
     async def load(self, name: str) -> int:
         lsn = decode(await self._engine().get_async(cursor_key(name)))
@@ -76,6 +89,7 @@ class CursorStore:
     def claim(self, name: str, owner) -> object | None:
         prev = self.owners.get(name)
         self.owners[name] = owner
+        self.since[name] = time.time()
         return prev
 
     async def release(self, name: str, owner) -> None:
@@ -88,6 +102,7 @@ class CursorStore:
             if self.owners.get(name) is owner:
                 del self.owners[name]
                 self.saved.pop(name, None)
+                self.since.pop(name, None)
 
     async def flush(self, only: dict[str, int] | None = None) -> None:
         todo = only if only is not None else {n: c.acked for n, c in self.owners.items()}
@@ -95,11 +110,51 @@ class CursorStore:
         engine = self._engine()
         if not todo or engine is None:
             return
-        await engine.write_batch_async([("put", cursor_key(n), encode(lsn))
-                                        for n, lsn in todo.items()])
+        async with self._lock:
+            # A name deleted while this waited for the lock stays deleted.
+            todo = {n: lsn for n, lsn in todo.items() if n in self.owners}
+            if not todo:
+                return
+            await engine.write_batch_async([("put", cursor_key(n), encode(lsn))
+                                            for n, lsn in todo.items()])
         self.writes += 1
+        now = time.time()
         for n, lsn in todo.items():
             self.saved[n] = max(self.saved.get(n, 0), lsn)
+            self.acked_at[n] = now
+
+    async def stored(self) -> dict[str, tuple[int, float]]:
+        """Every cursor stored in the engine: name -> (acknowledged LSN, written at in
+        Unix seconds). Read off the loop (a scan of the reserved range)."""
+        engine = self._engine()
+        if engine is None:
+            return {}
+
+        def scan() -> dict[str, tuple[int, float]]:
+            end = CURSOR_PREFIX[:-1] + bytes([CURSOR_PREFIX[-1] + 1])
+            return {k[len(CURSOR_PREFIX):].decode(errors="replace"): decode_entry(v)
+                    for k, v in engine.scan(CURSOR_PREFIX, end)}
+
+        return await asyncio.get_running_loop().run_in_executor(None, scan)
+
+    async def delete(self, name: str) -> tuple[object | None, int]:
+        """Forget consumer `name`: delete its stored cursor and disown its owner (the
+        caller ends it). Returns (the owner it had or None, its cursor LSN). Raises
+        KeyError if the name has neither a cursor nor an owner."""
+        engine = self._engine()
+        key = cursor_key(name)
+        async with self._lock:
+            stored = decode(await engine.get_async(key))
+            owner = self.owners.pop(name, None)
+            if owner is None and not stored:
+                raise KeyError(name)
+            cursor = max(stored, getattr(owner, "acked", 0) or 0)
+            if stored:
+                await engine.write_batch_async([("delete", key)])
+            self.saved.pop(name, None)
+            self.since.pop(name, None)
+            self.acked_at.pop(name, None)
+        return owner, cursor
 
     async def run(self) -> None:
         while True:

@@ -4,6 +4,7 @@
     strata config [--config FILE] [flags] [--markdown]                  effective configuration
     strata put KEY VALUE | get KEY | del KEY | scan [START [END]] | status   client commands
     strata admin transfer-leader [--to NODE]                            hand the master's role over
+    strata consumers [delete NAME]                                      named consumers: list, delete
 
 Client commands talk to --server (default $STRATA_SERVER or 127.0.0.1:7400)
 through strata_client; keys and values are taken as UTF-8 text, or as hex
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 
 from strata.storage.options import DURABILITY_MODES
 
@@ -83,6 +85,26 @@ def _show(b: bytes, hex_: bool) -> str:
     return b.hex() if hex_ else b.decode(errors="backslashreplace")
 
 
+def _when(unix_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s)) if unix_s else "-"
+
+
+def _print_consumers(r) -> None:
+    """The table of `strata consumers`: one line per named consumer, then the limit."""
+    rows = [("NAME", "CURSOR", "LAG_LSNS", "LAG_BYTES", "CONNECTED", "SINCE", "LAST_ACK", "LOG")]
+    for x in r.consumers:
+        rows.append((x.name, str(x.cursor_lsn), str(x.lag_lsns), str(x.lag_bytes),
+                     "yes" if x.connected else "no", _when(x.connected_since_unix_s),
+                     _when(x.last_ack_unix_s),
+                     f"held {x.held_bytes} B" if x.retained else "COMPACTED"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(f"last LSN {r.last_lsn}  earliest retained LSN {r.earliest_lsn}  "
+          f"consumer_retention_bytes {r.retention_limit_bytes}  "
+          f"headroom {r.retention_headroom_bytes} B")
+
+
 def _client_cmd(args: argparse.Namespace) -> int:
     from strata_client import Client, errors
 
@@ -103,6 +125,13 @@ def _client_cmd(args: argparse.Namespace) -> int:
             elif args.command == "scan":
                 for k, v in c.scan(_bytes(args.start, h), _bytes(args.end, h), limit=args.limit):
                     print(f"{_show(k, h)}\t{_show(v, h)}")
+            elif args.command == "consumers":
+                if args.consumers_command == "delete":
+                    r = c.delete_consumer(args.name)
+                    print(f"deleted consumer {args.name!r} (cursor LSN {r.cursor_lsn}"
+                          f"{', its subscription ended' if r.was_connected else ''})")
+                else:
+                    _print_consumers(c.consumers())
             elif args.command == "admin":
                 r = c.transfer_leader(args.to)
                 print(f"master {r.master} (term {r.term}) after {r.seconds * 1000:.0f} ms")
@@ -164,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
                          help="hand the master's role to a replica (no election timeout passes)")
     tl.add_argument("--to", default="",
                     help="node id of the new master (default: the most caught-up replica)")
+    sc = sub.add_parser("consumers", parents=[client_parent],
+                        help="list named consumers: cursor, lag, connected, last ack")
+    csub = sc.add_subparsers(dest="consumers_command")
+    cd = csub.add_parser("delete", parents=[client_parent],
+                         help="delete a named consumer (its cursor and hold on the log; a "
+                              "connected one is ended); takes the admin token")
+    cd.add_argument("name")
     tail.add_parser(sub)
     args = p.parse_args(argv)
     if args.command == "serve":

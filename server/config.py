@@ -60,6 +60,11 @@ class Config:
     memtable_size: int = _opt(8 << 20, "bytes of writes buffered in memory before a flush to L0")
     block_cache_size: int = _opt(64 << 20, "bytes of decoded table blocks cached")
     wal_retention_bytes: int = _opt(64 << 20, "flushed WAL kept for history replay (bytes)")
+    consumer_retention_bytes: int = _opt(
+        1 << 30, "WAL kept beyond wal_retention_bytes for named consumers that are behind: the "
+        "log from the lowest consumer cursor on stays while that extra totals at most this; past "
+        "it the oldest goes and that consumer gets `compacted` (bytes; 0: named consumers hold "
+        "nothing). docs/protocol.md, \"Consumer retention\"")
     log_level: str = _opt("info", "debug, info, warning, error", True)
     max_key_size: int = _opt(MAX_KEY_SIZE, f"largest key accepted (bytes; at most {MAX_KEY_SIZE})",
                              True)
@@ -107,8 +112,9 @@ class Config:
                                  True)
     auth_token: str = _opt(
         "", "shared token required in `authorization: Bearer <token>` (empty: no auth)")
-    admin_token: str = _opt("", "token Admin.Checkpoint, Admin.Compact and Admin.TransferLeader "
-                                "require instead of auth_token (empty: auth_token suffices)")
+    admin_token: str = _opt("", "token Admin.Checkpoint, Admin.Compact, Admin.TransferLeader and "
+                                "Admin.DeleteConsumer require instead of auth_token (empty: "
+                                "auth_token suffices)")
     backup_dir: str = _opt("", "directory Admin.Checkpoint writes into, by relative name "
                                "(empty: <data_dir>/checkpoints, on the same file system: hard links)")
     tls_cert: str = _opt("", "PEM certificate chain for gRPC TLS (with tls_key)")
@@ -323,7 +329,8 @@ def engine_options(cfg: Config) -> Options:
     """The engine's options: the daemon's own settings, then the [engine] table."""
     given = {"durability": cfg.durability, "sync_interval_ms": cfg.sync_interval_ms,
              "memtable_size": cfg.memtable_size, "block_cache_size": cfg.block_cache_size,
-             "wal_retention_bytes": cfg.wal_retention_bytes}
+             "wal_retention_bytes": cfg.wal_retention_bytes,
+             "wal_hold_bytes": cfg.consumer_retention_bytes}
     clash = sorted(set(given) & set(cfg.engine))
     if clash:
         raise InvalidArgument(f"set {', '.join(clash)} at the top level, not in [engine]")

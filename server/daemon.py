@@ -74,6 +74,7 @@ class Daemon:
         self.feed: CommittedFeed | None = None
         self.rings: Rings | None = None
         self._cursor_task: asyncio.Task | None = None
+        self._retention_task: asyncio.Task | None = None
 
     async def _set_health(self, status) -> None:
         for name in ["", *SERVICES]:
@@ -150,6 +151,10 @@ class Daemon:
             self.metrics.attach_cluster(self.cluster)
             await self.cluster.start()
         self._attach(self.engine)
+        # Named consumers hold their log before anything is served (the engine purges
+        # nothing until then: wal_holds_from_open).
+        await self.gate.retention.refresh()
+        self._retention_task = asyncio.ensure_future(self.gate.retention.run())
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._health_task = asyncio.ensure_future(self._watch_writes())
         sdnotify.notify(f"READY=1\nSTATUS=serving, last LSN {self.engine.last_lsn}\nMAINPID={os.getpid()}")
@@ -158,6 +163,9 @@ class Daemon:
 
     def _open_engine(self, truncate_after: int | None = None) -> Engine:
         opts = dataclasses.asdict(config_mod.engine_options(self.cfg))
+        # Named consumers' holds are read from the database once it is open
+        # (ConsumerRetention): until then the engine purges nothing.
+        opts["wal_holds_from_open"] = True
         if self.cluster is not None:
             # The log's tail stays in the log across restarts, so that a tail a new
             # master never had can be cut; a fetched checkpoint is installed first.
@@ -340,6 +348,8 @@ class Daemon:
             await self.server.stop(max(0.1, deadline - time.monotonic()))
         if self.ws is not None:
             await self.ws.wait_closed()
+        if self._retention_task is not None:
+            self._retention_task.cancel()
         if self._cursor_task is not None:
             self._cursor_task.cancel()
             try:

@@ -4,7 +4,7 @@
 |----------------|----------------------|---------------------------------------------------|
 | invalid input  | INVALID_ARGUMENT     | bad or oversized key/value/batch; nothing written |
 | not found      | NOT_FOUND            | a named resource (not a key) does not exist        |
-| conflict       | ABORTED              | compare-and-set mismatch (trailer strata-current-lsn); a consumer's stream superseded by a newer one |
+| conflict       | ABORTED              | compare-and-set mismatch (trailer strata-current-lsn); a consumer's stream superseded by a newer one (strata-superseded) or its consumer deleted (strata-consumer-deleted) |
 | not master     | FAILED_PRECONDITION  | write sent to a replica (trailer strata-master)   |
 | overload       | RESOURCE_EXHAUSTED   | rate limit, concurrency cap, write stall, disk full |
 | timeout        | DEADLINE_EXCEEDED    | the call's deadline passed                        |
@@ -49,6 +49,19 @@ class Superseded(ServerError):
     """A named consumer subscribed again elsewhere; this stream is over."""
 
     code = grpc.StatusCode.ABORTED
+
+
+class ConsumerDeleted(ServerError):
+    """An operator deleted the named consumer this stream served; the stream is over."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(ServerError):
+    """History older than the log holds, with a message naming what the caller asked
+    for (a named consumer's cursor); trailer strata-earliest-lsn as for Compacted."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
 
 
 class Unavailable(ServerError):

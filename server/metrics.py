@@ -250,6 +250,26 @@ class _DistributionCollector:
                                 "batches of consumer cursors written")
         c.add_metric([], gate.cursors.writes)
         yield c
+        # Named consumers as the retention task last saw them (every second): lag
+        # against the log's end now, the held log against consumer_retention_bytes.
+        r = gate.retention
+        eng = gate.engine
+        last = eng.last_lsn if eng is not None else r.last_lsn
+        lag = GaugeMetricFamily("strata_consumer_lag_lsns",
+                                "LSNs a named consumer is behind the log's end", labels=["consumer"])
+        held = GaugeMetricFamily("strata_consumer_held_bytes",
+                                 "WAL kept for a named consumer beyond wal_retention_bytes",
+                                 labels=["consumer"])
+        for s in list(r.states.values()):
+            lag.add_metric([s.name], max(0, last - s.cursor_lsn))
+            held.add_metric([s.name], s.held_bytes)
+        yield lag
+        yield held
+        g = GaugeMetricFamily("strata_consumer_retention_headroom_bytes",
+                              "bytes the WAL held for named consumers may still grow before "
+                              "consumer_retention_bytes cuts the furthest behind")
+        g.add_metric([], r.headroom)
+        yield g
         if self.rings is not None:
             ev = CounterMetricFamily("strata_ring_events", "events written into a ring",
                                      labels=["ring"])

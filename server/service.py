@@ -23,17 +23,27 @@ import grpc
 
 from strata.distribution import session
 from strata.distribution.consumer import GRPC, Budget, Consumer
-from strata.distribution.cursors import RESERVED_PREFIX, CursorStore, is_reserved
+from strata.distribution.cursors import RESERVED_PREFIX, CursorStore, cursor_key, is_reserved
 from strata.distribution.hub import Hub, Lapped
 from strata.distribution.hub import stream as hub_stream
+from strata.distribution.retention import ConsumerRetention, compacted_message
 from strata.distribution.session import BadRequest, parse_request
 from strata.storage import Engine
-from strata.storage.errors import Compacted
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
 from .config import Config, backup_dir
-from .errors import InvalidInput, Overloaded, Superseded, Unauthenticated, Unavailable, classify
+from .errors import (
+    ConsumerDeleted,
+    InvalidInput,
+    NotFound,
+    OutOfRange,
+    Overloaded,
+    Superseded,
+    Unauthenticated,
+    Unavailable,
+    classify,
+)
 from .limits import Bulkhead, RateLimiter
 from .metrics import Metrics
 from .request_ids import RequestIds
@@ -99,7 +109,8 @@ def _check(request) -> None:
 
 
 # Calls that write files or rewrite the database: with admin_token set, only it admits them.
-ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Compact", "Admin.TransferLeader"})
+ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Compact", "Admin.TransferLeader",
+                           "Admin.DeleteConsumer"})
 
 
 class Gate:
@@ -122,6 +133,7 @@ class Gate:
         # Subscribers of the WebSocket tiers and Events.Consume (distribution/)
         self.subscriber_budget = Budget(cfg.subscriber_memory)
         self.cursors = CursorStore(lambda: self.engine)
+        self.retention = ConsumerRetention(lambda: self.engine, self.cursors)
         # Deadlines of unary calls in progress (task -> loop time), enforced by one timer
         # that runs while any call is in progress: asyncio.timeout per call cost ~5 us of
         # a Get's ~200 us (a timer armed and cancelled, task bookkeeping).
@@ -150,8 +162,8 @@ class Gate:
             t.cancel()
 
     def _authorize(self, context, method: str) -> None:
-        """The data token admits data calls; with `admin_token` set, Admin.Checkpoint and
-        Admin.Compact take only it (it admits every other call too)."""
+        """The data token admits data calls; with `admin_token` set, ADMIN_METHODS take
+        only it (it admits every other call too)."""
         cfg = self.cfg
         admin = method in ADMIN_METHODS and bool(cfg.admin_token)
         if not (cfg.auth_token or admin):
@@ -607,7 +619,12 @@ async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
             raise Overloaded(f"{message}; resume from LSN {resume}",
                              (("strata-resume-lsn", str(resume)),))
         if code == "compacted":
-            raise Compacted(c.next_lsn or 1, resume)
+            # Named after the consumer's cursor, not whatever next_lsn the replay
+            # reached (it ends before setting one: the message said "LSN 1").
+            raise OutOfRange(compacted_message(c.name, c.acked, start, resume),
+                             (("strata-earliest-lsn", str(resume)),))
+        if code == "deleted":
+            raise ConsumerDeleted(message, (("strata-consumer-deleted", req["consumer"]),))
         if code == "superseded":
             raise Superseded(message, (("strata-superseded", req["consumer"]),))
         if code == "bad_request":
@@ -707,3 +724,41 @@ class AdminService(pbg.AdminServicer):
                 term=cluster.node.term, seconds=time.monotonic() - t0)
 
         return await self.gate.unary("Admin.TransferLeader", context, handle, request)
+
+    async def Consumers(self, request, context):
+        async def handle(engine: Engine):
+            r = self.gate.retention
+            states = await r.refresh()
+            return pb.ConsumersResponse(
+                consumers=[pb.ConsumerInfo(
+                    name=s.name, cursor_lsn=s.cursor_lsn, lag_lsns=s.lag_lsns,
+                    lag_bytes=s.lag_bytes, connected=s.connected,
+                    connected_since_unix_s=s.connected_since, last_ack_unix_s=s.last_ack,
+                    retained=s.retained, held_bytes=s.held_bytes) for s in states.values()],
+                last_lsn=r.last_lsn, earliest_lsn=r.earliest, retention_limit_bytes=r.limit,
+                retention_headroom_bytes=r.headroom)
+
+        return await self.gate.unary("Admin.Consumers", context, handle, request)
+
+    async def DeleteConsumer(self, request, context):
+        async def handle(engine: Engine):
+            gate = self.gate
+            try:
+                cursor_key(request.name)
+            except ValueError as e:
+                raise InvalidInput(str(e)) from None
+            gate.check_write()  # cursors are written on the master (they replicate)
+            try:
+                owner, cursor = await gate.cursors.delete(request.name)
+            except KeyError:
+                raise NotFound(f"no consumer named {request.name!r}") from None
+            if owner is not None:
+                owner.end("deleted", f"consumer {request.name!r} was deleted by an operator "
+                                     f"(its cursor, LSN {cursor}, is gone)",
+                          owner.first_unsent(owner.acked + 1))
+            log.warning("consumer %r deleted (cursor LSN %d%s)", request.name, cursor,
+                        ", its subscription ended" if owner is not None else "")
+            await gate.retention.refresh()  # release its hold on the log now
+            return pb.DeleteConsumerResponse(was_connected=owner is not None, cursor_lsn=cursor)
+
+        return await self.gate.unary("Admin.DeleteConsumer", context, handle, request)

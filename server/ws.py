@@ -46,6 +46,7 @@ from strata.distribution.consumer import (
     encode_message,
     frame_message,
 )
+from strata.distribution.retention import compacted_message
 from strata.distribution.session import MAX_CREDITS, BadRequest, int_field, parse_request
 
 from .config import ANY_ORIGIN, Config, normalize_origin, parse_origins
@@ -54,7 +55,8 @@ log = logging.getLogger("strata.ws")
 
 SUBPROTOCOLS = {"strata.v1.json": JSON, "strata.v1.msgpack": MSGPACK}
 CLOSE = {"shutting_down": 1001, "protocol_error": 1002, "too_many": 1013, "compacted": 4001,
-         "lapped": 4002, "bad_request": 4003, "superseded": 4004, "not_master": 4005}
+         "lapped": 4002, "bad_request": 4003, "superseded": 4004, "not_master": 4005,
+         "deleted": 4006}
 
 
 class ProtocolError(ValueError):
@@ -248,6 +250,9 @@ class Connection:
             if data:
                 self.io.write(data)
             code, message, resume = c.ended
+        if code == "compacted":
+            # Named after the consumer's cursor (and the oldest retained LSN).
+            message = compacted_message(c.name, c.acked, start, resume)
         if code == "lapped":
             if gate.draining:
                 code, message = "shutting_down", "the server is shutting down"

@@ -274,6 +274,8 @@ class Engine:
         self._wal = Wal(fs, path, segment_size=opts.wal_segment_size,
                         retention_bytes=opts.wal_retention_bytes,
                         retention_age_s=opts.wal_retention_age_s,
+                        hold_bytes=opts.wal_hold_bytes,
+                        holds_pending=opts.wal_holds_from_open,
                         preallocate=(min(opts.wal_segment_size, opts.memtable_size + (1 << 20))
                                      if opts.wal_preallocate else 0))
         flushed = self.versions.flushed_lsn
@@ -1150,6 +1152,44 @@ class Engine:
     def earliest_lsn(self) -> int:
         """The oldest LSN read_log can still return (0: nothing retained)."""
         return self._wal.earliest_lsn()
+
+    def hold_log(self, name: str, lsn: int) -> None:
+        """Keep the log from `lsn` on for `name` (a history reader that comes back
+        later, such as a named consumer), replacing its previous hold. Bounded: the
+        segments holds keep beyond wal_retention_bytes total at most wal_hold_bytes;
+        past that the oldest are purged anyway and read_log(lsn) raises Compacted.
+        Takes effect at the next purge (a flush, or purge_log)."""
+        self._wal.hold(name, lsn)
+
+    def release_log(self, name: str) -> None:
+        """Drop `name`'s hold (see hold_log); its log goes at the next purge."""
+        self._wal.release(name)
+
+    def set_log_holds(self, holds: dict[str, int]) -> None:
+        """Replace every hold at once ({name: first LSN to keep}); the first call ends
+        the wait of wal_holds_from_open."""
+        self._wal.set_holds(holds)
+
+    def log_holds(self) -> dict[str, dict]:
+        """Each hold: {"lsn": first LSN kept, "held_bytes": retained log it keeps beyond
+        wal_retention_bytes, "retained": whether its LSN is still in the log}. A hold
+        with held_bytes near wal_hold_bytes is about to lose its oldest segment."""
+        held = self._wal.hold_stats(self.versions.flushed_lsn)
+        earliest = self._wal.earliest_lsn()
+        return {name: {"lsn": lsn, "held_bytes": held.get(name, 0),
+                       "retained": lsn >= earliest}
+                for name, lsn in self._wal.holds().items()}
+
+    def log_bytes_from(self, lsn: int) -> int:
+        """Written WAL bytes from `lsn` to the end, to within one segment: a reader's
+        lag in bytes."""
+        return self._wal.bytes_from(lsn)
+
+    def purge_log(self) -> list[str]:
+        """Delete the flushed log that retention and holds no longer keep, now rather
+        than at the next flush; returns the paths removed. File I/O on the caller's
+        thread: call it off an event loop."""
+        return self._wal.purge(self.versions.flushed_lsn)
 
     def recent_request_ids(self, limit: int,
                            max_age_s: float = math.inf) -> list[tuple[str, int, float]]:

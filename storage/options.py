@@ -46,6 +46,13 @@ class Options:
     wal_segment_size: int = 64 << 20
     wal_retention_bytes: int = 64 << 20  # flushed log kept for history readers and replicas
     wal_retention_age_s: float = 0.0
+    # Log kept beyond the retention above for named holds (Engine.hold_log): a hold
+    # keeps its LSN's segment and all later ones while those total at most this.
+    wal_hold_bytes: int = 0
+    # Purges wait for the first Engine.set_log_holds: for an owner whose holds are
+    # stored in this database, so that it can read them after open before anything
+    # it needs is purged (the recovery flush at open would purge otherwise).
+    wal_holds_from_open: bool = False
     wal_preallocate: bool = True
     compaction_executor: str = "process"  # "process" | "thread"
     # Data blocks of new tables: "none", "lz4" or "zstd" (docs/format.md). Tables keep

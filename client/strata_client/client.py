@@ -526,6 +526,21 @@ class Client(_Base):
         returns the TransferLeaderResponse (master "id=host:port", term, seconds)."""
         return self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to), kind=ONCE)
 
+    def consumers(self):
+        """Named consumers as the node sees them: a ConsumersResponse (consumers: name,
+        cursor_lsn, lag_lsns, lag_bytes, connected, connected_since_unix_s,
+        last_ack_unix_s, retained, held_bytes; last_lsn, earliest_lsn,
+        retention_limit_bytes, retention_headroom_bytes)."""
+        return self._call("admin.Consumers", pb.ConsumersRequest(), kind=READ)
+
+    def delete_consumer(self, name: str):
+        """Delete named consumer `name` (its cursor and its hold on the log; a connected
+        one's subscription ends with ConsumerDeleted). Send it to the master (NotMaster
+        otherwise); takes the admin token if the server has one. Raises NotFound for
+        an unknown name. Returns the DeleteConsumerResponse (was_connected, cursor_lsn)."""
+        return self._call("admin.DeleteConsumer", pb.DeleteConsumerRequest(name=name),
+                          kind=NODE)
+
 
 class AsyncClient(_Base):
     """asyncio client on grpc.aio; same methods as Client, awaitable. put/delete
@@ -680,3 +695,12 @@ class AsyncClient(_Base):
     async def transfer_leader(self, to: str = ""):
         return await self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to),
                                 kind=ONCE)
+
+    async def consumers(self):
+        """As Client.consumers."""
+        return await self._call("admin.Consumers", pb.ConsumersRequest(), kind=READ)
+
+    async def delete_consumer(self, name: str):
+        """As Client.delete_consumer."""
+        return await self._call("admin.DeleteConsumer", pb.DeleteConsumerRequest(name=name),
+                                kind=NODE)

@@ -53,6 +53,14 @@ class Superseded(Conflict):
         super().__init__(message, code, 0)
 
 
+class ConsumerDeleted(Conflict):
+    """An operator deleted the named consumer (`strata consumers delete`): this
+    subscription is over and its cursor gone; subscribing again starts afresh."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message, code, 0)
+
+
 class NotMaster(StrataError):
     """The node is a replica; `master` names the master as "id=host:port" (may be empty)."""
 
@@ -143,6 +151,8 @@ def from_rpc_error(err: grpc.RpcError) -> StrataError:
     if code == C.ABORTED:
         if _trailer(err, "strata-superseded"):
             return Superseded(msg, name)
+        if _trailer(err, "strata-consumer-deleted"):
+            return ConsumerDeleted(msg, name)
         return Conflict(msg, name, int(_trailer(err, "strata-current-lsn") or 0))
     if code == C.FAILED_PRECONDITION:
         return NotMaster(msg, name, _trailer(err, "strata-master"))

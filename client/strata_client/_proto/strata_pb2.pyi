@@ -229,6 +229,60 @@ class Event(_message.Message):
     deleted: bool
     def __init__(self, lsn: _Optional[int] = ..., topic: _Optional[str] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., deleted: _Optional[bool] = ...) -> None: ...
 
+class ConsumersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConsumerInfo(_message.Message):
+    __slots__ = ("name", "cursor_lsn", "lag_lsns", "lag_bytes", "connected", "connected_since_unix_s", "last_ack_unix_s", "retained", "held_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_LSN_FIELD_NUMBER: _ClassVar[int]
+    LAG_LSNS_FIELD_NUMBER: _ClassVar[int]
+    LAG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SINCE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACK_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_FIELD_NUMBER: _ClassVar[int]
+    HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cursor_lsn: int
+    lag_lsns: int
+    lag_bytes: int
+    connected: bool
+    connected_since_unix_s: float
+    last_ack_unix_s: float
+    retained: bool
+    held_bytes: int
+    def __init__(self, name: _Optional[str] = ..., cursor_lsn: _Optional[int] = ..., lag_lsns: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., connected: _Optional[bool] = ..., connected_since_unix_s: _Optional[float] = ..., last_ack_unix_s: _Optional[float] = ..., retained: _Optional[bool] = ..., held_bytes: _Optional[int] = ...) -> None: ...
+
+class ConsumersResponse(_message.Message):
+    __slots__ = ("consumers", "last_lsn", "earliest_lsn", "retention_limit_bytes", "retention_headroom_bytes")
+    CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    LAST_LSN_FIELD_NUMBER: _ClassVar[int]
+    EARLIEST_LSN_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_HEADROOM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    consumers: _containers.RepeatedCompositeFieldContainer[ConsumerInfo]
+    last_lsn: int
+    earliest_lsn: int
+    retention_limit_bytes: int
+    retention_headroom_bytes: int
+    def __init__(self, consumers: _Optional[_Iterable[_Union[ConsumerInfo, _Mapping]]] = ..., last_lsn: _Optional[int] = ..., earliest_lsn: _Optional[int] = ..., retention_limit_bytes: _Optional[int] = ..., retention_headroom_bytes: _Optional[int] = ...) -> None: ...
+
+class DeleteConsumerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteConsumerResponse(_message.Message):
+    __slots__ = ("was_connected", "cursor_lsn")
+    WAS_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_LSN_FIELD_NUMBER: _ClassVar[int]
+    was_connected: bool
+    cursor_lsn: int
+    def __init__(self, was_connected: _Optional[bool] = ..., cursor_lsn: _Optional[int] = ...) -> None: ...
+
 class TransferLeaderRequest(_message.Message):
     __slots__ = ("to",)
     TO_FIELD_NUMBER: _ClassVar[int]

@@ -575,6 +575,16 @@ class AdminStub:
                 request_serializer=strata_dot_v1_dot_strata__pb2.TransferLeaderRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_strata__pb2.TransferLeaderResponse.FromString,
                 _registered_method=True)
+        self.Consumers = channel.unary_unary(
+                '/strata.v1.Admin/Consumers',
+                request_serializer=strata_dot_v1_dot_strata__pb2.ConsumersRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.ConsumersResponse.FromString,
+                _registered_method=True)
+        self.DeleteConsumer = channel.unary_unary(
+                '/strata.v1.Admin/DeleteConsumer',
+                request_serializer=strata_dot_v1_dot_strata__pb2.DeleteConsumerRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.DeleteConsumerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -614,6 +624,24 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Consumers(self, request, context):
+        """Every named consumer this node knows (its stored cursor, or connected here):
+        cursor, lag, whether the log still holds what it needs. Answered from this
+        node's own state (cursors replicate, connections do not).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConsumer(self, request, context):
+        """Forget a named consumer: its cursor is deleted (on the master) and its hold on
+        the log released; a connected one is ended with code "deleted" (gRPC ABORTED,
+        WebSocket 4006). NOT_FOUND if no such consumer. Takes the admin token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -636,6 +664,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.TransferLeader,
                     request_deserializer=strata_dot_v1_dot_strata__pb2.TransferLeaderRequest.FromString,
                     response_serializer=strata_dot_v1_dot_strata__pb2.TransferLeaderResponse.SerializeToString,
+            ),
+            'Consumers': grpc.unary_unary_rpc_method_handler(
+                    servicer.Consumers,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.ConsumersRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.ConsumersResponse.SerializeToString,
+            ),
+            'DeleteConsumer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConsumer,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.DeleteConsumerRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.DeleteConsumerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -748,6 +786,60 @@ class Admin:
             '/strata.v1.Admin/TransferLeader',
             strata_dot_v1_dot_strata__pb2.TransferLeaderRequest.SerializeToString,
             strata_dot_v1_dot_strata__pb2.TransferLeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Consumers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.Admin/Consumers',
+            strata_dot_v1_dot_strata__pb2.ConsumersRequest.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.ConsumersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConsumer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.Admin/DeleteConsumer',
+            strata_dot_v1_dot_strata__pb2.DeleteConsumerRequest.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.DeleteConsumerResponse.FromString,
             options,
             channel_credentials,
             insecure,
