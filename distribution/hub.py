@@ -15,7 +15,9 @@ Bounds and overflow policy (docs/operations.md, "Subscriptions"):
   instead of buffering without bound;
 - the hand-over deque holds at most `max_pending` frames; if the loop falls
   that far behind, every subscriber is cut off the same way at the first
-  frame that did not fit.
+  frame that did not fit, and no later frame is offered before that cut-off
+  (one that fits again once the loop has taken frames out would be a gap, and
+  a consumer's resume point would pass the dropped frame).
 History (`stream(..., from_lsn=N)`) is replayed from the WAL segments on
 disk, then handed over to the live feed with no gap and no duplicate
 (events are deduplicated by LSN at the seam).
@@ -145,9 +147,12 @@ class Hub:
         """Engine commit listener: hand frames to the loop. Never blocks."""
         if not self.subs and not self.groups:
             return
-        if len(self._pending) >= self.max_pending:
-            if not self._overflow_lsn:
-                self._overflow_lsn = record.parse_frame(frames[0])[0]
+        if self._overflow_lsn:
+            # A frame was dropped and the loop has not cut everyone off yet: nothing
+            # after it may reach a subscriber (a gap, and a resume point past it).
+            pass
+        elif len(self._pending) >= self.max_pending:
+            self._overflow_lsn = record.parse_frame(frames[0])[0]
         else:
             self._pending.extend(frames)
         if not self._scheduled:
@@ -165,6 +170,31 @@ class Hub:
         subs = list(self.subs)
         groups = list(self.groups.values())
         ts = int(time.time() * 1000)
+        while True:
+            self._offer(pending, subs, groups, ts)
+            overflow = self._overflow_lsn
+            if not overflow or not pending:
+                break
+            # Frames committed before the dropped one came in while the deque was being
+            # emptied: they go out first. Once the overflow is set the committing thread
+            # appends nothing, so the deque stays empty from here until it is cleared.
+        for g in groups:
+            g.flush()
+            if g.batch and g.timer is None:  # delayed tier: seal when the window ends
+                wait = g.batch_since + g.batcher.window - time.monotonic()
+                g.timer = self.loop.call_later(max(0.0, wait), self._seal, g)
+        for s in subs:
+            s.flush()
+        if overflow:
+            # Invariant: every subscriber was offered each frame below `overflow` and
+            # none at or above it, so its first unsent event is at most `overflow`.
+            for s in subs + [m for g in groups for m in g.members]:
+                s.cut_off(overflow, "the server fell behind fanning out events")
+            self._overflow_lsn = 0  # later frames start afresh (for new subscribers)
+
+    def _offer(self, pending: collections.deque[bytes], subs: list, groups: list[Group],
+               ts: int) -> None:
+        """Offer every frame in `pending` (taking them out) to the groups and subscribers."""
         while pending:
             lsn, _, ftype, payload = record.parse_frame(pending.popleft())
             events = frame_events(lsn, ftype, payload)
@@ -180,17 +210,6 @@ class Hub:
                     if s.wants(ev):
                         s.offer(ev, shared)
             self.next_lsn = (events[-1].lsn if events else lsn) + 1
-        for g in groups:
-            g.flush()
-            if g.batch and g.timer is None:  # delayed tier: seal when the window ends
-                wait = g.batch_since + g.batcher.window - time.monotonic()
-                g.timer = self.loop.call_later(max(0.0, wait), self._seal, g)
-        for s in subs:
-            s.flush()
-        if self._overflow_lsn:
-            for s in subs + [m for g in groups for m in g.members]:
-                s.cut_off(self._overflow_lsn, "the server fell behind fanning out events")
-            self._overflow_lsn = 0
 
     def _seal(self, g: Group) -> None:
         g.timer = None
