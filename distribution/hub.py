@@ -80,6 +80,7 @@ class Subscription:
         self.lapped: Lapped | None = None
         self._ready = asyncio.Event()
         self.delivered = 0
+        self.on_end = None  # a Consumer's detach hook; stream() unsubscribes this one itself
 
     def wants(self, ev: Event) -> bool:
         return (self.topics is None or ev.topic in self.topics) and ev.key.startswith(self.key_prefix)
@@ -185,6 +186,11 @@ class Hub:
                 g.timer = self.loop.call_later(max(0.0, wait), self._seal, g)
         for s in subs:
             s.flush()
+            if s.on_end is not None and not s.queue and s.live:
+                # Served alone only because the feed had not reached it when it came
+                # (a hub that has drained nothing yet, say): into its group now that
+                # it has been offered every event so far.
+                self.promote(s)
         if overflow:
             # Invariant: every subscriber was offered each frame below `overflow` and
             # none at or above it, so its first unsent event is at most `overflow`.
@@ -216,14 +222,6 @@ class Hub:
         g.seal()
         g.flush()
 
-    def _detach(self, m, events: list) -> None:
-        """A member's transport is full: serve it alone, from the events it lacks."""
-        self.grouped.pop(m, None)
-        for shared in events:
-            m.offer(shared.ev, shared)
-        self.subs.add(m)
-        self._drop_if_empty(m, None)
-
     def _drop_if_empty(self, m, g: Group | None) -> None:
         for key, grp in list(self.groups.items()):
             if not grp.members:
@@ -234,6 +232,7 @@ class Hub:
     def add(self, sub) -> None:
         """Attach a subscriber of another kind (distribution/consumer.Consumer): into
         the group of its identical stream when it can be served as one of many."""
+        sub.on_end = lambda: self.unsubscribe(sub)  # an ended consumer is offered nothing
         key = Group.key_of(sub)
         g = self.groups.get(key) if key is not None else None
         if key is None or (g is not None and (g.batch or g.out)) or sub.next_lsn > self.next_lsn:
@@ -246,7 +245,6 @@ class Hub:
             return
         if g is None:
             g = self.groups[key] = Group(key, sub)
-            g.detach = self._detach
         g.members.append(sub)
         self.grouped[sub] = g
 
