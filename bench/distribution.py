@@ -14,7 +14,11 @@ One run, loopback, 100-byte events, every peer measured with the same harness
   subscribers, and put acknowledged (publish, for the peers) -> received at a
   paced 10k events/s;
 - the daemon's batched durable puts with 0 subscribers, 10 realtime readers and
-  100 delayed-tier subscribers.
+  100 delayed-tier subscribers;
+- the same puts with 500 stalled subscribers (connected and subscribed, never
+  reading: `--stalled N`) and with none, each on a fresh daemon with its default
+  subscriber bounds, with the daemon's CPU (user + sys) per put and its RSS
+  (`--only stalled` runs this row alone).
 """
 
 from __future__ import annotations
@@ -366,15 +370,15 @@ async def _strata_write(addr: str, n: int, pace: float | None, batch: int = 100,
 
 
 class Strata:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, env: dict[str, str] | None = None) -> None:
         self.grpc = f"127.0.0.1:{free_port()}"
         self.ws = f"127.0.0.1:{free_port()}"
         d = tempfile.mkdtemp(dir=root)
         self.proc = spawn([sys.executable, "-m", "strata.server.cli", "serve", "--data-dir", d,
                            "--grpc-listen", self.grpc, "--ws-listen", self.ws, "--metrics-listen",
                            "", "--log-level", "warning"],
-                          env=dict(child_env(), STRATA_SUBSCRIBER_QUEUE="200000",
-                                   STRATA_WAL_RETENTION_BYTES=str(1 << 30)),
+                          env={**child_env(), "STRATA_SUBSCRIBER_QUEUE": "200000",
+                               "STRATA_WAL_RETENTION_BYTES": str(1 << 30), **(env or {})},
                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "ab"))
         from strata_client import Client
 
@@ -429,6 +433,90 @@ def bench_write_path(root: str, n: int, realtime: int, delayed: int) -> float:
     finally:
         s.stop()
     return n / write_s
+
+
+def _stalled_proc(target: str, n: int, ready, stop) -> None:
+    """`n` WebSocket subscribers that subscribe and never read again: raw sockets with
+    a 4 KiB receive buffer, so the server's writes to them back up at once."""
+    import base64 as b64
+    import struct
+
+    host, port = target.rsplit(":", 1)
+    sub = json.dumps({"op": "subscribe"}).encode()
+    mask = b"\x00\x00\x00\x00"  # clients must mask (RFC 6455 5.3); a zero key is a valid one
+    frame = struct.pack("!BB", 0x81, 0x80 | len(sub)) + mask + sub
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((host, int(port)))
+        key = b64.b64encode(os.urandom(16)).decode()
+        s.sendall(f"GET /v1/events HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\n\r\n".encode() + frame)
+        got = b""
+        while b'"subscribed"' not in got:  # the 101 answer, then the subscribed message
+            part = s.recv(4096)
+            if not part:
+                raise RuntimeError(f"closed before subscribed: {got[:200]!r}")
+            got += part
+        socks.append(s)
+    ready.put(1)
+    stop.wait(600)
+    for s in socks:
+        s.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat fields 14, 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_stalled(root: str, n: int, stalled: int) -> dict:
+    """Batched durable puts while `stalled` realtime subscribers (daemon defaults for
+    their queue and write buffer) never read; the daemon's CPU per put."""
+    s = Strata(root, env={"STRATA_SUBSCRIBER_QUEUE": "10000"})
+    procs, stop = [], CTX.Event()
+    try:
+        if stalled:
+            ready = CTX.Queue()
+            per = [stalled // 2 + stalled % 2, stalled // 2]
+            procs = [CTX.Process(target=_stalled_proc, args=(s.ws, k, ready, stop))
+                     for k in per if k]
+            for p in procs:
+                p.start()
+            for _ in procs:
+                ready.get(timeout=120)
+        cpu0 = _cpu_s(s.proc.pid)
+        write_s, _ = asyncio.run(_strata_write(s.grpc, n, None))
+        cpu = _cpu_s(s.proc.pid) - cpu0
+        rss = _rss_mib(s.proc.pid)
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+        s.stop()
+    return {"puts_per_s": n / write_s, "cpu_us_per_put": cpu / n * 1e6, "rss_mib": rss}
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_stalled_pair(root: str, n: int, stalled: int) -> dict:
+    """The same puts with none and with `stalled` stalled subscribers, and the ratio."""
+    none = bench_stalled(root, n, 0)
+    some = bench_stalled(root, n, stalled)
+    return {"none": none, "stalled": some, "subscribers": stalled,
+            "ratio": some["puts_per_s"] / none["puts_per_s"]}
 
 
 def _ws_broadcast_server(port: int, n: int, subs: int, pace: float | None, started) -> None:
@@ -569,6 +657,14 @@ def run(args) -> dict:
                                                                  "pyzmq"]),
                            "ring": {}, "ws": {}, "write_path": {}, "skipped": {}}
     log = lambda *a: print(*a, file=sys.stderr, flush=True)
+    n_stalled = 30_000 if q else 100_000
+    if args.only == "stalled":
+        try:
+            res["stalled"] = st = bench_stalled_pair(root, n_stalled, args.stalled)
+            log(f"stalled: {st}")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return res
     try:
         r = res["ring"]
         r["ring, 1 reader, draining a full ring"] = bench_ring(n_ring, 1, "poll", True, None)
@@ -617,6 +713,8 @@ def run(args) -> dict:
         wp["10 realtime subscribers"] = bench_write_path(root, n_w, 10, 0)
         wp["100 delayed-tier subscribers"] = bench_write_path(root, n_w, 0, 100)
         log(f"write path: {wp}")
+        res["stalled"] = st = bench_stalled_pair(root, n_stalled, args.stalled)
+        log(f"stalled: {st}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return res
@@ -631,6 +729,26 @@ def _f(x, unit="") -> str:
 
 
 def render_text(res: dict) -> str:
+    out: list[str] = []
+    if res["ring"]:
+        out += _render_main(res)
+    st = res.get("stalled")
+    if st:
+        out.append(f"\nBatched durable puts (100 a batch, 8 in flight) with {st['subscribers']} "
+                   "stalled WebSocket subscribers (subscribed, never reading) and with none; "
+                   "daemon CPU (user + sys) per put")
+        rows = [[k, _f(v["puts_per_s"]), _r(v["puts_per_s"], st["none"]["puts_per_s"]),
+                 _f(v["cpu_us_per_put"]), _f(v["rss_mib"])]
+                for k, v in ((f"{st['subscribers']} stalled", st["stalled"]),
+                             ("none", st["none"]))]
+        out.append(report.text_table(["subscribers", "puts/s", "vs none", "CPU us/put",
+                                      "RSS MiB"], rows))
+    for k, why in res["skipped"].items():
+        out.append(f"skipped {k}: {why}")
+    return "\n".join(out)
+
+
+def _render_main(res: dict) -> list[str]:
     ring = res["ring"]
     q = ring.get("multiprocessing.Queue", {}).get("events_per_s")
     out = ["Same host (100-byte events): delivered events/s, publish -> read latency (us)"]
@@ -657,9 +775,7 @@ def render_text(res: dict) -> str:
     out.append("\nBatched durable puts (100 a batch, 8 in flight) while subscribers read")
     out.append(report.text_table(["subscribers", "puts/s", "vs none"],
                                  [[k, _f(v), _r(v, base)] for k, v in wp.items()]))
-    for k, why in res["skipped"].items():
-        out.append(f"skipped {k}: {why}")
-    return "\n".join(out)
+    return out
 
 
 def render_markdown(res: dict, has_chart: bool) -> str:
@@ -670,7 +786,7 @@ def render_markdown(res: dict, has_chart: bool) -> str:
              "docstring for what each row measures.", "",
              f"Machine: {m.get('cpu_model', '?')}, {m.get('cpus_usable', '?')} usable cores, "
              f"{m.get('python', '?')}, {m.get('date', '?')}.", ""]
-    if has_chart:
+    if has_chart and res["ws"]:
         lines += ["![latency](distribution.png)", ""]
     lines += ["```", render_text(res), "```", ""]
     return "\n".join(lines)
@@ -694,9 +810,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", default=None, help="write the page into this directory")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--dir", default=None, help="where the data directories go (default: /tmp)")
+    ap.add_argument("--only", choices=("all", "stalled"), default="all",
+                    help="stalled: only the puts with and without stalled subscribers")
+    ap.add_argument("--stalled", type=int, default=500,
+                    help="stalled subscribers in that row (default 500)")
     args = ap.parse_args(argv)
     res = run(args)
-    report.publish(res, args, "distribution", lambda r: r, render_text,
+    page = res
+    if args.only == "stalled":
+        # One row of the page: the other rows stay as the last full run measured them.
+        docs = Path(args.docs) if args.docs else Path(__file__).resolve().parent.parent / \
+            "docs" / "bench"
+        try:
+            page = json.loads((docs / "distribution.json").read_text())
+            page["stalled"] = res["stalled"]
+        except (OSError, ValueError):
+            page = res
+    report.publish(page, args, "distribution", lambda r: r, render_text,
                    lambda r, d: report.write_page(d, "distribution", r, draw_chart,
                                                   render_markdown, r), True)
     return 0

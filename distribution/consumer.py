@@ -30,6 +30,14 @@ connection's write buffer is full, history is still being replayed) wait in
 cuts the consumer off: the queue is dropped and the client is told the LSN to
 resume from, the first one it was not sent. Events are durable: nothing is
 lost, the client resumes through history.
+
+A member of a group whose write buffer is full holds the group's output instead
+(`held`: the bytes of each hub drain, shared with every member, and how many
+events they carry), at most `max_queue` events and against the same budget:
+one append per drain, not one per event, so a stalled client costs O(1) per
+commit until it is cut off. An ended consumer is detached from the hub at once
+(`on_end`): nothing is offered to it any more, whether or not its driver has
+finished telling the client.
 """
 
 from __future__ import annotations
@@ -204,6 +212,10 @@ class Consumer:
         self.blocked = False  # the transport's write buffer is full
         self.queue: collections.deque[Shared] = collections.deque()
         self.queued_bytes = 0
+        # A blocked group member's share of the group's output: (bytes, events, last LSN)
+        # per drain, in order, all after next_lsn; counted in held_events/queued_bytes.
+        self.held: collections.deque[tuple[bytes, int, int]] = collections.deque()
+        self.held_events = 0
         self._window: collections.deque[int] | None = \
             collections.deque() if self.manual and self.credit is not None else None
         self.out: list[bytes] = []
@@ -215,6 +227,7 @@ class Consumer:
         self.ended: tuple[str, str, int] | None = None  # (code, message, resume_lsn)
         self.on_ready = None  # callable: there is output, or the consumer ended (set by driver)
         self.wake = None  # the driver's asyncio.Event, if any
+        self.on_end = None  # callable: detach from the hub (set by Hub.add)
 
     # -- hub side -----------------------------------------------------------------
 
@@ -260,6 +273,8 @@ class Consumer:
             self.seal_batch()
         self.ended = (code, message, resume_lsn)
         self.drop_queue()
+        if self.on_end is not None:
+            self.on_end()  # offered nothing more from now on: O(0) per commit
         if self.on_ready is not None:
             self.on_ready()
 
@@ -267,6 +282,27 @@ class Consumer:
         self.budget.used -= self.queued_bytes
         self.queued_bytes = 0
         self.queue.clear()
+        self.held.clear()
+        self.held_events = 0
+
+    def hold(self, data: bytes, n: int, first: int, last: int) -> bool:
+        """A group member whose transport is full keeps a drain's output (`n` events,
+        LSNs `first`..`last`, bytes shared with the other members) for later. Over
+        `max_queue` events or the budget it is cut off at the first event it was not
+        sent instead; returns False then."""
+        if self.held_events + n > self.max_queue:
+            self.cut_off(first, f"fell {self.max_queue} events behind")
+            return False
+        b = self.budget
+        if b.used + len(data) > b.ceiling:
+            b.cut_offs += 1
+            self.cut_off(first, "the server's subscriber memory is full")
+            return False
+        self.held.append((data, n, last))
+        self.held_events += n
+        self.queued_bytes += len(data)
+        b.used += len(data)
+        return True
 
     def first_unsent(self, offered: int = 0) -> int:
         if self.next_lsn:
@@ -302,9 +338,21 @@ class Consumer:
         # ack "auto" on the delayed tier: acknowledged when its batch is sealed for sending
 
     def pump(self) -> None:
-        """Move queued events out while credit and the transport allow."""
+        """Move held and queued events out while credit and the transport allow."""
         q = self.queue
         b = self.budget
+        held = self.held
+        while held and not self.blocked and self.ended is None:
+            # Held output of a group (no credit limit: groups have none), in order.
+            data, n, last = held.popleft()
+            self.held_events -= n
+            self.queued_bytes -= len(data)
+            b.used -= len(data)
+            self.out.append(data)
+            self.next_lsn = last + 1
+            self.sent += n
+            if not self.manual:
+                self.acked = last
         while q and self.live and not self.blocked and self.credit != 0 and self.ended is None:
             s = q.popleft()
             self.queued_bytes -= s.size
@@ -391,9 +439,10 @@ class Group:
     filter check and one append per event, plus one write per member per
     drain, instead of that work per event and member.
 
-    A member whose transport is full leaves the group at the next flush: the
-    events of that flush go to its own queue, and from then on it is served
-    alone (credit, queue, cut-off), so nothing is skipped.
+    A member whose transport is full stays in the group and holds each flush's
+    bytes (Consumer.hold: one append per drain, the bytes shared) until its
+    driver can write again or it holds `max_queue` events; then it is cut off
+    at the first event it holds, and leaves the group at once.
     """
 
     def __init__(self, key: tuple, proto: Consumer) -> None:
@@ -407,12 +456,11 @@ class Group:
         self.batch_bytes = 0
         self.batch_since = 0.0
         self.timer = None  # delayed tier: the loop's handle that seals the batch
-        self.detach = None  # callable(member, events): the hub serves it alone from now on
 
     @staticmethod
     def key_of(c: Consumer) -> tuple | None:
         if c.credit is not None or c.fmt == GRPC or not c.live or c.queue or c.blocked \
-                or c.batch or c.ended is not None:
+                or c.held or c.batch or c.ended is not None:
             return None
         w = c.batcher.max_window if c.batcher is not None else 0
         return (c.topics, c.prefix, c.fmt, c.tier, w)
@@ -454,15 +502,17 @@ class Group:
         self.events = events[len(events) - pending:] if pending else []
         if not sent:
             return
-        last = sent[-1].ev.lsn
+        first, last = sent[0].ev.lsn, sent[-1].ev.lsn
         n = len(sent)
         for m in list(self.members):
             if m.ended is not None:
-                self.members.remove(m)
+                if m in self.members:
+                    self.members.remove(m)
                 continue
-            if m.blocked:
-                self.members.remove(m)
-                self.detach(m, sent + self.events)
+            if m.blocked or m.held:
+                # Behind its own earlier output: wait in order. A cut-off detaches it
+                # (on_end) from the group.
+                m.hold(data, n, first, last)
                 continue
             m.out.append(data)
             m.next_lsn = last + 1

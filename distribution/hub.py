@@ -15,7 +15,9 @@ Bounds and overflow policy (docs/operations.md, "Subscriptions"):
   instead of buffering without bound;
 - the hand-over deque holds at most `max_pending` frames; if the loop falls
   that far behind, every subscriber is cut off the same way at the first
-  frame that did not fit.
+  frame that did not fit, and no later frame is offered before that cut-off
+  (one that fits again once the loop has taken frames out would be a gap, and
+  a consumer's resume point would pass the dropped frame).
 History (`stream(..., from_lsn=N)`) is replayed from the WAL segments on
 disk, then handed over to the live feed with no gap and no duplicate
 (events are deduplicated by LSN at the seam).
@@ -78,6 +80,7 @@ class Subscription:
         self.lapped: Lapped | None = None
         self._ready = asyncio.Event()
         self.delivered = 0
+        self.on_end = None  # a Consumer's detach hook; stream() unsubscribes this one itself
 
     def wants(self, ev: Event) -> bool:
         return (self.topics is None or ev.topic in self.topics) and ev.key.startswith(self.key_prefix)
@@ -145,9 +148,12 @@ class Hub:
         """Engine commit listener: hand frames to the loop. Never blocks."""
         if not self.subs and not self.groups:
             return
-        if len(self._pending) >= self.max_pending:
-            if not self._overflow_lsn:
-                self._overflow_lsn = record.parse_frame(frames[0])[0]
+        if self._overflow_lsn:
+            # A frame was dropped and the loop has not cut everyone off yet: nothing
+            # after it may reach a subscriber (a gap, and a resume point past it).
+            pass
+        elif len(self._pending) >= self.max_pending:
+            self._overflow_lsn = record.parse_frame(frames[0])[0]
         else:
             self._pending.extend(frames)
         if not self._scheduled:
@@ -165,6 +171,36 @@ class Hub:
         subs = list(self.subs)
         groups = list(self.groups.values())
         ts = int(time.time() * 1000)
+        while True:
+            self._offer(pending, subs, groups, ts)
+            overflow = self._overflow_lsn
+            if not overflow or not pending:
+                break
+            # Frames committed before the dropped one came in while the deque was being
+            # emptied: they go out first. Once the overflow is set the committing thread
+            # appends nothing, so the deque stays empty from here until it is cleared.
+        for g in groups:
+            g.flush()
+            if g.batch and g.timer is None:  # delayed tier: seal when the window ends
+                wait = g.batch_since + g.batcher.window - time.monotonic()
+                g.timer = self.loop.call_later(max(0.0, wait), self._seal, g)
+        for s in subs:
+            s.flush()
+            if s.on_end is not None and not s.queue and s.live:
+                # Served alone only because the feed had not reached it when it came
+                # (a hub that has drained nothing yet, say): into its group now that
+                # it has been offered every event so far.
+                self.promote(s)
+        if overflow:
+            # Invariant: every subscriber was offered each frame below `overflow` and
+            # none at or above it, so its first unsent event is at most `overflow`.
+            for s in subs + [m for g in groups for m in g.members]:
+                s.cut_off(overflow, "the server fell behind fanning out events")
+            self._overflow_lsn = 0  # later frames start afresh (for new subscribers)
+
+    def _offer(self, pending: collections.deque[bytes], subs: list, groups: list[Group],
+               ts: int) -> None:
+        """Offer every frame in `pending` (taking them out) to the groups and subscribers."""
         while pending:
             lsn, _, ftype, payload = record.parse_frame(pending.popleft())
             events = frame_events(lsn, ftype, payload)
@@ -180,30 +216,11 @@ class Hub:
                     if s.wants(ev):
                         s.offer(ev, shared)
             self.next_lsn = (events[-1].lsn if events else lsn) + 1
-        for g in groups:
-            g.flush()
-            if g.batch and g.timer is None:  # delayed tier: seal when the window ends
-                wait = g.batch_since + g.batcher.window - time.monotonic()
-                g.timer = self.loop.call_later(max(0.0, wait), self._seal, g)
-        for s in subs:
-            s.flush()
-        if self._overflow_lsn:
-            for s in subs + [m for g in groups for m in g.members]:
-                s.cut_off(self._overflow_lsn, "the server fell behind fanning out events")
-            self._overflow_lsn = 0
 
     def _seal(self, g: Group) -> None:
         g.timer = None
         g.seal()
         g.flush()
-
-    def _detach(self, m, events: list) -> None:
-        """A member's transport is full: serve it alone, from the events it lacks."""
-        self.grouped.pop(m, None)
-        for shared in events:
-            m.offer(shared.ev, shared)
-        self.subs.add(m)
-        self._drop_if_empty(m, None)
 
     def _drop_if_empty(self, m, g: Group | None) -> None:
         for key, grp in list(self.groups.items()):
@@ -215,6 +232,7 @@ class Hub:
     def add(self, sub) -> None:
         """Attach a subscriber of another kind (distribution/consumer.Consumer): into
         the group of its identical stream when it can be served as one of many."""
+        sub.on_end = lambda: self.unsubscribe(sub)  # an ended consumer is offered nothing
         key = Group.key_of(sub)
         g = self.groups.get(key) if key is not None else None
         if key is None or (g is not None and (g.batch or g.out)) or sub.next_lsn > self.next_lsn:
@@ -227,7 +245,6 @@ class Hub:
             return
         if g is None:
             g = self.groups[key] = Group(key, sub)
-            g.detach = self._detach
         g.members.append(sub)
         self.grouped[sub] = g
 

@@ -138,8 +138,9 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
                 io.write(data)
             if io.paused():
                 c.blocked = True
-                await io.drain()
-                c.blocked = False
+                await _drained_or_ended(c, io, wake)
+                if c.ended is None:
+                    c.blocked = False
                 continue
             if not c.queue and c.live:
                 hub.promote(c)  # caught up: served with its group again
@@ -166,6 +167,26 @@ async def run(c: Consumer, hub: Hub, engine, start_lsn: int, io) -> tuple[str, s
         hub.unsubscribe(c)
         c.on_ready = None
         c.drop_queue()
+
+
+async def _drained_or_ended(c: Consumer, io, wake: asyncio.Event) -> None:
+    """Wait until the transport's write buffer drains, or `c` ends (cut off, superseded,
+    shutting down): a client that does not read must not keep its subscription, and
+    the hub's work for it, alive. Raises what io.drain raises."""
+    drain = asyncio.ensure_future(io.drain())
+    try:
+        while not drain.done() and c.ended is None:
+            wake.clear()
+            woken = asyncio.ensure_future(wake.wait())
+            try:
+                await asyncio.wait((drain, woken), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+        if drain.done():
+            drain.result()
+    finally:
+        if not drain.done():
+            drain.cancel()
 
 
 async def _replay(c: Consumer, hub: Hub, engine, from_lsn: int, io, wake: asyncio.Event) -> None:

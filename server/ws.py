@@ -30,6 +30,7 @@ import asyncio
 import hmac
 import json
 import logging
+import socket
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -329,6 +330,12 @@ async def start_ws(cfg: Config, gate):
         log.info("ws connection from %s, origin %s, subprotocol %s", _peer(ws),
                  ws.request.headers.get("Origin") or "none", ws.subprotocol or "none")
         conns["n"] += 1
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:
+            # The kernel's send buffer is bounded too (at most net.core.wmem_max, doubled
+            # by the kernel): autotuned, it grows to MiBs per connection, which a client
+            # that never reads holds, and which delays noticing that it stalled.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, gate.cfg.subscriber_buffer)
         try:
             await Connection(ws, gate, SUBPROTOCOLS.get(ws.subprotocol, JSON)).run()
         finally:

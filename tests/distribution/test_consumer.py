@@ -160,7 +160,7 @@ def _put_frame(lsn: int) -> bytes:
     return record.encode_frame(lsn, 0, record.TYPE_PUT, msgpack.packb([b"k%d" % lsn, b"v"]))
 
 
-def test_identical_live_streams_are_served_as_one_group_and_a_full_one_leaves_it():
+def test_identical_live_streams_are_served_as_one_group_and_a_full_one_holds_its_share():
     import asyncio
 
     from strata.distribution.hub import Hub
@@ -178,16 +178,51 @@ def test_identical_live_streams_are_served_as_one_group_and_a_full_one_leaves_it
         b.blocked = True  # its transport filled up
         hub.on_commit([_put_frame(lsn) for lsn in (4, 5)])
         await asyncio.sleep(0.01)
-        assert b not in hub.grouped and b in hub.subs  # served alone now
-        assert [s.ev.lsn for s in b.queue] == [4, 5]  # nothing skipped
+        # Still a member: it holds the drain's bytes (shared with a), one entry a drain.
+        assert b in hub.grouped and not b.queue and not b.out
+        assert [(n, last) for _, n, last in b.held] == [(2, 5)] and b.next_lsn == 4
         hub.on_commit([_put_frame(6)])
         await asyncio.sleep(0.01)
+        assert b.held_events == 3
         b.blocked = False
         b.pump()
+        assert b.held_events == 0 and b.queued_bytes == 0 and b.budget.used == 0
         assert [f["lsn"] for f in frames(b)] == [4, 5, 6]
         assert [f["lsn"] for f in frames(a)] == [4, 5, 6]
         hub.unsubscribe(a)
+        hub.unsubscribe(b)
         assert not hub.groups
+
+    asyncio.run(main())
+
+
+def test_a_stalled_member_is_cut_off_at_its_first_unsent_event_and_detached():
+    import asyncio
+
+    from strata.distribution.hub import Hub
+
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        a, b = live(), live(max_queue=3)
+        for c in (a, b):
+            hub.add(c)
+        hub.on_commit([_put_frame(lsn) for lsn in (1, 2)])
+        await asyncio.sleep(0.01)
+        b.blocked = True  # it stopped reading
+        hub.on_commit([_put_frame(lsn) for lsn in (3, 4)])
+        await asyncio.sleep(0.01)
+        hub.on_commit([_put_frame(lsn) for lsn in (5, 6)])  # 4 held events: over 3
+        await asyncio.sleep(0.01)
+        assert b.ended is not None and b.ended[0] == "lapped"
+        assert b.ended[2] == 3  # the first event it was not sent: 1, 2 went out
+        assert [f["lsn"] for f in frames(b)] == [1, 2]
+        # Detached at once: nothing more is offered to it, its memory is given back.
+        assert b not in hub.grouped and b not in hub.subs and b not in hub.groups[
+            next(iter(hub.groups))].members
+        assert not b.held and b.budget.used == 0
+        hub.on_commit([_put_frame(7)])
+        await asyncio.sleep(0.01)
+        assert [f["lsn"] for f in frames(a)] == list(range(1, 8))
 
     asyncio.run(main())
 
@@ -214,7 +249,7 @@ def test_a_delayed_group_seals_its_batch_when_the_window_ends():
     asyncio.run(main())
 
 
-def test_a_member_that_caught_up_rejoins_its_group_without_gap_or_duplicate():
+def test_a_member_whose_transport_filled_gets_its_held_output_without_gap_or_duplicate():
     import asyncio
 
     from strata.distribution.hub import Hub
@@ -227,11 +262,10 @@ def test_a_member_that_caught_up_rejoins_its_group_without_gap_or_duplicate():
         b.blocked = True
         hub.on_commit([_put_frame(lsn) for lsn in (1, 2)])
         await asyncio.sleep(0.01)
-        assert b in hub.subs
+        assert b in hub.grouped and b not in hub.subs and b.held_events == 2
         b.blocked = False
-        b.pump()
-        hub.promote(b)  # queue empty, transport free: back in the group
-        assert b in hub.grouped and b not in hub.subs
+        b.pump()  # the driver, once the transport drained
+        assert b in hub.grouped and not b.held
         hub.on_commit([_put_frame(lsn) for lsn in (3, 4)])
         await asyncio.sleep(0.01)
         assert [f["lsn"] for f in frames(b)] == [1, 2, 3, 4]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import threading
 
 import msgpack
 import pytest
 
+from strata.distribution.consumer import Consumer
 from strata.distribution.hub import Event, Hub, Lapped, frame_events, stream
 from strata.storage import Compacted, Engine, record
 
@@ -190,3 +193,62 @@ def test_stream_from_purged_history_is_compacted(tmp_path):
             assert e.value.earliest_lsn == db.wal().earliest_lsn()
 
     asyncio.run(main())
+
+
+class _CommitDuringDrain(collections.deque):
+    """The hand-over deque, with the committing thread's next call played at a chosen
+    point of the loop's drain: after the loop has taken `after` frames out, `commit`
+    runs (as the WAL writer's thread would, between two of the loop's steps)."""
+
+    def __init__(self, after: int, commit) -> None:
+        super().__init__()
+        self.after = after
+        self.commit = commit
+        self.taken = 0
+
+    def popleft(self):
+        fr = super().popleft()
+        self.taken += 1
+        if self.taken == self.after:
+            self.commit()
+        return fr
+
+
+class _ManualLoop:
+    """Records call_soon_threadsafe instead of running it: the test plays the drain."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def call_soon_threadsafe(self, fn, *args) -> None:
+        self.calls.append((fn, args))
+
+    def call_later(self, delay, fn, *args):  # pragma: no cover - realtime tier only
+        raise AssertionError("no timers on the realtime tier")
+
+
+def test_hub_overflow_never_offers_frames_past_the_dropped_one():
+    """The committing thread overflows the hand-over deque (LSN 3 is dropped), then the
+    loop takes a frame out and the thread commits LSN 4, which now fits. Delivering 4
+    would be a gap, and the cut-off's resume point is the consumer's first unsent LSN:
+    before, the consumer was sent 1, 2, 4 and told to resume at 5, skipping 3."""
+    loop = _ManualLoop()
+    hub = Hub(loop, max_pending=2)  # type: ignore[arg-type]
+    c = Consumer()
+    c.live = True
+    c.next_lsn = 1
+    hub.subs.add(c)  # served alone: its cut-off uses its own position (first_unsent)
+    put = lambda n: frame(n, record.TYPE_PUT, [b"k%d" % n, b"v"])  # noqa: E731
+    hub._pending = _CommitDuringDrain(1, lambda: hub.on_commit([put(4)]))
+    hub.on_commit([put(1), put(2)])
+    hub.on_commit([put(3)])  # the deque holds two frames: 3 is dropped
+    assert hub._overflow_lsn == 3
+    for fn, args in loop.calls:
+        fn(*args)
+    lsns = [json.loads(f[2:])["lsn"] for f in c.out]  # realtime frames under 126 bytes
+    assert lsns == [1, 2]
+    assert c.ended is not None and c.ended[0] == "lapped"
+    assert c.ended[2] == 3  # the first event it was not sent
+    # A frame committed once the cut-off is done is a new start, offered as usual
+    # (to nobody here: the consumer ended).
+    assert hub._overflow_lsn == 0

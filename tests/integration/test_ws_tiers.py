@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import signal
+import socket
 import threading
 import time
 
@@ -477,7 +479,7 @@ def test_a_cut_off_delayed_subscriber_is_told_to_resume_at_the_first_event_it_di
         daemon_factory):
     """A slow anonymous delayed subscriber cut off with a batch open: everything below
     its resume_lsn reached it (the open batch is sent first, or not counted)."""
-    d = daemon_factory(extra_env={"STRATA_SUBSCRIBER_QUEUE": "200",
+    d = daemon_factory(extra_env={"STRATA_SUBSCRIBER_QUEUE": "2000",
                                   "STRATA_SUBSCRIBER_BUFFER": str(64 << 10),
                                   "STRATA_DURABILITY": "none"})
     value = b"x" * 8000  # 64 events fill a 512 KiB batch: one commit of 100 leaves it open
@@ -502,3 +504,97 @@ def test_a_cut_off_delayed_subscriber_is_told_to_resume_at_the_first_event_it_di
     assert got == list(range(first, got[-1] + 1))  # in order, no gap
     assert first < err["resume_lsn"] <= last
     assert err["resume_lsn"] == got[-1] + 1, (got[-1], err)  # skips nothing it did not get
+
+
+def _stalled_client(ws_addr: str) -> socket.socket:
+    """A WebSocket subscriber (realtime, JSON) that never reads after `subscribed`: a raw
+    socket with a 4 KiB receive buffer, so the server's writes back up at once."""
+    host, port = ws_addr.rsplit(":", 1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, int(port)))
+    sub = b'{"op":"subscribe"}'
+    s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade"
+              b"\r\nSec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) +
+              b"\r\nSec-WebSocket-Version: 13\r\n\r\n" + bytes((0x81, 0x80 | len(sub))) +
+              b"\0\0\0\0" + sub)
+    got = b""
+    while b'"subscribed"' not in got:
+        part = s.recv(4096)
+        assert part, got
+        got += part
+    assert got.endswith(b"}"), got  # nothing after subscribed yet: the stream starts next
+    return s
+
+
+def _read_frames(s: socket.socket) -> list[dict]:
+    """Everything the server sent, up to its close: the JSON messages in order."""
+    s.settimeout(20)
+    data = b""
+    while True:
+        part = s.recv(1 << 16)
+        if not part:
+            break
+        data += part
+    out, i = [], 0
+    while i + 2 <= len(data):
+        op, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        if i + n > len(data):
+            break
+        if op == 0x1:
+            out.append(json.loads(data[i:i + n]))
+        i += n
+    return out
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_stalled_subscribers_are_cut_off_at_their_first_unsent_event(daemon_factory):
+    """200 subscribers that never read are each cut off (4002) with the first event they
+    were not sent; what was buffered for them runs contiguously up to it. The daemon's
+    memory stays bounded and a subscriber that reads gets every event."""
+    d = daemon_factory(extra_env={"STRATA_SUBSCRIBER_QUEUE": "2000",
+                                  "STRATA_SUBSCRIBER_BUFFER": str(16 << 10)})
+    stalled = [_stalled_client(d.ws) for _ in range(200)]
+    rss0 = _rss_kib(d.proc.pid)
+    n = 20_000
+
+    async def main():
+        async with connect(url(d), max_queue=None) as ws:
+            await subscribe(ws)
+            got: list[int] = []
+
+            async def read():
+                while len(got) < n:
+                    got.extend(e["lsn"] for e in await events(ws, 1, 60))
+
+            reader = asyncio.ensure_future(read())
+            with Client(d.grpc) as c:
+                for i in range(0, n, 100):
+                    await asyncio.to_thread(c.batch, [("put", b"k%d" % j, b"v" * 100)
+                                                      for j in range(i, i + 100)])
+            await asyncio.wait_for(reader, 60)
+            return got
+
+    got = asyncio.run(main())
+    assert got == list(range(got[0], got[0] + n))  # the reader: every event, in order
+    rss = _rss_kib(d.proc.pid)
+    for s in stalled:
+        msgs = _read_frames(s)
+        s.close()
+        lsns = [m["lsn"] for m in msgs if m["op"] == "event"]
+        err = msgs[-1]
+        assert err["op"] == "error" and err["code"] == "lapped", msgs[-2:]
+        assert lsns, "a stalled subscriber gets what its buffers held first"
+        assert lsns == list(range(lsns[0], err["resume_lsn"])), (lsns[-3:], err)
+    # 200 connections, each bounded by subscriber_buffer plus its queue (2000 events):
+    # far below what 20,000 events for each of them would take (~400 MiB).
+    assert rss - rss0 < 100 << 10, (rss0, rss)
