@@ -206,6 +206,7 @@ class Consumer:
         self.max_queue = max_queue
         self.budget = budget or Budget(1 << 62)
         self.next_lsn = 0
+        self.start_lsn = 0  # the first LSN it was to get (session.position / go_live)
         self.acked = 0
         self.sent = 0  # events sent
         self.live = False  # False while history is replayed: live offers wait in the queue

@@ -85,8 +85,13 @@ async def position(c: Consumer, engine, cursors, from_lsn: int) -> int:
         c.acked = stored
         if not start and stored:
             start = stored + 1
+        elif not start and prev is not None and prev.start_lsn:
+            # Taken over before any acknowledgement was saved: from where the previous
+            # holder started, so nothing it was sent and never acknowledged is skipped.
+            start = prev.start_lsn
     if not start and c.tier == "historical":
         start = max(1, engine.earliest_lsn)
+    c.start_lsn = start
     return start
 
 
@@ -97,6 +102,7 @@ def go_live(c: Consumer, hub: Hub, engine) -> int:
     nothing committed after the answer's LSN is missed. Returns that LSN."""
     last = engine.last_lsn
     c.next_lsn = max(c.next_lsn, last + 1)
+    c.start_lsn = c.next_lsn
     c.live = True
     hub.add(c)
     return last

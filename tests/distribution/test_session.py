@@ -171,3 +171,46 @@ def test_a_live_subscription_starts_after_the_log_it_was_answered_with(tmp_path)
             engine.close()
 
     asyncio.run(main())
+
+
+class Cursors:
+    """A CursorStore with nothing stored: claims only."""
+
+    def __init__(self) -> None:
+        self.owners: dict = {}
+
+    def claim(self, name, owner):
+        prev, self.owners[name] = self.owners.get(name), owner
+        return prev
+
+    async def load(self, name) -> int:
+        return 0
+
+
+def test_a_take_over_before_any_acknowledgement_starts_where_the_holder_started(tmp_path):
+    """A named consumer sent events it never acknowledged, taken over before a cursor
+    was saved: the new holder starts where the old one did, not live (which would skip
+    what the old one was sent)."""
+    async def main():
+        engine = Engine.open(str(tmp_path / "db"))
+        try:
+            for i in range(5):
+                engine.put(b"k%d" % i, b"v")
+            hub, cursors = Hub(asyncio.get_running_loop()), Cursors()
+            old = Consumer(fmt=MSGPACK, name="billing", ack="manual")
+            assert await session.position(old, engine, cursors, 0) == 0
+            session.go_live(old, hub, engine)
+            assert old.start_lsn == 6
+            for i in range(3):
+                engine.put(b"n%d" % i, b"v")  # sent to `old`, never acknowledged
+            new = Consumer(fmt=MSGPACK, name="billing", ack="manual")
+            assert await session.position(new, engine, cursors, 0) == 6
+            assert old.ended is not None and old.ended[0] == "superseded"
+            # Once something was acknowledged, after it.
+            new.acked = 7
+            again = Consumer(fmt=MSGPACK, name="billing", ack="manual")
+            assert await session.position(again, engine, cursors, 0) == 8
+        finally:
+            engine.close()
+
+    asyncio.run(main())

@@ -282,7 +282,9 @@ class SubscriptionModel(RuleBasedStateMachine):
             self._drop(old)
         if name is not None and "from_lsn" not in req and sub.name in self.cursor:
             # No event after the last acknowledgement is skipped.
-            assert sub.reply["from_lsn"] <= self.cursor[sub.name] + 1, sub.reply
+            start = sub.reply["from_lsn"]
+            assert start is not None and start <= self.cursor[sub.name] + 1, \
+                (sub.reply, self.cursor[sub.name], type(sub).__name__, sub.req)
         self.subs.append(sub)
 
     def _start(self, sub: Sub) -> int:
