@@ -93,7 +93,7 @@ class Config:
         256 << 20, "bytes of events all subscribers together may hold queued; a subscriber "
         "that needs more is cut off with its resume LSN", True)
     subscriber_buffer: int = _opt(
-        1 << 20, "bytes a WebSocket subscriber's connection may buffer before events queue "
+        256 << 10, "bytes a WebSocket subscriber's connection may buffer before events queue "
         "(and its memory counts against subscriber_memory)")
     max_ws_connections: int = _opt(1024, "WebSocket connections open at once; more get 503",
                                    True)
