@@ -153,13 +153,19 @@ class Daemon:
         self._attach(self.engine)
         # Named consumers hold their log before anything is served (the engine purges
         # nothing until then: wal_holds_from_open).
-        await self.gate.retention.refresh()
+        try:
+            await self.gate.retention.refresh()
+        except Exception as e:  # a replica's log reset under way: the next refresh sets them
+            log.warning("consumer holds not set yet: %s", e)
         self._retention_task = asyncio.ensure_future(self.gate.retention.run())
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._health_task = asyncio.ensure_future(self._watch_writes())
-        sdnotify.notify(f"READY=1\nSTATUS=serving, last LSN {self.engine.last_lsn}\nMAINPID={os.getpid()}")
+        # A replica's log may be in the middle of a reset (a master ordered a cut while
+        # this started): the engine is then None for a moment.
+        last = self.engine.last_lsn if self.engine is not None else 0
+        sdnotify.notify(f"READY=1\nSTATUS=serving, last LSN {last}\nMAINPID={os.getpid()}")
         log.info("serving in %.3fs (last LSN %d, durability %s)",
-                 time.monotonic() - t0, self.engine.last_lsn, cfg.durability)
+                 time.monotonic() - t0, last, cfg.durability)
 
     def _open_engine(self, truncate_after: int | None = None) -> Engine:
         opts = dataclasses.asdict(config_mod.engine_options(self.cfg))
