@@ -7,7 +7,7 @@ import pytest
 
 from strata_client import CircuitBreaker, Client, RetryPolicy
 
-from .fake import COOLDOWN, FAST, Fake, _start_fake
+from .fake import COOLDOWN, FAST, Fake, start_fake
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def servers():
     started: list[grpc.Server] = []
 
     def make() -> Fake:
-        fake, server = _start_fake()
+        fake, server = start_fake()
         started.append(server)
         return fake
 
@@ -35,9 +35,10 @@ def clients():
     """Factory for sync Clients with fast retry timings; closed at teardown."""
     made: list[Client] = []
 
-    def make(target: str, *, attempts: int = 5, threshold: int = 100, retry=None, **kw) -> Client:
+    def make(target: str, *, attempts: int = 5, threshold: int = 100, retry=None,
+             cooldown: float = COOLDOWN, **kw) -> Client:
         c = Client(target, retry=retry or RetryPolicy(attempts=attempts, **FAST),
-                   breaker=CircuitBreaker(threshold=threshold, cooldown_s=COOLDOWN), **kw)
+                   breaker=CircuitBreaker(threshold=threshold, cooldown_s=cooldown), **kw)
         made.append(c)
         return c
 

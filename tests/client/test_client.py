@@ -19,7 +19,7 @@ from strata_client import CircuitBreaker, Client, RetryPolicy, errors
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
-from .fake import COOLDOWN, FAST, C, Err, Fake, Stream, _async_client
+from .fake import COOLDOWN, FAST, C, Err, Fake, Stream, async_client
 
 WRITE_CALLS = {
     "put": ("Put", lambda c: c.put(b"k", b"v"), 11),
@@ -570,7 +570,7 @@ def test_async_put_and_get_retry_with_same_request_id(fake):
     fake.then("Get", Err(C.DEADLINE_EXCEEDED), Err(C.UNAVAILABLE))
 
     async def main():
-        async with _async_client(fake.address, token="atok") as c:
+        async with async_client(fake.address, token="atok") as c:
             assert await c.put(b"k", b"v") == 11
             assert await c.get(b"k") == b"v"
             assert await c.put(b"k", b"v2") == 11
@@ -586,7 +586,7 @@ def test_async_delete_batch_retry(fake):
     fake.then("Delete", Err(C.UNAVAILABLE)).then("Batch", Err(C.UNAVAILABLE))
 
     async def main():
-        async with _async_client(fake.address) as c:
+        async with async_client(fake.address) as c:
             assert await c.delete(b"k") == 12
             assert await c.batch([("put", b"a", b"1")]) == 13
 
@@ -603,7 +603,7 @@ def test_async_errors_are_typed_and_not_retried(fake):
     fake.then("Get", Err(C.UNAVAILABLE), Err(C.UNAVAILABLE), Err(C.UNAVAILABLE))
 
     async def main():
-        async with _async_client(fake.address, attempts=3) as c:
+        async with async_client(fake.address, attempts=3) as c:
             with pytest.raises(errors.InvalidArgument):
                 await c.put(b"k", b"v")
             with pytest.raises(errors.Conflict) as ei:
@@ -625,7 +625,7 @@ def test_async_not_master_followed_and_breaker(servers):
     master.always("Get", Err(C.UNAVAILABLE))
 
     async def main():
-        async with _async_client(replica.address, attempts=3, threshold=2) as c:
+        async with async_client(replica.address, attempts=3, threshold=2) as c:
             assert await c.put(b"k", b"v") == 11
             assert c.target == master.address
             with pytest.raises(errors.Unavailable) as ei:
@@ -650,7 +650,7 @@ def test_async_scan_and_subscribe(fake):
               Stream([], Err(C.OUT_OF_RANGE, "gone", (("strata-earliest-lsn", "50"),))))
 
     async def main():
-        async with _async_client(fake.address) as c:
+        async with async_client(fake.address) as c:
             assert [kv async for kv in c.scan()] == [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]
             got = []
             with pytest.raises(errors.Lapped) as ei:
@@ -671,7 +671,7 @@ def test_async_not_master_is_followed_for_publish(servers):
     replica.always("Publish", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", master.address),)))
 
     async def main():
-        async with _async_client(replica.address) as c:
+        async with async_client(replica.address) as c:
             return await c.publish("t", b"k", b"p")
 
     assert asyncio.run(main()) == 15

@@ -17,7 +17,7 @@ import pytest
 from strata_client import RetryPolicy, errors
 from strata_client._proto import strata_pb2 as pb
 
-from .fake import C, Err, _async_client
+from .fake import C, Err, async_client
 from .test_batching import ONE, Gate, _behind_a_held_call
 
 UNKNOWN = Err(C.UNAVAILABLE, "lease lost: the write may survive or not",
@@ -247,10 +247,10 @@ def test_open_circuits_steer_a_node_list_but_never_end_a_call(servers, clients):
     a, b = servers(), servers()
     a.always("Put", NO_MASTER)
     b.then("Put", NO_MASTER, NO_MASTER, NO_MASTER)
-    c = clients(f"{a.address},{b.address}", threshold=1, timeout=3)
-    c._breaker_model.cooldown_s = 5.0  # stays open for the whole test
+    c = clients(f"{a.address},{b.address}", threshold=1, cooldown=5.0,  # open for the test
+                timeout=3)
     assert c.put(b"k", b"v") == 11  # both circuits opened on the way: the call went on
-    assert c._breaker(a.address).state == "open" and c.breaker.state == "closed"
+    assert c.breaker_of(a.address).state == "open" and c.breaker.state == "closed"
     hits = a.hits()
     c.target = a.address  # calls would start at a: its open circuit sends them to b
     assert c.put(b"k", b"v") == 11 and c.get(b"k") == b"v"
@@ -331,7 +331,7 @@ def test_coroutines_through_a_failover_see_no_error(servers):
     nodes, t_elect = _failover(servers)
 
     async def main():
-        async with _async_client(",".join(n.address for n in nodes), timeout=5) as cl:
+        async with async_client(",".join(n.address for n in nodes), timeout=5) as cl:
             async def run(w: int) -> int:
                 n = 0
                 while time.monotonic() < t_elect + 0.3:
@@ -354,7 +354,7 @@ def test_async_redirect_loop_bounded_by_the_deadline(servers):
     b.always("Get", _names(a.address))
 
     async def main():
-        async with _async_client(f"{a.address},{b.address}", timeout=0.5) as cl:
+        async with async_client(f"{a.address},{b.address}", timeout=0.5) as cl:
             cl.retry = RetryPolicy(attempts=2, **SLOW)
             with pytest.raises(errors.Unavailable) as ei:
                 await cl.get(b"k")
@@ -376,7 +376,7 @@ def test_async_dead_redirect_moves_on_and_unknown_outcomes_carry_ids(servers):
         s.always("Batch", UNKNOWN)
 
     async def main():
-        async with _async_client(f"{a.address},{b.address},{m.address}", timeout=0.5) as cl:
+        async with async_client(f"{a.address},{b.address},{m.address}", timeout=0.5) as cl:
             assert await cl.put(b"k", b"v") == 11
             with pytest.raises(errors.OutcomeUnknown) as ei:
                 await cl.delete(b"k", request_id="d-1")
