@@ -360,6 +360,9 @@ class AsyncClient(_Driver):
                     yield item
         except grpc.RpcError as e:
             s.end(e)
+        except asyncio.CancelledError:
+            if not s.closed:  # the task itself is being cancelled
+                raise
         finally:
             s.finished()
 

@@ -215,8 +215,10 @@ class Nodes:
 class Stream:
     """One server stream. The driver calls open() when iteration begins, passes each
     response through items(), hands a grpc.RpcError to end() (which raises what the
-    stream ends with, or returns when its owner cancelled it) and calls finished()
-    however iteration stopped.
+    stream ends with, or returns when its owner closed it) and calls finished()
+    however iteration stopped. (grpc.aio ends a call cancelled here with
+    asyncio.CancelledError, not an RpcError: the asyncio driver ends quietly on it
+    when `closed` says the owner did it.)
 
     The stream runs on the node calls went to when it opened and counts its outcome
     on that node's breaker. It is not retried: a retry could repeat or skip items.
@@ -242,6 +244,7 @@ class Stream:
         self.call: Any = None
         self.breaker: CircuitBreaker | None = None
         self.failed = False
+        self.closed = False  # cancelled by its owner (Consumption.close)
 
     def open(self) -> Any:
         """Start the call (once); returns it, to iterate (or async-iterate)."""
@@ -258,7 +261,7 @@ class Stream:
         """The stream failed with `e`: raise it typed, counted by its node's breaker."""
         self.failed = True
         err = errors.from_rpc_error(e)
-        if not self.owned and getattr(e, "code", lambda: None)() == grpc.StatusCode.CANCELLED:
+        if self.closed and getattr(e, "code", lambda: None)() == grpc.StatusCode.CANCELLED:
             return  # close()d by its owner
         if self.subscription and isinstance(err, (errors.Lapped, errors.DeadlineExceeded)):
             self.breaker.success()
@@ -303,6 +306,11 @@ class Consumption(Stream):
             self.from_lsn, self.last_lsn = resp.from_lsn, resp.last_lsn
         return resp.events
 
+    def end(self, e: grpc.RpcError) -> None:
+        """As Stream.end; the request iterator ends too (it would wait for ever)."""
+        self._send(None)
+        super().end(e)
+
     def ack(self, lsn: int) -> None:
         self._send(pb.ConsumeRequest(ack=lsn))
 
@@ -310,6 +318,8 @@ class Consumption(Stream):
         self._send(pb.ConsumeRequest(credit=n))
 
     def close(self) -> None:
+        """End the subscription: iteration in progress ends quietly."""
+        self.closed = True
         self._send(None)
         self.call.cancel()
 

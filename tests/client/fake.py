@@ -10,6 +10,7 @@ retries and check the token.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict, deque
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -182,15 +183,16 @@ class _Events(pbg.EventsServicer):
         yield from self.f.stream("Subscribe", request, context)
 
     def Consume(self, request_iterator, context):
-        # The subscription is answered with the scripted stream; each later request
-        # (ack, credit) is recorded as a call of "Consume" too.
+        # The subscription is answered with the scripted stream, which then ends with
+        # its error, or else stays open: each later request (ack, credit) is recorded
+        # as a call of "Consume" too.
         first = next(request_iterator)
         action = self.f._next("Consume", first, context)
         yield from action.items
-        for req in request_iterator:
-            self.f._next("Consume", req, context)
         if action.err is not None:
             self.f._fail(context, action.err)
+        for req in request_iterator:
+            self.f._next("Consume", req, context)
 
 
 class _Admin(pbg.AdminServicer):
@@ -214,6 +216,14 @@ class _Admin(pbg.AdminServicer):
 
     def DeleteConsumer(self, request, context):
         return self.f.unary("DeleteConsumer", request, context)
+
+
+def slow(resp, seconds: float):
+    """An action answering `resp` after `seconds`."""
+    def act(req, ctx):
+        time.sleep(seconds)
+        return resp
+    return act
 
 
 def start_fake() -> tuple[Fake, grpc.Server]:

@@ -1,7 +1,9 @@
 """The put/delete coalescer (strata_client.batching) against scripted servers:
 lone calls go alone, calls made while a message is in flight go as one Batch
 whose ops carry each call's own request id, each call gets its own LSN or its
-own error, and retries and redirects resend the same ids."""
+own error, and retries and redirects resend the same ids. Tests taking `clients` run on
+Client (threads) and AsyncClient (its coalescer, driven from the same threads through
+its event loop); the asyncio-only ones (gather, cancellation) follow."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import threading
 
 import pytest
 
-from strata_client import AsyncClient, Batching, errors, rpcs
+from strata_client import Batching, errors, rpcs
 from strata_client._proto import strata_pb2 as pb
 from strata_client.batching import CallQueue, Coalescer
 
@@ -93,7 +95,7 @@ def _wait_queued(c, n: int) -> None:
     raise AssertionError(f"{c.batching_stats()['queued']} calls queued, wanted {n}")
 
 
-# --------------------------------------------------------------------------- sync
+# --------------------------------------------------------------------------- both clients
 
 def test_a_lone_call_goes_alone_as_its_unary_call(fake, clients):
     c = clients(fake.address)
@@ -226,7 +228,7 @@ def test_the_size_limit_adapts_between_its_bounds():
         CallQueue(Batching(min_batch=8, max_batch=4))
 
 
-# --------------------------------------------------------------------------- asyncio
+# --------------------------------------------------------------------------- asyncio only
 
 def test_async_calls_awaited_together_are_coalesced_with_their_own_results(fake):
     fake.always("Batch", _batch_answer(500))
@@ -278,18 +280,6 @@ def test_async_bad_call_fails_alone_and_cancelled_caller_is_not_sent(fake):
     sent = {r.key for r in fake.requests("Put")} | {
         op.key for r in fake.requests("Batch") for op in r.ops}
     assert b"k4" not in sent
-
-
-def test_async_client_with_batching_off(fake):
-    async def main():
-        c = AsyncClient(fake.address, batching=Batching(enabled=False))
-        try:
-            return await asyncio.gather(*(c.put(b"k%d" % i, b"v") for i in range(8)))
-        finally:
-            await c.close()
-
-    assert asyncio.run(main()) == [11] * 8
-    assert fake.hits("Put") == 8 and fake.hits("Batch") == 0
 
 
 def test_async_idle_call_that_fails_or_is_cancelled_gives_its_slot_back(fake):
