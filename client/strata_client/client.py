@@ -57,6 +57,39 @@ from .core import CircuitBreaker, Consumption, Nodes, RetryPolicy, Stream, Unary
 __all__ = ["Client", "AsyncClient", "Consumption", "RetryPolicy", "CircuitBreaker"]
 
 
+class _OfNodes:
+    """A client attribute that is its core's (core.Nodes) own: read there and, unless
+    read-only, set there (calls move `target`; tests set it too)."""
+
+    def __init__(self, doc: str, *, settable: bool = True) -> None:
+        self.__doc__ = doc
+        self.settable = settable
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        return self if client is None else getattr(client._nodes, self.name)
+
+    def __set__(self, client: Any, value: Any) -> None:
+        if not self.settable:
+            raise AttributeError(f"{self.name} is read-only")
+        setattr(client._nodes, self.name, value)
+
+
+class _StubOf(_OfNodes):
+    """A stub (kv, events, admin) of the node calls go to now."""
+
+    def __init__(self, doc: str) -> None:
+        super().__init__(doc, settable=False)
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        if client is None:
+            return self
+        return getattr(client._nodes.stubs(client._nodes.target), self.name)
+
+
 class _Driver:
     """What Client and AsyncClient are made of beside their I/O: the construction, the
     core (`_nodes`, `_coalescer`), the attributes callers read or set, and the methods
@@ -82,41 +115,16 @@ class _Driver:
         self._coalescer = (self._coalescer_type(self.batching, self._send)
                            if self.batching.enabled else None)
 
-    # -- what callers read (and tests set)
-    @property
-    def endpoints(self) -> list[str]:
-        """The listed nodes."""
-        return self._nodes.endpoints
-
-    @property
-    def target(self) -> str:
-        """The node new calls start at: the last that answered, or the next listed
-        after one that failed."""
-        return self._nodes.target
-
-    @target.setter
-    def target(self, target: str) -> None:
-        self._nodes.target = target
-
-    @property
-    def timeout(self) -> float:
-        return self._nodes.timeout
-
-    @timeout.setter
-    def timeout(self, seconds: float) -> None:
-        self._nodes.timeout = seconds
-
-    @property
-    def retry(self) -> RetryPolicy:
-        return self._nodes.retry
-
-    @retry.setter
-    def retry(self, policy: RetryPolicy) -> None:
-        self._nodes.retry = policy
-
-    @property
-    def closed(self) -> bool:
-        return self._nodes.closed
+    # -- what callers read (and may set): the core's own
+    endpoints = _OfNodes("The listed nodes.", settable=False)
+    target = _OfNodes("The node new calls start at: the last that answered, or the next "
+                      "listed after one that failed.")
+    timeout = _OfNodes("Each call's deadline, in seconds.")
+    retry = _OfNodes("The RetryPolicy of transient errors.")
+    closed = _OfNodes("Whether close() was called.", settable=False)
+    kv = _StubOf("The KV stub of the node calls go to now.")
+    events = _StubOf("The Events stub of the node calls go to now.")
+    admin = _StubOf("The Admin stub of the node calls go to now.")
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -126,19 +134,6 @@ class _Driver:
     def breaker_of(self, target: str) -> CircuitBreaker:
         """The circuit breaker of node `target` ("host:port")."""
         return self._nodes.breaker_of(target)
-
-    # The stubs of the node calls go to now.
-    @property
-    def kv(self) -> Any:
-        return self._nodes.stubs(self._nodes.target).kv
-
-    @property
-    def events(self) -> Any:
-        return self._nodes.stubs(self._nodes.target).events
-
-    @property
-    def admin(self) -> Any:
-        return self._nodes.stubs(self._nodes.target).admin
 
     def batching_stats(self) -> dict:
         """What the put/delete coalescer did: calls, messages, ops_per_message, limit,
