@@ -1,8 +1,8 @@
 """One call's way through retries, redirects and failover, with no I/O.
 
 `Attempts` decides where each attempt of a unary call goes, how long to wait
-before it, and what the call raises when it ends; `Client._call` (threads) and
-`AsyncClient._call` (asyncio) only send, sleep and ask it again. The rules:
+before it, and what the call raises when it ends; `Client._unary` (threads) and
+`AsyncClient._unary` (asyncio) only send, sleep and ask it again. The rules:
 
 - What repeating the call may do decides how it is retried (`kind`): READ is
   safe to repeat; WRITE carries request ids, so a repeat is answered with the
@@ -89,15 +89,16 @@ class Policy(Protocol):
 
 
 class Nodes(Protocol):
-    """What Attempts needs of the client: its node list, the node new calls start at
-    (updated as calls learn where the master is), a breaker per node, the policy."""
+    """What Attempts needs of the client's core (strata_client.core.Nodes): its node
+    list, the node new calls start at (updated as calls learn where the master is), a
+    breaker per node, the policy."""
 
     endpoints: list[str]
     target: str
     retry: Policy
     closed: bool
 
-    def _breaker(self, target: str) -> Breaker: ...
+    def breaker_of(self, target: str) -> Breaker: ...
 
 
 class Attempts:
@@ -137,7 +138,7 @@ class Attempts:
         """Where the next attempt goes and the timeout it is sent with."""
         if self.client.closed:
             raise self._end(errors.Unavailable("the client was closed", "CANCELLED"))
-        breaker = self.client._breaker(self.target)
+        breaker = self.client.breaker_of(self.target)
         if not self.multi:
             try:
                 breaker.before()
@@ -152,7 +153,7 @@ class Attempts:
             # anyway: during a failover every node may have failed lately, and the call
             # still has time.
             for nxt in self._rotation():
-                if self.client._breaker(nxt).allow():
+                if self.client.breaker_of(nxt).allow():
                     self.target = nxt
                     self.seen.add(nxt)
                     break
@@ -160,7 +161,7 @@ class Attempts:
 
     def answered(self) -> None:
         """The attempt was answered: later calls start at this node."""
-        self.client._breaker(self.target).success()
+        self.client.breaker_of(self.target).success()
         self.client.target = self.target
 
     def failed(self, e: grpc.RpcError) -> float:
@@ -173,7 +174,7 @@ class Attempts:
             # Unary calls are never cancelled by the client itself (a closed client ends
             # in next()): the server or the connection cut this one off. Try again.
             err = errors.Unavailable(err.args[0] or "cancelled", "CANCELLED")
-        breaker = self.client._breaker(self.target)
+        breaker = self.client.breaker_of(self.target)
         if err.retryable:
             breaker.failure()
         else:

@@ -109,7 +109,7 @@ def check(op: tuple, request_id: str) -> None:
                                      "INVALID_ARGUMENT")
 
 
-class _Queue:
+class CallQueue:
     """The state both coalescers share: the queue, the slots, the adaptive limit."""
 
     def __init__(self, cfg: Batching) -> None:
@@ -165,7 +165,7 @@ def _settle(calls: list[Call], results: list | None, error: BaseException | None
             c.lsn = r
 
 
-class Coalescer(_Queue):
+class Coalescer(CallQueue):
     """For the blocking Client: callers are threads; the one whose message returned
     hands the next message to the first queued caller's thread."""
 
@@ -225,7 +225,7 @@ class Coalescer(_Queue):
             nxt[0].done.set()
 
 
-class AsyncCoalescer(_Queue):
+class AsyncCoalescer(CallQueue):
     """For the AsyncClient: each message is sent by a task of its own (a caller's
     cancellation cannot cancel the message that carries other callers' ops)."""
 

@@ -1,5 +1,12 @@
 """Sync and asyncio clients for Strata's gRPC API.
 
+Built as strata_client.batching is: one core and two thin drivers. What a call
+sends, its retry kind and how its answer is read are strata_client.rpcs; the
+retry and redirect decisions strata_client.attempts; the nodes, their channels
+and circuit breakers, and the bookkeeping of streams strata_client.core. `Client`
+(threads) and `AsyncClient` (asyncio) only send, wait and sleep, and have the same
+methods with the same signatures (the async ones awaitable, or async iterators).
+
 Retries (strata_client.attempts has the rules, shared by both clients): only
 errors that are `retryable` (UNAVAILABLE, RESOURCE_EXHAUSTED,
 DEADLINE_EXCEEDED), and only for calls that are safe to repeat: reads, and
@@ -37,359 +44,195 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import random
-import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
 
-from . import errors
-from ._proto import strata_pb2 as pb
-from ._proto import strata_pb2_grpc as pbg
-from .attempts import NODE, ONCE, READ, WRITE, Attempts
+from . import errors, rpcs
 from .batching import AsyncCoalescer, Batching, Call, Coalescer
+from .core import CircuitBreaker, Consumption, Nodes, RetryPolicy, Stream, Unary
+
+__all__ = ["Client", "AsyncClient", "Consumption", "RetryPolicy", "CircuitBreaker"]
 
 
-@dataclass
-class RetryPolicy:
-    attempts: int = 5  # total tries, the first included
-    base_s: float = 0.05
-    cap_s: float = 2.0
+class _OfNodes:
+    """A client attribute that is its core's (core.Nodes) own: read there and, unless
+    read-only, set there (calls move `target`; tests set it too)."""
 
-    def delay(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-        return random.uniform(0, min(self.cap_s, self.base_s * (2 ** min(attempt, 60))))
+    def __init__(self, doc: str, *, settable: bool = True) -> None:
+        self.__doc__ = doc
+        self.settable = settable
+        self.name = ""
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-class CircuitBreaker:
-    """closed -> open after `threshold` consecutive transient failures -> half-open
-    after `cooldown_s` (one probe) -> closed on success / open again on failure.
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        return self if client is None else getattr(client._nodes, self.name)
 
-    A client keeps one per node: the instance given to it serves the first listed
-    node, and the others get their own with the same threshold and cooldown."""
-
-    def __init__(self, threshold: int = 5, cooldown_s: float = 2.0) -> None:
-        self.threshold = threshold
-        self.cooldown_s = cooldown_s
-        self.failures = 0
-        self.open_until = 0.0
-        self._probe = False
-        self._lock = threading.Lock()
-
-    @property
-    def state(self) -> str:
-        if self.failures < self.threshold:
-            return "closed"
-        return "open" if time.monotonic() < self.open_until else "half-open"
-
-    def allow(self) -> bool:
-        """Whether a call may go to the node now; True in half-open makes it the probe
-        (its success() or failure() ends the probe)."""
-        with self._lock:
-            if self.failures < self.threshold:
-                return True
-            if time.monotonic() < self.open_until or self._probe:
-                return False
-            self._probe = True
-            return True
-
-    def before(self) -> None:
-        """allow(), raising Unavailable ("circuit open") when the call may not go."""
-        if not self.allow():
-            raise errors.Unavailable(
-                f"circuit open after {self.failures} failures; not calling the server",
-                "UNAVAILABLE")
-
-    def success(self) -> None:
-        with self._lock:
-            self.failures = 0
-            self._probe = False
-
-    def failure(self) -> None:
-        with self._lock:
-            self.failures += 1
-            self._probe = False
-            if self.failures >= self.threshold:
-                self.open_until = time.monotonic() + self.cooldown_s
+    def __set__(self, client: Any, value: Any) -> None:
+        if not self.settable:
+            raise AttributeError(f"{self.name} is read-only")
+        setattr(client._nodes, self.name, value)
 
 
-def _ops(ops: Iterable[tuple]) -> list:
-    out = []
-    for op in ops:
-        if op[0] == "put":
-            out.append(pb.Op(kind=pb.Op.PUT, key=op[1], value=op[2]))
-        elif op[0] == "delete":
-            out.append(pb.Op(kind=pb.Op.DELETE, key=op[1]))
-        else:
-            raise errors.InvalidArgument(f"unknown batch op {op[0]!r}", "INVALID_ARGUMENT")
-    return out
+class _StubOf(_OfNodes):
+    """A stub (kv, events, admin) of the node calls go to now."""
+
+    def __init__(self, doc: str) -> None:
+        super().__init__(doc, settable=False)
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        if client is None:
+            return self
+        return getattr(client._nodes.stubs(client._nodes.target), self.name)
 
 
-def _cas_request(key: bytes, value: bytes | None, expected_lsn, expected_value,
-                 expect_absent: bool, delete: bool):
-    req = pb.CompareAndSetRequest(key=key, value=value or b"", delete=delete)
-    if expected_lsn is not None:
-        req.expected_lsn = expected_lsn
-    elif expected_value is not None:
-        req.expected_value = expected_value
-    elif expect_absent:
-        req.expect_absent = True
-    return req
+class _Driver:
+    """What Client and AsyncClient are made of beside their I/O: the construction, the
+    core (`_nodes`, `_coalescer`), the attributes callers read or set, and the methods
+    that do no I/O of their own. A driver sets `_api` (grpc or grpc.aio) and
+    `_coalescer_type`, and defines `_unary`, `_stream`, `_send` and `_requests`."""
 
-
-def _channel_args(max_message: int) -> list:
-    # A node killed and restarted in a failover must be callable again within about a
-    # second: grpc's own reconnect back-off grows to 120 s, and a channel waiting in it
-    # fails every call at once.
-    return [("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000)]
-
-
-class _Stubs:
-    """The stubs of one node's channel."""
-
-    __slots__ = ("channel", "kv", "events", "admin")
-
-    def __init__(self, channel) -> None:
-        self.channel = channel
-        self.kv = pbg.KVStub(channel)
-        self.events = pbg.EventsStub(channel)
-        self.admin = pbg.AdminStub(channel)
-
-
-class _Base:
-    """What Client and AsyncClient share: the node list, a channel and a circuit breaker
-    per node (made on first use, closed by close(); a cluster names only its own nodes,
-    so they stay few), and the node new calls start at (`target`: the last that answered,
-    or the next listed after one that failed)."""
-
-    def __init__(self, target: str, token: str | None, timeout: float,
-                 retry: RetryPolicy | None, breaker: CircuitBreaker | None,
-                 root_certificates: bytes | None, tls: bool, max_message: int,
-                 batching: Batching | None) -> None:
-        self.batching = batching if batching is not None else Batching()
-        self.endpoints = [t.strip() for t in target.split(",") if t.strip()] or [target]
-        self.target = self.endpoints[0]
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._breaker_model = breaker or CircuitBreaker()
-        self._breakers: dict[str, CircuitBreaker] = {self.target: self._breaker_model}
-        self._nodes: dict[str, _Stubs] = {}
-        self._nodes_lock = threading.Lock()  # creating channels and breakers (threads)
-        self.closed = False
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._tls = tls or root_certificates is not None
-        self._roots = root_certificates
-        self._max_message = max_message
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The circuit breaker of the node calls go to now."""
-        return self._breaker(self.target)
-
-    def _breaker(self, target: str) -> CircuitBreaker:
-        b = self._breakers.get(target)
-        if b is None:
-            with self._nodes_lock:
-                m = self._breaker_model
-                b = self._breakers.setdefault(target, CircuitBreaker(m.threshold, m.cooldown_s))
-        return b
-
-    def _node(self, target: str) -> _Stubs:
-        node = self._nodes.get(target)
-        if node is None:
-            with self._nodes_lock:
-                node = self._nodes.get(target)
-                if node is None:
-                    node = self._nodes[target] = _Stubs(self._channel_to(target))
-        return node
-
-    def _channel_to(self, target: str):
-        raise NotImplementedError
-
-    # The stubs of the node calls go to now (streams: scan, subscribe, consume, write).
-    @property
-    def kv(self):
-        return self._node(self.target).kv
-
-    @property
-    def events(self):
-        return self._node(self.target).events
-
-    @property
-    def admin(self):
-        return self._node(self.target).admin
-
-    def batching_stats(self) -> dict:
-        """What the put/delete coalescer did: calls, messages, ops_per_message, limit,
-        inflight, queued, wait_ms (linger), rtt_ms, ... (see strata_client.batching)."""
-        return self._coalescer.stats.as_dict() if self._coalescer else {}
-
-    @staticmethod
-    def _single(call: Call):
-        """A lone call's own request: (method, request)."""
-        if len(call.op) == 3:
-            return "kv.Put", pb.PutRequest(key=call.op[1], value=call.op[2],
-                                           request_id=call.request_id)
-        return "kv.Delete", pb.DeleteRequest(key=call.op[1], request_id=call.request_id)
-
-    @staticmethod
-    def _coalesced(calls: list[Call]) -> pb.BatchRequest:
-        ops = [pb.Op(kind=pb.Op.PUT, key=c.op[1], value=c.op[2], request_id=c.request_id)
-               if len(c.op) == 3 else
-               pb.Op(kind=pb.Op.DELETE, key=c.op[1], request_id=c.request_id) for c in calls]
-        return pb.BatchRequest(ops=ops)
-
-    @staticmethod
-    def _lsns(resp, n: int) -> list[int]:
-        if len(resp.lsns) == n:
-            return list(resp.lsns)
-        return [resp.lsn - n + 1 + i for i in range(n)]  # a server without per-op LSNs
-
-    def _handle(self, e: grpc.RpcError) -> errors.StrataError:
-        """A stream's error, typed, counted by the breaker of the node it came from."""
-        err = errors.from_rpc_error(e)
-        if err.retryable:
-            self.breaker.failure()
-        else:
-            self.breaker.success()  # the endpoint answered: it is up
-        return err
-
-    @staticmethod
-    def _request_id(request) -> str:
-        return getattr(request, "request_id", "")
-
-    @staticmethod
-    def _unknown_each(e: errors.OutcomeUnknown, calls: list[Call]) -> list:
-        """A coalesced message whose outcome is unknown: each call's own OutcomeUnknown,
-        carrying its own request id (the message has none of its own)."""
-        return [errors.OutcomeUnknown(f"{e} (request id {c.request_id})", e.code, c.request_id)
-                for c in calls]
-
-    def _handle_stream_end(self, e: grpc.RpcError) -> errors.StrataError:
-        """A subscription's end. Its own deadline running out, or the server cutting a
-        slow reader off with a resume LSN, says nothing against the server: the
-        endpoint answered, and the breaker must not open over idle subscriptions."""
-        err = errors.from_rpc_error(e)
-        if isinstance(err, (errors.Lapped, errors.DeadlineExceeded)):
-            self.breaker.success()
-            return err
-        return self._handle(e)
-
-
-def _consume_request(consumer: str, tier: str, topics: Iterable[str], key_prefix: bytes,
-                     from_lsn: int, manual_ack: bool, credits: int | None,
-                     window_ms: int) -> pb.ConsumeRequest:
-    sub = pb.ConsumeSubscribe(tier=tier, topics=list(topics), key_prefix=key_prefix,
-                              from_lsn=from_lsn, consumer=consumer, manual_ack=manual_ack,
-                              window_ms=window_ms)
-    if credits is not None:
-        sub.credits = credits
-    return pb.ConsumeRequest(subscribe=sub)
-
-
-class Consumption:
-    """A reliable subscription (Events.Consume): iterate the events; with
-    manual_ack, `ack(lsn)` what was processed; `credit(n)` grants more. A
-    named consumer resumes after its last acknowledgement when it subscribes
-    again. Once iteration began, `from_lsn` says where delivery started (0:
-    live) and `last_lsn` the server's last LSN when it subscribed (a live
-    subscription gets the events after it)."""
-
-    def __init__(self, client, call, send) -> None:
-        self._client = client
-        self._call = call
-        self._send = send
-        self.from_lsn = 0
-        self.last_lsn = 0
-
-    def ack(self, lsn: int) -> None:
-        self._send(pb.ConsumeRequest(ack=lsn))
-
-    def credit(self, n: int) -> None:
-        self._send(pb.ConsumeRequest(credit=n))
-
-    def close(self) -> None:
-        self._send(None)
-        self._call.cancel()
-
-    def __iter__(self) -> Iterator:
-        try:
-            for resp in self._call:
-                if not resp.events and not self.last_lsn:  # the first response
-                    self.from_lsn, self.last_lsn = resp.from_lsn, resp.last_lsn
-                yield from resp.events
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                raise self._client._handle_stream_end(e) from None
-
-    def __aiter__(self) -> AsyncIterator:
-        return self._aiter()
-
-    async def _aiter(self) -> AsyncIterator:
-        try:
-            async for resp in self._call:
-                if not resp.events and not self.last_lsn:  # the first response
-                    self.from_lsn, self.last_lsn = resp.from_lsn, resp.last_lsn
-                for ev in resp.events:
-                    yield ev
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                raise self._client._handle_stream_end(e) from None
-
-
-class Client(_Base):
-    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per node it talks to.
-    put/delete calls made concurrently from several threads are coalesced into
-    Batch requests (strata_client.batching; `batching=Batching(enabled=False)`
-    turns it off)."""
+    _api: Any = grpc
+    _coalescer_type: Callable = Coalescer
 
     def __init__(self, target: str = "127.0.0.1:7400", *, token: str | None = None,
                  timeout: float = 10.0, retry: RetryPolicy | None = None,
                  breaker: CircuitBreaker | None = None, root_certificates: bytes | None = None,
                  tls: bool = False, max_message: int = 64 << 20,
                  batching: Batching | None = None) -> None:
-        super().__init__(target, token, timeout, retry, breaker, root_certificates, tls,
-                         max_message, batching)
-        self._coalescer = Coalescer(self.batching, self._send) if self.batching.enabled else None
+        """`target`: "host:port", or a node list "a:7400,b:7400,c:7400" (see the module
+        docstring). `timeout`: each call's deadline in seconds. `breaker` serves the
+        first listed node; the others get their own alike. `batching`: the put/delete
+        coalescer's knobs (strata_client.batching)."""
+        self.batching = batching if batching is not None else Batching()
+        self._nodes = Nodes(target, api=self._api, token=token, timeout=timeout, retry=retry,
+                            breaker=breaker, root_certificates=root_certificates, tls=tls,
+                            max_message=max_message)
+        self._coalescer = (self._coalescer_type(self.batching, self._send)
+                           if self.batching.enabled else None)
+
+    # -- what callers read (and may set): the core's own
+    endpoints = _OfNodes("The listed nodes.", settable=False)
+    target = _OfNodes("The node new calls start at: the last that answered, or the next "
+                      "listed after one that failed.")
+    timeout = _OfNodes("Each call's deadline, in seconds.")
+    retry = _OfNodes("The RetryPolicy of transient errors.")
+    closed = _OfNodes("Whether close() was called.", settable=False)
+    kv = _StubOf("The KV stub of the node calls go to now.")
+    events = _StubOf("The Events stub of the node calls go to now.")
+    admin = _StubOf("The Admin stub of the node calls go to now.")
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker of the node calls go to now."""
+        return self._nodes.breaker_of(self._nodes.target)
+
+    def breaker_of(self, target: str) -> CircuitBreaker:
+        """The circuit breaker of node `target` ("host:port")."""
+        return self._nodes.breaker_of(target)
+
+    def batching_stats(self) -> dict:
+        """What the put/delete coalescer did: calls, messages, ops_per_message, limit,
+        inflight, queued, wait_ms (linger), rtt_ms, ... (see strata_client.batching);
+        {} with batching off."""
+        return self._coalescer.stats.as_dict() if self._coalescer else {}
+
+    def consume(self, consumer: str = "", *, tier: str = "realtime", topics: Iterable[str] = (),
+                key_prefix: bytes = b"", from_lsn: int = 0, manual_ack: bool = False,
+                credits: int | None = None, window_ms: int = 0) -> Consumption:
+        """A reliable subscription (see core.Consumption), open when this returns:
+        `for ev in c.consume("name")` (Client), `async for` (AsyncClient). `consumer`
+        names a durable cursor ("" for none); `credits`: events the server may send
+        ahead of acknowledgements. close() it when done."""
+        requests, send = self._requests()
+        send(rpcs.consume(consumer, tier, topics, key_prefix, from_lsn, manual_ack, credits,
+                          window_ms))
+        return Consumption(self._nodes, requests, send, self._stream)
+
+    # -- what each driver does its own way
+    def _send(self, calls: list[Call]) -> Any:
+        raise NotImplementedError
+
+    def _stream(self, s: Stream) -> Any:
+        raise NotImplementedError
+
+    def _requests(self) -> tuple[Any, Callable[[Any], None]]:
+        """A request iterator for a client stream, and the function that feeds it (None
+        ends it)."""
+        raise NotImplementedError
+
+
+class Client(_Driver):
+    """Blocking client. Thread-safe; one channel (HTTP/2 connection) per node it talks to.
+    put/delete calls made concurrently from several threads are coalesced into
+    Batch requests (strata_client.batching; `batching=Batching(enabled=False)`
+    turns it off)."""
+
+    # -- the driver: send, wait, sleep
+    def _unary(self, call: Unary) -> Any:
+        """Send a unary call, retried and moved between nodes as strata_client.attempts
+        says for its kind; raises a StrataError when it ends without an answer."""
+        a = self._nodes.attempts(call)
+        while True:
+            target, left = a.next()
+            try:
+                resp = self._nodes.send(target, call, left)
+            except grpc.RpcError as e:
+                time.sleep(a.failed(e))
+                continue
+            a.answered()
+            return call.decode(resp)
+
+    @staticmethod
+    def _stream(s: Stream) -> Iterator:
+        try:
+            for resp in s.open():
+                yield from s.items(resp)
+        except grpc.RpcError as e:
+            s.end(e)
+        finally:
+            s.finished()
+
+    def _requests(self) -> tuple[Iterator, Callable[[Any], None]]:
+        q: queue.SimpleQueue = queue.SimpleQueue()
+
+        def requests() -> Iterator:
+            while (m := q.get()) is not None:
+                yield m
+
+        return requests(), q.put
+
+    def _write(self, op: tuple, request_id: str | None) -> int:
+        rid = request_id or rpcs.new_id()
+        if self._coalescer is None:
+            return self._unary(rpcs.write(op, rid))
+        return self._coalescer.submit(op, rid)
 
     def _send(self, calls: list[Call]) -> list:
         """One message for the coalescer: each call's LSN or its own error."""
-        if len(calls) == 1:
-            method, req = self._single(calls[0])
-            return [self._call(method, req, kind=WRITE).lsn]
         try:
-            return self._lsns(self._call("kv.Batch", self._coalesced(calls), kind=WRITE),
-                              len(calls))
-        except errors.OutcomeUnknown as e:
-            return self._unknown_each(e, calls)
-        except errors.InvalidArgument:  # nothing was written: find the bad call(s)
+            return self._unary(rpcs.message(calls))
+        except errors.StrataError as e:
+            out = rpcs.message_failed(calls, e)
+        if out is None:
             self._coalescer.stats.splits += 1
-            out: list = []
-            for c in calls:
-                try:
-                    out += self._send([c])
-                except errors.StrataError as e:
-                    out.append(e)
-            return out
+            out = [self._send_alone(c) for c in calls]
+        return out
 
-    def _channel_to(self, target: str):
-        args = _channel_args(self._max_message)
-        if self._tls:
-            return grpc.secure_channel(target, grpc.ssl_channel_credentials(self._roots), args)
-        return grpc.insecure_channel(target, args)
+    def _send_alone(self, call: Call) -> Any:
+        try:
+            return self._send([call])[0]
+        except errors.StrataError as e:
+            return e
 
     def close(self) -> None:
-        with self._nodes_lock:
-            self.closed = True
-            nodes, self._nodes = list(self._nodes.values()), {}
-        for node in nodes:
-            node.channel.close()
+        """Close every channel; calls still retrying end with Unavailable."""
+        for channel in self._nodes.close():
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -397,196 +240,163 @@ class Client(_Base):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request, *, kind: str, timeout: float | None = None):
-        """Send a unary call, retried and moved between nodes as strata_client.attempts
-        says for its `kind`; raises a StrataError when it ends without an answer."""
-        service, name = method.split(".")
-        a = Attempts(self, kind, timeout or self.timeout, self._request_id(request))
-        while True:
-            target, left = a.next()
-            rpc = getattr(getattr(self._node(target), service), name)
-            try:
-                resp = rpc(request, timeout=left, metadata=self._metadata)
-            except grpc.RpcError as e:
-                time.sleep(a.failed(e))
-                continue
-            a.answered()
-            return resp
-
     # -- KV
     def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
-        if self._coalescer is not None:
-            return self._coalescer.submit(("put", key, value), request_id or uuid.uuid4().hex)
-        req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
-        return self._call("kv.Put", req, kind=WRITE).lsn
+        """Write `value` under `key`; returns the write's LSN. `request_id` (default: a
+        fresh one) makes a retry answered, not written twice."""
+        return self._write(("put", key, value), request_id)
 
     def get(self, key: bytes, *, stale_ok: bool = False) -> bytes | None:
+        """The value of `key`, or None if absent (see get_entry)."""
         return self.get_entry(key, stale_ok=stale_ok)[0]
 
     def get_entry(self, key: bytes, *, stale_ok: bool = False) -> tuple[bytes | None, int]:
         """(value, LSN of the write that produced it); (None, 0) if absent. `stale_ok`:
         any node may answer from what it has applied (in a cluster: maybe behind)."""
-        resp = self._call("kv.Get", pb.GetRequest(key=key, stale_ok=stale_ok), kind=READ)
-        return (resp.value, resp.lsn) if resp.found else (None, 0)
+        return self._unary(rpcs.get_entry(key, stale_ok))
 
     def delete(self, key: bytes, *, request_id: str | None = None) -> int:
-        if self._coalescer is not None:
-            return self._coalescer.submit(("delete", key), request_id or uuid.uuid4().hex)
-        req = pb.DeleteRequest(key=key, request_id=request_id or uuid.uuid4().hex)
-        return self._call("kv.Delete", req, kind=WRITE).lsn
+        """Delete `key`; returns the write's LSN (as put)."""
+        return self._write(("delete", key), request_id)
 
     def batch(self, ops: Iterable[tuple], *, request_id: str | None = None) -> int:
         """Atomic ("put", key, value) / ("delete", key) operations; returns the last LSN."""
-        req = pb.BatchRequest(ops=_ops(ops), request_id=request_id or uuid.uuid4().hex)
-        return self._call("kv.Batch", req, kind=WRITE).lsn
+        return self._unary(rpcs.batch(ops, request_id or rpcs.new_id()))
 
     def compare_and_set(self, key: bytes, value: bytes | None = None, *,
                         expected_lsn: int | None = None, expected_value: bytes | None = None,
                         expect_absent: bool = False, delete: bool = False) -> int:
-        req = _cas_request(key, value, expected_lsn, expected_value, expect_absent, delete)
-        return self._call("kv.CompareAndSet", req, kind=ONCE).lsn
+        """Write (or with `delete`, delete) `key` only if it is at `expected_lsn`, holds
+        `expected_value`, or (`expect_absent`) is absent; returns the LSN. Raises
+        Conflict(current_lsn) otherwise. Never sent twice (OutcomeUnknown instead)."""
+        return self._unary(rpcs.compare_and_set(key, value, expected_lsn, expected_value,
+                                                expect_absent, delete))
 
     def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
              keys_only: bool = False, stale_ok: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Pairs with start <= key < end from one snapshot (not retried mid-stream)."""
-        self.breaker.before()
-        call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only,
-                                           stale_ok=stale_ok),
-                            timeout=self.timeout, metadata=self._metadata)
-        failed = False
-        try:
-            for chunk in call:
-                for kv in chunk.items:
-                    yield kv.key, kv.value
-        except grpc.RpcError as e:
-            failed = True
-            raise self._handle(e) from None
-        finally:
-            if not failed:  # finished, or abandoned by the caller: the endpoint answered
-                self.breaker.success()
-                call.cancel()
+        return self._stream(rpcs.scan(self._nodes, start, end, limit, keys_only, stale_ok))
 
     def write_stream(self, batches: Iterable[list[tuple]]) -> Iterator[int]:
         """Send many batches on one Write stream; yields their LSNs in order."""
-        def requests():
-            for i, ops in enumerate(batches):
-                yield pb.BatchRequest(ops=_ops(ops), id=i, request_id=uuid.uuid4().hex)
-
-        try:
-            for resp in self.kv.Write(requests(), metadata=self._metadata):
-                yield resp.lsn
-        except grpc.RpcError as e:
-            raise self._handle(e) from None
+        return self._stream(rpcs.write_stream(self._nodes, batches))
 
     # -- Events
     def publish(self, topic: str, key: bytes, payload: bytes) -> int:
-        req = pb.PublishRequest(topic=topic, key=key, payload=payload)
-        return self._call("events.Publish", req, kind=ONCE).lsn
+        """Publish an event on `topic`; returns its LSN. Never sent twice."""
+        return self._unary(rpcs.publish(topic, key, payload))
 
     def subscribe(self, topics: Iterable[str] = (), *, key_prefix: bytes = b"",
                   from_lsn: int = 0, timeout: float | None = None) -> Iterator:
-        """Events (lsn, topic, key, value, deleted) in LSN order; raises Lapped/Compacted."""
-        call = self.events.Subscribe(
-            pb.SubscribeRequest(topics=list(topics), key_prefix=key_prefix, from_lsn=from_lsn),
-            timeout=timeout, metadata=self._metadata)
-        try:
-            yield from call
-        except grpc.RpcError as e:
-            raise self._handle_stream_end(e) from None
-
-    def consume(self, consumer: str = "", *, tier: str = "realtime", topics: Iterable[str] = (),
-                key_prefix: bytes = b"", from_lsn: int = 0, manual_ack: bool = False,
-                credits: int | None = None, window_ms: int = 0) -> Consumption:
-        """A reliable subscription (see Consumption); close() it when done."""
-        q: queue.SimpleQueue = queue.SimpleQueue()
-        q.put(_consume_request(consumer, tier, topics, key_prefix, from_lsn, manual_ack,
-                               credits, window_ms))
-
-        def requests():
-            while (m := q.get()) is not None:
-                yield m
-
-        call = self.events.Consume(requests(), metadata=self._metadata)
-        return Consumption(self, call, q.put)
+        """Events (lsn, topic, key, value, deleted) in LSN order, from `from_lsn` (0:
+        live) until `timeout` seconds (None: none); raises Lapped/Compacted."""
+        return self._stream(rpcs.subscribe(self._nodes, topics, key_prefix, from_lsn, timeout))
 
     # -- Admin
-    def status(self):
-        return self._call("admin.Status", pb.StatusRequest(), kind=READ)
+    def status(self) -> Any:
+        """The node's StatusResponse."""
+        return self._unary(rpcs.status())
 
     def checkpoint(self, path: str) -> int:
-        return self._call("admin.Checkpoint", pb.CheckpointRequest(path=path), kind=NODE,
-                          timeout=max(self.timeout, 600)).lsn
+        """A checkpoint of the node into directory `path`; returns its LSN."""
+        return self._unary(rpcs.checkpoint(path))
 
     def compact(self) -> float:
-        return self._call("admin.Compact", pb.CompactRequest(), kind=NODE,
-                          timeout=max(self.timeout, 3600)).seconds
+        """Compact the node's whole key range; returns the seconds it took."""
+        return self._unary(rpcs.compact())
 
-    def transfer_leader(self, to: str = ""):
+    def transfer_leader(self, to: str = "") -> Any:
         """Hand the master's role to node `to` (default: the most caught-up replica);
         returns the TransferLeaderResponse (master "id=host:port", term, seconds)."""
-        return self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to), kind=ONCE)
+        return self._unary(rpcs.transfer_leader(to))
 
-    def consumers(self):
+    def consumers(self) -> Any:
         """Named consumers as the node sees them: a ConsumersResponse (consumers: name,
         cursor_lsn, lag_lsns, lag_bytes, connected, connected_since_unix_s,
         last_ack_unix_s, retained, held_bytes; last_lsn, earliest_lsn,
         retention_limit_bytes, retention_headroom_bytes)."""
-        return self._call("admin.Consumers", pb.ConsumersRequest(), kind=READ)
+        return self._unary(rpcs.consumers())
 
-    def delete_consumer(self, name: str):
+    def delete_consumer(self, name: str) -> Any:
         """Delete named consumer `name` (its cursor and its hold on the log; a connected
         one's subscription ends with ConsumerDeleted). Send it to the master (NotMaster
         otherwise); takes the admin token if the server has one. Raises NotFound for
         an unknown name. Returns the DeleteConsumerResponse (was_connected, cursor_lsn)."""
-        return self._call("admin.DeleteConsumer", pb.DeleteConsumerRequest(name=name),
-                          kind=NODE)
+        return self._unary(rpcs.delete_consumer(name))
 
 
-class AsyncClient(_Base):
-    """asyncio client on grpc.aio; same methods as Client, awaitable. put/delete
-    calls awaited concurrently are coalesced as in Client."""
+class AsyncClient(_Driver):
+    """asyncio client on grpc.aio: Client's methods, awaitable (streams: async
+    iterators). put/delete calls awaited concurrently are coalesced as in Client.
+    Use it on one event loop."""
 
-    def __init__(self, target: str = "127.0.0.1:7400", *, token: str | None = None,
-                 timeout: float = 10.0, retry: RetryPolicy | None = None,
-                 breaker: CircuitBreaker | None = None, root_certificates: bytes | None = None,
-                 tls: bool = False, max_message: int = 64 << 20,
-                 batching: Batching | None = None) -> None:
-        super().__init__(target, token, timeout, retry, breaker, root_certificates, tls,
-                         max_message, batching)
-        self._coalescer = (AsyncCoalescer(self.batching, self._send)
-                           if self.batching.enabled else None)
+    _api = grpc.aio
+    _coalescer_type = AsyncCoalescer
+
+    # -- the driver: send, wait, sleep
+    async def _unary(self, call: Unary) -> Any:
+        """As Client._unary, on the event loop."""
+        a = self._nodes.attempts(call)
+        while True:
+            target, left = a.next()
+            try:
+                resp = await self._nodes.send(target, call, left)
+            except grpc.RpcError as e:
+                await asyncio.sleep(a.failed(e))
+                continue
+            a.answered()
+            return call.decode(resp)
+
+    @staticmethod
+    async def _stream(s: Stream) -> AsyncIterator:
+        try:
+            async for resp in s.open():
+                for item in s.items(resp):
+                    yield item
+        except grpc.RpcError as e:
+            s.end(e)
+        except asyncio.CancelledError:
+            if not s.closed:  # the task itself is being cancelled
+                raise
+        finally:
+            s.finished()
+
+    def _requests(self) -> tuple[AsyncIterator, Callable[[Any], None]]:
+        q: asyncio.Queue = asyncio.Queue()
+
+        async def requests() -> AsyncIterator:
+            while (m := await q.get()) is not None:
+                yield m
+
+        return requests(), q.put_nowait
+
+    async def _write(self, op: tuple, request_id: str | None) -> int:
+        rid = request_id or rpcs.new_id()
+        if self._coalescer is None:
+            return await self._unary(rpcs.write(op, rid))
+        return await self._coalescer.submit(op, rid)
 
     async def _send(self, calls: list[Call]) -> list:
-        if len(calls) == 1:
-            method, req = self._single(calls[0])
-            return [(await self._call(method, req, kind=WRITE)).lsn]
+        """As Client._send; the calls of a refused message are resent together."""
         try:
-            return self._lsns(await self._call("kv.Batch", self._coalesced(calls), kind=WRITE),
-                              len(calls))
-        except errors.OutcomeUnknown as e:
-            return self._unknown_each(e, calls)
-        except errors.InvalidArgument:  # nothing was written: find the bad call(s)
+            return await self._unary(rpcs.message(calls))
+        except errors.StrataError as e:
+            out = rpcs.message_failed(calls, e)
+        if out is None:
             self._coalescer.stats.splits += 1
-            return await asyncio.gather(*(self._send_one(c) for c in calls))
+            out = await asyncio.gather(*(self._send_alone(c) for c in calls))
+        return out
 
-    async def _send_one(self, call: Call):
+    async def _send_alone(self, call: Call) -> Any:
         try:
             return (await self._send([call]))[0]
         except errors.StrataError as e:
             return e
 
-    def _channel_to(self, target: str):
-        args = _channel_args(self._max_message)
-        if self._tls:
-            return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(self._roots),
-                                           args)
-        return grpc.aio.insecure_channel(target, args)
-
     async def close(self) -> None:
-        self.closed = True
-        nodes, self._nodes = list(self._nodes.values()), {}
-        for node in nodes:
-            await node.channel.close()
+        """As Client.close."""
+        for channel in self._nodes.close():
+            await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -594,113 +404,75 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: str, request, *, kind: str, timeout: float | None = None):
-        """As Client._call, on the event loop."""
-        service, name = method.split(".")
-        a = Attempts(self, kind, timeout or self.timeout, self._request_id(request))
-        while True:
-            target, left = a.next()
-            rpc = getattr(getattr(self._node(target), service), name)
-            try:
-                resp = await rpc(request, timeout=left, metadata=self._metadata)
-            except grpc.RpcError as e:
-                await asyncio.sleep(a.failed(e))
-                continue
-            a.answered()
-            return resp
-
+    # -- KV
     async def put(self, key: bytes, value: bytes, *, request_id: str | None = None) -> int:
-        if self._coalescer is not None:
-            return await self._coalescer.submit(("put", key, value),
-                                                request_id or uuid.uuid4().hex)
-        req = pb.PutRequest(key=key, value=value, request_id=request_id or uuid.uuid4().hex)
-        return (await self._call("kv.Put", req, kind=WRITE)).lsn
+        """As Client.put."""
+        return await self._write(("put", key, value), request_id)
 
     async def get(self, key: bytes, *, stale_ok: bool = False) -> bytes | None:
+        """As Client.get."""
         return (await self.get_entry(key, stale_ok=stale_ok))[0]
 
     async def get_entry(self, key: bytes, *, stale_ok: bool = False) -> tuple[bytes | None, int]:
-        resp = await self._call("kv.Get", pb.GetRequest(key=key, stale_ok=stale_ok), kind=READ)
-        return (resp.value, resp.lsn) if resp.found else (None, 0)
+        """As Client.get_entry."""
+        return await self._unary(rpcs.get_entry(key, stale_ok))
 
     async def delete(self, key: bytes, *, request_id: str | None = None) -> int:
-        if self._coalescer is not None:
-            return await self._coalescer.submit(("delete", key), request_id or uuid.uuid4().hex)
-        req = pb.DeleteRequest(key=key, request_id=request_id or uuid.uuid4().hex)
-        return (await self._call("kv.Delete", req, kind=WRITE)).lsn
+        """As Client.delete."""
+        return await self._write(("delete", key), request_id)
 
     async def batch(self, ops: Iterable[tuple], *, request_id: str | None = None) -> int:
-        req = pb.BatchRequest(ops=_ops(ops), request_id=request_id or uuid.uuid4().hex)
-        return (await self._call("kv.Batch", req, kind=WRITE)).lsn
+        """As Client.batch."""
+        return await self._unary(rpcs.batch(ops, request_id or rpcs.new_id()))
 
     async def compare_and_set(self, key: bytes, value: bytes | None = None, *,
                               expected_lsn: int | None = None, expected_value: bytes | None = None,
                               expect_absent: bool = False, delete: bool = False) -> int:
-        req = _cas_request(key, value, expected_lsn, expected_value, expect_absent, delete)
-        return (await self._call("kv.CompareAndSet", req, kind=ONCE)).lsn
+        """As Client.compare_and_set."""
+        return await self._unary(rpcs.compare_and_set(key, value, expected_lsn, expected_value,
+                                                      expect_absent, delete))
 
-    async def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
-                   keys_only: bool = False, stale_ok: bool = False
-                   ) -> AsyncIterator[tuple[bytes, bytes]]:
-        self.breaker.before()
-        call = self.kv.Scan(pb.ScanRequest(start=start, end=end, limit=limit, keys_only=keys_only,
-                                           stale_ok=stale_ok),
-                            timeout=self.timeout, metadata=self._metadata)
-        failed = False
-        try:
-            async for chunk in call:
-                for kv in chunk.items:
-                    yield kv.key, kv.value
-        except grpc.RpcError as e:
-            failed = True
-            raise self._handle(e) from None
-        finally:
-            if not failed:  # finished, or abandoned by the caller: the endpoint answered
-                self.breaker.success()
-                call.cancel()
+    def scan(self, start: bytes = b"", end: bytes = b"", *, limit: int = 0,
+             keys_only: bool = False, stale_ok: bool = False
+             ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """As Client.scan: `async for key, value in c.scan(...)`."""
+        return self._stream(rpcs.scan(self._nodes, start, end, limit, keys_only, stale_ok))
 
+    def write_stream(self, batches: Iterable[list[tuple]]) -> AsyncIterator[int]:
+        """As Client.write_stream: `async for lsn in c.write_stream(...)`."""
+        return self._stream(rpcs.write_stream(self._nodes, batches))
+
+    # -- Events
     async def publish(self, topic: str, key: bytes, payload: bytes) -> int:
-        req = pb.PublishRequest(topic=topic, key=key, payload=payload)
-        return (await self._call("events.Publish", req, kind=ONCE)).lsn
+        """As Client.publish."""
+        return await self._unary(rpcs.publish(topic, key, payload))
 
-    async def subscribe(self, topics: Iterable[str] = (), *, key_prefix: bytes = b"",
-                        from_lsn: int = 0) -> AsyncIterator:
-        call = self.events.Subscribe(
-            pb.SubscribeRequest(topics=list(topics), key_prefix=key_prefix, from_lsn=from_lsn),
-            metadata=self._metadata)
-        try:
-            async for ev in call:
-                yield ev
-        except grpc.RpcError as e:
-            raise self._handle_stream_end(e) from None
+    def subscribe(self, topics: Iterable[str] = (), *, key_prefix: bytes = b"",
+                  from_lsn: int = 0, timeout: float | None = None) -> AsyncIterator:
+        """As Client.subscribe: `async for ev in c.subscribe(...)`."""
+        return self._stream(rpcs.subscribe(self._nodes, topics, key_prefix, from_lsn, timeout))
 
-    def consume(self, consumer: str = "", *, tier: str = "realtime", topics: Iterable[str] = (),
-                key_prefix: bytes = b"", from_lsn: int = 0, manual_ack: bool = False,
-                credits: int | None = None, window_ms: int = 0) -> Consumption:
-        """A reliable subscription: `async for ev in client.consume("name")`."""
-        q: asyncio.Queue = asyncio.Queue()
-        q.put_nowait(_consume_request(consumer, tier, topics, key_prefix, from_lsn, manual_ack,
-                                      credits, window_ms))
+    # -- Admin
+    async def status(self) -> Any:
+        """As Client.status."""
+        return await self._unary(rpcs.status())
 
-        async def requests():
-            while (m := await q.get()) is not None:
-                yield m
+    async def checkpoint(self, path: str) -> int:
+        """As Client.checkpoint."""
+        return await self._unary(rpcs.checkpoint(path))
 
-        call = self.events.Consume(requests(), metadata=self._metadata)
-        return Consumption(self, call, q.put_nowait)
+    async def compact(self) -> float:
+        """As Client.compact."""
+        return await self._unary(rpcs.compact())
 
-    async def status(self):
-        return await self._call("admin.Status", pb.StatusRequest(), kind=READ)
+    async def transfer_leader(self, to: str = "") -> Any:
+        """As Client.transfer_leader."""
+        return await self._unary(rpcs.transfer_leader(to))
 
-    async def transfer_leader(self, to: str = ""):
-        return await self._call("admin.TransferLeader", pb.TransferLeaderRequest(to=to),
-                                kind=ONCE)
-
-    async def consumers(self):
+    async def consumers(self) -> Any:
         """As Client.consumers."""
-        return await self._call("admin.Consumers", pb.ConsumersRequest(), kind=READ)
+        return await self._unary(rpcs.consumers())
 
-    async def delete_consumer(self, name: str):
+    async def delete_consumer(self, name: str) -> Any:
         """As Client.delete_consumer."""
-        return await self._call("admin.DeleteConsumer", pb.DeleteConsumerRequest(name=name),
-                                kind=NODE)
+        return await self._unary(rpcs.delete_consumer(name))

@@ -258,17 +258,10 @@ class RingReader:
 
     def poll(self, max_events: int = 256) -> list[RingEvent]:
         """The events published since the last call (at most max_events); never blocks."""
-        w = self._words
-        wpos = w[W_WRITE]
-        pos = self.pos
-        if wpos == pos:
-            if w[W_CLOSED]:
-                raise RingClosed(f"ring {self.name!r} was closed by its writer")
+        wpos = self._unread()
+        if wpos is None:
             return []
-        cap = self.capacity
-        if wpos - pos > cap:
-            raise Lapped(f"ring {self.name!r}: the reader fell a whole ring behind",
-                         "RING_LAPPED", self.last_lsn + 1)
+        pos, cap = self.pos, self.capacity
         data = self._data
         out: list[RingEvent] = []
         unpack = FRAME.unpack_from
@@ -296,28 +289,17 @@ class RingReader:
                                  None if flags else data[k:end], flags))
             last = lsn
             pos += FRAME_HEADER + length + (-length % 8)
-        self._check_lapped(start, last)
-        self.pos = pos
-        self.last_lsn = last
-        if out:
-            self._views_from = start
+        self._advance(start, pos, last, bool(out))
         return out
 
     def poll_frames(self, max_events: int = 1024) -> list[tuple[int, memoryview]]:
         """The fast path: (lsn, frame) pairs, `frame` a memoryview of the whole frame
         (32-byte header, topic, key, value; decode with `RingEvent.parse`). Same
         checks as poll(): checksums (unless verify=False), lapping, closing."""
-        w = self._words
-        wpos = w[W_WRITE]
-        pos = self.pos
-        if wpos == pos:
-            if w[W_CLOSED]:
-                raise RingClosed(f"ring {self.name!r} was closed by its writer")
+        wpos = self._unread()
+        if wpos is None:
             return []
-        cap = self.capacity
-        if wpos - pos > cap:
-            raise Lapped(f"ring {self.name!r}: the reader fell a whole ring behind",
-                         "RING_LAPPED", self.last_lsn + 1)
+        pos, cap = self.pos, self.capacity
         data = self._data
         out: list[tuple[int, memoryview]] = []
         append = out.append
@@ -342,12 +324,33 @@ class RingReader:
             last = lsn
             n += 1
             pos += FRAME_HEADER + length + (-length % 8)
+        self._advance(start, pos, last, bool(out))
+        return out
+
+    def _unread(self) -> int | None:
+        """The writer's position when it is past ours (None: nothing new). Raises
+        RingClosed when the writer closed the ring and everything was read, Lapped when
+        the writer is a whole ring ahead. Shared by poll() and poll_frames(): one call a
+        poll, not one an event."""
+        w = self._words
+        wpos = w[W_WRITE]
+        if wpos == self.pos:
+            if w[W_CLOSED]:
+                raise RingClosed(f"ring {self.name!r} was closed by its writer")
+            return None
+        if wpos - self.pos > self.capacity:
+            raise Lapped(f"ring {self.name!r}: the reader fell a whole ring behind",
+                         "RING_LAPPED", self.last_lsn + 1)
+        return wpos
+
+    def _advance(self, start: int, pos: int, last: int, got: bool) -> None:
+        """Take the frames read from `start` up to `pos` (the last one `last`), once the
+        writer is known not to have overwritten them meanwhile."""
         self._check_lapped(start, last)
         self.pos = pos
         self.last_lsn = last
-        if out:
+        if got:
             self._views_from = start
-        return out
 
     def _check_lapped(self, start: int, last: int) -> None:
         if self._words[W_RESERVE] - self.capacity > start:
@@ -408,6 +411,14 @@ class RingReader:
 
     # -- liveness and the doorbell ---------------------------------------------------
 
+    def _bell_closed(self, s: socket.socket) -> None:
+        """The doorbell read as closed: drop it and say why (the writer is gone, or it
+        closed the ring). Raises RingClosed."""
+        self._bell = None
+        s.close()
+        self._check_writer()
+        raise RingClosed(f"ring {self.name!r}: the doorbell closed")
+
     def _check_writer(self) -> None:
         """Raise RingClosed if the writer is gone or the name now holds another ring."""
         self._checked = time.monotonic()
@@ -458,10 +469,7 @@ class RingReader:
             s.settimeout(wait)
             try:
                 if not s.recv(64):
-                    self._bell = None
-                    s.close()
-                    self._check_writer()
-                    raise RingClosed(f"ring {self.name!r}: the doorbell closed")
+                    self._bell_closed(s)
             except TimeoutError:
                 self._check_writer()
         finally:
@@ -535,10 +543,7 @@ class AsyncRingReader:
                     await fut
                 try:
                     if not s.recv(64):
-                        r._bell = None
-                        s.close()
-                        r._check_writer()
-                        raise RingClosed(f"ring {r.name!r}: the doorbell closed")
+                        r._bell_closed(s)
                 except BlockingIOError:
                     pass
             except TimeoutError:

@@ -10,6 +10,7 @@ retries and check the token.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict, deque
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -57,9 +58,13 @@ DEFAULTS = {
     "Status": lambda: pb.StatusResponse(node="fake", role="master", last_lsn=99),
     "Checkpoint": lambda: pb.CheckpointResponse(path="/tmp/cp", lsn=16),
     "Compact": lambda: pb.CompactResponse(seconds=0.5),
+    "TransferLeader": lambda: pb.TransferLeaderResponse(master="id=127.0.0.1:1", term=3),
+    "Consumers": lambda: pb.ConsumersResponse(last_lsn=99),
+    "DeleteConsumer": lambda: pb.DeleteConsumerResponse(was_connected=True, cursor_lsn=17),
     "Scan": lambda: Stream([]),
     "Subscribe": lambda: Stream([]),
     "Write": lambda: None,  # Write answers each batch itself
+    "Consume": lambda: Stream([]),
 }
 
 
@@ -177,6 +182,18 @@ class _Events(pbg.EventsServicer):
     def Subscribe(self, request, context):
         yield from self.f.stream("Subscribe", request, context)
 
+    def Consume(self, request_iterator, context):
+        # The subscription is answered with the scripted stream, which then ends with
+        # its error, or else stays open: each later request (ack, credit) is recorded
+        # as a call of "Consume" too.
+        first = next(request_iterator)
+        action = self.f._next("Consume", first, context)
+        yield from action.items
+        if action.err is not None:
+            self.f._fail(context, action.err)
+        for req in request_iterator:
+            self.f._next("Consume", req, context)
+
 
 class _Admin(pbg.AdminServicer):
     def __init__(self, fake: Fake) -> None:
@@ -191,8 +208,25 @@ class _Admin(pbg.AdminServicer):
     def Compact(self, request, context):
         return self.f.unary("Compact", request, context)
 
+    def TransferLeader(self, request, context):
+        return self.f.unary("TransferLeader", request, context)
 
-def _start_fake() -> tuple[Fake, grpc.Server]:
+    def Consumers(self, request, context):
+        return self.f.unary("Consumers", request, context)
+
+    def DeleteConsumer(self, request, context):
+        return self.f.unary("DeleteConsumer", request, context)
+
+
+def slow(resp, seconds: float):
+    """An action answering `resp` after `seconds`."""
+    def act(req, ctx):
+        time.sleep(seconds)
+        return resp
+    return act
+
+
+def start_fake() -> tuple[Fake, grpc.Server]:
     fake = Fake()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     pbg.add_KVServicer_to_server(_KV(fake), server)
@@ -206,6 +240,6 @@ def _start_fake() -> tuple[Fake, grpc.Server]:
     return fake, server
 
 
-def _async_client(target: str, *, attempts: int = 5, threshold: int = 100, **kw) -> AsyncClient:
+def async_client(target: str, *, attempts: int = 5, threshold: int = 100, **kw) -> AsyncClient:
     return AsyncClient(target, retry=RetryPolicy(attempts=attempts, **FAST),
                        breaker=CircuitBreaker(threshold=threshold, cooldown_s=COOLDOWN), **kw)

@@ -1,7 +1,9 @@
 """The put/delete coalescer (strata_client.batching) against scripted servers:
 lone calls go alone, calls made while a message is in flight go as one Batch
 whose ops carry each call's own request id, each call gets its own LSN or its
-own error, and retries and redirects resend the same ids."""
+own error, and retries and redirects resend the same ids. Tests taking `clients` run on
+Client (threads) and AsyncClient (its coalescer, driven from the same threads through
+its event loop); the asyncio-only ones (gather, cancellation) follow."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ import threading
 
 import pytest
 
-from strata_client import AsyncClient, Batching, Client, errors
+from strata_client import Batching, errors, rpcs
 from strata_client._proto import strata_pb2 as pb
-from strata_client.batching import Coalescer, _Queue
+from strata_client.batching import CallQueue, Coalescer
 
-from .fake import C, Err, _async_client
+from .fake import C, Err, async_client
 
 ONE = Batching(max_inflight=1)
 
@@ -87,13 +89,13 @@ def _refusing(fake, bad, message: str) -> Gate:
 
 def _wait_queued(c, n: int) -> None:
     for _ in range(500):
-        if c._coalescer.stats.queued >= n:
+        if c.batching_stats()["queued"] >= n:
             return
         threading.Event().wait(0.01)
-    raise AssertionError(f"{c._coalescer.stats.queued} calls queued, wanted {n}")
+    raise AssertionError(f"{c.batching_stats()['queued']} calls queued, wanted {n}")
 
 
-# --------------------------------------------------------------------------- sync
+# --------------------------------------------------------------------------- both clients
 
 def test_a_lone_call_goes_alone_as_its_unary_call(fake, clients):
     c = clients(fake.address)
@@ -208,12 +210,12 @@ def test_a_server_without_per_op_lsns_is_answered_consecutively(fake):
     """Older servers answer a Batch with its last LSN only: op i has last-n+1+i."""
     coalescer = Coalescer(ONE, None)
     assert coalescer.stats.limit >= ONE.min_batch
-    assert Client._lsns(pb.BatchResponse(lsn=20), 3) == [18, 19, 20]
-    assert Client._lsns(pb.BatchResponse(lsn=20, lsns=[5, 19, 20]), 3) == [5, 19, 20]
+    assert rpcs.lsns(pb.BatchResponse(lsn=20), 3) == [18, 19, 20]
+    assert rpcs.lsns(pb.BatchResponse(lsn=20, lsns=[5, 19, 20]), 3) == [5, 19, 20]
 
 
 def test_the_size_limit_adapts_between_its_bounds():
-    q = _Queue(Batching(min_batch=4, max_batch=64, latency_target_ms=10, smoothing=1.0))
+    q = CallQueue(Batching(min_batch=4, max_batch=64, latency_target_ms=10, smoothing=1.0))
     for _ in range(20):  # full messages well within the target: the limit grows
         q.answered(q.stats.limit, 0.001)
     assert q.stats.limit == 64
@@ -223,16 +225,16 @@ def test_the_size_limit_adapts_between_its_bounds():
     q.answered(2, 0.001)  # a message that was not full says nothing about a larger one
     assert q.stats.limit == 4
     with pytest.raises(ValueError):
-        _Queue(Batching(min_batch=8, max_batch=4))
+        CallQueue(Batching(min_batch=8, max_batch=4))
 
 
-# --------------------------------------------------------------------------- asyncio
+# --------------------------------------------------------------------------- asyncio only
 
 def test_async_calls_awaited_together_are_coalesced_with_their_own_results(fake):
     fake.always("Batch", _batch_answer(500))
 
     async def main():
-        c = _async_client(fake.address, batching=ONE)
+        c = async_client(fake.address, batching=ONE)
         try:
             lone = await c.put(b"lone", b"v")
             got = await asyncio.gather(*(c.put(b"k%d" % i, b"v", request_id=f"r{i}")
@@ -256,7 +258,7 @@ def test_async_bad_call_fails_alone_and_cancelled_caller_is_not_sent(fake):
     gate = _refusing(fake, lambda req: req.value == b"huge", "value too large")
 
     async def main():
-        c = _async_client(fake.address, batching=ONE)
+        c = async_client(fake.address, batching=ONE)
         try:
             first = asyncio.ensure_future(c.put(b"first", b"v"))
             while not gate.entered.is_set():
@@ -280,24 +282,12 @@ def test_async_bad_call_fails_alone_and_cancelled_caller_is_not_sent(fake):
     assert b"k4" not in sent
 
 
-def test_async_client_with_batching_off(fake):
-    async def main():
-        c = AsyncClient(fake.address, batching=Batching(enabled=False))
-        try:
-            return await asyncio.gather(*(c.put(b"k%d" % i, b"v") for i in range(8)))
-        finally:
-            await c.close()
-
-    assert asyncio.run(main()) == [11] * 8
-    assert fake.hits("Put") == 8 and fake.hits("Batch") == 0
-
-
 def test_async_idle_call_that_fails_or_is_cancelled_gives_its_slot_back(fake):
     gate = Gate()
     fake.then("Put", Err(C.INTERNAL, "boom"), gate)
 
     async def main():
-        c = _async_client(fake.address, batching=ONE)
+        c = async_client(fake.address, batching=ONE)
         try:
             with pytest.raises(errors.StrataError, match="boom"):
                 await c.put(b"a", b"v")

@@ -1,12 +1,12 @@
 """strata_client against scripted fake strata.v1 servers running in-process
 (tests/client/fake.py): retries, back-off, the circuit breaker, redirects,
-typed errors, node lists, streams. Put/delete calls here go one at a time, so
+typed errors, node lists, streams, admin calls. Each test runs on Client and on
+AsyncClient (the `clients` fixture). Put/delete calls here go one at a time, so
 the coalescer sends each alone as the unary call it stands for
 (tests/client/test_batching.py covers coalescing)."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import statistics
 import threading
@@ -15,11 +15,11 @@ import time
 import grpc
 import pytest
 
-from strata_client import CircuitBreaker, Client, RetryPolicy, errors
+from strata_client import Client, RetryPolicy, errors
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
-from .fake import COOLDOWN, FAST, C, Err, Fake, Stream, _async_client
+from .fake import COOLDOWN, FAST, C, Err, Fake, Stream, slow
 
 WRITE_CALLS = {
     "put": ("Put", lambda c: c.put(b"k", b"v"), 11),
@@ -92,7 +92,7 @@ def test_retries_stop_after_attempts(fake, clients):
     assert len({r.request_id for r in fake.requests("Put")}) == 1
 
 
-def test_backoff_uses_policy_delay_between_attempts_only(fake):
+def test_backoff_uses_policy_delay_between_attempts_only(fake, clients):
     class Recording(RetryPolicy):
         def __init__(self, **kw):
             super().__init__(**kw)
@@ -104,15 +104,15 @@ def test_backoff_uses_policy_delay_between_attempts_only(fake):
 
     policy = Recording(attempts=4, **FAST)
     fake.always("Get", Err(C.UNAVAILABLE))
-    with Client(fake.address, retry=policy, breaker=CircuitBreaker(threshold=100)) as c:
-        with pytest.raises(errors.Unavailable):
-            c.get(b"k")
-        assert fake.hits("Get") == 4
-        assert policy.seen == [0, 1, 2]  # exponent grows; no sleep after the last try
-        policy.seen.clear()
-        fake.always("Get", pb.GetResponse(found=False))
-        assert c.get(b"k") is None
-        assert policy.seen == []
+    c = clients(fake.address, retry=policy)
+    with pytest.raises(errors.Unavailable):
+        c.get(b"k")
+    assert fake.hits("Get") == 4
+    assert policy.seen == [0, 1, 2]  # exponent grows; no sleep after the last try
+    policy.seen.clear()
+    fake.always("Get", pb.GetResponse(found=False))
+    assert c.get(b"k") is None
+    assert policy.seen == []
 
 
 @pytest.mark.parametrize("code,exc", [
@@ -563,121 +563,6 @@ def test_write_stream_yields_lsns_in_order(fake, clients):
     assert [r.id for r in reqs] == [0, 1, 2] and len({r.request_id for r in reqs}) == 3
 
 
-# --------------------------------------------------------------------------- AsyncClient
-
-def test_async_put_and_get_retry_with_same_request_id(fake):
-    fake.then("Put", Err(C.UNAVAILABLE), Err(C.RESOURCE_EXHAUSTED))
-    fake.then("Get", Err(C.DEADLINE_EXCEEDED), Err(C.UNAVAILABLE))
-
-    async def main():
-        async with _async_client(fake.address, token="atok") as c:
-            assert await c.put(b"k", b"v") == 11
-            assert await c.get(b"k") == b"v"
-            assert await c.put(b"k", b"v2") == 11
-
-    asyncio.run(main())
-    ids = [r.request_id for r in fake.requests("Put")]
-    assert len(ids) == 4 and ids[0] and ids[0] == ids[1] == ids[2] and ids[3] != ids[0]
-    assert fake.hits("Get") == 3
-    assert all(c.metadata["authorization"] == "Bearer atok" for c in fake.calls)
-
-
-def test_async_delete_batch_retry(fake):
-    fake.then("Delete", Err(C.UNAVAILABLE)).then("Batch", Err(C.UNAVAILABLE))
-
-    async def main():
-        async with _async_client(fake.address) as c:
-            assert await c.delete(b"k") == 12
-            assert await c.batch([("put", b"a", b"1")]) == 13
-
-    asyncio.run(main())
-    for m in ("Delete", "Batch"):
-        ids = {r.request_id for r in fake.requests(m)}
-        assert fake.hits(m) == 2 and len(ids) == 1 and "" not in ids
-
-
-def test_async_errors_are_typed_and_not_retried(fake):
-    fake.always("Put", Err(C.INVALID_ARGUMENT, "too big"))
-    fake.always("CompareAndSet", Err(C.ABORTED, "mismatch", (("strata-current-lsn", "8"),)))
-    fake.always("Publish", Err(C.UNAVAILABLE))
-    fake.then("Get", Err(C.UNAVAILABLE), Err(C.UNAVAILABLE), Err(C.UNAVAILABLE))
-
-    async def main():
-        async with _async_client(fake.address, attempts=3) as c:
-            with pytest.raises(errors.InvalidArgument):
-                await c.put(b"k", b"v")
-            with pytest.raises(errors.Conflict) as ei:
-                await c.compare_and_set(b"k", b"v", expected_lsn=1)
-            assert ei.value.current_lsn == 8
-            with pytest.raises(errors.Unavailable):
-                await c.publish("t", b"k", b"p")
-            with pytest.raises(errors.Unavailable):
-                await c.get(b"k")
-
-    asyncio.run(main())
-    assert fake.hits("Put") == 1 and fake.hits("CompareAndSet") == 1
-    assert fake.hits("Publish") == 1 and fake.hits("Get") == 3
-
-
-def test_async_not_master_followed_and_breaker(servers):
-    replica, master = servers(), servers()
-    replica.always("Put", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", master.address),)))
-    master.always("Get", Err(C.UNAVAILABLE))
-
-    async def main():
-        async with _async_client(replica.address, attempts=3, threshold=2) as c:
-            assert await c.put(b"k", b"v") == 11
-            assert c.target == master.address
-            with pytest.raises(errors.Unavailable) as ei:
-                await c.get(b"k")  # 2 transient failures open the circuit mid-retry
-            assert "circuit open" in str(ei.value)
-            assert c.breaker.state == "open"
-            with pytest.raises(errors.Unavailable) as ei:
-                await c.get(b"k")
-            assert "circuit open" in str(ei.value)
-
-    asyncio.run(main())
-    assert replica.hits() == 1 and master.hits("Put") == 1 and master.hits("Get") == 2
-    assert replica.requests("Put")[0].request_id == master.requests("Put")[0].request_id
-
-
-def test_async_scan_and_subscribe(fake):
-    fake.then("Scan", Stream([pb.ScanResponse(items=[pb.KeyValue(key=b"a", value=b"1")]),
-                              pb.ScanResponse(items=[pb.KeyValue(key=b"b", value=b"2"),
-                                                     pb.KeyValue(key=b"c", value=b"3")])]))
-    fake.then("Subscribe", Stream([pb.Event(lsn=4, topic="t", key=b"x")],
-                                  Err(C.RESOURCE_EXHAUSTED, "lapped", (("strata-resume-lsn", "5"),))),
-              Stream([], Err(C.OUT_OF_RANGE, "gone", (("strata-earliest-lsn", "50"),))))
-
-    async def main():
-        async with _async_client(fake.address) as c:
-            assert [kv async for kv in c.scan()] == [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]
-            got = []
-            with pytest.raises(errors.Lapped) as ei:
-                async for ev in c.subscribe(["t"], from_lsn=4):
-                    got.append(ev.lsn)
-            assert got == [4] and ei.value.resume_lsn == 5
-            with pytest.raises(errors.Compacted) as ei:
-                async for _ in c.subscribe(from_lsn=1):
-                    pass
-            assert ei.value.earliest_lsn == 50
-
-    asyncio.run(main())
-
-
-def test_async_not_master_is_followed_for_publish(servers):
-    # As with the sync client: a redirect with retry=False publishes on the master.
-    replica, master = servers(), servers()
-    replica.always("Publish", Err(C.FAILED_PRECONDITION, "replica", (("strata-master", master.address),)))
-
-    async def main():
-        async with _async_client(replica.address) as c:
-            return await c.publish("t", b"k", b"p")
-
-    assert asyncio.run(main()) == 15
-    assert master.hits("Publish") == 1
-
-
 def test_idle_or_lapped_subscriptions_do_not_open_the_breaker(fake, clients):
     """Five subscriptions ending on their own deadline, or cut off as slow readers with a
     resume LSN, used to open the breaker against a healthy server."""
@@ -723,3 +608,95 @@ def test_a_node_list_keeps_retrying_until_the_deadline_not_the_attempt_count(ser
     with pytest.raises(errors.Unavailable):
         c2.put(b"k", b"v")
     assert 0.3 < time.monotonic() - t0 < 3
+
+
+def test_subscribe_timeout_ends_the_stream_with_deadline_exceeded(fake, clients):
+    def idle(request, context):  # a subscription with nothing to say
+        time.sleep(2)
+        return Stream([])
+
+    fake.then("Subscribe", idle)
+    c = clients(fake.address)
+    t0 = time.monotonic()
+    with pytest.raises(errors.DeadlineExceeded):
+        list(c.subscribe(["t"], timeout=0.3))
+    assert time.monotonic() - t0 < 1.5
+    assert c.breaker.state == "closed" and c.breaker.failures == 0
+
+
+# --------------------------------------------------------------------------- consume
+
+def _consumed() -> Stream:
+    return Stream([pb.ConsumeResponse(from_lsn=5, last_lsn=9),
+                   pb.ConsumeResponse(events=[pb.Event(lsn=5, topic="t", key=b"a"),
+                                              pb.Event(lsn=6, topic="t", key=b"b")])])
+
+
+def test_consume_subscribes_acks_and_ends_quietly_when_closed(fake, clients):
+    fake.then("Consume", _consumed())
+    c = clients(fake.address, token="tok")
+    sub = c.consume("billing", topics=["t"], from_lsn=5, manual_ack=True, credits=10)
+    got = []
+    for ev in sub:
+        got.append(ev.lsn)
+        if ev.lsn == 6:
+            sub.ack(6)
+            sub.credit(3)
+            fake.wait_hits(3)
+            sub.close()  # the server is still waiting: the iteration ends, quietly
+    assert got == [5, 6] and (sub.from_lsn, sub.last_lsn) == (5, 9)
+    first, ack, credit = fake.requests("Consume")
+    s = first.subscribe
+    assert (s.consumer, list(s.topics), s.from_lsn, s.manual_ack, s.credits) == (
+        "billing", ["t"], 5, True, 10)
+    assert ack.ack == 6 and credit.credit == 3
+    assert fake.calls[0].metadata["authorization"] == "Bearer tok"
+
+
+def test_consume_superseded_is_typed_and_leaves_the_breaker_closed(fake, clients):
+    fake.then("Consume", Stream([pb.ConsumeResponse(from_lsn=0, last_lsn=3)],
+                                Err(C.ABORTED, "subscribed elsewhere",
+                                    (("strata-superseded", "1"),))))
+    c = clients(fake.address, threshold=1)
+    sub = c.consume("billing")
+    with pytest.raises(errors.Superseded):
+        list(sub)
+    assert sub.last_lsn == 3 and c.breaker.state == "closed"
+
+
+# --------------------------------------------------------------------------- admin
+
+def test_admin_calls_send_their_requests_and_read_their_answers(fake, clients):
+    c = clients(fake.address)
+    assert c.status().last_lsn == 99
+    assert c.checkpoint("/backups/1") == 16
+    assert c.compact() == 0.5
+    assert c.transfer_leader("n2").term == 3
+    assert c.consumers().last_lsn == 99
+    assert c.delete_consumer("billing").cursor_lsn == 17
+    assert fake.requests("Checkpoint")[0].path == "/backups/1"
+    assert fake.requests("TransferLeader")[0].to == "n2"
+    assert fake.requests("DeleteConsumer")[0].name == "billing"
+
+
+def test_checkpoint_and_compact_get_at_least_their_own_timeouts(fake, clients):
+    fake.then("Checkpoint", slow(pb.CheckpointResponse(lsn=21), 0.4))
+    fake.then("Compact", slow(pb.CompactResponse(seconds=0.4), 0.4))
+    fake.then("Status", slow(pb.StatusResponse(last_lsn=1), 0.4))
+    c = clients(fake.address, timeout=0.2, attempts=1)
+    assert c.checkpoint("/x") == 21 and c.compact() == 0.4
+    with pytest.raises(errors.DeadlineExceeded):
+        c.status()  # an ordinary call keeps the client's timeout
+
+
+def test_transfer_leader_and_delete_consumer_are_not_retried(fake, clients):
+    fake.always("TransferLeader", Err(C.UNAVAILABLE)).always("DeleteConsumer", Err(C.UNAVAILABLE))
+    fake.then("Consumers", Err(C.UNAVAILABLE))
+    c = clients(fake.address)
+    with pytest.raises(errors.Unavailable):
+        c.transfer_leader()
+    with pytest.raises(errors.Unavailable):
+        c.delete_consumer("x")
+    assert c.consumers().last_lsn == 99  # a read: retried
+    assert fake.hits("TransferLeader") == 1 and fake.hits("DeleteConsumer") == 1
+    assert fake.hits("Consumers") == 2

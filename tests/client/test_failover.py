@@ -3,11 +3,11 @@ redirect loops are bounded by the deadline, not by a count; a NotMaster naming a
 that does not answer moves the call on to the next node; a call whose outcome is unknown
 raises OutcomeUnknown carrying its request id, only at its deadline for writes and at
 once for publish and compare-and-set; per-node circuit breakers never end a call that
-has time left. The same through the coalescer, the AsyncClient, threads and coroutines."""
+has time left. The same through the coalescer and from many threads; each test runs on
+Client and on AsyncClient (the `clients` fixture)."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -17,7 +17,7 @@ import pytest
 from strata_client import RetryPolicy, errors
 from strata_client._proto import strata_pb2 as pb
 
-from .fake import C, Err, _async_client
+from .fake import C, Err, slow
 from .test_batching import ONE, Gate, _behind_a_held_call
 
 UNKNOWN = Err(C.UNAVAILABLE, "lease lost: the write may survive or not",
@@ -167,15 +167,8 @@ def test_refusals_until_the_deadline_do_not_claim_an_unknown_outcome(servers, cl
 
 def test_a_deadline_passing_on_a_write_is_an_unknown_outcome_on_a_read_not(servers, clients):
     a, b = servers(), servers()
-
-    def slow(resp):
-        def act(req, ctx):
-            time.sleep(1.0)
-            return resp
-        return act
-
-    a.always("Put", slow(pb.PutResponse(lsn=1)))
-    a.always("Get", slow(pb.GetResponse(found=True, value=b"late")))
+    a.always("Put", slow(pb.PutResponse(lsn=1), 1.0))
+    a.always("Get", slow(pb.GetResponse(found=True, value=b"late"), 1.0))
     c = clients(f"{a.address},{b.address}", timeout=0.3)
     with pytest.raises(errors.OutcomeUnknown) as ei:
         c.put(b"k", b"v", request_id="slow-1")
@@ -247,10 +240,10 @@ def test_open_circuits_steer_a_node_list_but_never_end_a_call(servers, clients):
     a, b = servers(), servers()
     a.always("Put", NO_MASTER)
     b.then("Put", NO_MASTER, NO_MASTER, NO_MASTER)
-    c = clients(f"{a.address},{b.address}", threshold=1, timeout=3)
-    c._breaker_model.cooldown_s = 5.0  # stays open for the whole test
+    c = clients(f"{a.address},{b.address}", threshold=1, cooldown=5.0,  # open for the test
+                timeout=3)
     assert c.put(b"k", b"v") == 11  # both circuits opened on the way: the call went on
-    assert c._breaker(a.address).state == "open" and c.breaker.state == "closed"
+    assert c.breaker_of(a.address).state == "open" and c.breaker.state == "closed"
     hits = a.hits()
     c.target = a.address  # calls would start at a: its open circuit sends them to b
     assert c.put(b"k", b"v") == 11 and c.get(b"k") == b"v"
@@ -325,69 +318,3 @@ def test_threads_through_a_failover_see_no_error(servers, clients):
         t.join(10)
     assert not raised, raised[:3]
     assert all(done) and nodes[2].hits() > 0
-
-
-def test_coroutines_through_a_failover_see_no_error(servers):
-    nodes, t_elect = _failover(servers)
-
-    async def main():
-        async with _async_client(",".join(n.address for n in nodes), timeout=5) as cl:
-            async def run(w: int) -> int:
-                n = 0
-                while time.monotonic() < t_elect + 0.3:
-                    await cl.put(b"w%d" % w, b"v")
-                    n += 1
-                return n
-
-            return await asyncio.gather(*(run(w) for w in range(8)), return_exceptions=True)
-
-    done = asyncio.run(main())
-    assert all(isinstance(n, int) and n > 0 for n in done), done
-    assert nodes[2].hits() > 0
-
-
-# --------------------------------------------------------------------------- AsyncClient
-
-def test_async_redirect_loop_bounded_by_the_deadline(servers):
-    a, b = servers(), servers()
-    a.always("Get", _names(b.address))
-    b.always("Get", _names(a.address))
-
-    async def main():
-        async with _async_client(f"{a.address},{b.address}", timeout=0.5) as cl:
-            cl.retry = RetryPolicy(attempts=2, **SLOW)
-            with pytest.raises(errors.Unavailable) as ei:
-                await cl.get(b"k")
-            assert not isinstance(ei.value, errors.NotMaster)
-
-    t0 = time.monotonic()
-    asyncio.run(main())
-    assert 0.45 < time.monotonic() - t0 < 2.0
-    assert 8 < a.hits() + b.hits() < 80
-
-
-def test_async_dead_redirect_moves_on_and_unknown_outcomes_carry_ids(servers):
-    a, b, m = servers(), servers(), servers()
-    dead = _dead()
-    a.always("Put", _names(dead))
-    b.always("Put", _names(dead))
-    for s in (a, b, m):
-        s.always("Delete", UNKNOWN)
-        s.always("Batch", UNKNOWN)
-
-    async def main():
-        async with _async_client(f"{a.address},{b.address},{m.address}", timeout=0.5) as cl:
-            assert await cl.put(b"k", b"v") == 11
-            with pytest.raises(errors.OutcomeUnknown) as ei:
-                await cl.delete(b"k", request_id="d-1")
-            assert ei.value.request_id == "d-1"
-            # coalesced: the first goes alone, the others queue and go as a Batch
-            out = await asyncio.gather(*(cl.delete(b"k%d" % i, request_id=f"ad-{i}")
-                                         for i in range(5)), return_exceptions=True)
-            assert all(isinstance(e, errors.OutcomeUnknown) for e in out), out
-            assert [e.request_id for e in out] == [f"ad-{i}" for i in range(5)]
-            return cl.batching_stats()
-
-    st = asyncio.run(main())
-    assert m.hits("Put") == 1
-    assert st["messages"] < st["calls"], st
