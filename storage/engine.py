@@ -10,8 +10,18 @@ Write path (LevelDB's DBImpl::Write, adapted to the GIL):
      there is nothing to wait for, so the writer does all of it under the mutex.
 Read path: memtable -> immutable memtables -> L0 newest first -> L1..Ln, at a
 snapshot LSN; the (mem, imms, version, readers, read plan) tuple is swapped atomically.
-Background: one flush thread (memtable -> L0), one compaction thread that
-hands merges to a worker process and installs their output.
+Threads and processes of one open engine (all daemon threads, joined at close):
+  strata-committer   leads commit groups whose head is an asyncio writer (commit.py)
+  strata-flush       flushes immutable memtables to L0 tables
+  strata-compaction  picks compactions and installs their output
+  strata-wal-sync    durability=interval only: fdatasync every sync_interval_ms
+  strata-wal-roll    the WAL's: syncs and renames a sealed segment, keeps a spare (wal.py)
+  strata-resume      only after a full disk stopped writes: waits for space, resumes
+  strata-io          a thread pool, made on first use, for asyncio callers that must wait
+                     (a write stall, a checkpoint)
+Shared by every engine in the process, with compaction_executor="process": two worker
+processes (compaction.MergeWorker), one for flushes and one for merges, so that a
+flush never queues behind a long merge.
 
 Durability: `always` acknowledges after fdatasync of the WAL; `interval`
 after write(2), with an fdatasync every `sync_interval_ms` (a SIGKILL loses
