@@ -42,6 +42,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from itertools import islice
 from typing import Any
 
@@ -49,7 +50,7 @@ import msgpack
 from sortedcontainers import SortedList
 
 from . import checkpoint, compaction, record, sstable
-from .commit import CommitPipeline, Writer
+from .commit import CommitCallbacks, CommitPipeline, Writer
 from .errors import (
     Closed,
     Conflict,
@@ -78,6 +79,7 @@ from .filenames import (
 from .manifest import NUM_LEVELS, FileMeta, Version, VersionSet
 from .memtable import MemTable
 from .options import Options
+from .stats import EngineStats
 from .vfs import FileLock, FileSystem, OsFS
 from .wal import SYNC_BUCKETS, Wal
 
@@ -112,9 +114,6 @@ class Snapshot:
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-_COUNTER_BY_TYPE = {record.TYPE_PUT: "puts", record.TYPE_DELETE: "deletes",
-                    record.TYPE_BATCH: "batches", record.TYPE_EVENT: "events"}
 
 _WORKERS: dict[str, compaction.MergeWorker] = {}
 _WORKER_LOCK = threading.Lock()
@@ -186,7 +185,10 @@ class Engine:
         # taken before _mutex, never while holding it.
         self._edit_lock = threading.Lock()
         self._bg_cv = threading.Condition(self._mutex)
-        self._commit = CommitPipeline(self, self._mutex)
+        self._commit = CommitPipeline(
+            CommitCallbacks(write_group=self._write_group, apply_group=self._apply_group,
+                            publish_locked=self._publish_group_locked,
+                            fail_locked=self._fail_group_locked), self._mutex)
         self._next_lsn = 1
         self._visible_lsn = 0  # the last LSN applied (durable per the mode)
         # What reads see: _visible_lsn, or less while replication holds reads at the
@@ -242,14 +244,7 @@ class Engine:
         # group commit sizes: bucket i counts groups whose size has bit length i
         # (at most 2**i - 1 frames); the last bucket takes everything larger
         self._group_sizes = [0] * 12
-        self._stats = {
-            "puts": 0, "deletes": 0, "batches": 0, "events": 0, "groups": 0, "group_frames": 0,
-            "flushes": 0, "flush_bytes": 0, "flush_seconds": 0.0,
-            "compactions": 0, "trivial_moves": 0, "compaction_read_bytes": 0,
-            "compaction_write_bytes": 0, "compaction_seconds": 0.0,
-            "slowdowns": 0, "stops": 0, "stall_seconds": 0.0, "recovered_frames": 0,
-            "wal_truncated_bytes": 0,
-        }
+        self._stats = EngineStats()
 
     def _open(self, truncate_after: int | None = None) -> None:
         fs, path, opts = self.fs, self.path, self.opts
@@ -291,13 +286,13 @@ class Engine:
         flushed = self.versions.flushed_lsn
         self._wal.min_term = self.versions.term
         tail = self._wal.recover(flushed, repair=opts.repair)
-        self._stats["wal_truncated_bytes"] = tail.truncated_bytes
+        self._stats.wal_truncated_bytes = tail.truncated_bytes
         frames, tail_last = tail.frames, tail.last_lsn
         if truncate_after is not None and tail_last > truncate_after:
             if truncate_after < flushed:
                 raise StorageError(f"{path}: cannot cut the log after LSN {truncate_after}: "
                                    f"the tables hold writes up to LSN {flushed}")
-            self._stats["wal_truncated_bytes"] += self._wal.cut_after(truncate_after)
+            self._stats.wal_truncated_bytes += self._wal.cut_after(truncate_after)
             frames = [fr for fr in frames if fr.lsn <= truncate_after]
             tail_last = truncate_after
         mem = self._mem
@@ -309,14 +304,14 @@ class Engine:
             if fr.lsn > flushed and (not terms or fr.term != terms[-1][0]):
                 terms.append((fr.term, fr.lsn))
         self._terms = self.versions.terms = tuple(terms)
-        self._stats["recovered_frames"] = len(frames)
+        self._stats.recovered_frames = len(frames)
         self.term = max(tail.last_term if truncate_after is None else 0,
                         terms[-1][0] if terms else 0, self.versions.term)
         self.versions.term = self.term
         max_table_lsn = max((f.max_lsn for _, f in version.files()), default=0)
         last = max(tail_last, flushed, max_table_lsn)
         self._next_lsn = last + 1
-        self._visible_lsn = self._read_lsn = last
+        self._publish(last, [])  # no listener yet: nothing to hand over
         no_room: OSError | None = self.versions.manifest_error
         try:
             self._wal.start(self._next_lsn)
@@ -422,16 +417,10 @@ class Engine:
                 self._wal_append(frame, lsn)
             except OSError as e:
                 raise self._fail(e, "WAL write", resumable=True, outcome_unknown=True) from e
-            mem = self._mem
-            mem.add(lsn, key, value)
-            self._visible_lsn = lsn
-            c = self._commit_lsn
-            self._read_lsn = lsn if c is None else max(self._read_lsn, min(lsn, c))
-            if self._listeners:
-                self._notify([frame])
+            self._mem.add(lsn, key, value)
             self._puts += 1
-            if mem.size >= self._memtable_size:
-                self._rotate_locked()
+            self._publish(lsn, [frame])
+            self._rotate_if_full_locked()
         return lsn
 
     def delete(self, key: bytes, *, request_id: str | None = None) -> int:
@@ -633,14 +622,8 @@ class Engine:
             mem = self._mem
             for i, (k, v) in enumerate(kvs):
                 mem.add(lsn + i, k, v)
-            self._visible_lsn = last
-            c = self._commit_lsn
-            self._read_lsn = last if c is None else max(self._read_lsn, min(last, c))
-            if self._listeners:
-                self._notify([frame])
-            if mem.size >= self._memtable_size \
-                    or self._wal.bytes_written - self._rotated_at >= self._log_limit:
-                self._rotate_locked()
+            self._publish(last, [frame])
+            self._rotate_if_full_locked()
         return last
 
     def _enqueue_locked(self, ftype: int, payload: bytes, kvs, check=None,
@@ -662,9 +645,15 @@ class Engine:
 
     def _count_locked(self, ftype: int) -> None:
         """Count a write by kind. REQUIRES: _mutex held (writers on many threads)."""
-        name = _COUNTER_BY_TYPE.get(ftype)
-        if name is not None:
-            self._stats[name] += 1
+        st = self._stats
+        if ftype == record.TYPE_PUT:
+            st.puts += 1
+        elif ftype == record.TYPE_DELETE:
+            st.deletes += 1
+        elif ftype == record.TYPE_BATCH:
+            st.batches += 1
+        elif ftype == record.TYPE_EVENT:
+            st.events += 1
 
     async def _write_async(self, ftype: int, payload: bytes, kvs, check=None) -> int:
         """The commit path for asyncio callers: no thread per writer.
@@ -687,9 +676,9 @@ class Engine:
             self._enqueue_locked(ftype, payload, kvs, check, (loop, fut))
         return await fut
 
-    # -- CommitEnv: what the commit pipeline (storage/commit.py) needs from the engine
+    # -- the commit environment (commit.CommitEnv) handed to the pipeline in __init__
 
-    def write_group(self, group: list[Writer]) -> None:
+    def _write_group(self, group: list[Writer]) -> None:
         # The group's last frame carries the sync-point flag: recovery can
         # then tell damage in synced data from a torn last group.
         last = group[-1].frame = record.mark_sync(group[-1].frame)  # listeners get these bytes
@@ -697,27 +686,49 @@ class Engine:
         self._wal.append(data, group[0].lsn)
         self._wal.sync()
 
-    def apply_group(self, group: list[Writer]) -> None:
+    def _apply_group(self, group: list[Writer]) -> None:
         mem = self._mem  # only the leader rotates, so this stays ours
         for w in group:
             for op in w.ops:
                 mem.add(*op)
 
-    def publish_locked(self, group: list[Writer]) -> None:
-        last = self._visible_lsn = group[-1].last_lsn
+    def _publish_group_locked(self, group: list[Writer]) -> None:
+        self._count_group_locked(len(group))
+        self._publish(group[-1].last_lsn, [w.frame for w in group])
+        self._rotate_if_full_locked()
+
+    def _count_group_locked(self, frames: int) -> None:
+        """Count one group commit of `frames` frames. REQUIRES: _mutex held."""
+        st = self._stats
+        st.groups += 1
+        st.group_frames += frames
+        self._group_sizes[min(frames.bit_length(), len(self._group_sizes) - 1)] += 1
+
+    def _publish(self, last: int, frames: list[bytes]) -> None:
+        """Make every LSN up to `last` visible and hand `frames` (the encoded frames of
+        those LSNs not yet published, in LSN order) to the commit listeners. The one
+        place an LSN becomes visible: writes, group commits, replicated frames, a moved
+        commit point and recovery all come here (writes then `_rotate_if_full_locked`).
+
+        Reads see `last`, or no more than the replication commit point while one is
+        set (`set_commit_lsn`); the read point never moves back.
+        REQUIRES: _mutex held, `last` durable per the mode and applied to the memtable.
+        """
+        self._visible_lsn = last
         c = self._commit_lsn
         self._read_lsn = last if c is None else max(self._read_lsn, min(last, c))
-        if self._listeners:
-            self._notify([w.frame for w in group])
-        self._stats["groups"] += 1
-        self._stats["group_frames"] += len(group)
-        self._group_sizes[min(len(group).bit_length(), len(self._group_sizes) - 1)] += 1
+        if frames and self._listeners:
+            self._notify(frames)
+
+    def _rotate_if_full_locked(self) -> None:
+        """After a write: rotate the memtable if it, or the log since the last rotation,
+        is full, or flush() asked the commit leader to. REQUIRES: _mutex held."""
         if self._mem.size >= self._memtable_size or self._rotate_requested \
                 or self._wal.bytes_written - self._rotated_at >= self._log_limit:
             self._rotate_requested = False
             self._rotate_locked()
 
-    def fail_locked(self, error: BaseException) -> tuple[BaseException, BaseException]:
+    def _fail_group_locked(self, error: BaseException) -> tuple[BaseException, BaseException]:
         # A write(2) that failed may have written part of the group; an fsync
         # that failed leaves it unknown what reached the disk: the group's
         # writes may be present after a restart. Writers queued behind it were
@@ -829,8 +840,8 @@ class Engine:
             t0 = time.monotonic()
             time.sleep(0.001)
             with self._mutex:  # writers on many threads stall at once
-                self._stats["slowdowns"] += 1
-                self._stats["stall_seconds"] += time.monotonic() - t0
+                self._stats.slowdowns += 1
+                self._stats.stall_seconds += time.monotonic() - t0
             return
         t0 = time.monotonic()
         deadline = t0 + opts.stall_timeout_s
@@ -844,14 +855,14 @@ class Engine:
                 if stalled is not None:  # no progress before space is freed: say so now
                     raise stalled
                 if not counted:
-                    self._stats["stops"] += 1
+                    self._stats.stops += 1
                     counted = True
                     self._maybe_schedule_locked()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise WriteStalled(len(self.versions.current.levels[0]), time.monotonic() - t0)
                 self._bg_cv.wait(min(left, 0.1))
-            self._stats["stall_seconds"] += time.monotonic() - t0
+            self._stats.stall_seconds += time.monotonic() - t0
 
     def _rotate_locked(self) -> None:
         """Make the memtable immutable and start a new one. REQUIRES: _mutex held."""
@@ -997,14 +1008,14 @@ class Engine:
             self._snapshots.discard(lsn)
 
     @property
-    def stats(self) -> dict:
-        """Counters since open: writes, groups, flushes, compactions, stalls, recovery."""
-        out = dict(self._stats)
-        out["puts"] += self._puts
-        out["memtable_bytes"] = self._mem.size
-        out["block_cache_hits"] = self._cache.hits
-        out["block_cache_misses"] = self._cache.misses
-        return out
+    def stats(self) -> EngineStats:
+        """Counters since open (storage/stats.py): writes, groups, flushes, compactions,
+        stalls, recovery. A copy: the caller may keep it."""
+        with self._mutex:
+            st = self._stats
+            return replace(st, puts=st.puts + self._puts, memtable_bytes=self._mem.size,
+                           block_cache_hits=self._cache.hits,
+                           block_cache_misses=self._cache.misses)
 
     def group_size_histogram(self) -> list[tuple[int, int]]:
         """[(upper bound on frames per group, groups)] of the WAL group commits so far."""
@@ -1054,8 +1065,7 @@ class Engine:
         applied write. The read point never moves back."""
         with self._mutex:
             self._commit_lsn = lsn
-            last = self._visible_lsn
-            self._read_lsn = last if lsn is None else max(self._read_lsn, min(last, lsn))
+            self._publish(self._visible_lsn, [])
 
     def begin_term(self, term: int, node: str) -> int:
         """Write a new master's term marker (the first frame of `term`); later frames
@@ -1133,16 +1143,10 @@ class Engine:
             mem = self._mem
             for op in ops:
                 mem.add(*op)
-            last = self._visible_lsn = nxt - 1
-            c = self._commit_lsn
-            self._read_lsn = last if c is None else max(self._read_lsn, min(last, c))
-            self._stats["groups"] += 1
-            self._stats["group_frames"] += len(out)
-            if self._listeners:
-                self._notify(out)
-            if mem.size >= self._memtable_size \
-                    or self._wal.bytes_written - self._rotated_at >= self._log_limit:
-                self._rotate_locked()
+            last = nxt - 1
+            self._count_group_locked(len(out))
+            self._publish(last, out)
+            self._rotate_if_full_locked()
         return last
 
     def wal(self) -> Wal:
@@ -1331,10 +1335,9 @@ class Engine:
                 outs = []  # rotated for the log's sake (events only): no table, a new flush point
             elif self._worker_dir is not None:
                 # Packing the dict is C; sorting and encoding happen in the worker.
-                job = {"kind": "flush", "path": self.fs.local_path(path),
-                       "items": list(imm._d.items()), "smallest_snapshot": self._smallest_snapshot(),
-                       "compression": self.opts.codec(0)}
-                outs = _worker("flush").run(job)["outputs"]
+                job = compaction.FlushJob(self.fs.local_path(path), imm.raw_items(),
+                                          self._smallest_snapshot(), self.opts.codec(0))
+                outs = _worker("flush").run(job).outputs
             else:
                 entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(),
                                                    False)
@@ -1367,9 +1370,11 @@ class Engine:
         self._log_and_apply(edit, new_readers, (), installed)
         size = sum(p["file_size"] for _, p in outs)
         dt = time.monotonic() - t0
-        self._stats["flushes"] += 1
-        self._stats["flush_bytes"] += size
-        self._stats["flush_seconds"] += dt
+        with self._mutex:
+            st = self._stats
+            st.flushes += 1
+            st.flush_bytes += size
+            st.flush_seconds += dt
         log.info("flushed memtable to %s: %d entries, %d bytes in %.3fs (%.1f MB/s)",
                  table_name(number), len(imm), size, dt, size / max(dt, 1e-9) / 1e6)
         self._wal.purge(self.versions.flushed_lsn)
@@ -1473,7 +1478,10 @@ class Engine:
             if what not in self._paused:
                 log.warning("%s: %s paused, no space left (%s); retrying every %.0f s",
                             self.path, what, error, self._pause_s)
-                self._stats["paused_" + what] = self._stats.get("paused_" + what, 0) + 1
+                if what == "flush":
+                    self._stats.paused_flush += 1
+                else:
+                    self._stats.paused_compaction += 1
             self._paused[what] = str(error)
             self._bg_cv.wait(self._pause_s)
             return not self._closed
@@ -1505,27 +1513,26 @@ class Engine:
             f = c.inputs[0]
             edit = {"del": [[c.level, f.number]], "add": [f.to_wire(c.output_level)]}
             self._log_and_apply(edit)
-            self._stats["trivial_moves"] += 1
+            with self._mutex:
+                self._stats.trivial_moves += 1
             return
         inputs = [(c.level, f) for f in c.inputs] + [(c.output_level, f) for f in c.next_inputs]
         local = self._worker_dir
-        job = {
-            "dir": local or self.path,
-            "inputs": [os.path.join(local or self.path, table_name(f.number))
-                       for _, f in inputs],
-            "smallest_snapshot": self._smallest_snapshot(),
-            "drop_tombstones": c.bottommost,
-            "target_file_size": self.opts.target_file_size,
-            "compression": self.opts.codec(c.output_level),
-            "prefix": compaction_prefix(self.versions.new_file_number()),
-        }
+        job = compaction.MergeJob(
+            dir=local or self.path,
+            inputs=[os.path.join(local or self.path, table_name(f.number)) for _, f in inputs],
+            smallest_snapshot=self._smallest_snapshot(),
+            drop_tombstones=c.bottommost,
+            target_file_size=self.opts.target_file_size,
+            prefix=compaction_prefix(self.versions.new_file_number()),
+            compression=self.opts.codec(c.output_level))
         if local is not None:
             result = _worker("merge").run(job)
         else:
             result = compaction.run_merge(job, self.fs)
         edit: dict = {"del": [[lvl, f.number] for lvl, f in inputs], "add": []}
         new_readers = {}
-        for tmp, props in result["outputs"]:
+        for tmp, props in result.outputs:
             number = self.versions.new_file_number()
             with self._mutex:
                 self._pending.add(number)
@@ -1539,13 +1546,15 @@ class Engine:
         self._log_and_apply(edit, new_readers, [f.number for _, f in inputs],
                             lambda: self._pending.difference_update(new_readers))
         dt = time.monotonic() - t0
-        self._stats["compactions"] += 1
-        self._stats["compaction_read_bytes"] += result["read_bytes"]
-        self._stats["compaction_write_bytes"] += result["written_bytes"]
-        self._stats["compaction_seconds"] += dt
+        with self._mutex:
+            st = self._stats
+            st.compactions += 1
+            st.compaction_read_bytes += result.read_bytes
+            st.compaction_write_bytes += result.written_bytes
+            st.compaction_seconds += dt
         log.info("compacted L%d->L%d: %d files, %d -> %d bytes in %.3fs (%.1f MB/s read)",
-                 c.level, c.output_level, len(inputs), result["read_bytes"],
-                 result["written_bytes"], dt, result["read_bytes"] / max(dt, 1e-9) / 1e6)
+                 c.level, c.output_level, len(inputs), result.read_bytes,
+                 result.written_bytes, dt, result.read_bytes / max(dt, 1e-9) / 1e6)
         self._delete_obsolete()
 
     def _delete_obsolete(self) -> None:
