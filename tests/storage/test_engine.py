@@ -556,13 +556,13 @@ def test_compression_per_level_and_a_codec_change_between_opens(path):
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 256])
 def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch, chunk):
-    """_merged_chunks against sorted(): sources of every length, keys shared between
+    """merged_chunks against sorted(): sources of every length, keys shared between
     sources with distinct LSNs, tombstones, chunks smaller than a key's versions."""
     import random
 
-    from strata.storage import engine as eng
+    from strata.storage import reads
 
-    monkeypatch.setattr(eng, "SCAN_CHUNK", chunk)
+    monkeypatch.setattr(reads, "SCAN_CHUNK", chunk)
     rnd = random.Random(chunk)
     for _ in range(30):
         lsns = iter(rnd.sample(range(1, 10_000), 2000))
@@ -573,7 +573,7 @@ def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch,
             sources.append(sorted((k, neg, None if rnd.random() < 0.2 else b"v%d" % -neg)
                                   for k, neg in entries))
         expected = sorted(e for src in sources for e in src)
-        chunks = list(eng._merged_chunks([iter(s) for s in sources]))
+        chunks = list(reads.merged_chunks([iter(s) for s in sources]))
         assert [e for c in chunks for e in c] == expected
         assert all(chunks)
         # and what a scan yields at a snapshot: the newest version <= snap, no tombstones
@@ -584,7 +584,7 @@ def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch,
                 seen.add(k)
                 if v is not None:
                     want.append((k, v))
-        assert list(eng._visible([iter(s) for s in sources], snap)) == want
+        assert list(reads.visible([iter(s) for s in sources], snap)) == want
 
 
 # ---------------------------------------------------------------------- request ids
