@@ -6,9 +6,10 @@ database while the engine is closed.
     <data_dir>/resync/COMPLETE    written (synced) once every file is there
     <data_dir>/replication-checkpoints/<id>/   checkpoints a master serves
 
-Installing is idempotent: the database files are removed, the checkpoint's are
-hard-linked in, then resync/ is removed; a crash anywhere in between repeats the
-install at the next start (`finish_install`), since COMPLETE is removed last.
+Installing (storage.checkpoint.install, through the vfs seam) is idempotent: the
+engine's files are removed, the checkpoint's hard-linked in, then COMPLETE and
+resync/ are removed; a crash anywhere in between repeats the install at the next
+start (`finish_install`).
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ from collections.abc import AsyncIterator
 import grpc
 from crc32c import crc32c
 
+from strata.storage import checkpoint as storage_checkpoint
+from strata.storage.vfs import OsFS
 from strata_client._proto import strata_pb2 as pb
 
 log = logging.getLogger("strata.replication")
 
 RESYNC_DIR = "resync"
 SERVED_DIR = "replication-checkpoints"
-COMPLETE = "COMPLETE"
+COMPLETE = storage_checkpoint.COMPLETE
 CHUNK = 1 << 20
-KEEP = ("ELECTION", "LOCK", RESYNC_DIR, SERVED_DIR)
 
 
 def _fsync_dir(path: str) -> None:
@@ -188,24 +190,6 @@ def _complete(dest: str) -> None:
 
 def finish_install(data_dir: str) -> bool:
     """Replace the database in `data_dir` by the fetched checkpoint, if one is complete;
-    drop a partial one. Call with the engine closed. Returns whether one was installed."""
-    src = os.path.join(data_dir, RESYNC_DIR)
-    if not os.path.isdir(src):
-        return False
-    if not os.path.exists(os.path.join(src, COMPLETE)):
-        log.warning("dropping an incomplete checkpoint in %s", src)
-        shutil.rmtree(src, ignore_errors=True)
-        return False
-    for name in os.listdir(data_dir):
-        p = os.path.join(data_dir, name)
-        if name not in KEEP and not os.path.isdir(p):
-            os.remove(p)
-    for name in os.listdir(src):
-        if name != COMPLETE and not os.path.exists(os.path.join(data_dir, name)):
-            os.link(os.path.join(src, name), os.path.join(data_dir, name))
-    _fsync_dir(data_dir)
-    os.remove(os.path.join(src, COMPLETE))
-    shutil.rmtree(src)
-    _fsync_dir(data_dir)
-    log.info("installed the master's checkpoint in %s", data_dir)
-    return True
+    drop a partial one. Call with the engine closed. Returns whether one was installed.
+    The install itself, and which files it replaces, are storage's (checkpoint.install)."""
+    return storage_checkpoint.install(OsFS(), data_dir, os.path.join(data_dir, RESYNC_DIR))

@@ -103,7 +103,7 @@ class _EngineCollector:
         }
         for name, (doc, key) in counters.items():
             c = CounterMetricFamily(f"strata_engine_{name}", doc)
-            c.add_metric([], st[key])
+            c.add_metric([], getattr(st, key))
             yield c
         g = GaugeMetricFamily("strata_engine_level_bytes", "bytes per LSM level", labels=["level"])
         f = GaugeMetricFamily("strata_engine_level_files", "tables per LSM level", labels=["level"])
@@ -113,7 +113,7 @@ class _EngineCollector:
         yield g
         yield f
         mem = GaugeMetricFamily("strata_engine_memtable_bytes", "bytes in the active memtable")
-        mem.add_metric([], st["memtable_bytes"])
+        mem.add_metric([], st.memtable_bytes)
         yield mem
         lsn = GaugeMetricFamily("strata_engine_lsn", "last committed and last flushed LSN", labels=["kind"])
         lsn.add_metric(["last"], eng.last_lsn)
@@ -151,7 +151,7 @@ class _EngineCollector:
             acc += n
             buckets.append((str(le) if le >= 0 else "+Inf", acc))
         g = HistogramMetricFamily("strata_wal_group_frames", "frames per WAL group commit")
-        g.add_metric([], buckets, st["group_frames"])
+        g.add_metric([], buckets, st.group_frames)
         yield g
 
 

@@ -10,7 +10,7 @@ Usable on its own as an embedded library::
 `storage` imports nothing from the other Strata packages.
 """
 
-from .engine import Engine, Snapshot
+from .engine import Engine
 from .errors import (
     Closed,
     Compacted,
@@ -26,6 +26,7 @@ from .errors import (
     WriteStalled,
 )
 from .options import Options
+from .reads import Snapshot
 
 __all__ = [
     "Engine", "Options", "Snapshot",

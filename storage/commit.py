@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from _thread import allocate_lock
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from .options import MAX_GROUP_BYTES
@@ -61,6 +63,18 @@ class CommitEnv(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class CommitCallbacks:
+    """A CommitEnv made of four functions, as Pebble's commitEnv is a struct of
+    closures: the database hands the pipeline exactly what it needs and nothing more.
+    Each has the contract of the CommitEnv method of the same name."""
+
+    write_group: Callable[[list[Writer]], None]
+    apply_group: Callable[[list[Writer]], None]
+    publish_locked: Callable[[list[Writer]], None]
+    fail_locked: Callable[[BaseException], tuple[BaseException, BaseException]]
+
+
 def _resolve(items: list) -> None:
     """Resolve the futures of one group on their loop (called via call_soon_threadsafe)."""
     for fut, w in items:
@@ -72,7 +86,8 @@ def _resolve(items: list) -> None:
 
 
 class CommitPipeline:
-    """The writer queue and its leaders. `mutex` is the database's."""
+    """The writer queue and its leaders. `env` is what it calls (a CommitEnv: the engine
+    hands it a CommitCallbacks); `mutex` is the database's."""
 
     def __init__(self, env: CommitEnv, mutex: threading.Lock) -> None:
         self.env = env

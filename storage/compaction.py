@@ -254,8 +254,47 @@ def memtable_entries(items) -> list[tuple]:
     return out
 
 
-def run_flush(job: dict, fs: FileSystem | None = None) -> dict:
-    """Write a memtable (job["items"], see memtable_entries) as one table at job["path"].
+# Encoded input bytes merged at once (decoded, about 3-5x that in Python objects):
+# bounds a compaction's memory whatever the size of its inputs.
+MERGE_WINDOW_BYTES = 16 << 20
+
+
+@dataclass
+class FlushJob:
+    """Write one memtable as one table (`run_flush`)."""
+
+    path: str  # the table to write
+    items: list  # the memtable's dict items: see memtable_entries
+    smallest_snapshot: int
+    compression: str = "none"  # codec name (Options.codec)
+
+
+@dataclass
+class MergeJob:
+    """Merge input tables into new ones (`run_merge`)."""
+
+    dir: str  # where the outputs go (and the job's owner, for MergeWorker.cancel)
+    inputs: list[str]  # table paths
+    smallest_snapshot: int
+    drop_tombstones: bool  # the output level is the bottommost holding the keys
+    target_file_size: int
+    prefix: str  # the outputs' temporary name prefix (filenames.compaction_prefix)
+    compression: str = "none"
+    window_bytes: int = MERGE_WINDOW_BYTES
+
+
+@dataclass
+class JobResult:
+    """What a flush or merge wrote: [(path, table properties)] in key order."""
+
+    outputs: list[tuple[str, dict]]
+    read_bytes: int = 0  # a merge's input bytes
+    written_bytes: int = 0
+    seconds: float = 0.0
+
+
+def run_flush(job: FlushJob, fs: FileSystem | None = None) -> JobResult:
+    """Write a memtable (job.items, see memtable_entries) as one table at job.path.
 
     Runs in the flush worker process, so sorting and encoding ~100k entries
     does not hold the GIL of the process that takes writes (bench/engine:
@@ -263,16 +302,12 @@ def run_flush(job: dict, fs: FileSystem | None = None) -> dict:
     """
     fs = fs or OsFS()
     t0 = time.monotonic()
-    entries = drop_obsolete(memtable_entries(job["items"]), job["smallest_snapshot"], False)
-    path = job["path"]
+    entries = drop_obsolete(memtable_entries(job.items), job.smallest_snapshot, False)
+    path = job.path
     outputs = sstable.build_tables(fs, entries, lambda i: path, 1 << 62,
-                                   compression=job.get("compression", "none"))
-    return {"outputs": outputs, "seconds": time.monotonic() - t0}
-
-
-# Encoded input bytes merged at once (decoded, about 3-5x that in Python objects):
-# bounds a compaction's memory whatever the size of its inputs.
-MERGE_WINDOW_BYTES = 16 << 20
+                                   compression=job.compression)
+    return JobResult(outputs, 0, sum(p["file_size"] for _, p in outputs),
+                     time.monotonic() - t0)
 
 
 def _windows(readers: list, window: int) -> list[tuple[bytes | None, bytes | None]]:
@@ -294,12 +329,10 @@ def _windows(readers: list, window: int) -> list[tuple[bytes | None, bytes | Non
     return list(zip(starts, ends))
 
 
-def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
+def run_merge(job: MergeJob, fs: FileSystem | None = None) -> JobResult:
     """Merge the job's input tables into new tables; return their properties.
 
-    `job`: dir, inputs (paths), smallest_snapshot, drop_tombstones,
-    target_file_size, compression (codec name), prefix (temporary output name prefix). Runs in the
-    worker process (fs=None: the OS) or in a thread with the engine's FS.
+    Runs in the worker process (fs=None: the OS) or in a thread with the engine's FS.
     Outputs are named `<prefix>-<i>.sst.tmp`; the engine renames them to
     numbered tables when it installs the result.
     """
@@ -307,37 +340,34 @@ def run_merge(job: dict, fs: FileSystem | None = None) -> dict:
     t0 = time.monotonic()
     readers = []
     try:
-        for i, p in enumerate(job["inputs"]):
+        for i, p in enumerate(job.inputs):
             readers.append(sstable.TableReader(fs, p, -1 - i, None))
         read_bytes = sum(r.file_size for r in readers)
         sink = sstable.TableSink(
-            fs, lambda i: os.path.join(job["dir"], compaction_output(job["prefix"], i)),
-            job["target_file_size"], job.get("compression", "none"))
+            fs, lambda i: os.path.join(job.dir, compaction_output(job.prefix, i)),
+            job.target_file_size, job.compression)
         # The key space is cut into windows of about `window` encoded bytes of input;
         # each window is merged (concatenated and sorted in C) and handed to the sink.
         # Every version of a key falls into one window, so the dropping rules see
         # them together; memory stays near one window plus one output table.
-        window = job.get("window_bytes", MERGE_WINDOW_BYTES)
-        for start, end in _windows(readers, window):
+        for start, end in _windows(readers, job.window_bytes):
             runs = [run for run in (r.range_entries(start, end) for r in readers) if run]
             if runs:
-                sink.add(merge(runs, job["smallest_snapshot"], job["drop_tombstones"]))
+                sink.add(merge(runs, job.smallest_snapshot, job.drop_tombstones))
         outputs = sink.finish()
     finally:
         for r in readers:
             r.close()
-    return {
-        "outputs": outputs,
-        "read_bytes": read_bytes,
-        "written_bytes": sum(p["file_size"] for _, p in outputs),
-        "seconds": time.monotonic() - t0,
-    }
+    return JobResult(outputs, read_bytes, sum(p["file_size"] for _, p in outputs),
+                     time.monotonic() - t0)
 
 
 # ---------------------------------------------------------------- worker process
 #
 # Merges run in a child process started with `python -m strata.storage.merge_worker`,
-# talking length-prefixed msgpack over its stdin/stdout. A plain subprocess
+# talking length-prefixed msgpack over its stdin/stdout: a job goes as its fields plus
+# "kind" ("flush" or "merge"), a result comes back as its fields or as "error" and
+# what the error carries. A plain subprocess
 # rather than multiprocessing: it needs no importable __main__ in the parent
 # (an embedding program may have none) and a crashed worker is restarted
 # instead of breaking a pool for good.
@@ -407,14 +437,19 @@ class MergeWorker:
             self.started += 1
         return p
 
-    def run(self, job: dict) -> dict:
+    def run(self, job: FlushJob | MergeJob) -> JobResult:
+        """Run `job` in the worker process; raise what it raised (Corruption, OSError with
+        its errno, StorageError; Cancelled if `cancel` killed it)."""
+        kind = "flush" if isinstance(job, FlushJob) else "merge"
+        # vars(), not asdict(): asdict deep-copies a flush's hundred thousand items.
+        message = {"kind": kind, **vars(job)}
         with self._lock:
             for attempt in range(2):
                 p = self._ensure()
-                self._running_dir = job.get("dir")
+                self._running_dir = job.dir if isinstance(job, MergeJob) else None
                 self._cancelled = False
                 try:
-                    _send(p.stdin, job)
+                    _send(p.stdin, message)
                     reply = _recv(p.stdout)
                 except (BrokenPipeError, EOFError, OSError) as e:
                     p.kill()
@@ -435,12 +470,12 @@ class MergeWorker:
                 if "error" in reply:
                     if reply.get("path") is not None:
                         raise Corruption(reply["path"], reply["offset"], reply["reason"])
-                    what = "flush" if job.get("kind") == "flush" else "compaction"
+                    what = "flush" if kind == "flush" else "compaction"
                     if reply.get("errno"):  # an I/O error: keep it one (a full disk pauses)
                         raise OSError(reply["errno"], f"{what} failed in the worker: "
                                       f"{reply['error']}", reply.get("filename"))
                     raise StorageError(f"{what} failed in the worker: {reply['error']}")
-                return reply
+                return JobResult(**reply)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -491,7 +526,9 @@ def worker_main() -> None:
         except EOFError:
             return
         try:
-            reply = run_flush(job) if job.get("kind") == "flush" else run_merge(job)
+            kind = job.pop("kind")
+            result = run_flush(FlushJob(**job)) if kind == "flush" else run_merge(MergeJob(**job))
+            reply = vars(result)
         except Corruption as e:
             reply = {"error": str(e), "path": e.path, "offset": e.offset, "reason": e.reason}
         except OSError as e:

@@ -7,6 +7,8 @@ retained. The server maps these to gRPC status codes in one place.
 
 from __future__ import annotations
 
+import errno
+
 
 class StorageError(Exception):
     """Base class of every error raised by `storage`."""
@@ -116,3 +118,12 @@ class LogMismatch(StorageError):
         super().__init__(f"frames start at LSN {got_lsn}; this log continues at {expected_lsn}")
         self.expected_lsn = expected_lsn
         self.got_lsn = got_lsn
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_no_space(e: BaseException) -> bool:
+    """Whether `e` says the disk (or the user's quota) is full: work that waits for
+    space and resumes, rather than stopping for good."""
+    return isinstance(e, OSError) and e.errno in _NO_SPACE

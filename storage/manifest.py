@@ -30,7 +30,7 @@ import msgpack
 
 from . import record
 from .errors import Corruption
-from .filenames import CURRENT, manifest_name, parse_manifest_name
+from .filenames import CURRENT, manifest_name, parse_manifest_name, table_name
 from .vfs import FileSystem, WritableFile, write_file_atomic
 
 log = logging.getLogger("strata.manifest")
@@ -266,7 +266,7 @@ class VersionSet:
         # must stop the open, not lead to the removal of "orphans".
         for lvl, files in enumerate(levels):
             for fm in files:
-                table = os.path.join(self.dir, f"{fm.number:06d}.sst")
+                table = os.path.join(self.dir, table_name(fm.number))
                 if not self.fs.exists(table):
                     raise Corruption(path, 0, f"table {os.path.basename(table)} (L{lvl}) listed in "
                                               f"the manifest is missing")

@@ -141,6 +141,12 @@ class MemTable:
             if len(keys) < chunk:
                 return
 
+    def raw_items(self) -> list[tuple[bytes, tuple | list]]:
+        """[(key, one (-lsn, value) pair or a list of them oldest first)], unsorted: the
+        shape compaction.memtable_entries takes, cheap to pack for a worker process.
+        REQUIRES: immutable."""
+        return list(self._d.items())
+
     def sorted_entries(self) -> list[tuple[bytes, int, bytes | None]]:
         """All entries as (key, -lsn, value) in internal order. REQUIRES: immutable."""
         d = self._d

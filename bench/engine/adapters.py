@@ -3,6 +3,7 @@ rocksdict): the same operations behind one interface."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -172,6 +173,8 @@ class StrataAdapter(Adapter):
             stats = getattr(self.db, "stats", None)
             if callable(stats):
                 stats = stats()
+            if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+                stats = dataclasses.asdict(stats)
             if stats is not None:
                 out["stats"] = json.loads(json.dumps(stats, default=str))
             levels = getattr(self.db, "levels", None)

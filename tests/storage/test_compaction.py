@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strata.storage.compaction import LevelPicker, drop_obsolete, merge, run_merge
+from strata.storage.compaction import LevelPicker, MergeJob, drop_obsolete, merge, run_merge
 from strata.storage.errors import Corruption
 from strata.storage.manifest import NUM_LEVELS, FileMeta, Version
 from strata.storage.sstable import TableReader, build_tables
@@ -274,15 +274,15 @@ def test_run_merge_in_process(fs, snap, bottom, window):
     blocks per window, or one block (cuts between every block of every input)."""
     runs = random_runs(1)
     paths = [make_table(fs, i + 1, run) for i, run in enumerate(runs)]
-    job = {"dir": "/db", "inputs": paths, "smallest_snapshot": snap, "drop_tombstones": bottom,
-           "target_file_size": 2000, "prefix": "compaction-9", "window_bytes": window}
+    job = MergeJob(dir="/db", inputs=paths, smallest_snapshot=snap, drop_tombstones=bottom,
+                   target_file_size=2000, prefix="compaction-9", window_bytes=window)
     result = run_merge(job, fs)
-    outs = result["outputs"]
+    outs = result.outputs
     assert len(outs) > 1
     assert [p for p, _ in outs] == [f"/db/compaction-9-{i}.sst.tmp" for i in range(len(outs))]
-    assert result["read_bytes"] == sum(fs.size(p) for p in paths)
-    assert result["written_bytes"] == sum(fs.size(p) for p, _ in outs)
-    assert result["seconds"] >= 0
+    assert result.read_bytes == sum(fs.size(p) for p in paths)
+    assert result.written_bytes == sum(fs.size(p) for p, _ in outs)
+    assert result.seconds >= 0
     got = []
     for i, (p, props) in enumerate(outs):
         r = TableReader(fs, p, 100 + i)
@@ -301,10 +301,10 @@ def test_run_merge_in_process(fs, snap, bottom, window):
 def test_run_merge_everything_dropped_writes_nothing(fs):
     paths = [make_table(fs, 1, [E(b"a", 5, None), E(b"b", 6, None)]),
              make_table(fs, 2, [E(b"a", 1), E(b"b", 2)])]
-    job = {"dir": "/db", "inputs": paths, "smallest_snapshot": 100, "drop_tombstones": True,
-           "target_file_size": 1 << 20, "prefix": "c"}
+    job = MergeJob(dir="/db", inputs=paths, smallest_snapshot=100, drop_tombstones=True,
+                   target_file_size=1 << 20, prefix="c")
     result = run_merge(job, fs)
-    assert result["outputs"] == [] and result["written_bytes"] == 0
+    assert result.outputs == [] and result.written_bytes == 0
     assert not [n for n in fs.listdir("/db") if n.endswith(".tmp")]
 
 
@@ -316,8 +316,8 @@ def test_run_merge_reports_a_damaged_input(fs):
     f = fs.create(paths[1])
     f.write(bytes(data))
     f.close()
-    job = {"dir": "/db", "inputs": paths, "smallest_snapshot": 10**9, "drop_tombstones": False,
-           "target_file_size": 1 << 20, "prefix": "c"}
+    job = MergeJob(dir="/db", inputs=paths, smallest_snapshot=10**9, drop_tombstones=False,
+                   target_file_size=1 << 20, prefix="c")
     with pytest.raises(Corruption) as ei:
         run_merge(job, fs)
     assert (ei.value.path, ei.value.offset) == (paths[1], 0)
@@ -327,9 +327,9 @@ def test_run_merge_reports_a_damaged_input(fs):
 def test_run_merge_keeps_versions_for_snapshots(fs):
     paths = [make_table(fs, 1, [E(b"k", 30, b"c"), E(b"k", 20, b"b")]),
              make_table(fs, 2, [E(b"k", 10, b"a"), E(b"k", 5, None), E(b"k", 1, b"z")])]
-    job = {"dir": "/db", "inputs": paths, "smallest_snapshot": 15, "drop_tombstones": True,
-           "target_file_size": 1 << 20, "prefix": "c"}
-    ((p, _),) = run_merge(job, fs)["outputs"]
+    job = MergeJob(dir="/db", inputs=paths, smallest_snapshot=15, drop_tombstones=True,
+                   target_file_size=1 << 20, prefix="c")
+    ((p, _),) = run_merge(job, fs).outputs
     r = TableReader(fs, p, 7)
     assert r.all_entries() == [E(b"k", 30, b"c"), E(b"k", 20, b"b"), E(b"k", 10, b"a")]
     assert r.get(b"k", 15) == (-10, b"a")
@@ -340,7 +340,7 @@ def test_run_merge_keeps_versions_for_snapshots(fs):
 MERGE_RSS_SCRIPT = r"""
 import json, os, sys
 from strata.storage import sstable
-from strata.storage.compaction import run_merge
+from strata.storage.compaction import MergeJob, run_merge
 from strata.storage.vfs import OsFS
 d, window = sys.argv[1], int(sys.argv[2])
 fs = OsFS()
@@ -356,12 +356,12 @@ for t in range(4):  # four overlapping inputs of ~12 MB each, versions of the sa
 import gc, tracemalloc; gc.collect()
 # Heap, not RSS: the inputs are read through mmap, whose page-cache pages RSS counts.
 tracemalloc.start()
-job = {"dir": d, "inputs": paths, "smallest_snapshot": 10**12, "drop_tombstones": True,
-       "target_file_size": 4 << 20, "prefix": "out", "window_bytes": window}
+job = MergeJob(dir=d, inputs=paths, smallest_snapshot=10**12, drop_tombstones=True,
+               target_file_size=4 << 20, prefix="out", window_bytes=window)
 res = run_merge(job)
 peak = tracemalloc.get_traced_memory()[1]
-print(json.dumps({"peak_heap": peak, "read": res["read_bytes"],
-                  "written": res["written_bytes"], "outputs": len(res["outputs"])}))
+print(json.dumps({"peak_heap": peak, "read": res.read_bytes,
+                  "written": res.written_bytes, "outputs": len(res.outputs)}))
 """
 
 
@@ -398,12 +398,12 @@ def test_a_worker_that_stays_large_after_a_job_retires_and_the_next_job_gets_a_f
         p = str(tmp_path / f"{i + 1:06d}.sst")
         build_tables(os_fs, sorted(run), lambda _i, p=p: p, 1 << 30)
         paths.append(p)
-    job = {"dir": str(tmp_path), "inputs": paths, "smallest_snapshot": 10**9,
-           "drop_tombstones": False, "target_file_size": 1 << 30, "prefix": "compaction-5"}
+    job = MergeJob(dir=str(tmp_path), inputs=paths, smallest_snapshot=10**9,
+                   drop_tombstones=False, target_file_size=1 << 30, prefix="compaction-5")
     expected = model_drop(sorted(e for run in runs for e in run), 10**9, False)
 
     def merged(result) -> list:
-        ((out, _),) = result["outputs"]
+        ((out, _),) = result.outputs
         r = TableReader(os_fs, out, 99)
         try:
             return r.all_entries()
@@ -415,8 +415,8 @@ def test_a_worker_that_stays_large_after_a_job_retires_and_the_next_job_gets_a_f
     staying = MergeWorker()
     try:
         for _ in range(3):
-            assert merged(retiring.run(dict(job))) == expected
-            assert merged(staying.run(dict(job))) == expected
+            assert merged(retiring.run(job)) == expected
+            assert merged(staying.run(job)) == expected
         assert retiring.started == 3 and retiring.restarts == 0
         assert staying.started == 1
     finally:

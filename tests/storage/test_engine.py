@@ -50,7 +50,7 @@ def test_data_survives_clean_reopen_without_replay(path):
             db.put(k(i), b"v%d" % i)
         db.delete(k(7))
     with Engine.open(path, **small()) as db:
-        assert db.stats["recovered_frames"] == 0, "a clean close must leave nothing to replay"
+        assert db.stats.recovered_frames == 0, "a clean close must leave nothing to replay"
         assert db.get(k(7)) is None
         assert db.get(k(2999)) == b"v2999"
         assert sum(1 for _ in db.scan()) == 2999
@@ -62,7 +62,7 @@ def test_unflushed_writes_are_replayed_from_wal(path):
         db.put(k(i), b"x")
     db._halt()  # a crash: no flush, no close; files stay as written
     with Engine.open(path) as db2:
-        assert db2.stats["recovered_frames"] == 100
+        assert db2.stats.recovered_frames == 100
         assert all(db2.get(k(i)) == b"x" for i in range(100))
         assert db2.last_lsn == 100
 
@@ -175,8 +175,8 @@ def test_concurrent_synced_writers_share_fsyncs(path):
             t.join()
         assert not errors
         assert db.last_lsn == n_threads * per
-        assert db.stats["group_frames"] == n_threads * per
-        assert db.stats["groups"] < n_threads * per, "group commit never grouped anything"
+        assert db.stats.group_frames == n_threads * per
+        assert db.stats.groups < n_threads * per, "group commit never grouped anything"
         assert sum(1 for _ in db.scan()) == n_threads * per
 
 
@@ -186,7 +186,7 @@ def test_compaction_keeps_tree_bounded_and_data_correct(path):
             for i in range(3000):
                 db.put(k(i), b"r%d-%d" % (round_, i) + b"x" * 50)
         db.wait_for_compactions()
-        assert db.stats["compactions"] + db.stats["trivial_moves"] > 0
+        assert db.stats.compactions + db.stats.trivial_moves > 0
         assert len(db.versions.current.levels[0]) < db.opts.l0_stop_trigger
         for i in range(0, 3000, 37):
             assert db.get(k(i)) == b"r3-%d" % i + b"x" * 50
@@ -282,7 +282,7 @@ def test_async_writers_share_fsyncs_without_a_thread_each(path):
             assert len(set(lsns)) == n + 1
             assert db.last_lsn == n + 2
             stats = db.stats
-            assert stats["groups"] < n / 4, f"{stats['groups']} fsync groups for {n} async puts"
+            assert stats.groups < n / 4, f"{stats.groups} fsync groups for {n} async puts"
             assert all(db.get(k(i)) == b"v%d" % i for i in range(n))
             # Sync threads and coroutines mixed in one queue.
             t = threading.Thread(target=lambda: [db.put(b"thr%d" % i, b"t") for i in range(100)])
@@ -488,7 +488,7 @@ def test_event_only_traffic_keeps_the_log_bounded(path):
         assert db.wal().earliest_lsn() > 1
         last = db.last_lsn
     with Engine.open(path, **opts) as db:
-        assert db.stats["recovered_frames"] < 2_000
+        assert db.stats.recovered_frames < 2_000
         assert db.last_lsn == last
         db.put(b"k", b"v")
         assert db.get(b"k") == b"v"
@@ -510,7 +510,7 @@ def test_write_counters_are_exact_under_concurrent_writers(path, durability):
         for t in threads:
             t.join()
         st = db.stats
-        assert (st["puts"], st["deletes"], st["batches"]) == (8 * 1500, 8 * 500, 8 * 300)
+        assert (st.puts, st.deletes, st.batches) == (8 * 1500, 8 * 500, 8 * 300)
 
 
 def _table_codecs(db) -> dict[int, set[int]]:
@@ -556,13 +556,13 @@ def test_compression_per_level_and_a_codec_change_between_opens(path):
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 256])
 def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch, chunk):
-    """_merged_chunks against sorted(): sources of every length, keys shared between
+    """merged_chunks against sorted(): sources of every length, keys shared between
     sources with distinct LSNs, tombstones, chunks smaller than a key's versions."""
     import random
 
-    from strata.storage import engine as eng
+    from strata.storage import reads
 
-    monkeypatch.setattr(eng, "SCAN_CHUNK", chunk)
+    monkeypatch.setattr(reads, "SCAN_CHUNK", chunk)
     rnd = random.Random(chunk)
     for _ in range(30):
         lsns = iter(rnd.sample(range(1, 10_000), 2000))
@@ -573,7 +573,7 @@ def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch,
             sources.append(sorted((k, neg, None if rnd.random() < 0.2 else b"v%d" % -neg)
                                   for k, neg in entries))
         expected = sorted(e for src in sources for e in src)
-        chunks = list(eng._merged_chunks([iter(s) for s in sources]))
+        chunks = list(reads.merged_chunks([iter(s) for s in sources]))
         assert [e for c in chunks for e in c] == expected
         assert all(chunks)
         # and what a scan yields at a snapshot: the newest version <= snap, no tombstones
@@ -584,7 +584,7 @@ def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch,
                 seen.add(k)
                 if v is not None:
                     want.append((k, v))
-        assert list(eng._visible([iter(s) for s in sources], snap)) == want
+        assert list(reads.visible([iter(s) for s in sources], snap)) == want
 
 
 # ---------------------------------------------------------------------- request ids

@@ -140,7 +140,7 @@ def test_torn_tail_is_truncated_and_logged(tmp_path, caplog):
         with Engine.open(path) as db2:
             assert db2.get(b"k048") == b"v" * 50
             assert db2.get(b"k049") is None
-            assert db2.stats["wal_truncated_bytes"] > 0
+            assert db2.stats.wal_truncated_bytes > 0
     assert any("torn tail" in r.getMessage() for r in caplog.records)
 
 

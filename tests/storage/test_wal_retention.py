@@ -45,8 +45,12 @@ def test_twenty_restarts_keep_every_frame_within_a_small_retention(tmp_path):
             for j in range(3):
                 lsns.append(db.put(b"k%02d-%d" % (i, j), b"v" * 100))
     with Engine.open(d, **opts) as db:
-        for _ in range(500):  # the spare the background makes counts as preallocated
-            if os.path.exists(os.path.join(d, "wal.next")):
+        # The spare the background makes counts as preallocated once it is made: its
+        # file exists a little earlier (created, then synced), so wait for both.
+        for _ in range(500):
+            du = db.disk_usage()
+            if os.path.exists(os.path.join(d, "wal.next")) and \
+                    du["wal_bytes"] + du["wal_preallocated_bytes"] == _wal_file_bytes(d):
                 break
             time.sleep(0.01)
         assert db.earliest_lsn == 1
