@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import importlib.metadata
 import logging
 import os
@@ -31,6 +30,8 @@ from strata.distribution.session import BadRequest, parse_request
 from strata.storage import Engine
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
+from strata_client.auth import AUTH_METADATA, token_matches
+from strata_client.limits import KV_TOPIC, MAX_TOPIC_BYTES
 
 from .config import Config, backup_dir
 from .errors import (
@@ -54,7 +55,6 @@ try:
     VERSION = importlib.metadata.version("strata")
 except importlib.metadata.PackageNotFoundError:  # run from a tree that was never installed
     VERSION = "unknown"
-MAX_TOPIC = 256
 SCAN_CHUNK_ITEMS = 512
 SCAN_CHUNK_BYTES = 1 << 20
 WRITE_STREAM_INFLIGHT = 1024  # requests of one Write stream awaiting their fsync
@@ -168,9 +168,9 @@ class Gate:
         admin = method in ADMIN_METHODS and bool(cfg.admin_token)
         if not (cfg.auth_token or admin):
             return
-        got = dict(context.invocation_metadata() or ()).get("authorization", "").encode()
-        tokens = [cfg.admin_token] if admin else [t for t in (cfg.auth_token, cfg.admin_token) if t]
-        if not any(hmac.compare_digest(got, f"Bearer {t}".encode()) for t in tokens):
+        got = dict(context.invocation_metadata() or ()).get(AUTH_METADATA, "")
+        tokens = [cfg.admin_token] if admin else [cfg.auth_token, cfg.admin_token]
+        if not token_matches(got, tokens):
             self.metrics.refused.labels("auth").inc()
             if admin:
                 raise Unauthenticated(f"{method} needs the admin token: "
@@ -494,9 +494,9 @@ class EventsService(pbg.EventsServicer):
     async def Publish(self, request, context):
         async def handle(engine: Engine):
             topic = request.topic.encode()
-            if not 1 <= len(topic) <= MAX_TOPIC:
-                raise InvalidInput(f"topic must be 1 .. {MAX_TOPIC} bytes")
-            if request.topic == "kv":
+            if not 1 <= len(topic) <= MAX_TOPIC_BYTES:
+                raise InvalidInput(f"topic must be 1 .. {MAX_TOPIC_BYTES} bytes")
+            if request.topic == KV_TOPIC:
                 raise InvalidInput('topic "kv" is reserved for key-space writes')
             _value(self.gate.cfg, request.payload)
             if len(request.key) > self.gate.cfg.max_key_size:

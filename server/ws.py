@@ -27,7 +27,6 @@ pointer here.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import socket
@@ -49,6 +48,8 @@ from strata.distribution.consumer import (
 )
 from strata.distribution.retention import compacted_message
 from strata.distribution.session import MAX_CREDITS, BadRequest, int_field, parse_request
+from strata_client.auth import bearer, token_matches
+from strata_client.limits import MAX_WS_MESSAGE_BYTES
 
 from .config import ANY_ORIGIN, Config, normalize_origin, parse_origins
 
@@ -65,15 +66,16 @@ class ProtocolError(ValueError):
 
 
 def _authorised(cfg: Config, request) -> bool:
+    """The data token (or the admin token, which admits every call) in the
+    Authorization header or, for browsers, which cannot set headers, `?token=`."""
     if not cfg.auth_token:
         return True
-    got = (request.headers.get("Authorization") or "").encode()
-    token = f'Bearer {parse_qs(urlsplit(request.path).query).get("token", [""])[0]}'.encode()
-    for t in (cfg.auth_token, cfg.admin_token):  # the admin token admits every call
-        want = f"Bearer {t}".encode()
-        if t and (hmac.compare_digest(got, want) or hmac.compare_digest(token, want)):
-            return True
-    return False
+    tokens = (cfg.auth_token, cfg.admin_token)
+    query = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
+    # Both are compared, whichever matches: the time taken does not say which was sent.
+    header_ok = token_matches(request.headers.get("Authorization") or "", tokens)
+    query_ok = token_matches(bearer(query), tokens)
+    return header_ok or query_ok
 
 
 def origin_allowed(allowed: frozenset[str], request) -> tuple[bool, str | None]:
@@ -342,7 +344,7 @@ async def start_ws(cfg: Config, gate):
             conns["n"] -= 1
 
     return await serve(handler, host.strip("[]") or "127.0.0.1", int(port),
-                       process_request=process_request, max_size=64 << 10, max_queue=64,
+                       process_request=process_request, max_size=MAX_WS_MESSAGE_BYTES, max_queue=64,
                        subprotocols=list(SUBPROTOCOLS), select_subprotocol=select_subprotocol,
                        compression=None,
                        write_limit=cfg.subscriber_buffer, ping_interval=20, ping_timeout=20,
