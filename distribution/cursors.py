@@ -17,11 +17,13 @@ import time
 
 import msgpack
 
+from strata_client.limits import MAX_CONSUMER_NAME_BYTES
+
 log = logging.getLogger("strata.cursors")
 
 RESERVED_PREFIX = b"\xff\xffstrata/"
 CURSOR_PREFIX = RESERVED_PREFIX + b"cursor/"
-MAX_NAME = 200
+MAX_NAME = MAX_CONSUMER_NAME_BYTES
 
 
 def is_reserved(key: bytes) -> bool:

@@ -37,6 +37,7 @@ from strata.distribution.feed import ALL
 from strata.storage import InvalidArgument, LogMismatch, StorageError, record
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
+from strata_client.auth import AUTH_METADATA, token_matches
 
 from . import checkpoints
 from .election import MASTER, Heartbeat, HeartbeatAck, Node, RequestVote, TimeoutNow, Vote
@@ -655,12 +656,12 @@ class ReplicationService(pbg.ReplicationServicer):
 
     def __init__(self, cluster: Cluster, token: str = "") -> None:
         self.cluster = cluster
-        self._want = f"Bearer {token}" if token else ""
+        self._token = token
 
     async def _auth(self, context) -> None:
-        if self._want:
-            got = dict(context.invocation_metadata() or ()).get("authorization", "")
-            if got != self._want:
+        if self._token:
+            got = dict(context.invocation_metadata() or ()).get(AUTH_METADATA, "")
+            if not token_matches(got, (self._token,)):  # constant-time
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "cluster token required")
 
     async def Follow(self, request_iterator, context):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import os
 import signal
 import time
@@ -30,12 +29,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from strata.distribution.feed import CommittedFeed
-from strata.distribution.hub import Hub
-from strata.distribution.ring import Rings
-from strata.replication import checkpoints
-from strata.replication.cluster import Cluster, ClusterConfig, ReplicationService, parse_peers
-from strata.storage import Engine, StorageError
+from strata.node.node import Node
+from strata.replication.cluster import ClusterConfig, ReplicationService, parse_peers
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
@@ -61,20 +56,18 @@ class Daemon:
         self.config_path = config_path
         self.flags = flags or {}
         self.metrics = Metrics()
-        self.gate = Gate(cfg, self.metrics)
+        # The node owns the engine, replication and distribution; the daemon owns the
+        # listeners and the order things start and stop in.
+        self.node = Node(cfg, lambda: dataclasses.asdict(config_mod.engine_options(self.cfg)),
+                         self._cluster_config() if cfg.peers else None)
+        self.cluster = self.node.cluster
+        self.gate = Gate(cfg, self.metrics, self.node)
         self.health = health.aio.HealthServicer()
-        self.engine: Engine | None = None
         self.server: grpc.aio.Server | None = None
         self.ws = None
         self.grpc_port = 0
         self._stop = asyncio.Event()
         self._health_task: asyncio.Task | None = None
-        self.cluster = None
-        self._hub: Hub | None = None
-        self.feed: CommittedFeed | None = None
-        self.rings: Rings | None = None
-        self._cursor_task: asyncio.Task | None = None
-        self._retention_task: asyncio.Task | None = None
 
     async def _set_health(self, status) -> None:
         for name in ["", *SERVICES]:
@@ -96,8 +89,7 @@ class Daemon:
         pbg.add_KVServicer_to_server(KVService(self.gate), target)
         pbg.add_EventsServicer_to_server(EventsService(self.gate), target)
         pbg.add_AdminServicer_to_server(AdminService(self.gate), target)
-        if cfg.peers:
-            self.cluster = self._make_cluster()
+        if self.cluster is not None:
             pbg.add_ReplicationServicer_to_server(ReplicationService(self.cluster, cfg.auth_token),
                                                   server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -127,116 +119,19 @@ class Daemon:
             self.ws = await start_ws(cfg, self.gate)
         log.info("listening: grpc %s, websocket %s, metrics %s; recovering %s",
                  cfg.grpc_listen, cfg.ws_listen or "off", cfg.metrics_listen or "off", cfg.data_dir)
-        loop = asyncio.get_running_loop()
-        self.engine = await self._open()
-        self._hub = Hub(loop)
-        self.gate.hub = self._hub
-        if cfg.rings:
-            self.rings = Rings(cfg.rings, cfg.ring_mode)
-        if self.cluster is not None:
-            # Subscribers and rings see a write once it is committed, never a tail a
-            # failover could cut: frames wait in the feed for the commit point.
-            sinks = [self._hub.on_commit] + ([self.rings.on_commit] if self.rings else [])
-            hub = self._hub
-            self._hub.feed = self.feed = CommittedFeed(
-                loop, lambda: self.engine, sinks,
-                wanted=lambda: bool(hub.subs or hub.groups or self.rings),
-                lost=lambda first, last, why: hub.cut_off_all(
-                    f"events {first}..{last} are no longer in the log: {why}", self.engine))
-            self.cluster.on_publish_limit = self.feed.set_limit
-        self._cursor_task = asyncio.ensure_future(self.gate.cursors.run())
-        self.metrics.attach_distribution(self.gate, self.rings)
-        if self.cluster is not None:
-            self.gate.cluster = self.cluster
-            self.metrics.attach_cluster(self.cluster)
-            await self.cluster.start()
-        self._attach(self.engine)
-        # Named consumers hold their log before anything is served (the engine purges
-        # nothing until then: wal_holds_from_open).
-        try:
-            await self.gate.retention.refresh()
-        except Exception as e:  # a replica's log reset under way: the next refresh sets them
-            log.warning("consumer holds not set yet: %s", e)
-        self._retention_task = asyncio.ensure_future(self.gate.retention.run())
+        self.metrics.attach_node(self.node)
+        await self.node.open()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._health_task = asyncio.ensure_future(self._watch_writes())
         # A replica's log may be in the middle of a reset (a master ordered a cut while
         # this started): the engine is then None for a moment.
-        last = self.engine.last_lsn if self.engine is not None else 0
+        engine = self.node.engine
+        last = engine.last_lsn if engine is not None else 0
         sdnotify.notify(f"READY=1\nSTATUS=serving, last LSN {last}\nMAINPID={os.getpid()}")
         log.info("serving in %.3fs (last LSN %d, durability %s)",
                  time.monotonic() - t0, last, cfg.durability)
 
-    def _open_engine(self, truncate_after: int | None = None) -> Engine:
-        opts = dataclasses.asdict(config_mod.engine_options(self.cfg))
-        # Named consumers' holds are read from the database once it is open
-        # (ConsumerRetention): until then the engine purges nothing.
-        opts["wal_holds_from_open"] = True
-        if self.cluster is not None:
-            # The log's tail stays in the log across restarts, so that a tail a new
-            # master never had can be cut; a fetched checkpoint is installed first.
-            opts["flush_after_recovery"] = False
-            checkpoints.finish_install(self.cfg.data_dir)
-        return Engine.open(self.cfg.data_dir, truncate_after=truncate_after, **opts)
-
-    async def _open(self, truncate_after: int | None = None) -> Engine:
-        """Open the engine off the loop and make the request ids its log's, before
-        anything can write to it or apply frames to it (the cluster reaches the engine
-        through self.engine, which the caller sets from the result)."""
-        loop = asyncio.get_running_loop()
-        eng = await loop.run_in_executor(None, self._open_engine, truncate_after)
-        cfg = self.cfg
-        try:
-            seen = await loop.run_in_executor(
-                None, eng.recent_request_ids, cfg.request_id_capacity,
-                cfg.request_id_ttl_s or math.inf)
-        except StorageError as e:
-            # The log opened but its retained history does not read back: writes are
-            # still exactly once from here on, retries of older ones may write again.
-            log.error("request ids not recovered from the log: %s", e)
-            seen = []
-        self.gate.ids.follow(eng, seen)
-        log.info("request ids: %d recovered from the log", len(self.gate.ids))
-        return eng
-
-    def _attach(self, engine: Engine) -> None:
-        """Put an open engine in service: replication, subscribers, metrics, calls."""
-        if self.cluster is not None:
-            self.cluster.attach(engine)
-        if self.feed is not None:
-            engine.add_commit_listener(self.feed.on_commit)
-            self.feed.attach(engine)
-        else:
-            engine.add_commit_listener(self._hub.on_commit)
-            if self.rings is not None:
-                engine.add_commit_listener(self.rings.on_commit)
-        self.metrics.attach_engine(engine)
-        self.gate.engine = engine
-
-    async def _reopen(self, truncate_after: int | None = None, install: bool = False) -> None:
-        """Close the engine and open it again, its log cut after `truncate_after` or
-        replaced by a fetched checkpoint (replication). Calls meanwhile get UNAVAILABLE;
-        subscribers are cut off with their resume point."""
-        eng = self.engine
-        loop = asyncio.get_running_loop()
-        self.gate.engine = None
-        self.engine = None
-        if eng is not None:
-            self._hub.cut_off_all("the replica's log is being reset", eng)
-            if self.feed is not None:
-                self.feed.reset()
-            await loop.run_in_executor(None, eng.close, False)
-        log.warning("reopening %s%s", self.cfg.data_dir,
-                    f" with the log cut after LSN {truncate_after}" if truncate_after is not None
-                    else " on the master's checkpoint" if install else "")
-        try:
-            self.engine = await self._open(truncate_after)
-        except StorageError:
-            log.exception("reopening failed; retrying on the same files")
-            self.engine = await self._open(None)
-        self._attach(self.engine)
-
-    def _make_cluster(self):
+    def _cluster_config(self) -> ClusterConfig:
         cfg = self.cfg
         creds = None
         if cfg.tls_cert:
@@ -246,7 +141,7 @@ class Daemon:
             node_id=cfg.node, address=cfg.advertise or cfg.grpc_listen, peers=parse_peers(cfg.peers),
             mode=cfg.replication, heartbeat_interval=cfg.heartbeat_ms / 1000,
             election_timeout=cfg.election_timeout_ms / 1000, token=cfg.auth_token, credentials=creds)
-        return Cluster(conf, os.path.abspath(cfg.data_dir), lambda: self.engine, self._reopen)
+        return conf
 
     def reload(self) -> None:
         """SIGHUP: re-read file and environment; apply what can change while running."""
@@ -262,6 +157,7 @@ class Daemon:
         for n in changed:
             setattr(self.cfg, n, getattr(cfg, n))
         self.gate.reload(self.cfg)
+        self.node.reload()
         set_level(self.cfg.log_level)
         log.info("reloaded: changed %s%s", ", ".join(changed) or "nothing",
                  f"; restart needed for {', '.join(fixed)}" if fixed else "")
@@ -282,7 +178,8 @@ class Daemon:
                     log.log(logging.INFO if replica_ok else logging.WARNING,
                             "replica health %s%s", "SERVING" if replica_ok else "NOT_SERVING",
                             f": {why}" if why else "")
-            err = self.engine.write_error if self.engine is not None else None
+            engine = self.node.engine
+            err = engine.write_error if engine is not None else None
             if (err is None) != serving:
                 serving = err is None
                 status = health_pb2.HealthCheckResponse
@@ -337,10 +234,8 @@ class Daemon:
         self.gate.drain()
         if self._health_task is not None:
             self._health_task.cancel()
-        if self.cluster is not None:
-            await self.cluster.stop()
-        if self.gate.hub is not None:
-            self.gate.hub.cut_off_all("server shutting down", self.engine)
+        await self.node.stop_replication()
+        self.node.cut_off_subscribers("server shutting down")
         if self.ws is not None:
             self.ws.close()
         # Let calls in flight finish while the listener still answers (health
@@ -354,30 +249,12 @@ class Daemon:
             await self.server.stop(max(0.1, deadline - time.monotonic()))
         if self.ws is not None:
             await self.ws.wait_closed()
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-        if self._cursor_task is not None:
-            self._cursor_task.cancel()
-            try:
-                await self.gate.cursors.flush()
-            except Exception as e:
-                log.warning("consumer cursors not saved: %s", e)
-        if self.rings is not None:
-            self.rings.close()
         self.metrics.close()
-        clean = True
-        if self.engine is not None:
-            err = self.engine.write_error
-            try:
-                # A replicated node keeps its tail in the log (see _open_engine).
-                await asyncio.get_running_loop().run_in_executor(
-                    None, self.engine.close, self.cluster is None)
-            except StorageError as e:
-                log.error("closing the database: %s", e)
-                clean = False
-            if err is not None:
-                log.error("stopped in %.3fs; writes had stopped: %s", time.monotonic() - t0, err)
-                return
+        err = self.node.engine.write_error if self.node.engine is not None else None
+        clean = await self.node.close()
+        if err is not None:
+            log.error("stopped in %.3fs; writes had stopped: %s", time.monotonic() - t0, err)
+            return
         if clean:
             log.info("stopped cleanly in %.3fs", time.monotonic() - t0)
         else:
@@ -385,7 +262,11 @@ class Daemon:
 
 
 async def run(cfg: Config, config_path: str | None, flags: dict) -> int:
-    d = Daemon(cfg, config_path, flags)
+    try:
+        d = Daemon(cfg, config_path, flags)
+    except Exception as e:
+        log.error("startup failed: %s", e, exc_info=not isinstance(e, OSError))
+        return 1
     try:
         await d.start()
     except Exception as e:

@@ -23,63 +23,49 @@ import logging
 
 import grpc
 
+from strata.node.errors import (
+    ConsumerDeleted,
+    InvalidInput,
+    NodeError,
+    NotFound,
+    OutOfRange,
+    Overloaded,
+    Superseded,
+    Unauthenticated,
+    Unavailable,
+)
+from strata.node.subscriptions import Ended
 from strata.replication.errors import NoMaster, NotMaster
 from strata.storage import errors as se
 
 log = logging.getLogger("strata.rpc")
 
-
-class ServerError(Exception):
-    code = grpc.StatusCode.INTERNAL
-
-    def __init__(self, message: str, trailers: tuple = ()) -> None:
-        super().__init__(message)
-        self.trailers = trailers
+__all__ = ["CODES", "ConsumerDeleted", "InvalidInput", "NotFound", "OutOfRange", "Overloaded",
+           "Superseded", "Unauthenticated", "Unavailable", "classify"]
 
 
-class InvalidInput(ServerError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class Overloaded(ServerError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class Superseded(ServerError):
-    """A named consumer subscribed again elsewhere; this stream is over."""
-
-    code = grpc.StatusCode.ABORTED
-
-
-class ConsumerDeleted(ServerError):
-    """An operator deleted the named consumer this stream served; the stream is over."""
-
-    code = grpc.StatusCode.ABORTED
-
-
-class OutOfRange(ServerError):
-    """History older than the log holds, with a message naming what the caller asked
-    for (a named consumer's cursor); trailer strata-earliest-lsn as for Compacted."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
-
-
-class Unavailable(ServerError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class Unauthenticated(ServerError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class NotFound(ServerError):
-    code = grpc.StatusCode.NOT_FOUND
+# The node's errors by identity (node/errors.py); the first class in an error's MRO
+# that is here decides its code.
+CODES: dict[type, grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Superseded: grpc.StatusCode.ABORTED,
+    ConsumerDeleted: grpc.StatusCode.ABORTED,
+    OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+}
 
 
 def classify(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple]:
     """(code, message, trailing metadata) for any exception raised by a handler."""
-    if isinstance(exc, ServerError):
-        return exc.code, str(exc), exc.trailers
+    if isinstance(exc, Ended):
+        return exc.end.grpc_status, str(exc), exc.trailers
+    if isinstance(exc, NodeError):
+        code = next((CODES[c] for c in type(exc).__mro__ if c in CODES),
+                    grpc.StatusCode.INTERNAL)
+        return code, str(exc), exc.trailers
     if isinstance(exc, NotMaster):
         return (grpc.StatusCode.FAILED_PRECONDITION, str(exc),
                 (("strata-master", f"{exc.master}={exc.address}"),))

@@ -6,8 +6,17 @@ Served by prometheus_client's HTTP server (its own thread) on metrics_listen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from strata.node.status import subscriber_status
+
+if TYPE_CHECKING:
+    from strata.node.node import Node
+    from strata.storage import Engine
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -25,12 +34,7 @@ class Metrics:
         self.inflight = Gauge("strata_inflight_calls", "unary calls in progress", registry=r)
         self.refused = Counter("strata_refused_total", "calls refused before running, by reason",
                                ["reason"], registry=r)
-        self.subscribers = Gauge("strata_subscribers", "event subscribers connected", registry=r)
-        self.subscribers_cut = Counter("strata_subscribers_cut_total",
-                                       "subscribers disconnected for falling behind", registry=r)
         self._server = None
-        self.engine = None
-        self._collecting = False
         self._children: dict[tuple[str, str], tuple] = {}
 
     def observe(self, method: str, code: str, seconds: float | None) -> None:
@@ -44,20 +48,13 @@ class Metrics:
         if seconds is not None:
             child[1].observe(seconds)
 
-    def attach_engine(self, engine) -> None:
-        """Export the engine's counters (read at scrape time, no hot-path cost)."""
-        self.engine = engine
-        if not self._collecting:  # a reopened engine (replication): the same collector
-            self._collecting = True
-            self.registry.register(_EngineCollector(self))
-
-    def attach_cluster(self, cluster) -> None:
-        """Export replication state: role, term, commit point, each peer's lag and state."""
-        self.registry.register(_ClusterCollector(cluster))
-
-    def attach_distribution(self, gate, rings) -> None:
-        """Export the subscribers' shared memory, fan-out groups, cursors and rings."""
-        self.registry.register(_DistributionCollector(gate, rings))
+    def attach_node(self, node: Node) -> None:
+        """Export the node's figures, read at scrape time (no hot-path cost): the engine
+        in service (none while it is reopened), replication, subscribers and rings."""
+        self.registry.register(_EngineCollector(lambda: node.serving))
+        if node.cluster is not None:
+            self.registry.register(_ClusterCollector(node.cluster))
+        self.registry.register(_DistributionCollector(node))
 
     def serve(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
@@ -76,14 +73,14 @@ class Metrics:
 
 
 class _EngineCollector:
-    def __init__(self, metrics: Metrics) -> None:
-        self.m = metrics
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self.engine = engine
 
     def describe(self):
         return []
 
     def collect(self):
-        eng = self.m.engine
+        eng = self.engine()
         if eng is None:
             return
         st = eng.stats
@@ -204,56 +201,60 @@ class _ClusterCollector:
 
 
 class _DistributionCollector:
-    def __init__(self, gate, rings) -> None:
-        self.gate, self.rings = gate, rings
+    def __init__(self, node: Node) -> None:
+        self.node = node
 
     def describe(self):
         return []
 
     def collect(self):
-        gate = self.gate
-        b = gate.subscriber_budget
+        node = self.node
+        st = subscriber_status(node)
+        g = GaugeMetricFamily("strata_subscribers", "event subscribers connected")
+        g.add_metric([], st.connected)
+        yield g
+        c = CounterMetricFamily("strata_subscribers_cut",
+                                "subscribers disconnected for falling behind")
+        c.add_metric([], st.cut_off)
+        yield c
         g = GaugeMetricFamily("strata_subscriber_queued_bytes",
                               "bytes of events waiting in subscribers' queues (bound: "
                               "subscriber_memory)")
-        g.add_metric([], b.used)
+        g.add_metric([], st.queued_bytes)
         yield g
         g = GaugeMetricFamily("strata_subscriber_memory_limit_bytes", "subscriber_memory")
-        g.add_metric([], b.ceiling)
+        g.add_metric([], st.memory_limit_bytes)
         yield g
         c = CounterMetricFamily("strata_subscriber_memory_cutoffs",
                                 "subscribers cut off because subscriber_memory was full")
-        c.add_metric([], b.cut_offs)
+        c.add_metric([], st.memory_cut_offs)
         yield c
-        hub = gate.hub
-        if hub is not None:
-            g = GaugeMetricFamily("strata_fanout_groups",
-                                  "groups of identical live streams served as one")
-            g.add_metric([], len(hub.groups))
+        g = GaugeMetricFamily("strata_fanout_groups",
+                              "groups of identical live streams served as one")
+        g.add_metric([], st.fanout_groups)
+        yield g
+        c = CounterMetricFamily("strata_events_published", "events handed to subscribers")
+        c.add_metric([], st.events_published)
+        yield c
+        if st.awaiting_commit is not None:
+            g = GaugeMetricFamily("strata_events_awaiting_commit",
+                                  "frames durable here, held until the commit point passes "
+                                  "them (cluster)")
+            g.add_metric([], st.awaiting_commit)
             yield g
-            c = CounterMetricFamily("strata_events_published", "events handed to subscribers")
-            c.add_metric([], hub.published)
+            c = CounterMetricFamily("strata_events_read_back",
+                                    "frames read back from the WAL because more were awaiting "
+                                    "the commit point than the feed keeps in memory")
+            c.add_metric([], st.read_back)
             yield c
-            feed = hub.feed
-            if feed is not None:
-                g = GaugeMetricFamily("strata_events_awaiting_commit",
-                                      "frames durable here, held until the commit point passes "
-                                      "them (cluster)")
-                g.add_metric([], feed.held)
-                yield g
-                c = CounterMetricFamily("strata_events_read_back",
-                                        "frames read back from the WAL because more were awaiting "
-                                        "the commit point than the feed keeps in memory")
-                c.add_metric([], feed.stats["read_back"])
-                yield c
         c = CounterMetricFamily("strata_consumer_cursor_writes",
                                 "batches of consumer cursors written")
-        c.add_metric([], gate.cursors.writes)
+        c.add_metric([], st.cursor_writes)
         yield c
         # Named consumers as the retention task last saw them (every second): lag
         # against the log's end now, the held log against consumer_retention_bytes.
-        r = gate.retention
-        eng = gate.engine
+        r = node.retention
+        eng = node.serving
         last = eng.last_lsn if eng is not None else r.last_lsn
         lag = GaugeMetricFamily("strata_consumer_lag_lsns",
                                 "LSNs a named consumer is behind the log's end", labels=["consumer"])
@@ -270,7 +271,7 @@ class _DistributionCollector:
                               "consumer_retention_bytes cuts the furthest behind")
         g.add_metric([], r.headroom)
         yield g
-        if self.rings is not None:
+        if node.rings is not None:
             ev = CounterMetricFamily("strata_ring_events", "events written into a ring",
                                      labels=["ring"])
             tr = CounterMetricFamily("strata_ring_truncated_events",
@@ -278,7 +279,7 @@ class _DistributionCollector:
                                      labels=["ring"])
             rd = GaugeMetricFamily("strata_ring_doorbell_readers",
                                    "readers attached to a ring's doorbell", labels=["ring"])
-            for r in self.rings.rings:
+            for r in node.rings.rings:
                 ev.add_metric([r.name], r.published)
                 tr.add_metric([r.name], r.truncated)
                 rd.add_metric([r.name], r.readers)

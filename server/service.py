@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import importlib.metadata
 import logging
 import os
@@ -21,32 +20,23 @@ from typing import Any
 
 import grpc
 
-from strata.distribution import session
-from strata.distribution.consumer import GRPC, Budget, Consumer
-from strata.distribution.cursors import RESERVED_PREFIX, CursorStore, cursor_key, is_reserved
-from strata.distribution.hub import Hub, Lapped
+from strata.distribution.consumer import GRPC
+from strata.distribution.cursors import cursor_key
+from strata.distribution.hub import Lapped
 from strata.distribution.hub import stream as hub_stream
-from strata.distribution.retention import ConsumerRetention, compacted_message
 from strata.distribution.session import BadRequest, parse_request
+from strata.node import kv
+from strata.node.node import Node
+from strata.node.status import node_status
 from strata.storage import Engine
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
+from strata_client.auth import AUTH_METADATA, token_matches
 
 from .config import Config, backup_dir
-from .errors import (
-    ConsumerDeleted,
-    InvalidInput,
-    NotFound,
-    OutOfRange,
-    Overloaded,
-    Superseded,
-    Unauthenticated,
-    Unavailable,
-    classify,
-)
+from .errors import InvalidInput, NotFound, Overloaded, Unauthenticated, Unavailable, classify
 from .limits import Bulkhead, RateLimiter
 from .metrics import Metrics
-from .request_ids import RequestIds
 
 log = logging.getLogger("strata.rpc")
 
@@ -54,7 +44,6 @@ try:
     VERSION = importlib.metadata.version("strata")
 except importlib.metadata.PackageNotFoundError:  # run from a tree that was never installed
     VERSION = "unknown"
-MAX_TOPIC = 256
 SCAN_CHUNK_ITEMS = 512
 SCAN_CHUNK_BYTES = 1 << 20
 WRITE_STREAM_INFLIGHT = 1024  # requests of one Write stream awaiting their fsync
@@ -116,24 +105,16 @@ ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Compact", "Admin.TransferL
 class Gate:
     """Admission and accounting shared by every RPC."""
 
-    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+    def __init__(self, cfg: Config, metrics: Metrics, node: Node) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.engine: Engine | None = None
-        self.hub: Hub | None = None
-        self.cluster = None  # strata.replication.cluster.Cluster when peers are configured
+        self.node = node  # calls use node.serving, the engine in service (None: starting)
         self.draining = False
         # reader tasks of open Write streams: told to stop reading when draining
         self.write_readers: set[asyncio.Task] = set()
         self.rate = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         self.calls = Bulkhead(cfg.max_concurrent_calls)
         self.streams = Bulkhead(cfg.max_streams)
-        self.ids = RequestIds(cfg.request_id_capacity, cfg.request_id_ttl_s, settle=self._settle)
-        self.started = time.monotonic()
-        # Subscribers of the WebSocket tiers and Events.Consume (distribution/)
-        self.subscriber_budget = Budget(cfg.subscriber_memory)
-        self.cursors = CursorStore(lambda: self.engine)
-        self.retention = ConsumerRetention(lambda: self.engine, self.cursors)
         # Deadlines of unary calls in progress (task -> loop time), enforced by one timer
         # that runs while any call is in progress: asyncio.timeout per call cost ~5 us of
         # a Get's ~200 us (a timer armed and cancelled, task bookkeeping).
@@ -146,8 +127,6 @@ class Gate:
         self.rate.configure(cfg.rate_limit, cfg.rate_burst)
         self.calls.limit = cfg.max_concurrent_calls
         self.streams.limit = cfg.max_streams
-        self.subscriber_budget.ceiling = cfg.subscriber_memory
-        self.ids.configure(cfg.request_id_capacity, cfg.request_id_ttl_s)
 
     def _client(self, context) -> str:
         peer = context.peer() or ""
@@ -168,9 +147,9 @@ class Gate:
         admin = method in ADMIN_METHODS and bool(cfg.admin_token)
         if not (cfg.auth_token or admin):
             return
-        got = dict(context.invocation_metadata() or ()).get("authorization", "").encode()
-        tokens = [cfg.admin_token] if admin else [t for t in (cfg.auth_token, cfg.admin_token) if t]
-        if not any(hmac.compare_digest(got, f"Bearer {t}".encode()) for t in tokens):
+        got = dict(context.invocation_metadata() or ()).get(AUTH_METADATA, "")
+        tokens = [cfg.admin_token] if admin else [cfg.auth_token, cfg.admin_token]
+        if not token_matches(got, tokens):
             self.metrics.refused.labels("auth").inc()
             if admin:
                 raise Unauthenticated(f"{method} needs the admin token: "
@@ -180,53 +159,15 @@ class Gate:
     def _admit(self, context, method: str) -> Engine:
         cfg = self.cfg
         self._authorize(context, method)
-        if self.engine is None:
+        engine = self.node.serving
+        if engine is None:
             raise Unavailable("server is starting: the database is being recovered; retry shortly")
         if self.draining:
             raise Unavailable("server is shutting down; retry on another node or later")
         if self.rate.rate > 0 and not self.rate.allow(self._client(context)):
             self.metrics.refused.labels("rate").inc()
             raise Overloaded(f"rate limit of {cfg.rate_limit:g} requests/s exceeded; back off and retry")
-        return self.engine
-
-    def check_write(self) -> None:
-        """In a cluster: only a master holding its lease takes writes (else NotMaster
-        naming the master, or NoMaster)."""
-        if self.cluster is not None:
-            self.cluster.check_write()
-
-    def check_read(self, stale_ok: bool) -> None:
-        if self.cluster is not None:
-            self.cluster.check_read(stale_ok)
-
-    async def replicated(self, write) -> int:
-        """Await a write, then its replication as the cluster's mode asks."""
-        lsn = await write
-        await self._settle(lsn)
-        return lsn
-
-    async def _settle(self, lsn: int) -> None:
-        """Return once a write at `lsn` may be acknowledged: at once on a single node,
-        at the cluster's commit point otherwise (NoMaster if this node stops being
-        master first). A retry answered from the request ids waits here too."""
-        if self.cluster is not None:
-            await self.cluster.committed(lsn)
-
-    async def write_batch(self, engine: Engine, req, ops: list[tuple]) -> pb.BatchResponse:
-        """A Batch / Write-stream request: once per request id, or, when its ops carry
-        their own ids (coalesced calls), once per op (RequestIds.run_ops)."""
-        ids = [op.request_id for op in req.ops]
-        if not any(ids):
-            rid = req.request_id
-            lsn = await self.ids.run(
-                rid, lambda: self.replicated(engine.write_batch_async(ops, request_id=rid)))
-            return pb.BatchResponse(lsn=lsn, id=req.id)
-        if req.request_id:
-            raise InvalidInput("set request_id on the batch or on its ops, not both")
-        lsns = await self.ids.run_ops(
-            ids, lambda idx: self.replicated(engine.write_batch_async(
-                [ops[i] for i in idx], request_ids=[ids[i] for i in idx])))
-        return pb.BatchResponse(lsn=max(lsns), id=req.id, lsns=lsns)
+        return engine
 
     def _deadline(self, context) -> float:
         left = context.time_remaining()
@@ -246,16 +187,24 @@ class Gate:
                 task.cancel()
         self._sweeper = loop.call_later(DEADLINE_SWEEP_S, self._sweep)
 
+    def _enter(self, context, method: str, request, cap: Bulkhead, reason: str,
+               what: str) -> Engine:
+        """Admit a call (see _admit) and take a slot of `cap` (the caller leaves it);
+        refused: Overloaded, counted under `reason`."""
+        _check(request)
+        engine = self._admit(context, method)
+        if not cap.try_enter():
+            self.metrics.refused.labels(reason).inc()
+            raise Overloaded(f"more than {cap.limit} {what}; back off and retry")
+        return engine
+
     async def unary(self, method: str, context, handler, request=None) -> Any:
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         entered = False
         try:
-            _check(request)
-            engine = self._admit(context, method)
-            if not self.calls.try_enter():
-                self.metrics.refused.labels("concurrency").inc()
-                raise Overloaded(f"more than {self.calls.limit} calls in progress; back off and retry")
+            engine = self._enter(context, method, request, self.calls, "concurrency",
+                                 "calls in progress")
             entered = True
             self.metrics.inflight.inc()
             task = asyncio.current_task()
@@ -274,9 +223,7 @@ class Gate:
                 del self._deadlines[task]
                 self._expired.discard(task)
         except Exception as e:
-            code, msg, trailers = classify(e)
-            if trailers:
-                context.set_trailing_metadata(trailers)
+            code, msg = _failed(context, e)
             await context.abort(code, msg)
         finally:
             if entered:
@@ -288,19 +235,14 @@ class Gate:
         code = grpc.StatusCode.OK
         entered = False
         try:
-            _check(request)
-            engine = self._admit(context, method)
-            if not self.streams.try_enter():
-                self.metrics.refused.labels("streams").inc()
-                raise Overloaded(f"more than {self.streams.limit} streams open; back off and retry")
+            engine = self._enter(context, method, request, self.streams, "streams",
+                                 "streams open")
             entered = True
             self.metrics.open_streams.inc()
             async for item in gen(engine):
                 yield item
         except Exception as e:
-            code, msg, trailers = classify(e)
-            if trailers:
-                context.set_trailing_metadata(trailers)
+            code, msg = _failed(context, e)
             await context.abort(code, msg)
         finally:
             if entered:
@@ -309,67 +251,45 @@ class Gate:
             self.metrics.observe(method, code.name, None)
 
 
-def _key(cfg: Config, key: bytes) -> bytes:
-    if not key:
-        raise InvalidInput("key must not be empty")
-    if len(key) > cfg.max_key_size:
-        raise InvalidInput(f"key is {len(key)} bytes; the limit is {cfg.max_key_size}")
-    if key[:2] == b"\xff\xff" and is_reserved(key):
-        raise InvalidInput(f"keys starting with {RESERVED_PREFIX!r} are reserved (consumer "
-                           f"cursors)")
-    return key
+_KINDS = {pb.Op.PUT: "put", pb.Op.DELETE: "delete"}
 
 
-def _value(cfg: Config, value: bytes) -> bytes:
-    if len(value) > cfg.max_value_size:
-        raise InvalidInput(f"value is {len(value)} bytes; the limit is {cfg.max_value_size}")
-    return value
+def _failed(context, e: Exception) -> tuple[grpc.StatusCode, str]:
+    """A failed call's status and message; its trailers are set on `context`."""
+    code, msg, trailers = classify(e)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    return code, msg
 
 
 def _ops(cfg: Config, req) -> list[tuple]:
     _check(req)
-    if not req.ops:
-        raise InvalidInput("a batch needs at least one operation")
-    if len(req.ops) > cfg.max_batch_ops:
-        raise InvalidInput(f"batch has {len(req.ops)} operations; the limit is {cfg.max_batch_ops}")
-    out: list[tuple] = []
-    size = 0
-    for i, op in enumerate(req.ops):
-        if op.kind == pb.Op.PUT:
-            out.append(("put", _key(cfg, op.key), _value(cfg, op.value)))
-            size += len(op.key) + len(op.value)
-        elif op.kind == pb.Op.DELETE:
-            out.append(("delete", _key(cfg, op.key)))
-            size += len(op.key)
-        else:
-            raise InvalidInput(f"operation {i} has no kind (PUT or DELETE)")
-    if size > cfg.max_batch_bytes:
-        raise InvalidInput(f"batch is {size} bytes; the limit is {cfg.max_batch_bytes}")
-    return out
+    return kv.check_ops(cfg, [(_KINDS.get(op.kind), op.key, op.value) for op in req.ops])
+
+
+async def _write_batch(node: Node, engine: Engine, req, ops: list[tuple]) -> pb.BatchResponse:
+    lsn, lsns = await kv.batch(node, engine, ops, req.request_id,
+                               [op.request_id for op in req.ops])
+    return pb.BatchResponse(lsn=lsn, id=req.id, lsns=lsns)
 
 
 class KVService(pbg.KVServicer):
+    """KV: each handler admits the call (Gate) and calls one node.kv function."""
+
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
+        self.node = gate.node
 
     async def Put(self, request, context):
-        cfg = self.gate.cfg
-
         async def handle(engine: Engine):
-            key, value = _key(cfg, request.key), _value(cfg, request.value)
-            self.gate.check_write()
-            rid = request.request_id
-            lsn = await self.gate.ids.run(rid, lambda: self.gate.replicated(
-                engine.put_async(key, value, request_id=rid)))
+            lsn = await kv.put(self.node, engine, request.key, request.value, request.request_id)
             return pb.PutResponse(lsn=lsn)
 
         return await self.gate.unary("KV.Put", context, handle, request)
 
     async def Get(self, request, context):
         async def handle(engine: Engine):
-            key = _key(self.gate.cfg, request.key)
-            self.gate.check_read(request.stale_ok)
-            value, lsn = engine.get_entry(key)
+            value, lsn = kv.get(self.node, engine, request.key, request.stale_ok)
             if value is None:
                 return pb.GetResponse(found=False)
             return pb.GetResponse(found=True, value=value, lsn=lsn)
@@ -378,39 +298,23 @@ class KVService(pbg.KVServicer):
 
     async def Delete(self, request, context):
         async def handle(engine: Engine):
-            key = _key(self.gate.cfg, request.key)
-            self.gate.check_write()
-            rid = request.request_id
-            lsn = await self.gate.ids.run(
-                rid, lambda: self.gate.replicated(engine.delete_async(key, request_id=rid)))
+            lsn = await kv.delete(self.node, engine, request.key, request.request_id)
             return pb.DeleteResponse(lsn=lsn)
 
         return await self.gate.unary("KV.Delete", context, handle, request)
 
     async def Batch(self, request, context):
         async def handle(engine: Engine):
-            ops = _ops(self.gate.cfg, request)
-            self.gate.check_write()
-            return await self.gate.write_batch(engine, request, ops)
+            return await _write_batch(self.node, engine, request, _ops(self.gate.cfg, request))
 
         return await self.gate.unary("KV.Batch", context, handle, request)
 
     async def CompareAndSet(self, request, context):
         async def handle(engine: Engine):
-            key = _key(self.gate.cfg, request.key)
             which = request.WhichOneof("expect")
-            if which is None:
-                raise InvalidInput("set one of expected_lsn, expected_value, expect_absent")
-            kwargs: dict[str, Any] = {which: getattr(request, which)}
-            if which == "expect_absent" and not request.expect_absent:
-                raise InvalidInput("expect_absent must be true when set")
-            self.gate.check_write()
-            if request.delete:
-                write = engine.compare_and_set_async(key, delete=True, **kwargs)
-            else:
-                write = engine.compare_and_set_async(key, _value(self.gate.cfg, request.value),
-                                                     **kwargs)
-            lsn = await self.gate.replicated(write)
+            lsn = await kv.compare_and_set(
+                self.node, engine, request.key, request.value, request.delete, which,
+                getattr(request, which) if which else None)
             return pb.CompareAndSetResponse(lsn=lsn)
 
         return await self.gate.unary("KV.CompareAndSet", context, handle, request)
@@ -418,12 +322,8 @@ class KVService(pbg.KVServicer):
     async def Scan(self, request, context):
         async def gen(engine: Engine):
             loop = asyncio.get_running_loop()
-            self.gate.check_read(request.stale_ok)
-            snap = engine.snapshot()
+            snap, it = kv.scan(self.node, engine, request.start, request.end, request.stale_ok)
             try:
-                # The reserved range (consumer cursors) sorts last and is never shown.
-                end = request.end or RESERVED_PREFIX
-                it = engine.scan(request.start or None, min(end, RESERVED_PREFIX), snapshot=snap)
                 left = request.limit or (1 << 62)
                 keys_only = request.keys_only
 
@@ -449,7 +349,7 @@ class KVService(pbg.KVServicer):
             yield item
 
     async def Write(self, request_iterator, context):
-        gate = self.gate
+        gate, node = self.gate, self.node
 
         async def gen(engine: Engine):
             pending: asyncio.Queue = asyncio.Queue(WRITE_STREAM_INFLIGHT)
@@ -459,8 +359,8 @@ class KVService(pbg.KVServicer):
                 try:
                     async for req in request_iterator:
                         ops = _ops(gate.cfg, req)
-                        gate.check_write()
-                        task = asyncio.ensure_future(gate.write_batch(engine, req, ops))
+                        node.check_write()
+                        task = asyncio.ensure_future(_write_batch(node, engine, req, ops))
                         await pending.put((req.id, task))
                 finally:
                     await pending.put((0, done))
@@ -490,40 +390,32 @@ class KVService(pbg.KVServicer):
 class EventsService(pbg.EventsServicer):
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
+        self.node = gate.node
 
     async def Publish(self, request, context):
         async def handle(engine: Engine):
-            topic = request.topic.encode()
-            if not 1 <= len(topic) <= MAX_TOPIC:
-                raise InvalidInput(f"topic must be 1 .. {MAX_TOPIC} bytes")
-            if request.topic == "kv":
-                raise InvalidInput('topic "kv" is reserved for key-space writes')
-            _value(self.gate.cfg, request.payload)
-            if len(request.key) > self.gate.cfg.max_key_size:
-                raise InvalidInput("event key is over max_key_size")
-            self.gate.check_write()
-            lsn = await self.gate.replicated(
-                engine.append_event_async(topic, request.key, request.payload))
+            lsn = await kv.publish(self.node, engine, request.topic, request.key,
+                                   request.payload)
             return pb.PublishResponse(lsn=lsn)
 
         return await self.gate.unary("Events.Publish", context, handle, request)
 
     async def Subscribe(self, request, context):
-        gate = self.gate
+        gate, subs = self.gate, self.node.subscriptions
 
         async def gen(engine: Engine):
             topics = frozenset(request.topics) if request.topics else None
-            gate.metrics.subscribers.inc()
+            subs.connected += 1
             try:
-                async for ev in hub_stream(gate.hub, engine, topics, request.key_prefix,
+                async for ev in hub_stream(self.node.hub, engine, topics, request.key_prefix,
                                            request.from_lsn, gate.cfg.subscriber_queue):
                     yield pb.Event(lsn=ev.lsn, topic=ev.topic, key=ev.key, value=ev.value,
                                    deleted=ev.deleted)
             except Lapped as e:
-                gate.metrics.subscribers_cut.inc()
+                subs.cut_off += 1
                 raise Overloaded(str(e), (("strata-resume-lsn", str(e.resume_lsn)),)) from None
             finally:
-                gate.metrics.subscribers.dec()
+                subs.connected -= 1
 
         async for item in gate.streaming("Events.Subscribe", context, gen, request):
             yield item
@@ -563,7 +455,8 @@ class _GrpcIO:
 
 
 async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
-    """Events.Consume: the WebSocket tiers' reliable subscription over gRPC."""
+    """Events.Consume: the WebSocket tiers' reliable subscription over gRPC; the
+    lifecycle is node.subscriptions', the end its End's gRPC status."""
     first = await anext(requests, None)
     if first is None or first.WhichOneof("op") != "subscribe":
         raise InvalidInput("the first Consume message must be subscribe")
@@ -577,20 +470,15 @@ async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
                              "window_ms": sub.window_ms or 100})
     except BadRequest as e:
         raise InvalidInput(str(e)) from None
-    if req["consumer"]:
-        gate.check_write()  # the cursor is written on the master
-    c = Consumer(fmt=GRPC, tier=req["tier"], topics=req["topics"], prefix=req["prefix"],
-                 ack=req["ack"], credits=req["credits"], window_ms=req["window_ms"],
-                 name=req["consumer"], max_queue=gate.cfg.subscriber_queue,
-                 budget=gate.subscriber_budget)
+    subs = gate.node.subscriptions
+    subs.admit(req["consumer"])
+    c = subs.open(GRPC, req)
     io = _GrpcIO()
     task = reader = None
-    gate.metrics.subscribers.inc()
     try:
-        start = await session.position(c, engine, gate.cursors, req["from_lsn"])
-        last = session.go_live(c, gate.hub, engine) if not start else gate.hub.visible(engine)
+        start, last = await subs.start(c, engine, req["from_lsn"])
         yield pb.ConsumeResponse(from_lsn=start, last_lsn=last)
-        task = asyncio.ensure_future(session.run(c, gate.hub, engine, start, io))
+        task = asyncio.ensure_future(subs.run(c, engine, start, io, lambda: gate.draining))
 
         async def read() -> None:
             async for m in requests:
@@ -613,36 +501,12 @@ async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
             io.ready.clear()
             await asyncio.wait([task, asyncio.ensure_future(io.ready.wait())],
                                return_when=asyncio.FIRST_COMPLETED)
-        code, message, resume = task.result()
-        if code == "lapped" and not gate.draining:
-            gate.metrics.subscribers_cut.inc()
-            raise Overloaded(f"{message}; resume from LSN {resume}",
-                             (("strata-resume-lsn", str(resume)),))
-        if code == "compacted":
-            # Named after the consumer's cursor, not whatever next_lsn the replay
-            # reached (it ends before setting one: the message said "LSN 1").
-            raise OutOfRange(compacted_message(c.name, c.acked, start, resume),
-                             (("strata-earliest-lsn", str(resume)),))
-        if code == "deleted":
-            raise ConsumerDeleted(message, (("strata-consumer-deleted", req["consumer"]),))
-        if code == "superseded":
-            raise Superseded(message, (("strata-superseded", req["consumer"]),))
-        if code == "bad_request":
-            raise InvalidInput(message)
-        raise Unavailable(f"{message}; resume from LSN {resume}",
-                          (("strata-resume-lsn", str(resume)),))
+        raise task.result()
     finally:
         for t in (reader, task):
             if t is not None and not t.done():
                 t.cancel()
-        gate.hub.unsubscribe(c)
-        c.drop_queue()
-        gate.metrics.subscribers.dec()
-        if c.name:
-            try:
-                await gate.cursors.release(c.name, c)
-            except Exception as e:
-                log.warning("consumer %r: cursor not saved: %s", c.name, e)
+        await subs.close(c)
 
 
 def checkpoint_path(root: str, name: str) -> str:
@@ -673,25 +537,18 @@ class AdminService(pbg.AdminServicer):
 
     async def Status(self, request, context):
         async def handle(engine: Engine):
-            du = engine.disk_usage()
-            cluster = self.gate.cluster
-            repl: dict = dict(role="master", term=engine.term, commit_lsn=engine.last_lsn,
-                              lease=True)
-            if cluster is not None:
-                repl = cluster.status()
+            st = node_status(self.gate.node)
+            repl = dict(st.replication)
+            if "peers" in repl:
                 repl["peers"] = [pb.Peer(**p) for p in repl["peers"]]
             return pb.StatusResponse(
-                node=self.gate.cfg.node, **repl,
-                durable_lsn=engine.last_lsn, applied_lsn=engine.read_lsn,
-                last_lsn=engine.last_lsn, flushed_lsn=engine.flushed_lsn,
-                levels=[pb.Level(level=lv["level"], files=lv["files"], bytes=lv["bytes"])
-                        for lv in engine.levels() if lv["files"]],
-                sst_bytes=du["sst_bytes"], wal_bytes=du["wal_bytes"], version=VERSION,
-                uptime_seconds=time.monotonic() - self.gate.started,
-                durability=engine.opts.durability,
-                writable=engine.write_error is None,
-                write_error=str(engine.write_error or ""),
-                paused=sorted(engine.paused))
+                node=st.node, **repl, durable_lsn=st.durable_lsn, applied_lsn=st.applied_lsn,
+                last_lsn=st.last_lsn, flushed_lsn=st.flushed_lsn,
+                levels=[pb.Level(level=lv.level, files=lv.files, bytes=lv.bytes)
+                        for lv in st.levels],
+                sst_bytes=st.sst_bytes, wal_bytes=st.wal_bytes, version=VERSION,
+                uptime_seconds=st.uptime_seconds, durability=st.durability,
+                writable=st.writable, write_error=st.write_error, paused=st.paused)
 
         return await self.gate.unary("Admin.Status", context, handle, request)
 
@@ -714,7 +571,7 @@ class AdminService(pbg.AdminServicer):
 
     async def TransferLeader(self, request, context):
         async def handle(engine: Engine):
-            cluster = self.gate.cluster
+            cluster = self.gate.node.cluster
             if cluster is None:
                 raise InvalidInput("this node has no peers: there is no one to hand over to")
             t0 = time.monotonic()
@@ -727,7 +584,7 @@ class AdminService(pbg.AdminServicer):
 
     async def Consumers(self, request, context):
         async def handle(engine: Engine):
-            r = self.gate.retention
+            r = self.gate.node.retention
             states = await r.refresh()
             return pb.ConsumersResponse(
                 consumers=[pb.ConsumerInfo(
@@ -742,14 +599,14 @@ class AdminService(pbg.AdminServicer):
 
     async def DeleteConsumer(self, request, context):
         async def handle(engine: Engine):
-            gate = self.gate
+            node = self.gate.node
             try:
                 cursor_key(request.name)
             except ValueError as e:
                 raise InvalidInput(str(e)) from None
-            gate.check_write()  # cursors are written on the master (they replicate)
+            node.check_write()  # cursors are written on the master (they replicate)
             try:
-                owner, cursor = await gate.cursors.delete(request.name)
+                owner, cursor = await node.cursors.delete(request.name)
             except KeyError:
                 raise NotFound(f"no consumer named {request.name!r}") from None
             if owner is not None:
@@ -758,7 +615,7 @@ class AdminService(pbg.AdminServicer):
                           owner.first_unsent(owner.acked + 1))
             log.warning("consumer %r deleted (cursor LSN %d%s)", request.name, cursor,
                         ", its subscription ended" if owner is not None else "")
-            await gate.retention.refresh()  # release its hold on the log now
+            await node.retention.refresh()  # release its hold on the log now
             return pb.DeleteConsumerResponse(was_connected=owner is not None, cursor_lsn=cursor)
 
         return await self.gate.unary("Admin.DeleteConsumer", context, handle, request)

@@ -27,7 +27,6 @@ pointer here.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import socket
@@ -39,7 +38,6 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from strata.distribution import session
 from strata.distribution.consumer import (
     JSON,
     MSGPACK,
@@ -47,17 +45,16 @@ from strata.distribution.consumer import (
     encode_message,
     frame_message,
 )
-from strata.distribution.retention import compacted_message
 from strata.distribution.session import MAX_CREDITS, BadRequest, int_field, parse_request
+from strata.node.subscriptions import End, Ended
+from strata_client.auth import bearer, token_matches
+from strata_client.limits import MAX_WS_MESSAGE_BYTES
 
 from .config import ANY_ORIGIN, Config, normalize_origin, parse_origins
 
 log = logging.getLogger("strata.ws")
 
 SUBPROTOCOLS = {"strata.v1.json": JSON, "strata.v1.msgpack": MSGPACK}
-CLOSE = {"shutting_down": 1001, "protocol_error": 1002, "too_many": 1013, "compacted": 4001,
-         "lapped": 4002, "bad_request": 4003, "superseded": 4004, "not_master": 4005,
-         "deleted": 4006}
 
 
 class ProtocolError(ValueError):
@@ -65,15 +62,16 @@ class ProtocolError(ValueError):
 
 
 def _authorised(cfg: Config, request) -> bool:
+    """The data token (or the admin token, which admits every call) in the
+    Authorization header or, for browsers, which cannot set headers, `?token=`."""
     if not cfg.auth_token:
         return True
-    got = (request.headers.get("Authorization") or "").encode()
-    token = f'Bearer {parse_qs(urlsplit(request.path).query).get("token", [""])[0]}'.encode()
-    for t in (cfg.auth_token, cfg.admin_token):  # the admin token admits every call
-        want = f"Bearer {t}".encode()
-        if t and (hmac.compare_digest(got, want) or hmac.compare_digest(token, want)):
-            return True
-    return False
+    tokens = (cfg.auth_token, cfg.admin_token)
+    query = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
+    # Both are compared, whichever matches: the time taken does not say which was sent.
+    header_ok = token_matches(request.headers.get("Authorization") or "", tokens)
+    query_ok = token_matches(bearer(query), tokens)
+    return header_ok or query_ok
 
 
 def origin_allowed(allowed: frozenset[str], request) -> tuple[bool, str | None]:
@@ -135,9 +133,13 @@ class _Transport:
 
 
 class Connection:
+    """One WebSocket connection: decodes messages and drives at most one subscription
+    through node.subscriptions (the lifecycle Events.Consume uses too). Event loop."""
+
     def __init__(self, ws: ServerConnection, gate, fmt: str) -> None:
         self.ws = ws
         self.gate = gate
+        self.subs = gate.node.subscriptions
         self.fmt = fmt
         self.io = _Transport(ws)
         self.consumer: Consumer | None = None
@@ -146,14 +148,16 @@ class Connection:
     def send(self, msg: dict) -> None:
         self.io.write(frame_message(self.fmt, encode_message(self.fmt, msg)))
 
-    async def fail(self, code: str, message: str, resume_lsn: int | None = None) -> None:
+    async def fail(self, end: End, message: str, resume_lsn: int | None = None) -> None:
+        """The `error` message, then the close frame with the End's close code."""
+        code = end.code
         msg = {"op": "error", "code": code, "message": message}
         if resume_lsn is not None:
             msg["resume_lsn"] = resume_lsn
         self.send(msg)
         reason = f"{code}; resume_lsn={resume_lsn}" if resume_lsn is not None else \
             f"{code}: {message}"
-        await self.ws.close(CLOSE[code], reason[:120])
+        await self.ws.close(end.ws_close, reason[:120])
 
     async def run(self) -> None:
         try:
@@ -162,10 +166,10 @@ class Connection:
                     msg = decode_message(self.fmt, data)
                     await self.handle(msg)
                 except ProtocolError as e:
-                    await self.fail("protocol_error", str(e))
+                    await self.fail(End.PROTOCOL_ERROR, str(e))
                     return
                 except BadRequest as e:
-                    await self.fail("bad_request", str(e))
+                    await self.fail(End.BAD_REQUEST, str(e))
                     return
         except ConnectionClosed:
             pass
@@ -196,7 +200,7 @@ class Connection:
                 if c.ended is None:
                     # What counts as sent goes out first: a delayed batch still open (its
                     # own, or its group's) and output held back by a full write buffer.
-                    self.gate.hub.leave_group(c)
+                    self.subs.hub.leave_group(c)
                     if c.batcher is not None:
                         c.seal_batch()
                     data = c.take()
@@ -209,57 +213,30 @@ class Connection:
             raise ProtocolError(f"unknown op {op!r}")
 
     async def subscribe(self, req: dict) -> None:
-        gate = self.gate
-        engine = gate.engine
+        gate, subs = self.gate, self.subs
+        engine = gate.node.serving
         if engine is None or gate.draining:
-            await self.fail("shutting_down", "the server is starting or draining")
+            await self.fail(End.SHUTTING_DOWN, "the server is starting or draining")
             return
         name = req["consumer"]
-        if name:
-            try:
-                gate.check_write()  # the cursor is written on the master
-            except Exception as e:
-                await self.fail("not_master", f"named consumers keep their cursor on the "
-                                f"master: {e}")
-                return
-        if not gate.streams.try_enter():
-            await self.fail("too_many", "too many subscriptions")
+        try:
+            subs.admit(name)
+        except Exception as e:
+            await self.fail(End.NOT_MASTER, f"named consumers keep their cursor on the "
+                            f"master: {e}")
             return
-        c = Consumer(fmt=self.fmt, tier=req["tier"], topics=req["topics"], prefix=req["prefix"],
-                     ack=req["ack"], credits=req["credits"], window_ms=req["window_ms"], name=name,
-                     max_queue=gate.cfg.subscriber_queue, budget=gate.subscriber_budget)
-        self.consumer = c
-        gate.metrics.subscribers.inc()
-        start = await session.position(c, engine, gate.cursors, req["from_lsn"])
-        last = session.go_live(c, gate.hub, engine) if not start else gate.hub.visible(engine)
+        if not gate.streams.try_enter():
+            await self.fail(End.TOO_MANY, "too many subscriptions")
+            return
+        c = self.consumer = subs.open(self.fmt, req)
+        start, last = await subs.start(c, engine, req["from_lsn"])
         self.send({"op": "subscribed", "tier": c.tier, "from_lsn": start or None,
                    "last_lsn": last, "consumer": name or None})
         self.task = asyncio.ensure_future(self.serve(c, engine, start))
 
     async def serve(self, c: Consumer, engine, start: int) -> None:
-        gate = self.gate
-        try:
-            code, message, resume = await session.run(c, gate.hub, engine, start, self.io)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.exception("subscription failed")
-            # As session.run ends: what was taken (the open batch sealed by end) goes
-            # out first, so the resume LSN skips nothing.
-            c.end("shutting_down", f"internal error: {e}", c.first_unsent())
-            data = c.take()
-            if data:
-                self.io.write(data)
-            code, message, resume = c.ended
-        if code == "compacted":
-            # Named after the consumer's cursor (and the oldest retained LSN).
-            message = compacted_message(c.name, c.acked, start, resume)
-        if code == "lapped":
-            if gate.draining:
-                code, message = "shutting_down", "the server is shutting down"
-            else:
-                gate.metrics.subscribers_cut.inc()
-        await self.fail(code, message, resume)
+        ended: Ended = await self.subs.run(c, engine, start, self.io, lambda: self.gate.draining)
+        await self.fail(ended.end, ended.message, ended.resume_lsn)
 
     async def stop(self) -> None:
         c, t = self.consumer, self.task
@@ -274,15 +251,8 @@ class Connection:
             except (asyncio.CancelledError, Exception):
                 pass
         if c is not None:
-            self.gate.hub.unsubscribe(c)
-            c.drop_queue()
             self.gate.streams.leave()
-            self.gate.metrics.subscribers.dec()
-            if c.name:
-                try:
-                    await self.gate.cursors.release(c.name, c)
-                except Exception as e:
-                    log.warning("consumer %r: cursor not saved: %s", c.name, e)
+            await self.subs.close(c)
 
 
 def _peer(connection: ServerConnection) -> str:
@@ -316,7 +286,7 @@ async def start_ws(cfg: Config, gate):
                                       "origin not allowed (ws_allowed_origins)\n")
         if not _authorised(gate.cfg, request):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
-        if gate.engine is None or gate.draining:
+        if gate.node.serving is None or gate.draining:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "starting or draining\n")
         if conns["n"] >= gate.cfg.max_ws_connections:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
@@ -342,7 +312,7 @@ async def start_ws(cfg: Config, gate):
             conns["n"] -= 1
 
     return await serve(handler, host.strip("[]") or "127.0.0.1", int(port),
-                       process_request=process_request, max_size=64 << 10, max_queue=64,
+                       process_request=process_request, max_size=MAX_WS_MESSAGE_BYTES, max_queue=64,
                        subprotocols=list(SUBPROTOCOLS), select_subprotocol=select_subprotocol,
                        compression=None,
                        write_limit=cfg.subscriber_buffer, ping_interval=20, ping_timeout=20,

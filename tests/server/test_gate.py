@@ -42,10 +42,15 @@ class Context:
         raise RuntimeError("aborted")  # grpc.aio's abort raises too
 
 
+class Node:
+    """Admission reads only the engine in service from the node."""
+
+    def __init__(self) -> None:
+        self.serving: object | None = object()
+
+
 def gate(**cfg) -> Gate:
-    g = Gate(Config(**cfg), Metrics())
-    g.engine = object()  # admission only needs one to be there
-    return g
+    return Gate(Config(**cfg), Metrics(), Node())
 
 
 def test_tokens():
@@ -54,19 +59,19 @@ def test_tokens():
         g._admit(Context(), "KV.Put")
     with pytest.raises(Unauthenticated):
         g._admit(Context("wrong"), "KV.Get")
-    assert g._admit(Context("data"), "KV.Put") is g.engine
-    assert g._admit(Context("admin"), "KV.Put") is g.engine  # the admin token admits all
+    assert g._admit(Context("data"), "KV.Put") is g.node.serving
+    assert g._admit(Context("admin"), "KV.Put") is g.node.serving  # the admin token admits all
     with pytest.raises(Unauthenticated, match="admin token"):
         g._admit(Context("data"), "Admin.Checkpoint")
-    assert g._admit(Context("admin"), "Admin.Compact") is g.engine
-    assert g._admit(Context("data"), "Admin.Status") is g.engine
+    assert g._admit(Context("admin"), "Admin.Compact") is g.node.serving
+    assert g._admit(Context("data"), "Admin.Status") is g.node.serving
     open_gate = gate()
-    assert open_gate._admit(Context(), "Admin.Compact") is open_gate.engine
+    assert open_gate._admit(Context(), "Admin.Compact") is open_gate.node.serving
 
 
 def test_starting_and_draining_are_unavailable():
     g = gate()
-    g.engine = None
+    g.node.serving = None
     with pytest.raises(Unavailable, match="starting"):
         g._admit(Context(), "KV.Get")
     g = gate()

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 
 from strata.storage import Engine, record
+from strata_client.limits import MAX_REQUEST_ID_CHARS
 
 from .errors import InvalidInput
 
@@ -148,12 +149,12 @@ class RequestIds:
         The write runs as its own task: when the caller goes away (deadline,
         cancelled stream) the write still commits, and the retry with the same
         id gets its LSN instead of writing again. Raises InvalidInput for an id
-        over record.MAX_REQUEST_ID characters, else what the write or `settle` raise.
+        over MAX_REQUEST_ID_CHARS characters, else what the write or `settle` raise.
         """
         if not request_id:
             return await write()
-        if len(request_id) > record.MAX_REQUEST_ID:
-            raise InvalidInput(f"request_id is longer than {record.MAX_REQUEST_ID} characters")
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidInput(f"request_id is longer than {MAX_REQUEST_ID_CHARS} characters")
         lsn = self.lsn(request_id)
         if lsn is not None:
             return await self._settled(lsn)
@@ -179,9 +180,9 @@ class RequestIds:
         mine: list[tuple[str, asyncio.Future]] = []
         known = 0  # the highest LSN answered from the table
         for i, rid in enumerate(ids):  # checked first: nothing is registered for a bad request
-            if len(rid) > record.MAX_REQUEST_ID:
+            if len(rid) > MAX_REQUEST_ID_CHARS:
                 raise InvalidInput(f"request_id of op {i} is longer than "
-                                   f"{record.MAX_REQUEST_ID} characters")
+                                   f"{MAX_REQUEST_ID_CHARS} characters")
         for i, rid in enumerate(ids):
             if rid:
                 lsn = self.lsn(rid)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from strata.server.errors import InvalidInput
-from strata.server.request_ids import RequestIds
+from strata.node.errors import InvalidInput
+from strata.node.request_ids import RequestIds
 from strata.storage import Engine
 
 

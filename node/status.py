@@ -1,0 +1,94 @@
+"""Typed figures of one node, read by Admin.Status, the metrics and a status page.
+
+Built on the event loop from the node's parts at the moment of the call; the
+caller owns the returned objects (plain values, safe to hand to another thread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from .node import Node
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    level: int
+    files: int
+    bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeStatus:
+    """What Admin.Status answers. `replication` holds the cluster's own status
+    (role, term, master, commit_lsn, lease, peers, replication mode); a single node
+    is a master of its own term, committed at its last LSN, holding its lease."""
+
+    node: str
+    replication: dict[str, Any]
+    durable_lsn: int
+    applied_lsn: int
+    last_lsn: int
+    flushed_lsn: int
+    levels: list[Level]
+    sst_bytes: int
+    wal_bytes: int
+    uptime_seconds: float
+    durability: str
+    writable: bool
+    write_error: str
+    paused: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SubscriberStatus:
+    """The subscribers of every transport, the hub and the consumers' cursors."""
+
+    connected: int
+    cut_off: int
+    queued_bytes: int
+    memory_limit_bytes: int
+    memory_cut_offs: int
+    fanout_groups: int
+    events_published: int
+    awaiting_commit: int | None  # None: no feed (a single node)
+    read_back: int | None
+    cursor_writes: int
+
+
+def node_status(node: Node) -> NodeStatus:
+    """REQUIRES: node.serving is set (the engine is in service)."""
+    engine = node.serving
+    assert engine is not None
+    du = engine.disk_usage()
+    if node.cluster is not None:
+        repl = node.cluster.status()
+    else:
+        repl = dict(role="master", term=engine.term, commit_lsn=engine.last_lsn, lease=True)
+    return NodeStatus(
+        node=node.cfg.node, replication=repl,
+        durable_lsn=engine.last_lsn, applied_lsn=engine.read_lsn,
+        last_lsn=engine.last_lsn, flushed_lsn=engine.flushed_lsn,
+        levels=[Level(lv["level"], lv["files"], lv["bytes"]) for lv in engine.levels()
+                if lv["files"]],
+        sst_bytes=du["sst_bytes"], wal_bytes=du["wal_bytes"],
+        uptime_seconds=time.monotonic() - node.started,
+        durability=engine.opts.durability,
+        writable=engine.write_error is None,
+        write_error=str(engine.write_error or ""),
+        paused=sorted(engine.paused))
+
+
+def subscriber_status(node: Node) -> SubscriberStatus:
+    """Any time, also before open(). Read from the metrics' HTTP thread too: every
+    figure is one attribute read (a torn set of figures is fine for a scrape)."""
+    b, hub, feed = node.budget, node.hub, node.feed
+    return SubscriberStatus(
+        connected=node.subscriptions.connected, cut_off=node.subscriptions.cut_off,
+        queued_bytes=b.used, memory_limit_bytes=b.ceiling, memory_cut_offs=b.cut_offs,
+        fanout_groups=len(hub.groups), events_published=hub.published,
+        awaiting_commit=feed.held if feed is not None else None,
+        read_back=feed.stats["read_back"] if feed is not None else None,
+        cursor_writes=node.cursors.writes)
