@@ -15,6 +15,9 @@ by `_lock`: the commit path rolls, the flush thread purges, and readers
 Invariant: the segments listed form one unbroken LSN chain, oldest first; the
 open segment is always last and is never deleted; a pinned LSN's segment and
 every later one are never deleted.
+
+Opening (list, settle, replay, cut) is in wal_recovery.py, which segments are kept
+(retention, pins, named holds) in wal_retention.py: both are mixins of `Wal`.
 """
 
 from __future__ import annotations
