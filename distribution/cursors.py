@@ -17,11 +17,10 @@ import time
 
 import msgpack
 
-from strata_client.limits import MAX_CONSUMER_NAME_BYTES
+from strata_client.limits import MAX_CONSUMER_NAME_BYTES, RESERVED_PREFIX
 
 log = logging.getLogger("strata.cursors")
 
-RESERVED_PREFIX = b"\xff\xffstrata/"
 CURSOR_PREFIX = RESERVED_PREFIX + b"cursor/"
 MAX_NAME = MAX_CONSUMER_NAME_BYTES
 

@@ -39,8 +39,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from . import errors
-
-RESERVED_PREFIX = b"\xff\xffstrata/"  # the server's own keys (consumer cursors)
+from .limits import MAX_REQUEST_ID_CHARS, RESERVED_PREFIX
 
 
 @dataclass
@@ -104,9 +103,9 @@ def check(op: tuple, request_id: str) -> None:
                                      f"(consumer cursors)", "INVALID_ARGUMENT")
     if len(op) == 3 and not isinstance(op[2], bytes):
         raise errors.InvalidArgument("value must be bytes", "INVALID_ARGUMENT")
-    if len(request_id) > 64:
-        raise errors.InvalidArgument("request_id is longer than 64 characters",
-                                     "INVALID_ARGUMENT")
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise errors.InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_CHARS} "
+                                     f"characters", "INVALID_ARGUMENT")
 
 
 class CallQueue:

@@ -29,3 +29,7 @@ MAX_CONSUMER_NAME_BYTES = 200
 
 # One WebSocket message from a client (subscribe, ack, credit): larger ones close 1009.
 MAX_WS_MESSAGE_BYTES = 64 << 10
+
+# Keys the daemon keeps for itself (consumer cursors): the KV API refuses them and
+# scans never show them.
+RESERVED_PREFIX = b"\xff\xffstrata/"
