@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import os
 import signal
 import socket
 import threading
 import time
+import urllib.request
 
 import msgpack
 import pytest
@@ -552,6 +554,15 @@ def _read_frames(s: socket.socket) -> list[dict]:
     return out
 
 
+def _subscribers_cut(d) -> float:
+    """strata_subscribers_cut_total from the daemon's metrics."""
+    text = urllib.request.urlopen(f"http://{d.metrics}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith("strata_subscribers_cut_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -577,18 +588,26 @@ def test_stalled_subscribers_are_cut_off_at_their_first_unsent_event(daemon_fact
                     got.extend(e["lsn"] for e in await events(ws, 1, 60))
 
             reader = asyncio.ensure_future(read())
+            drained = None
             with Client(d.grpc) as c:
                 for i in range(0, n, 100):
                     await asyncio.to_thread(c.batch, [("put", b"k%d" % j, b"v" * 100)
                                                       for j in range(i, i + 100)])
+                    if drained is None and _subscribers_cut(d) >= len(stalled):
+                        # Every stalled one is cut off: read what the server queued for
+                        # it, its error and its close now, before the server gives up
+                        # on the close handshake (close_timeout) and drops the rest.
+                        drained = pool.map(_read_frames, stalled)
             await asyncio.wait_for(reader, 60)
-            return got
+            return got, drained
 
-    got = asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(len(stalled)) as pool:
+        got, drained = asyncio.run(main())
+        assert drained is not None, f"only {_subscribers_cut(d)} of 200 were cut off"
+        drained = list(drained)
     assert got == list(range(got[0], got[0] + n))  # the reader: every event, in order
     rss = _rss_kib(d.proc.pid)
-    for s in stalled:
-        msgs = _read_frames(s)
+    for s, msgs in zip(stalled, drained):
         s.close()
         lsns = [m["lsn"] for m in msgs if m["op"] == "event"]
         err = msgs[-1]
