@@ -210,47 +210,38 @@ class _DistributionCollector:
     def collect(self):
         node = self.node
         st = subscriber_status(node)
-        g = GaugeMetricFamily("strata_subscribers", "event subscribers connected")
-        g.add_metric([], st.connected)
-        yield g
-        c = CounterMetricFamily("strata_subscribers_cut",
-                                "subscribers disconnected for falling behind")
-        c.add_metric([], st.cut_off)
-        yield c
-        g = GaugeMetricFamily("strata_subscriber_queued_bytes",
-                              "bytes of events waiting in subscribers' queues (bound: "
-                              "subscriber_memory)")
-        g.add_metric([], st.queued_bytes)
-        yield g
-        g = GaugeMetricFamily("strata_subscriber_memory_limit_bytes", "subscriber_memory")
-        g.add_metric([], st.memory_limit_bytes)
-        yield g
-        c = CounterMetricFamily("strata_subscriber_memory_cutoffs",
-                                "subscribers cut off because subscriber_memory was full")
-        c.add_metric([], st.memory_cut_offs)
-        yield c
-        g = GaugeMetricFamily("strata_fanout_groups",
-                              "groups of identical live streams served as one")
-        g.add_metric([], st.fanout_groups)
-        yield g
-        c = CounterMetricFamily("strata_events_published", "events handed to subscribers")
-        c.add_metric([], st.events_published)
-        yield c
-        if st.awaiting_commit is not None:
-            g = GaugeMetricFamily("strata_events_awaiting_commit",
-                                  "frames durable here, held until the commit point passes "
-                                  "them (cluster)")
-            g.add_metric([], st.awaiting_commit)
-            yield g
-            c = CounterMetricFamily("strata_events_read_back",
-                                    "frames read back from the WAL because more were awaiting "
-                                    "the commit point than the feed keeps in memory")
-            c.add_metric([], st.read_back)
-            yield c
-        c = CounterMetricFamily("strata_consumer_cursor_writes",
-                                "batches of consumer cursors written")
-        c.add_metric([], st.cursor_writes)
-        yield c
+        rows = [
+            (GaugeMetricFamily, "strata_subscribers", "event subscribers connected",
+             st.connected),
+            (CounterMetricFamily, "strata_subscribers_cut",
+             "subscribers disconnected for falling behind", st.cut_off),
+            (GaugeMetricFamily, "strata_subscriber_queued_bytes",
+             "bytes of events waiting in subscribers' queues (bound: subscriber_memory)",
+             st.queued_bytes),
+            (GaugeMetricFamily, "strata_subscriber_memory_limit_bytes", "subscriber_memory",
+             st.memory_limit_bytes),
+            (CounterMetricFamily, "strata_subscriber_memory_cutoffs",
+             "subscribers cut off because subscriber_memory was full", st.memory_cut_offs),
+            (GaugeMetricFamily, "strata_fanout_groups",
+             "groups of identical live streams served as one", st.fanout_groups),
+            (CounterMetricFamily, "strata_events_published", "events handed to subscribers",
+             st.events_published),
+            (CounterMetricFamily, "strata_consumer_cursor_writes",
+             "batches of consumer cursors written", st.cursor_writes),
+        ]
+        if st.awaiting_commit is not None:  # a cluster node's committed feed
+            rows += [
+                (GaugeMetricFamily, "strata_events_awaiting_commit",
+                 "frames durable here, held until the commit point passes them (cluster)",
+                 st.awaiting_commit),
+                (CounterMetricFamily, "strata_events_read_back",
+                 "frames read back from the WAL because more were awaiting the commit point "
+                 "than the feed keeps in memory", st.read_back),
+            ]
+        for family, name, doc, value in rows:
+            m = family(name, doc)
+            m.add_metric([], value)
+            yield m
         # Named consumers as the retention task last saw them (every second): lag
         # against the log's end now, the held log against consumer_retention_bytes.
         r = node.retention
