@@ -252,7 +252,10 @@ def _first_ack(try_write, candidates: list[str], t0: float, timeout: float = 30.
     raise TimeoutError("no write acknowledged after the kill")
 
 
-def strata_failover(root: str, trials: int) -> list[float]:
+def _strata_trials(root: str, trials: int, tag: str, measure) -> list[float]:
+    """One 3-node quorum cluster, `trials` times: `measure(cluster, write, master)` stops
+    the master its way and returns the trial's figure, where `write(node)` tries one Put
+    there and says whether it was taken; the stopped master is then restarted."""
     from strata_client._proto import strata_pb2 as pb
     from strata_client._proto import strata_pb2_grpc as pbg
 
@@ -263,19 +266,17 @@ def strata_failover(root: str, trials: int) -> list[float]:
     try:
         for t in range(trials):
             m = c.master()
-            others = [i for i in c.ids if i != m]
 
             def write(i: str, t: int = t) -> bool:
                 try:
-                    pbg.KVStub(chans[i]).Put(pb.PutRequest(key=b"fo", value=b"%d" % t),
+                    pbg.KVStub(chans[i]).Put(pb.PutRequest(key=tag.encode(), value=b"%d" % t),
                                              timeout=0.2)
                     return True
                 except grpc.RpcError:
                     return False
 
-            t0 = time.monotonic()
-            c.kill(m)
-            out.append(_first_ack(write, others, t0))
+            out.append(measure(c, write, m))
+            c.procs[m].wait(30)
             c.start_node(m)
             c.wait_up(m)
             time.sleep(1.0)
@@ -284,6 +285,16 @@ def strata_failover(root: str, trials: int) -> list[float]:
             ch.close()
         c.stop()
     return out
+
+
+def strata_failover(root: str, trials: int) -> list[float]:
+    """SIGKILL of the master: the others elect a new one."""
+    def measure(c: StrataCluster, write, m: str) -> float:
+        t0 = time.monotonic()
+        c.kill(m)
+        return _first_ack(write, [i for i in c.ids if i != m], t0)
+
+    return _strata_trials(root, trials, "fo", measure)
 
 
 def _handover_gap(write, nodes: list[str], master: str, stop_master, t_limit: float = 30.0
@@ -315,35 +326,8 @@ def _handover_gap(write, nodes: list[str], master: str, stop_master, t_limit: fl
 
 def strata_handover(root: str, trials: int) -> list[float]:
     """SIGTERM of the master: it hands over (docs/replication.md)."""
-    from strata_client._proto import strata_pb2 as pb
-    from strata_client._proto import strata_pb2_grpc as pbg
-
-    c = StrataCluster(root, 3, "quorum")
-    c.start()
-    chans = {i: grpc.insecure_channel(a) for i, a in c.addr.items()}
-    out = []
-    try:
-        for t in range(trials):
-            m = c.master()
-
-            def write(i: str, t: int = t) -> bool:
-                try:
-                    pbg.KVStub(chans[i]).Put(pb.PutRequest(key=b"ho", value=b"%d" % t),
-                                             timeout=0.2)
-                    return True
-                except grpc.RpcError:
-                    return False
-
-            out.append(_handover_gap(write, c.ids, m, lambda m=m: c.procs[m].terminate()))
-            c.procs[m].wait(30)
-            c.start_node(m)
-            c.wait_up(m)
-            time.sleep(1.0)
-    finally:
-        for ch in chans.values():
-            ch.close()
-        c.stop()
-    return out
+    return _strata_trials(root, trials, "ho", lambda c, write, m: _handover_gap(
+        write, c.ids, m, lambda: c.procs[m].terminate()))
 
 
 def _etcd_trials(root: str, stubs: str, trials: int, tag: str, measure) -> list[float]:

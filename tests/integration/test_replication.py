@@ -104,6 +104,14 @@ class Cluster:
         raise TimeoutError(f"node {i} did not reach LSN {lsn}")
 
 
+def namespaced_cluster(root, network) -> Cluster:
+    """Three daemons, one in each of `network`'s namespaces (tests/integration/netns.py),
+    on their namespace's address, without WebSocket or metrics listeners."""
+    nodes = {i: Daemon(str(root / f"node-{i}"), dict(FAST), netns=network.ns[i],
+                       host=network.ip[i]) for i in ("a", "b", "c")}
+    return Cluster(root, nodes=nodes, args=("--ws-listen", "", "--metrics-listen", ""))
+
+
 @pytest.fixture
 def cluster_factory(tmp_path):
     made: list[Cluster] = []

@@ -22,8 +22,7 @@ from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 
 from ..jepsen.lincheck import Op, check
-from .conftest import Daemon
-from .test_replication import FAST, Cluster
+from .test_replication import Cluster, namespaced_cluster
 
 KEYS = [b"reg-%d" % i for i in range(4)]
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
@@ -192,9 +191,7 @@ def test_history_through_master_sigkills_is_linearizable(tmp_path):
 
 
 def test_history_through_a_partition_of_the_master_is_linearizable(tmp_path, network):
-    nodes = {i: Daemon(str(tmp_path / f"node-{i}"), dict(FAST), netns=network.ns[i],
-                       host=network.ip[i]) for i in ("a", "b", "c")}
-    c = Cluster(tmp_path, nodes=nodes, args=("--ws-listen", "", "--metrics-listen", ""))
+    c = namespaced_cluster(tmp_path, network)
     c.start()
     try:
         rec = Recorder([d.grpc for d in c.nodes.values()])

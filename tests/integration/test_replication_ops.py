@@ -19,8 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from strata_client import Client
 
-from .conftest import Daemon
-from .test_replication import FAST, Cluster
+from .test_replication import Cluster, namespaced_cluster
 from .test_replication_jepsen import Recorder, committed_events
 
 CATCH_UP_S = 2.0
@@ -179,9 +178,7 @@ def test_rolling_restart_with_sigterm(cluster):
 
 
 def test_a_replica_cut_off_for_3s_is_resumed(tmp_path, network):
-    nodes = {i: Daemon(str(tmp_path / f"node-{i}"), dict(FAST), netns=network.ns[i],
-                       host=network.ip[i]) for i in ("a", "b", "c")}
-    c = Cluster(tmp_path, nodes=nodes, args=("--ws-listen", "", "--metrics-listen", ""))
+    c = namespaced_cluster(tmp_path, network)
     c.start()
     try:
         rec = Recorder([d.grpc for d in c.nodes.values()])
