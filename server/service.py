@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -115,6 +115,9 @@ class Gate:
         self.rate = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         self.calls = Bulkhead(cfg.max_concurrent_calls)
         self.streams = Bulkhead(cfg.max_streams)
+        self._unary = _Kind(self.calls, metrics.inflight, "concurrency", "calls in progress", True)
+        self._streaming = _Kind(self.streams, metrics.open_streams, "streams", "streams open",
+                                False)
         # Deadlines of unary calls in progress (task -> loop time), enforced by one timer
         # that runs while any call is in progress: asyncio.timeout per call cost ~5 us of
         # a Get's ~200 us (a timer armed and cancelled, task bookkeeping).
@@ -187,26 +190,18 @@ class Gate:
                 task.cancel()
         self._sweeper = loop.call_later(DEADLINE_SWEEP_S, self._sweep)
 
-    def _enter(self, context, method: str, request, cap: Bulkhead, reason: str,
-               what: str) -> Engine:
-        """Admit a call (see _admit) and take a slot of `cap` (the caller leaves it);
-        refused: Overloaded, counted under `reason`."""
+    def _enter(self, context, method: str, request, kind: _Kind) -> Engine:
+        """Admit a call (see _admit) and take a slot of `kind.cap` (the caller leaves it);
+        refused: Overloaded, counted under `kind.reason`."""
         _check(request)
         engine = self._admit(context, method)
-        if not cap.try_enter():
-            self.metrics.refused.labels(reason).inc()
-            raise Overloaded(f"more than {cap.limit} {what}; back off and retry")
+        if not kind.cap.try_enter():
+            self.metrics.refused.labels(kind.reason).inc()
+            raise Overloaded(f"more than {kind.cap.limit} {kind.what}; back off and retry")
         return engine
 
     async def unary(self, method: str, context, handler, request=None) -> Any:
-        t0 = time.perf_counter()
-        code = grpc.StatusCode.OK
-        entered = False
-        try:
-            engine = self._enter(context, method, request, self.calls, "concurrency",
-                                 "calls in progress")
-            entered = True
-            self.metrics.inflight.inc()
+        async with _Call(self, self._unary, method, context, request) as engine:
             task = asyncio.current_task()
             loop = task.get_loop()
             self._deadlines[task] = loop.time() + self._deadline(context)
@@ -222,33 +217,63 @@ class Gate:
             finally:
                 del self._deadlines[task]
                 self._expired.discard(task)
-        except Exception as e:
-            code, msg = _failed(context, e)
-            await context.abort(code, msg)
-        finally:
-            if entered:
-                self.calls.leave()
-                self.metrics.inflight.dec()
-            self.metrics.observe(method, code.name, time.perf_counter() - t0)
 
     async def streaming(self, method: str, context, gen, request=None) -> AsyncIterator:
-        code = grpc.StatusCode.OK
-        entered = False
-        try:
-            engine = self._enter(context, method, request, self.streams, "streams",
-                                 "streams open")
-            entered = True
-            self.metrics.open_streams.inc()
+        async with _Call(self, self._streaming, method, context, request) as engine:
             async for item in gen(engine):
                 yield item
+
+
+class _Kind(NamedTuple):
+    """Unary calls or streams: the cap on how many run at once, the gauge counting them,
+    the `refused` reason and words for the error; whether latency is observed."""
+
+    cap: Bulkhead
+    gauge: Any
+    reason: str
+    what: str
+    timed: bool
+
+
+class _Call:
+    """One call through the gate (`async with`): admitted on entry, which gives the engine;
+    on exit its slot is left and it is observed; a failure, admission's included,
+    becomes the call's status and trailers (`_failed`) and aborts it."""
+
+    __slots__ = ("gate", "kind", "method", "context", "request", "t0", "entered")
+
+    def __init__(self, gate: Gate, kind: _Kind, method: str, context, request) -> None:
+        self.gate = gate
+        self.kind = kind
+        self.method = method
+        self.context = context
+        self.request = request
+        self.t0 = time.perf_counter()
+        self.entered = False
+
+    async def __aenter__(self) -> Engine:
+        try:
+            engine = self.gate._enter(self.context, self.method, self.request, self.kind)
         except Exception as e:
-            code, msg = _failed(context, e)
-            await context.abort(code, msg)
+            await self.__aexit__(type(e), e, None)
+            raise
+        self.entered = True
+        self.kind.gauge.inc()
+        return engine
+
+    async def __aexit__(self, etype, e, tb) -> None:
+        code = grpc.StatusCode.OK
+        try:
+            if isinstance(e, Exception):
+                code, msg = _failed(self.context, e)
+                await self.context.abort(code, msg)
         finally:
-            if entered:
-                self.streams.leave()
-                self.metrics.open_streams.dec()
-            self.metrics.observe(method, code.name, None)
+            kind = self.kind
+            if self.entered:
+                kind.cap.leave()
+                kind.gauge.dec()
+            self.gate.metrics.observe(self.method, code.name,
+                                      time.perf_counter() - self.t0 if kind.timed else None)
 
 
 _KINDS = {pb.Op.PUT: "put", pb.Op.DELETE: "delete"}
@@ -273,19 +298,27 @@ async def _write_batch(node: Node, engine: Engine, req, ops: list[tuple]) -> pb.
     return pb.BatchResponse(lsn=lsn, id=req.id, lsns=lsns)
 
 
-class KVService(pbg.KVServicer):
-    """KV: each handler admits the call (Gate) and calls one node.kv function."""
+class _Service:
+    """A service's handlers: each admits its call through the gate and calls the node."""
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
         self.node = gate.node
 
-    async def Put(self, request, context):
+    async def _write(self, method: str, context, request, reply, write) -> Any:
+        """A write answered with its LSN: `write(engine)` is the node.kv call."""
         async def handle(engine: Engine):
-            lsn = await kv.put(self.node, engine, request.key, request.value, request.request_id)
-            return pb.PutResponse(lsn=lsn)
+            return reply(lsn=await write(engine))
 
-        return await self.gate.unary("KV.Put", context, handle, request)
+        return await self.gate.unary(method, context, handle, request)
+
+
+class KVService(_Service, pbg.KVServicer):
+    """KV: each handler admits the call (Gate) and calls one node.kv function."""
+
+    async def Put(self, request, context):
+        return await self._write("KV.Put", context, request, pb.PutResponse, lambda engine: kv.put(
+            self.node, engine, request.key, request.value, request.request_id))
 
     async def Get(self, request, context):
         async def handle(engine: Engine):
@@ -297,11 +330,9 @@ class KVService(pbg.KVServicer):
         return await self.gate.unary("KV.Get", context, handle, request)
 
     async def Delete(self, request, context):
-        async def handle(engine: Engine):
-            lsn = await kv.delete(self.node, engine, request.key, request.request_id)
-            return pb.DeleteResponse(lsn=lsn)
-
-        return await self.gate.unary("KV.Delete", context, handle, request)
+        return await self._write("KV.Delete", context, request, pb.DeleteResponse,
+                                 lambda engine: kv.delete(self.node, engine, request.key,
+                                                          request.request_id))
 
     async def Batch(self, request, context):
         async def handle(engine: Engine):
@@ -310,14 +341,12 @@ class KVService(pbg.KVServicer):
         return await self.gate.unary("KV.Batch", context, handle, request)
 
     async def CompareAndSet(self, request, context):
-        async def handle(engine: Engine):
-            which = request.WhichOneof("expect")
-            lsn = await kv.compare_and_set(
-                self.node, engine, request.key, request.value, request.delete, which,
-                getattr(request, which) if which else None)
-            return pb.CompareAndSetResponse(lsn=lsn)
-
-        return await self.gate.unary("KV.CompareAndSet", context, handle, request)
+        which = request.WhichOneof("expect")
+        expected = getattr(request, which) if which else None
+        return await self._write(
+            "KV.CompareAndSet", context, request, pb.CompareAndSetResponse,
+            lambda engine: kv.compare_and_set(self.node, engine, request.key, request.value,
+                                              request.delete, which, expected))
 
     async def Scan(self, request, context):
         async def gen(engine: Engine):
@@ -387,18 +416,11 @@ class KVService(pbg.KVServicer):
             yield item
 
 
-class EventsService(pbg.EventsServicer):
-    def __init__(self, gate: Gate) -> None:
-        self.gate = gate
-        self.node = gate.node
-
+class EventsService(_Service, pbg.EventsServicer):
     async def Publish(self, request, context):
-        async def handle(engine: Engine):
-            lsn = await kv.publish(self.node, engine, request.topic, request.key,
-                                   request.payload)
-            return pb.PublishResponse(lsn=lsn)
-
-        return await self.gate.unary("Events.Publish", context, handle, request)
+        return await self._write("Events.Publish", context, request, pb.PublishResponse,
+                                 lambda engine: kv.publish(self.node, engine, request.topic,
+                                                           request.key, request.payload))
 
     async def Subscribe(self, request, context):
         gate, subs = self.gate, self.node.subscriptions
@@ -531,13 +553,10 @@ def checkpoint_path(root: str, name: str) -> str:
     return path
 
 
-class AdminService(pbg.AdminServicer):
-    def __init__(self, gate: Gate) -> None:
-        self.gate = gate
-
+class AdminService(_Service, pbg.AdminServicer):
     async def Status(self, request, context):
         async def handle(engine: Engine):
-            st = node_status(self.gate.node)
+            st = node_status(self.node)
             repl = dict(st.replication)
             if "peers" in repl:
                 repl["peers"] = [pb.Peer(**p) for p in repl["peers"]]
