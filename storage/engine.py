@@ -43,21 +43,9 @@ from typing import Any
 import msgpack
 from sortedcontainers import SortedList
 
-from . import checkpoint, compaction, record, sstable
+from . import checkpoint, compaction, errors, record, sstable
 from .background import BackgroundWork, worker_for
 from .commit import CommitCallbacks, CommitPipeline, Writer
-from .errors import (
-    Closed,
-    Conflict,
-    InvalidArgument,
-    NoSpace,
-    ReadOnly,
-    StorageError,
-    TooLarge,
-    WritesStopped,
-    WriteStalled,
-    is_no_space,
-)
 from .manifest import NUM_LEVELS, Version, VersionSet
 from .memtable import MemTable
 from .options import Options
@@ -151,7 +139,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         self._terms: tuple[tuple[int, int], ...] = ()
         self.term = 0
         self._closed = True
-        self._bg_error: WritesStopped | None = None
+        self._bg_error: errors.WritesStopped | None = None
         self._listeners: list = []  # replaced, never mutated: _publish iterates it
         self._snapshots: SortedList = SortedList()
 
@@ -281,7 +269,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
 
     def _cas_check(self, key: bytes, expected_lsn, expected_value, expect_absent: bool):
         if sum((expected_lsn is not None, expected_value is not None, bool(expect_absent))) != 1:
-            raise InvalidArgument(
+            raise errors.InvalidArgument(
                 "compare_and_set needs exactly one of expected_lsn, expected_value, expect_absent")
         if expected_value is not None:
             check_bytes("expected value", expected_value, self.opts.max_value_size)
@@ -295,7 +283,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
             else:
                 ok = value == expected_value
             if not ok:
-                raise Conflict(key, lsn)
+                raise errors.Conflict(key, lsn)
 
         return check
 
@@ -335,7 +323,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
 
     def _write(self, ftype: int, payload: bytes, kvs, check=None) -> int:
         if len(payload) > record.MAX_PAYLOAD:
-            raise TooLarge("encoded record", len(payload), record.MAX_PAYLOAD)
+            raise errors.TooLarge("encoded record", len(payload), record.MAX_PAYLOAD)
         if self._throttled:
             self._make_room()
         if not self._always:
@@ -407,7 +395,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         switch each.
         """
         if len(payload) > record.MAX_PAYLOAD:
-            raise TooLarge("encoded record", len(payload), record.MAX_PAYLOAD)
+            raise errors.TooLarge("encoded record", len(payload), record.MAX_PAYLOAD)
         loop = asyncio.get_running_loop()
         if self._throttled:
             await loop.run_in_executor(self._pool(), self._make_room)
@@ -483,10 +471,11 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         if self._bg_error is not None:
             raise self._stopped()
         if self._read_only and not self._closed:
-            raise ReadOnly(f"{self.path} follows another node's log: writes go to the master")
-        raise Closed("engine is closed")
+            raise errors.ReadOnly(
+                f"{self.path} follows another node's log: writes go to the master")
+        raise errors.Closed("engine is closed")
 
-    def _stopped(self, outcome_unknown: bool = False) -> WritesStopped:
+    def _stopped(self, outcome_unknown: bool = False) -> errors.WritesStopped:
         """A fresh copy of the error that stopped writes, for one caller to raise."""
         e = self._bg_error
         assert e is not None
@@ -496,7 +485,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         return type(e)(msg, e.cause, e.path, e.resumable, outcome_unknown)
 
     def _fail(self, error: BaseException, what: str, resumable: bool = False,
-              outcome_unknown: bool = False) -> WritesStopped:
+              outcome_unknown: bool = False) -> errors.WritesStopped:
         """Stop accepting writes after an I/O error; return the error for the caller that
         hit it. REQUIRES: _mutex held.
 
@@ -508,13 +497,14 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         Reads keep working either way.
         """
         if self._bg_error is None:
-            nospace = is_no_space(error)
+            nospace = errors.is_no_space(error)
             resumable = resumable and nospace
             path = getattr(error, "filename", None) or self.path
             msg = (f"{what} failed in {path}: {error}; writes stopped"
                    + ("; they resume once space is freed" if resumable else
                       "; restart the server to resume them"))
-            self._bg_error = (NoSpace if nospace else WritesStopped)(msg, error, path, resumable)
+            kind = errors.NoSpace if nospace else errors.WritesStopped
+            self._bg_error = kind(msg, error, path, resumable)
             log.error("%s", msg)
             self._bg_cv.notify_all()
             if resumable:
@@ -522,7 +512,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         return self._stopped(outcome_unknown)
 
     @property
-    def write_error(self) -> WritesStopped | None:
+    def write_error(self) -> errors.WritesStopped | None:
         """Why writes are stopped (None while they are taken): for health and status.
 
         Also a full disk that holds up a flush or compaction which writes are
@@ -530,7 +520,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         """
         return self._bg_error or self._stalled_for_space()
 
-    def _stalled_for_space(self) -> NoSpace | None:
+    def _stalled_for_space(self) -> errors.NoSpace | None:
         """NoSpace if writes are held by a stall threshold that only paused background
         work could lift (a flush or compaction waiting for disk space)."""
         paused = self._paused
@@ -544,8 +534,9 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
             why = f"compactions are waiting for disk space ({paused['compaction']})"
         else:
             return None
-        return NoSpace(f"{self.path}: writes refused: {why}; they resume once space is freed",
-                       None, self.path, resumable=True)
+        return errors.NoSpace(
+            f"{self.path}: writes refused: {why}; they resume once space is freed",
+            None, self.path, resumable=True)
 
     def _resume_loop(self) -> None:
         """After a full disk: retry every half second until space is back, then make the
@@ -602,7 +593,8 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
                     self._maybe_schedule_locked()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise WriteStalled(len(self.versions.current.levels[0]), time.monotonic() - t0)
+                    raise errors.WriteStalled(len(self.versions.current.levels[0]),
+                                              time.monotonic() - t0)
                 self._bg_cv.wait(min(left, 0.1))
             self._stats.stall_seconds += time.monotonic() - t0
 
@@ -616,7 +608,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         try:
             self._wal.roll(self._visible_lsn + 1)
         except OSError as e:
-            if not is_no_space(e):
+            if not errors.is_no_space(e):
                 # Writes already applied stay acknowledged; later ones are refused.
                 self._fail(e, "WAL roll")
                 return
@@ -716,12 +708,16 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
             else:
                 self._rotate_locked()
             while (self._imms or self._rotate_requested) and self._bg_error is None:
-                if "flush" in self._paused:
-                    raise NoSpace(f"flush of {self.path} is waiting for disk space: "
-                                  f"{self._paused['flush']}", None, self.path, True)
+                self._raise_if_paused("flush")
                 self._bg_cv.wait(0.1)
             if self._bg_error is not None:
                 self._raise_closed()
+
+    def _raise_if_paused(self, work: str) -> None:
+        """NoSpace if background `work` ("flush", "compaction") waits for disk space."""
+        if work in self._paused:
+            raise errors.NoSpace(f"{work} of {self.path} is waiting for disk space: "
+                                 f"{self._paused[work]}", None, self.path, True)
 
     def compact_all(self, timeout: float = 600.0) -> None:
         """Flush, then compact until the tree is settled into one level. Blocks."""
@@ -739,8 +735,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
                     raise TimeoutError("compaction did not finish in time")
                 if "compaction" in self._paused:
                     self._manual_compaction = 0
-                    raise NoSpace(f"compaction of {self.path} is waiting for disk space: "
-                                  f"{self._paused['compaction']}", None, self.path, True)
+                    self._raise_if_paused("compaction")
                 self._bg_cv.wait(0.1)
             if self._bg_error is not None:
                 self._raise_closed()
@@ -782,7 +777,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
         (storage/checkpoint.py) holds every write acknowledged before the call.
         """
         if self.fs.exists(dest):
-            raise InvalidArgument(f"checkpoint destination {dest} already exists")
+            raise errors.InvalidArgument(f"checkpoint destination {dest} already exists")
         with self._edit_lock, self._mutex:
             if self._closed:
                 self._raise_closed()
@@ -834,7 +829,7 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
             if flush and self._bg_error is None and len(self._mem):
                 try:
                     self.flush()
-                except StorageError:
+                except errors.StorageError:
                     pass
             if self._compacting and self._worker_dir is not None:
                 # Do not make close (and so a restart) wait seconds for a merge
@@ -874,7 +869,8 @@ class Engine(Recovery, ReadPath, WriteEncoding, ReplicationApi, BackgroundWork):
                         f"(durability={self.opts.durability})")
                 msg = f"closing {self.path}: the WAL could not be synced ({failure}); {lost}"
                 log.error("%s", msg)
-                raise WritesStopped(msg, failure, getattr(failure, "filename", None) or self.path)
+                raise errors.WritesStopped(
+                    msg, failure, getattr(failure, "filename", None) or self.path)
         finally:
             self._closed = True
             self._release_lock_file()
