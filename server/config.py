@@ -28,7 +28,15 @@ from strata.storage.options import (
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, malformed or out of range; says which and why."""
+    """The configuration is wrong: one or more values missing, malformed or out of range.
+
+    `errors` holds every problem found (each says which option, from where, and why), so
+    that one run shows them all rather than the first; str() joins them with "; ".
+    """
+
+    def __init__(self, errors: str | list[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("; ".join(self.errors))
 
 
 class FileMode(int):
@@ -174,102 +182,160 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
         raise ConfigError(f"{name} from {source}: {raw!r} is not a {type(default).__name__}") from None
 
 
+# STRATA_* variables that are not options: read by the CLI, the benches and the tests.
+OTHER_VARIABLES = {
+    "STRATA_CONFIG": "the TOML file `strata serve`, `strata config` and the health probe read",
+    "STRATA_SERVER": "the address client commands (`strata put`, `status`, ...) talk to",
+    "STRATA_EVENT_LOOP": "uvloop (default) or asyncio",
+    "STRATA_BENCH_DIR": "where benchmarks put their data directories",
+    "STRATA_REWRITE": "tests: rewrite the expected output of data-driven tests",
+}
+
+
+def closest_option(name: str) -> str | None:
+    """The option (as its variable name when `name` is one) nearest to a misspelt `name`."""
+    import difflib
+
+    if name.startswith(ENV_PREFIX):
+        known = [ENV_PREFIX + n.upper() for n in _FIELDS] + list(OTHER_VARIABLES)
+    else:
+        known = list(_FIELDS)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown(what: str, name: str) -> str:
+    near = closest_option(name)
+    return f"{what} {name!r}" + (f" (did you mean {near}?)" if near else "")
+
+
 def load(path: str | None = None, env: dict[str, str] | None = None,
          flags: dict[str, Any] | None = None) -> tuple[Config, dict[str, str]]:
-    """Build the effective config; return it with {option: source}."""
+    """Build the effective config; return it with {option: source}.
+
+    Raises ConfigError listing every problem found: unknown options in the file,
+    unknown STRATA_* variables, values of the wrong type, values out of range.
+    """
     env = os.environ if env is None else env
     cfg = Config()
     sources = {name: "default" for name in _FIELDS}
+    errors: list[str] = []
+
+    def put(name: str, raw: Any, source: str, label: str) -> None:
+        try:
+            setattr(cfg, name, _coerce(name, raw, source))
+            sources[name] = label
+        except ConfigError as e:
+            errors.extend(e.errors)
+
     if path:
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path}: {e}") from None
         for key, raw in data.items():
             name = key.replace("-", "_")
             if name not in _FIELDS:
-                raise ConfigError(f"config file {path}: unknown option {key!r}")
-            setattr(cfg, name, _coerce(name, raw, path))
-            sources[name] = path
-    for name in _FIELDS:
-        var = ENV_PREFIX + name.upper()
-        if var in env:
-            setattr(cfg, name, _coerce(name, env[var], var))
-            sources[name] = var
+                errors.append(f"config file {path}: " + _unknown("unknown option", key))
+                continue
+            put(name, raw, path, path)
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in OTHER_VARIABLES:
+            continue
+        name = var[len(ENV_PREFIX):].lower()
+        if name not in _FIELDS or name == "engine":
+            errors.append(_unknown("unknown environment variable", var))
+            continue
+        put(name, env[var], var, var)
     for name, raw in (flags or {}).items():
         if raw is not None:
-            setattr(cfg, name, _coerce(name, raw, "flag"))
-            sources[name] = "flag --" + name.replace("_", "-")
-    validate(cfg)
+            put(name, raw, "flag", "flag --" + name.replace("_", "-"))
+    errors += problems(cfg)
+    if errors:
+        raise ConfigError(errors)
     return cfg, sources
 
 
 def validate(cfg: Config) -> None:
+    """Raise ConfigError listing every problem of `cfg`, if it has any."""
+    errors = problems(cfg)
+    if errors:
+        raise ConfigError(errors)
+
+
+def problems(cfg: Config) -> list[str]:
+    """Every problem of `cfg`, each one line saying which option and why; [] if none."""
+    errors: list[str] = []
     if cfg.durability not in DURABILITY_MODES:
-        raise ConfigError(f"durability must be one of {', '.join(DURABILITY_MODES)}, "
-                          f"not {cfg.durability!r}")
+        errors.append(f"durability must be one of {', '.join(DURABILITY_MODES)}, "
+                      f"not {cfg.durability!r}")
     for name in ("grpc_listen", "ws_listen", "metrics_listen"):
         value = getattr(cfg, name)
         if name != "grpc_listen" and not value:
             continue
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"{name} must be host:port, not {value!r}")
+            errors.append(f"{name} must be host:port, not {value!r}")
     for name, low, high in (("max_key_size", 1, MAX_KEY_SIZE), ("max_value_size", 0, MAX_VALUE_SIZE),
                             ("max_batch_bytes", 1, MAX_BATCH_BYTES),
                             ("max_batch_ops", 1, MAX_BATCH_OPS)):
         if not low <= getattr(cfg, name) <= high:
-            raise ConfigError(f"{name} must be {low} .. {high}, not {getattr(cfg, name)}")
+            errors.append(f"{name} must be {low} .. {high}, not {getattr(cfg, name)}")
     try:
         engine_options(cfg)
     except InvalidArgument as e:
-        raise ConfigError(f"[engine]: {e}") from None
+        errors.append(f"[engine]: {e}")
     try:
         parse_origins(cfg.ws_allowed_origins)
     except ValueError as e:
-        raise ConfigError(f"ws_allowed_origins: {e}") from None
+        errors.append(f"ws_allowed_origins: {e}")
     if cfg.rings:
         from strata.distribution.ring import parse_rings
 
         try:
             parse_rings(cfg.rings)
         except ValueError as e:
-            raise ConfigError(f"rings: {e}") from None
+            errors.append(f"rings: {e}")
     if not 0 <= cfg.ring_mode <= 0o777 or cfg.ring_mode & 0o600 != 0o600:
         # The daemon reopens a ring by name (a stale one at the next start): it
         # needs read and write itself; set-id and sticky bits mean nothing here.
-        raise ConfigError(f"ring_mode must be 0o600 .. 0o777 with owner read and write "
-                          f"(0o600 set), not {cfg.ring_mode:#o}")
+        errors.append(f"ring_mode must be 0o600 .. 0o777 with owner read and write "
+                      f"(0o600 set), not {cfg.ring_mode:#o}")
     for name in ("max_batch_ops", "max_concurrent_calls", "max_streams", "subscriber_queue",
                  "subscriber_memory", "subscriber_buffer", "max_ws_connections"):
         if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be at least 1")
+            errors.append(f"{name} must be at least 1")
     if cfg.request_id_capacity < 0 or cfg.request_id_ttl_s < 0:
-        raise ConfigError("request_id_capacity and request_id_ttl_s must not be negative")
+        errors.append("request_id_capacity and request_id_ttl_s must not be negative")
     if cfg.rate_limit < 0 or cfg.rate_burst < 0:
-        raise ConfigError("rate_limit and rate_burst must not be negative")
+        errors.append("rate_limit and rate_burst must not be negative")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
-        raise ConfigError("tls_cert and tls_key go together")
-    if cfg.peers:
-        from strata.replication.cluster import MODES, parse_peers
+        errors.append("tls_cert and tls_key go together")
+    from strata.replication.cluster import MODES, parse_peers
 
+    # Checked with or without peers: a value that would be refused once peers are added
+    # is wrong already.
+    if cfg.replication not in MODES:
+        errors.append(f"replication must be one of {', '.join(MODES)}, not {cfg.replication!r}")
+    if cfg.peers:
         try:
             peers = parse_peers(cfg.peers)
         except ValueError as e:
-            raise ConfigError(f"peers: {e}") from None
-        if cfg.node in peers:
-            raise ConfigError(f"peers: node {cfg.node!r} lists itself")
-        if cfg.replication not in MODES:
-            raise ConfigError(f"replication must be one of {', '.join(MODES)}, "
-                              f"not {cfg.replication!r}")
+            errors.append(f"peers: {e}")
+        else:
+            if cfg.node in peers:
+                errors.append(f"peers: node {cfg.node!r} lists itself")
         if not 0 < cfg.heartbeat_ms * 3 <= cfg.election_timeout_ms:
-            raise ConfigError("heartbeat_ms must be positive and at most a third of "
-                              "election_timeout_ms")
+            errors.append("heartbeat_ms must be positive and at most a third of "
+                          "election_timeout_ms")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
+        errors.append(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
+    return errors
 
 
 ANY_ORIGIN = "*"
@@ -355,6 +421,17 @@ def grpc_message_limit(cfg: Config) -> int:
     return max(MAX_BATCH_BYTES, MAX_KEY_SIZE + MAX_VALUE_SIZE) + MAX_BATCH_OPS * 16 + (64 << 10)
 
 
+def shown(cfg: Config) -> dict[str, Any]:
+    """The effective values by option, as `strata config` shows them: tokens masked."""
+    out = {}
+    for name in _FIELDS:
+        value = getattr(cfg, name)
+        if name in ("auth_token", "admin_token") and value:
+            value = "<set>"
+        out[name] = dict(value) if isinstance(value, dict) else value
+    return out
+
+
 def render(cfg: Config, sources: dict[str, str]) -> str:
     """The effective configuration as TOML, each line annotated with its source."""
     lines = ["# effective Strata configuration (value  # source: help)"]
@@ -364,13 +441,13 @@ def render(cfg: Config, sources: dict[str, str]) -> str:
             continue  # tables come after every top-level key, as TOML wants
         if name in ("auth_token", "admin_token") and value:
             value = "<set>"
-        lines.append(f"{name} = {_toml(value)}  # {sources[name]}: {OPTIONS[name][0]}")
+        lines.append(f"{name} = {toml_value(value)}  # {sources[name]}: {OPTIONS[name][0]}")
     lines.append(f"[engine]  # {sources['engine']}: {OPTIONS['engine'][0]}")
-    lines += [f"{k} = {_toml(v)}" for k, v in sorted(cfg.engine.items())]
+    lines += [f"{k} = {toml_value(v)}" for k, v in sorted(cfg.engine.items())]
     return "\n".join(lines) + "\n"
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else repr(value)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 import time
 
 import grpc
@@ -49,12 +51,52 @@ SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 REPLICA_HEALTH = "strata.v1.Replica"
 
 
+class ListenError(OSError):
+    """A listener could not open: which setting, which address (and where the setting
+    came from), and why, in one line."""
+
+    def __init__(self, setting: str, address: str, reason: str, source: str = "") -> None:
+        self.setting, self.address, self.reason = setting, address, reason
+        where = f"{setting}, from {source}" if source and source != "default" else setting
+        super().__init__(f"cannot listen on {address} ({where}): {reason}")
+
+
+def check_listen(setting: str, address: str, source: str = "") -> None:
+    """Raise ListenError if `address` (host:port) cannot be bound now.
+
+    gRPC says only "Failed to bind" (and logs the reason itself on stderr): this asks the
+    kernel first, with the same SO_REUSEADDR gRPC sets, to say why. A port taken between
+    this and the real bind still fails, with gRPC's words.
+    """
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    host = host.strip("[]") or None
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ListenError(setting, address, f"cannot resolve {host!r}: {e.strerror}",
+                          source) from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as e:
+                why = e.strerror or str(e)
+                if e.errno == errno.EADDRINUSE:
+                    why += " (another process holds it)"
+                raise ListenError(setting, address, why, source) from None
+
+
 class Daemon:
     def __init__(self, cfg: Config, config_path: str | None = None,
-                 flags: dict | None = None) -> None:
+                 flags: dict | None = None, sources: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.flags = flags or {}
+        self.sources = sources or {}  # option -> where its value came from, for errors
         self.metrics = Metrics()
         # The node owns the engine, replication and distribution; the daemon owns the
         # listeners and the order things start and stop in.
@@ -75,9 +117,16 @@ class Daemon:
         if self.cluster is not None and status != health_pb2.HealthCheckResponse.SERVING:
             await self.health.set(REPLICA_HEALTH, status)
 
+    def _listen_error(self, setting: str, e: Exception) -> ListenError:
+        return ListenError(setting, getattr(self.cfg, setting), str(e),
+                           self.sources.get(setting, ""))
+
     async def start(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
+        for setting in ("grpc_listen", "ws_listen", "metrics_listen"):
+            if getattr(cfg, setting):
+                check_listen(setting, getattr(cfg, setting), self.sources.get(setting, ""))
         limit = grpc_message_limit(cfg)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
@@ -97,14 +146,17 @@ class Daemon:
             [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if cfg.tls_cert:
-            with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
-                creds = grpc.ssl_server_credentials([(k.read(), c.read())])
-            port = server.add_secure_port(cfg.grpc_listen, creds)
-        else:
-            port = server.add_insecure_port(cfg.grpc_listen)
+        try:
+            if cfg.tls_cert:
+                with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
+                    creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+                port = server.add_secure_port(cfg.grpc_listen, creds)
+            else:
+                port = server.add_insecure_port(cfg.grpc_listen)
+        except RuntimeError as e:  # grpc's "Failed to bind to address ..."
+            raise self._listen_error("grpc_listen", e) from None
         if not port:
-            raise OSError(f"cannot listen on {cfg.grpc_listen}")
+            raise self._listen_error("grpc_listen", RuntimeError("gRPC could not bind it"))
         self.grpc_port = port
         if self.cluster is not None and self.cluster.address.endswith(":0"):
             self.cluster.address = self.cluster.address[:-1] + str(port)
@@ -112,11 +164,17 @@ class Daemon:
         await server.start()
         self.server = server
         if cfg.metrics_listen:
-            self.metrics.serve(cfg.metrics_listen)
+            try:
+                self.metrics.serve(cfg.metrics_listen)
+            except OSError as e:
+                raise self._listen_error("metrics_listen", e.strerror or e) from None
         if cfg.ws_listen:
             from .ws import start_ws
 
-            self.ws = await start_ws(cfg, self.gate)
+            try:
+                self.ws = await start_ws(cfg, self.gate)
+            except OSError as e:
+                raise self._listen_error("ws_listen", e.strerror or e) from None
         log.info("listening: grpc %s, websocket %s, metrics %s; recovering %s",
                  cfg.grpc_listen, cfg.ws_listen or "off", cfg.metrics_listen or "off", cfg.data_dir)
         self.metrics.attach_node(self.node)
@@ -224,11 +282,15 @@ class Daemon:
         except Exception as e:  # NoMaster, or anything else: stop anyway
             log.warning("stopping without handing over: %s", e)
 
-    async def stop(self) -> None:
+    async def stop(self, started: bool = True) -> None:
+        """Hand over, drain, close. `started=False`: undo a start that failed part way
+        (nothing was served: no hand-over, no drain, and no claim of a clean stop)."""
         t0 = time.monotonic()
-        if not self.gate.draining:
+        if started and not self.gate.draining:
             await self._hand_over()
-        log.info("draining: refusing new calls, %.1fs for calls in flight", self.cfg.drain_timeout_s)
+        if started:
+            log.info("draining: refusing new calls, %.1fs for calls in flight",
+                     self.cfg.drain_timeout_s)
         sdnotify.notify("STOPPING=1")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.gate.drain()
@@ -252,6 +314,10 @@ class Daemon:
         self.metrics.close()
         err = self.node.engine.write_error if self.node.engine is not None else None
         clean = await self.node.close()
+        if not started:
+            log.info("exiting after the failed start (%s)",
+                     "files closed" if clean else "files not closed cleanly, see above")
+            return
         if err is not None:
             log.error("stopped in %.3fs; writes had stopped: %s", time.monotonic() - t0, err)
             return
@@ -261,9 +327,13 @@ class Daemon:
             log.error("stopped in %.3fs, not cleanly (see above)", time.monotonic() - t0)
 
 
-async def run(cfg: Config, config_path: str | None, flags: dict) -> int:
+async def run(cfg: Config, config_path: str | None, flags: dict,
+              sources: dict[str, str] | None = None) -> int:
+    """Start, serve until SIGTERM/SIGINT, stop. Returns the exit status: 0 after a
+    stop, 1 when the start failed (one ERROR line says why; no traceback for what the
+    operator can fix: an address in use, a file that cannot be opened)."""
     try:
-        d = Daemon(cfg, config_path, flags)
+        d = Daemon(cfg, config_path, flags, sources)
     except Exception as e:
         log.error("startup failed: %s", e, exc_info=not isinstance(e, OSError))
         return 1
@@ -271,7 +341,7 @@ async def run(cfg: Config, config_path: str | None, flags: dict) -> int:
         await d.start()
     except Exception as e:
         log.error("startup failed: %s", e, exc_info=not isinstance(e, OSError))
-        await d.stop()
+        await d.stop(started=False)
         return 1
     await d.serve_until_signalled()
     await d.stop()

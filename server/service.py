@@ -29,6 +29,7 @@ from strata.node import kv
 from strata.node.node import Node
 from strata.node.status import node_status
 from strata.storage import Engine
+from strata.storage.filenames import CURRENT
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 from strata_client.auth import AUTH_METADATA, token_matches
@@ -98,8 +99,8 @@ def _check(request) -> None:
 
 
 # Calls that write files or rewrite the database: with admin_token set, only it admits them.
-ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Compact", "Admin.TransferLeader",
-                           "Admin.DeleteConsumer"})
+ADMIN_METHODS = frozenset({"Admin.Checkpoint", "Admin.Checkpoints", "Admin.Compact",
+                           "Admin.TransferLeader", "Admin.DeleteConsumer"})
 
 
 class Gate:
@@ -553,6 +554,32 @@ def checkpoint_path(root: str, name: str) -> str:
     return path
 
 
+def list_checkpoints(root: str) -> list[pb.CheckpointInfo]:
+    """Every checkpoint under `root`: each directory holding a CURRENT file (not looked
+    into further), oldest first. Blocks on the file system: run it off the loop."""
+    out = []
+    for here, dirs, files in os.walk(root):
+        if CURRENT not in files:
+            dirs.sort()
+            continue
+        dirs[:] = []  # a database's own directories are not checkpoints
+        size = count = 0
+        for name in files:
+            try:
+                size += os.stat(os.path.join(here, name)).st_size
+                count += 1
+            except FileNotFoundError:
+                pass
+        try:
+            created = os.stat(os.path.join(here, CURRENT)).st_mtime
+        except FileNotFoundError:
+            continue
+        out.append(pb.CheckpointInfo(name=os.path.relpath(here, root), path=here, bytes=size,
+                                     files=count, created_unix_s=created))
+    out.sort(key=lambda c: (c.created_unix_s, c.name))
+    return out
+
+
 class AdminService(_Service, pbg.AdminServicer):
     async def Status(self, request, context):
         async def handle(engine: Engine):
@@ -575,15 +602,34 @@ class AdminService(_Service, pbg.AdminServicer):
         async def handle(engine: Engine):
             path = checkpoint_path(backup_dir(self.gate.cfg), request.path)
             lsn = engine.last_lsn
-            await asyncio.get_running_loop().run_in_executor(None, engine.checkpoint, path)
+            t0 = time.monotonic()
+            log.info("checkpoint %r: writing %s (up to LSN %d)", request.path, path, lsn)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, engine.checkpoint, path)
+            written = await loop.run_in_executor(None, list_checkpoints, path)
+            log.info("checkpoint %r done: %d bytes in %d files, LSN %d, %.3fs, %s",
+                     request.path, sum(c.bytes for c in written), sum(c.files for c in written),
+                     lsn, time.monotonic() - t0, path)
             return pb.CheckpointResponse(path=path, lsn=lsn)
 
         return await self.gate.unary("Admin.Checkpoint", context, handle, request)
 
+    async def Checkpoints(self, request, context):
+        async def handle(engine: Engine):
+            root = backup_dir(self.gate.cfg)
+            found = await asyncio.get_running_loop().run_in_executor(None, list_checkpoints, root)
+            return pb.CheckpointsResponse(backup_dir=root, checkpoints=found)
+
+        return await self.gate.unary("Admin.Checkpoints", context, handle, request)
+
     async def Compact(self, request, context):
         async def handle(engine: Engine):
             t0 = time.monotonic()
+            before = engine.disk_usage()["sst_bytes"]
+            log.info("compaction of the whole key range: starting (%d table bytes)", before)
             await asyncio.get_running_loop().run_in_executor(None, engine.compact_all)
+            log.info("compaction of the whole key range done in %.3fs: %d table bytes, were %d",
+                     time.monotonic() - t0, engine.disk_usage()["sst_bytes"], before)
             return pb.CompactResponse(seconds=time.monotonic() - t0)
 
         return await self.gate.unary("Admin.Compact", context, handle, request)

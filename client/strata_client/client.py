@@ -301,6 +301,11 @@ class Client(_Driver):
         """A checkpoint of the node into directory `path`; returns its LSN."""
         return self._unary(rpcs.checkpoint(path))
 
+    def checkpoints(self) -> Any:
+        """The node's checkpoints under its backup_dir: a CheckpointsResponse (backup_dir;
+        checkpoints: name, path, bytes, files, created_unix_s; oldest first)."""
+        return self._unary(rpcs.checkpoints())
+
     def compact(self) -> float:
         """Compact the node's whole key range; returns the seconds it took."""
         return self._unary(rpcs.compact())
@@ -460,6 +465,10 @@ class AsyncClient(_Driver):
     async def checkpoint(self, path: str) -> int:
         """As Client.checkpoint."""
         return await self._unary(rpcs.checkpoint(path))
+
+    async def checkpoints(self) -> Any:
+        """As Client.checkpoints."""
+        return await self._unary(rpcs.checkpoints())
 
     async def compact(self) -> float:
         """As Client.compact."""

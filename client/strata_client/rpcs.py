@@ -154,6 +154,11 @@ def checkpoint(path: str) -> Unary:
     return Unary("admin.Checkpoint", pb.CheckpointRequest(path=path), NODE, _lsn, 600)
 
 
+def checkpoints() -> Unary:
+    """One node's own checkpoints (NODE): a CheckpointsResponse."""
+    return Unary("admin.Checkpoints", pb.CheckpointsRequest(), NODE)
+
+
 def _seconds(resp: Any) -> float:
     return resp.seconds
 

@@ -391,6 +391,32 @@ class CheckpointResponse(_message.Message):
     lsn: int
     def __init__(self, path: _Optional[str] = ..., lsn: _Optional[int] = ...) -> None: ...
 
+class CheckpointsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CheckpointInfo(_message.Message):
+    __slots__ = ("name", "path", "bytes", "files", "created_unix_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    bytes: int
+    files: int
+    created_unix_s: float
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., bytes: _Optional[int] = ..., files: _Optional[int] = ..., created_unix_s: _Optional[float] = ...) -> None: ...
+
+class CheckpointsResponse(_message.Message):
+    __slots__ = ("backup_dir", "checkpoints")
+    BACKUP_DIR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    backup_dir: str
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
+    def __init__(self, backup_dir: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
+
 class CompactRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

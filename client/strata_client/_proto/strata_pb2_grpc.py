@@ -565,6 +565,11 @@ class AdminStub:
                 request_serializer=strata_dot_v1_dot_strata__pb2.CheckpointRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_strata__pb2.CheckpointResponse.FromString,
                 _registered_method=True)
+        self.Checkpoints = channel.unary_unary(
+                '/strata.v1.Admin/Checkpoints',
+                request_serializer=strata_dot_v1_dot_strata__pb2.CheckpointsRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_strata__pb2.CheckpointsResponse.FromString,
+                _registered_method=True)
         self.Compact = channel.unary_unary(
                 '/strata.v1.Admin/Compact',
                 request_serializer=strata_dot_v1_dot_strata__pb2.CompactRequest.SerializeToString,
@@ -601,6 +606,14 @@ class AdminServicer:
     def Checkpoint(self, request, context):
         """Write a consistent, openable copy of the database into a new directory
         on the server's file system.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Checkpoints(self, request, context):
+        """The checkpoints under the server's backup_dir: every directory there that holds
+        a database (a CURRENT file), oldest first. Takes the admin token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -654,6 +667,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Checkpoint,
                     request_deserializer=strata_dot_v1_dot_strata__pb2.CheckpointRequest.FromString,
                     response_serializer=strata_dot_v1_dot_strata__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'Checkpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checkpoints,
+                    request_deserializer=strata_dot_v1_dot_strata__pb2.CheckpointsRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_strata__pb2.CheckpointsResponse.SerializeToString,
             ),
             'Compact': grpc.unary_unary_rpc_method_handler(
                     servicer.Compact,
@@ -732,6 +750,33 @@ class Admin:
             '/strata.v1.Admin/Checkpoint',
             strata_dot_v1_dot_strata__pb2.CheckpointRequest.SerializeToString,
             strata_dot_v1_dot_strata__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.Admin/Checkpoints',
+            strata_dot_v1_dot_strata__pb2.CheckpointsRequest.SerializeToString,
+            strata_dot_v1_dot_strata__pb2.CheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
