@@ -5,12 +5,20 @@
     strata tail --server 127.0.0.1:7400       # gRPC Events.Consume
 
 Each line: {"lsn": N, "ts": Unix ms or null, "topic": "kv", "key": "...", "value": "..."|null}
-(keys and values as text, with --hex in hex; null value: a deletion). Cut off
-or lapped, it says where to resume on stderr and exits with status 3.
+(keys and values as text, with --hex in hex; null value: a deletion). `ts` is when
+the server published the event; null for events read back from the log (history,
+a resume), whose frames keep no time.
+
+With --server, a lost connection (the server stopped or restarted, or cut this
+tail off because it fell behind) is retried with back-off, resuming after the last
+LSN printed, so nothing is skipped or printed twice (--no-follow: exit 1 instead).
+History that is gone (`compacted`) and a lapped ring end it with status 3, saying
+where to resume.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import json
@@ -34,23 +42,42 @@ def _print(line: str) -> None:
     sys.stdout.flush()
 
 
-def _count_left(args) -> int:
-    return args.count if args.count else -1
+class _Lost(Exception):
+    """The connection ended, or could not be made, in a way a later attempt may get past
+    (the server stopped, restarted, cut this subscriber off): the tail reconnects."""
+
+
+class _Printed:
+    """What the tail has printed: the last LSN (where a reconnect resumes after) and how
+    many events are still wanted (--count; -1: no limit)."""
+
+    def __init__(self, args) -> None:
+        self.hex = args.hex
+        self.left = args.count if args.count else -1
+        self.last_lsn = 0
+
+    def event(self, lsn: int, ts, topic: str, key, value) -> bool:
+        """Print one event unless a reconnect delivered it already; False once --count
+        events were printed."""
+        if lsn <= self.last_lsn:
+            return bool(self.left)
+        _print(_line(lsn, ts, topic, key, value, self.hex))
+        self.last_lsn = lsn
+        self.left -= 1
+        return bool(self.left)
 
 
 def tail_ring(args) -> int:
     from strata_client.errors import Lapped
     from strata_client.ring import RingClosed, RingReader
 
-    left = _count_left(args)
+    out = _Printed(args)
     try:
         with RingReader(args.ring, wait=args.wait, from_start=args.from_start) as r:
-            while left:
+            while out.left:
                 for ev in r.read(timeout=1.0):
-                    _print(_line(ev.lsn, ev.ts_ns // 1_000_000, ev.topic, ev.key,
-                                 None if ev.flags else ev.value, args.hex))
-                    left -= 1
-                    if not left:
+                    if not out.event(ev.lsn, ev.ts_ns // 1_000_000, ev.topic, ev.key,
+                                     None if ev.flags else ev.value):
                         break
     except Lapped as e:
         print(f"strata tail: lapped: resume from LSN {e.resume_lsn} "
@@ -62,69 +89,117 @@ def tail_ring(args) -> int:
     return 0
 
 
-async def _tail_ws(args) -> int:
+async def _tail_ws(args, out: _Printed, from_lsn: int, connected) -> int:
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
 
     url = args.server.rstrip("/")
     if not url.endswith("/v1/events"):
         url += "/v1/events"
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
-    req = {"op": "subscribe", "tier": args.tier, "from_lsn": args.from_lsn}
+    req = {"op": "subscribe", "tier": args.tier, "from_lsn": from_lsn}
     if args.topics:
         req["topics"] = args.topics.split(",")
     if args.prefix:
         req["prefix"] = base64.b64encode(args.prefix.encode()).decode()
     if args.consumer:
         req["consumer"] = args.consumer
-    left = _count_left(args)
-    async with connect(url, additional_headers=headers, max_size=None,
-                       subprotocols=["strata.v1.json"]) as ws:
-        await ws.send(json.dumps(req))
-        try:
-            while left:
+    try:
+        async with connect(url, additional_headers=headers, max_size=None, open_timeout=5,
+                           subprotocols=["strata.v1.json"]) as ws:
+            await ws.send(json.dumps(req))
+            connected()
+            while True:
                 m = json.loads(await ws.recv())
                 if m["op"] == "error":
+                    if m["code"] in ("lapped", "shutting_down", "too_many"):
+                        raise _Lost(f"{m['code']}: {m['message']}")
                     print(f"strata tail: {m['code']}: {m['message']}"
-                          + (f"; resume from LSN {m['resume_lsn']}" if "resume_lsn" in m else ""),
-                          file=sys.stderr)
+                          + (f"; resume from LSN {m['resume_lsn']}" if "resume_lsn" in m
+                             else ""), file=sys.stderr)
                     return 3
                 for ev in m["events"] if m["op"] == "batch" else [m] if m["op"] == "event" else []:
                     v = ev["value"]
-                    _print(_line(ev["lsn"], ev["ts"], ev["topic"], base64.b64decode(ev["key"]),
-                                 None if v is None else base64.b64decode(v), args.hex))
-                    left -= 1
-                    if not left:
-                        break
-        except ConnectionClosed as e:
-            print(f"strata tail: connection closed: {e}", file=sys.stderr)
-            return 1
-    return 0
+                    if not out.event(ev["lsn"], ev["ts"], ev["topic"], base64.b64decode(ev["key"]),
+                                     None if v is None else base64.b64decode(v)):
+                        return 0
+    except ConnectionClosed as e:
+        raise _Lost(f"connection closed: {e}") from None
+    except InvalidStatus as e:
+        if e.response.status_code in (502, 503, 504):
+            raise _Lost(f"server answered {e.response.status_code}") from None
+        raise
+    except (OSError, TimeoutError) as e:
+        raise _Lost(str(e) or type(e).__name__) from None
 
 
-def tail_grpc(args) -> int:
+def _tail_grpc(args, out: _Printed, from_lsn: int, connected) -> int:
     from strata_client import Client, errors
 
-    left = _count_left(args)
     try:
         with Client(args.server, token=args.token) as c:
-            sub = c.consume(args.consumer or "", tier=args.tier, from_lsn=args.from_lsn,
+            sub = c.consume(args.consumer or "", tier=args.tier, from_lsn=from_lsn,
                             topics=args.topics.split(",") if args.topics else (),
                             key_prefix=args.prefix.encode())
-            for ev in sub:
-                _print(_line(ev.lsn, None, ev.topic, ev.key, None if ev.deleted else ev.value,
-                             args.hex))
-                left -= 1
-                if not left:
-                    break
-            sub.close()
-    except errors.Lapped as e:
-        print(f"strata tail: lapped: resume from LSN {e.resume_lsn}", file=sys.stderr)
+            try:
+                for ev in sub:
+                    connected()
+                    # ts_ms: when the server published this response's events (0: they
+                    # were read back from the log, which keeps no time)
+                    if not out.event(ev.lsn, sub.ts_ms or None, ev.topic, ev.key,
+                                     None if ev.deleted else ev.value):
+                        return 0
+            finally:
+                sub.close()
+    except errors.Lapped as e:  # fell behind, or the server is stopping
+        raise _Lost(f"cut off: {e}") from None
+    except (errors.Unavailable, errors.DeadlineExceeded) as e:
+        raise _Lost(f"{e.code or type(e).__name__}: {e}") from None
+    except errors.Compacted as e:
+        print(f"strata tail: compacted: {e}; the oldest retained LSN is {e.earliest_lsn}",
+              file=sys.stderr)
         return 3
     except errors.StrataError as e:
         print(f"strata tail: {e.code or type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    return 0
+    raise _Lost("the server ended the stream")
+
+
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 5.0
+
+
+def follow(args, attempt) -> int:
+    """Run `attempt(out, from_lsn, connected)` until it returns an exit status; each time
+    it raises _Lost, wait (exponential back-off with jitter, from BACKOFF_FIRST_S to
+    BACKOFF_MAX_S, reset once a connection is made) and try again from the LSN after the
+    last one printed. Without --follow the first loss ends the tail with status 1."""
+    import random
+    import time
+
+    out = _Printed(args)
+    delay = BACKOFF_FIRST_S
+    state = {"connected": False}
+
+    def connected() -> None:
+        state["connected"] = True
+
+    while True:
+        start = out.last_lsn + 1 if out.last_lsn else args.from_lsn
+        state["connected"] = False
+        try:
+            return attempt(out, start, connected)
+        except _Lost as e:
+            if not args.follow:
+                print(f"strata tail: {e}", file=sys.stderr)
+                return 1
+            if state["connected"]:
+                delay = BACKOFF_FIRST_S
+            wait = delay * random.uniform(0.5, 1.0)
+            print(f"strata tail: {e}; reconnecting in {wait:.1f}s"
+                  + (f", resuming after LSN {out.last_lsn}" if out.last_lsn else ""),
+                  file=sys.stderr)
+            time.sleep(wait)
+            delay = min(delay * 2, BACKOFF_MAX_S)
 
 
 def add_parser(sub) -> None:
@@ -143,6 +218,10 @@ def add_parser(sub) -> None:
     t.add_argument("--token", default=None, help="auth token (or $STRATA_AUTH_TOKEN)")
     t.add_argument("--count", type=int, default=0, help="stop after this many events")
     t.add_argument("--hex", action="store_true", help="keys and values in hex")
+    t.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
+                   help="--server: when the connection is lost (the server stopped, restarted "
+                        "or cut this tail off), reconnect with back-off and resume after the "
+                        "last LSN printed (default); --no-follow exits with status 1")
 
 
 def run(args) -> int:
@@ -153,8 +232,9 @@ def run(args) -> int:
         if args.ring:
             return tail_ring(args)
         if args.server.startswith(("ws://", "wss://")):
-            return asyncio.run(_tail_ws(args))
-        return tail_grpc(args)
+            return follow(args, lambda out, lsn, connected: asyncio.run(
+                _tail_ws(args, out, lsn, connected)))
+        return follow(args, lambda out, lsn, connected: _tail_grpc(args, out, lsn, connected))
     except KeyboardInterrupt:
         return 0
     except OSError as e:

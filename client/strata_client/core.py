@@ -286,7 +286,9 @@ class Consumption(Stream):
     processed; `credit(n)` grants more. A named consumer resumes after its last
     acknowledgement when it subscribes again. Once iteration began, `from_lsn` says
     where delivery started (0: live) and `last_lsn` the server's last LSN when it
-    subscribed (a live subscription gets the events after it). close() it when done.
+    subscribed (a live subscription gets the events after it); `ts_ms` is when the server
+    published the events being iterated (Unix ms; 0: read back from the log, which keeps
+    no time). close() it when done.
 
     `requests` is the driver's request iterator, fed by `send` (None ends it);
     `iterate(stream)` is the driver's iteration of a Stream."""
@@ -299,11 +301,13 @@ class Consumption(Stream):
         self._iterate = iterate
         self.from_lsn = 0
         self.last_lsn = 0
+        self.ts_ms = 0
         self.open()
 
     def _events(self, resp: Any) -> Iterable:
         if not resp.events and not self.last_lsn:  # the first response
             self.from_lsn, self.last_lsn = resp.from_lsn, resp.last_lsn
+        self.ts_ms = resp.ts_ms
         return resp.events
 
     def end(self, e: grpc.RpcError) -> None:
