@@ -310,12 +310,14 @@ def _checkpoint(args, c) -> int:
         worker.start()
         spin = "|/-\\"
         i = 0
-        while worker.is_alive():
+        while True:  # drawn at least once, however quick the server is
             sys.stderr.write(f"\rcheckpoint {args.name}: copying {what} {spin[i % 4]} "
                              f"{time.monotonic() - t0:.1f}s ")
             sys.stderr.flush()
             i += 1
             worker.join(0.2)
+            if not worker.is_alive():
+                break
         sys.stderr.write("\r\033[K")
         sys.stderr.flush()
     else:
