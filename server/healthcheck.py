@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .config import ConfigError, load
+from .console import fail
 
 
 def _channel(target: str, cert_path: str, server_name: str | None) -> grpc.Channel:
@@ -37,8 +38,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg, _ = load(os.environ.get("STRATA_CONFIG") or None)
     except ConfigError as e:
-        print(f"unhealthy: configuration: {e}", file=sys.stderr)
-        return 1
+        return fail("unhealthy", f"configuration: {e}")
     target = args.target
     if not target:
         host, _, port = cfg.grpc_listen.rpartition(":")
@@ -47,15 +47,11 @@ def main(argv: list[str]) -> int:
         with _channel(target, cfg.tls_cert, args.server_name) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
     except grpc.RpcError as e:
-        print(f"unhealthy: {e.code().name}", file=sys.stderr)
-        return 1
+        return fail("unhealthy", e.code().name)
     except OSError as e:
-        print(f"unhealthy: cannot read the TLS certificate: {e}", file=sys.stderr)
-        return 1
+        return fail("unhealthy", f"cannot read the TLS certificate: {e}")
     if resp.status != health_pb2.HealthCheckResponse.SERVING:
-        print(f"unhealthy: {health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)}",
-              file=sys.stderr)
-        return 1
+        return fail("unhealthy", health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
     return 0
 
 

@@ -24,6 +24,8 @@ import base64
 import json
 import sys
 
+from .console import fail
+
 
 def _text(b, hex_: bool) -> str | None:
     if b is None:
@@ -80,12 +82,10 @@ def tail_ring(args) -> int:
                                      None if ev.flags else ev.value):
                         break
     except Lapped as e:
-        print(f"strata tail: lapped: resume from LSN {e.resume_lsn} "
-              f"(strata tail --server ... --from-lsn {e.resume_lsn})", file=sys.stderr)
-        return 3
+        return fail("strata tail", f"lapped: resume from LSN {e.resume_lsn} "
+                    f"(strata tail --server ... --from-lsn {e.resume_lsn})", 3)
     except RingClosed as e:
-        print(f"strata tail: {e}", file=sys.stderr)
-        return 1
+        return fail("strata tail", str(e))
     return 0
 
 
@@ -114,10 +114,9 @@ async def _tail_ws(args, out: _Printed, from_lsn: int, connected) -> int:
                 if m["op"] == "error":
                     if m["code"] in ("lapped", "shutting_down", "too_many"):
                         raise _Lost(f"{m['code']}: {m['message']}")
-                    print(f"strata tail: {m['code']}: {m['message']}"
-                          + (f"; resume from LSN {m['resume_lsn']}" if "resume_lsn" in m
-                             else ""), file=sys.stderr)
-                    return 3
+                    return fail("strata tail", f"{m['code']}: {m['message']}"
+                                + (f"; resume from LSN {m['resume_lsn']}" if "resume_lsn" in m
+                                   else ""), 3)
                 for ev in m["events"] if m["op"] == "batch" else [m] if m["op"] == "event" else []:
                     v = ev["value"]
                     if not out.event(ev["lsn"], ev["ts"], ev["topic"], base64.b64decode(ev["key"]),
@@ -156,12 +155,10 @@ def _tail_grpc(args, out: _Printed, from_lsn: int, connected) -> int:
     except (errors.Unavailable, errors.DeadlineExceeded) as e:
         raise _Lost(f"{e.code or type(e).__name__}: {e}") from None
     except errors.Compacted as e:
-        print(f"strata tail: compacted: {e}; the oldest retained LSN is {e.earliest_lsn}",
-              file=sys.stderr)
-        return 3
+        return fail("strata tail",
+                    f"compacted: {e}; the oldest retained LSN is {e.earliest_lsn}", 3)
     except errors.StrataError as e:
-        print(f"strata tail: {e.code or type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return fail("strata tail", f"{e.code or type(e).__name__}: {e}")
     raise _Lost("the server ended the stream")
 
 
@@ -190,8 +187,7 @@ def follow(args, attempt) -> int:
             return attempt(out, start, connected)
         except _Lost as e:
             if not args.follow:
-                print(f"strata tail: {e}", file=sys.stderr)
-                return 1
+                return fail("strata tail", str(e))
             if state["connected"]:
                 delay = BACKOFF_FIRST_S
             wait = delay * random.uniform(0.5, 1.0)
@@ -238,5 +234,4 @@ def run(args) -> int:
     except KeyboardInterrupt:
         return 0
     except OSError as e:
-        print(f"strata tail: {e}", file=sys.stderr)
-        return 1
+        return fail("strata tail", str(e))
