@@ -120,11 +120,14 @@ class Config:
                                  True)
     auth_token: str = _opt(
         "", "shared token required in `authorization: Bearer <token>` (empty: no auth)")
-    admin_token: str = _opt("", "token Admin.Checkpoint, Admin.Compact, Admin.TransferLeader and "
-                                "Admin.DeleteConsumer require instead of auth_token (empty: "
-                                "auth_token suffices)")
-    backup_dir: str = _opt("", "directory Admin.Checkpoint writes into, by relative name "
-                               "(empty: <data_dir>/checkpoints, on the same file system: hard links)")
+    admin_token: str = _opt("", "token Admin.Checkpoint, Admin.Checkpoints, Admin.Compact, "
+                                "Admin.TransferLeader and Admin.DeleteConsumer require instead "
+                                "of auth_token (empty: auth_token suffices)")
+    backup_dir: str = _opt("", "directory checkpoints (`strata checkpoint NAME`) are written "
+                               "into, by relative name (empty: <data_dir>/checkpoints, on the "
+                               "same file system: hard links). Under the systemd unit, one "
+                               "outside /var/lib/strata needs ReadWritePaths "
+                               "(deploy/install.sh --backup-dir)")
     tls_cert: str = _opt("", "PEM certificate chain for gRPC TLS (with tls_key)")
     tls_key: str = _opt("", "PEM private key for gRPC TLS")
     peers: str = _opt("", "the other nodes of a replicated cluster, id=host:port,... (their gRPC "
@@ -197,7 +200,7 @@ def closest_option(name: str) -> str | None:
     import difflib
 
     if name.startswith(ENV_PREFIX):
-        known = [ENV_PREFIX + n.upper() for n in _FIELDS] + list(OTHER_VARIABLES)
+        known = [ENV_PREFIX + n.upper() for n in _FIELDS if n != "engine"] + list(OTHER_VARIABLES)
     else:
         known = list(_FIELDS)
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
@@ -248,7 +251,10 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
         if not var.startswith(ENV_PREFIX) or var in OTHER_VARIABLES:
             continue
         name = var[len(ENV_PREFIX):].lower()
-        if name not in _FIELDS or name == "engine":
+        if name == "engine":
+            errors.append(f"{var}: the [engine] table is set in the config file only")
+            continue
+        if name not in _FIELDS:
             errors.append(_unknown("unknown environment variable", var))
             continue
         put(name, env[var], var, var)
@@ -459,6 +465,7 @@ def markdown() -> str:
     rows = ["| option | env | default | reload | meaning |", "|---|---|---|---|---|"]
     for name, (text, reload) in OPTIONS.items():
         default = getattr(d, name) if name != "node" else "host name"
-        rows.append(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | `{default!r}` | "
+        env = "-" if name == "engine" else f"`{ENV_PREFIX}{name.upper()}`"
+        rows.append(f"| `{name}` | {env} | `{default!r}` | "
                     f"{'SIGHUP' if reload else 'restart'} | {text} |")
     return "\n".join(rows) + "\n"

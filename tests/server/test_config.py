@@ -118,3 +118,45 @@ def test_every_option_documents_itself_and_the_docs_table_is_current():
     for row in c.markdown().splitlines():
         assert row in doc, f"docs/operations.md lacks the row {row!r}: regenerate it with " \
                            f"`strata config --markdown`"
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    conf = tmp_path / "s.toml"
+    conf.write_text('max_key_size = 0\ndurabilty = "none"\nmemtable_size = "big"\n')
+    with pytest.raises(c.ConfigError) as e:
+        c.load(str(conf), env={"STRATA_RATE_LIMIT": "-1", "STRATA_REPLICATON": "sync"},
+               flags={"replication": "bogus"})
+    assert e.value.errors == [
+        f"config file {conf}: unknown option 'durabilty' (did you mean durability?)",
+        f"memtable_size from {conf}: 'big' is not a int",
+        "unknown environment variable 'STRATA_REPLICATON' (did you mean STRATA_REPLICATION?)",
+        "max_key_size must be 1 .. 65536, not 0",
+        "rate_limit and rate_burst must not be negative",
+        "replication must be one of async, quorum, sync, not 'bogus'",
+    ]
+    assert str(e.value) == "; ".join(e.value.errors)
+
+
+@pytest.mark.parametrize("var,near", [
+    ("STRATA_DURABILTY", "STRATA_DURABILITY"),
+    ("STRATA_GRPC_LISTNE", "STRATA_GRPC_LISTEN"),
+    ("STRATA_CONFG", "STRATA_CONFIG"),
+    ("STRATA_ZZZZZZZZZZZZZZZZ", None),
+])
+def test_an_unknown_strata_variable_is_an_error_naming_the_closest(var, near):
+    with pytest.raises(c.ConfigError) as e:
+        c.load(env={var: "1"})
+    (err,) = e.value.errors
+    assert err.startswith(f"unknown environment variable {var!r}")
+    assert (f"(did you mean {near}?)" in err) if near else "did you mean" not in err, err
+
+
+def test_the_engine_table_is_not_taken_from_the_environment():
+    with pytest.raises(c.ConfigError, match=r"STRATA_ENGINE: the \[engine\] table is set in the "
+                                            r"config file only"):
+        c.load(env={"STRATA_ENGINE": "{}"})
+
+
+def test_variables_that_are_not_options_are_accepted():
+    cfg, sources = c.load(env={v: "x" for v in c.OTHER_VARIABLES} | {"HOME": "/root"})
+    assert set(sources.values()) == {"default"}
