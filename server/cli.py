@@ -211,6 +211,19 @@ def cluster_status(args) -> list[dict]:
                     node, _, address2 = st.master.partition("=")
                     names.setdefault(address2, node)
                     todo.append(address2)
+    # One row per node: an address given by hand (localhost:7410) and the one the peers
+    # name (127.0.0.1:7410) may be the same node.
+    seen: dict[str, str] = {}
+    for address, st in list(answers.items()):
+        if isinstance(st, Exception):
+            continue
+        if st.node not in seen:
+            seen[st.node] = address
+        elif seen[st.node] == args.server:  # keep the address the cluster uses
+            del answers[args.server]
+            seen[st.node] = address
+        else:
+            del answers[address]
     statuses = [st for st in answers.values() if not isinstance(st, Exception)]
     masters = [st for st in statuses if st.role == "master"]
     master = max(masters, key=lambda st: (st.term, st.lease), default=None)

@@ -227,6 +227,11 @@ def test_status_cluster_from_any_node(cluster):
                             "LEASE", "HEALTH"]
     assert lines[0].split()[:3] == [master, cluster.nodes[master].grpc, "master"]
 
+    # The same node under another name for its address is one row, under the cluster's name
+    r = strata("status", "--cluster", "-o", "json", "--server", seed.replace("127.0.0.1", "localhost"))
+    assert sorted(x["address"] for x in json.loads(r.stdout)) == sorted(
+        d.grpc for d in cluster.nodes.values()), r.stdout
+
     # A replica hears only its master; the other replica is shown as the master sees it
     r = strata("status", "--server", seed)
     assert r.returncode == 0, r.stderr
