@@ -84,6 +84,8 @@ def check_listen(setting: str, address: str, source: str = "") -> None:
             try:
                 sock.bind(sockaddr)
             except OSError as e:
+                if e.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                    continue  # e.g. no IPv6 on this host: the listener decides
                 why = e.strerror or str(e)
                 if e.errno == errno.EADDRINUSE:
                     why += " (another process holds it)"

@@ -9,11 +9,12 @@ Each line: {"lsn": N, "ts": Unix ms or null, "topic": "kv", "key": "...", "value
 the server published the event; null for events read back from the log (history,
 a resume), whose frames keep no time.
 
-With --server, a lost connection (the server stopped or restarted, or cut this
-tail off because it fell behind) is retried with back-off, resuming after the last
-LSN printed, so nothing is skipped or printed twice (--no-follow: exit 1 instead).
-History that is gone (`compacted`) and a lapped ring end it with status 3, saying
-where to resume.
+A lost connection (the server stopped or restarted, or cut this tail off because
+it fell behind), or a ring that is not there (the daemon has not made it yet, or
+stopped), is retried with back-off, resuming after the last LSN printed, so nothing
+is skipped or printed twice (--no-follow: exit 1 instead). History that is gone
+(`compacted`), a lapped ring, and a ring that wrapped past the next LSN while the
+tail was away end it with status 3, saying where to resume.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class _Printed:
     def __init__(self, args) -> None:
         self.hex = args.hex
         self.left = args.count if args.count else -1
-        self.last_lsn = 0
+        self.last_lsn = max(0, args.from_lsn - 1)  # --from-lsn N: as if N - 1 was printed
 
     def event(self, lsn: int, ts, topic: str, key, value) -> bool:
         """Print one event unless a reconnect delivered it already; False once --count
@@ -69,24 +70,35 @@ class _Printed:
         return bool(self.left)
 
 
-def tail_ring(args) -> int:
+def _ring_attempt(args, out: _Printed, from_lsn: int, connected) -> int:
+    """One attachment to the ring. A reattachment (from_lsn set) reads from the ring's
+    oldest frame, skips what was printed, and ends with status 3 if the ring no longer
+    holds the next LSN (it wrapped while the tail was away)."""
     from strata_client.errors import Lapped
     from strata_client.ring import RingClosed, RingReader
 
-    out = _Printed(args)
     try:
-        with RingReader(args.ring, wait=args.wait, from_start=args.from_start) as r:
-            while out.left:
-                for ev in r.read(timeout=1.0):
+        with RingReader(args.ring, wait=args.wait,
+                        from_start=args.from_start or bool(from_lsn)) as r:
+            connected()
+            check = bool(from_lsn)
+            while True:
+                events = r.read(timeout=1.0)
+                if check and events:
+                    check = False
+                    if events[0].lsn > from_lsn:
+                        return fail("strata tail", f"the ring no longer holds LSN {from_lsn} "
+                                    f"(it starts at {events[0].lsn}): strata tail --server ... "
+                                    f"--from-lsn {from_lsn}", 3)
+                for ev in events:
                     if not out.event(ev.lsn, ev.ts_ns // 1_000_000, ev.topic, ev.key,
                                      None if ev.flags else ev.value):
-                        break
+                        return 0
     except Lapped as e:
         return fail("strata tail", f"lapped: resume from LSN {e.resume_lsn} "
                     f"(strata tail --server ... --from-lsn {e.resume_lsn})", 3)
-    except RingClosed as e:
-        return fail("strata tail", str(e))
-    return 0
+    except RingClosed as e:  # not there yet, or its daemon stopped: it comes back
+        raise _Lost(str(e)) from None
 
 
 async def _tail_ws(args, out: _Printed, from_lsn: int, connected) -> int:
@@ -181,7 +193,7 @@ def follow(args, attempt) -> int:
         state["connected"] = True
 
     while True:
-        start = out.last_lsn + 1 if out.last_lsn else args.from_lsn
+        start = out.last_lsn + 1 if out.last_lsn else getattr(args, "from_lsn", 0)
         state["connected"] = False
         try:
             return attempt(out, start, connected)
@@ -215,9 +227,10 @@ def add_parser(sub) -> None:
     t.add_argument("--count", type=int, default=0, help="stop after this many events")
     t.add_argument("--hex", action="store_true", help="keys and values in hex")
     t.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
-                   help="--server: when the connection is lost (the server stopped, restarted "
-                        "or cut this tail off), reconnect with back-off and resume after the "
-                        "last LSN printed (default); --no-follow exits with status 1")
+                   help="when the connection is lost (the server stopped, restarted or cut "
+                        "this tail off) or the ring is not there (yet, or any more), try again "
+                        "with back-off and resume after the last LSN printed (default); "
+                        "--no-follow exits with status 1")
 
 
 def run(args) -> int:
@@ -226,7 +239,8 @@ def run(args) -> int:
     args.token = args.token or os.environ.get("STRATA_AUTH_TOKEN") or None
     try:
         if args.ring:
-            return tail_ring(args)
+            return follow(args, lambda out, lsn, connected: _ring_attempt(args, out, lsn,
+                                                                          connected))
         if args.server.startswith(("ws://", "wss://")):
             return follow(args, lambda out, lsn, connected: asyncio.run(
                 _tail_ws(args, out, lsn, connected)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import random
 import re
 import signal
 import socket
@@ -252,22 +253,40 @@ def _restart(d: Daemon) -> None:
     d.start()
 
 
-@pytest.mark.parametrize("scheme", ["grpc", "ws"])
-def test_tail_reconnects_after_a_restart_and_resumes_after_the_last_lsn(daemon, scheme):
-    server = daemon.grpc if scheme == "grpc" else f"ws://{daemon.ws}"
-    tail = subprocess.Popen([*_strata(), "tail", "--server", server, "--count", "4"],
+def _ring_name() -> str:
+    return f"strata-cli-{os.getpid()}-{random.randrange(1 << 30)}"
+
+
+@pytest.mark.parametrize("source", ["grpc", "ws", "ring"])
+def test_tail_reconnects_after_a_restart_and_resumes_after_the_last_lsn(daemon_factory, source):
+    ring = _ring_name()
+    d = daemon_factory(args=["--rings", f"{ring}:1MiB"], start=False)
+    args = {"grpc": ["--server", d.grpc], "ws": ["--server", f"ws://{d.ws}"],
+            "ring": ["--ring", ring]}[source]
+    if source == "ring":
+        d.start()  # a ring reader sees what is written after it attached
+    else:
+        args += ["--from-lsn", "1"]  # started before the server: it waits for it
+    tail = subprocess.Popen([*_strata(), "tail", *args, "--count", "5"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env=ENV)
     try:
-        time.sleep(2)  # subscribed (live)
-        with Client(daemon.grpc) as c:
+        if source == "ring":
+            time.sleep(2)  # attached
+        else:
+            d.start()
+        with Client(d.grpc) as c:
             c.put(b"a", b"1")
             c.put(b"b", b"2")
-        _restart(daemon)
-        with Client(daemon.grpc) as c:
+        first = tail.stdout.readline() + tail.stdout.readline()  # printed before the restart
+        _restart(d)
+        with Client(d.grpc) as c:
             c.put(b"c", b"3")
             c.put(b"d", b"4")
+            first += tail.stdout.readline() + tail.stdout.readline()
+            c.put(b"e", b"5")  # the tail is past its history now: this one is live
         out, err = tail.communicate(timeout=60)
+        out = first + out
     finally:
         if tail.poll() is None:
             tail.send_signal(signal.SIGKILL)
@@ -275,10 +294,36 @@ def test_tail_reconnects_after_a_restart_and_resumes_after_the_last_lsn(daemon, 
     assert tail.returncode == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
     assert [(x["lsn"], x["key"], x["value"]) for x in lines] == [
-        (1, "a", "1"), (2, "b", "2"), (3, "c", "3"), (4, "d", "4")], out
-    assert all(isinstance(x["ts"], int) for x in lines[:2]), out  # published live
+        (1, "a", "1"), (2, "b", "2"), (3, "c", "3"), (4, "d", "4"), (5, "e", "5")], out
+    # ts: when the server published it; null for what a (re)connect read back from the log
+    assert isinstance(lines[-1]["ts"], int) and lines[-1]["ts"] > 1.7e12, out
     assert "reconnecting in" in err and "resuming after LSN 2" in err, err
     assert "Traceback" not in err
+
+
+def test_a_ring_tail_waits_for_its_ring(daemon_factory):
+    """The README started the tail before the daemon that makes the ring: it exited."""
+    ring = _ring_name()
+    d = daemon_factory(args=["--rings", f"{ring}:1MiB"], start=False)
+    tail = subprocess.Popen([*_strata(), "tail", "--ring", ring, "--count", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=ENV)
+    try:
+        d.start()
+        put = []
+        with Client(d.grpc) as c:
+            while tail.poll() is None and len(put) < 200:  # until it attached and printed one
+                put.append(c.put(b"k%d" % len(put), b"v"))
+                time.sleep(0.1)
+        out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.send_signal(signal.SIGKILL)
+            tail.wait()
+    assert tail.returncode == 0, err
+    (line,) = out.splitlines()
+    assert json.loads(line)["lsn"] in put
+    assert f"no ring named {ring!r}" in err and "reconnecting in" in err, err
 
 
 def test_tail_without_follow_exits_when_the_server_stops(daemon):
