@@ -106,10 +106,10 @@ def _print_consumers(r) -> None:
     """The table of `strata consumers`: one line per named consumer, then the limit."""
     rows = [("NAME", "CURSOR", "LAG_LSNS", "LAG", "CONNECTED", "SINCE", "LAST_ACK", "LOG")]
     for x in r.consumers:
-        rows.append((x.name, x.cursor_lsn, x.lag_lsns, console.size(x.lag_bytes),
+        rows.append((x.name, x.cursor_lsn, x.lag_lsns, console.size(x.lag_bytes, ""),
                      "yes" if x.connected else "no", console.when(x.connected_since_unix_s),
                      console.when(x.last_ack_unix_s),
-                     f"holds {console.size(x.held_bytes)}" if x.retained else "COMPACTED"))
+                     f"holds {console.size(x.held_bytes, '')}" if x.retained else "COMPACTED"))
     sys.stdout.write(console.table(rows))
     print(f"last LSN {r.last_lsn}  earliest retained LSN {r.earliest_lsn}  "
           f"consumer_retention_bytes {console.size(r.retention_limit_bytes)}  "
@@ -354,7 +354,7 @@ def _checkpoints(args, c) -> int:
         sys.stdout.write(console.to_json(console.message_dict(r)))
         return 0
     rows = [("NAME", "CREATED", "SIZE", "FILES", "PATH")]
-    rows += [(x.name, console.when(x.created_unix_s), console.size(x.bytes), x.files, x.path)
+    rows += [(x.name, console.when(x.created_unix_s), console.size(x.bytes, ""), x.files, x.path)
              for x in r.checkpoints]
     sys.stdout.write(console.table(rows))
     print(f"{len(r.checkpoints)} checkpoint(s) in {r.backup_dir}")

@@ -17,14 +17,15 @@ from typing import Any
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
-def size(n: int | float) -> str:
-    """Bytes as people read them: 512 B, 1.5 KiB, 12.0 MiB (powers of 1024)."""
+def size(n: int | float, sep: str = " ") -> str:
+    """Bytes as people read them: 512 B, 1.5 KiB, 12.0 MiB (powers of 1024). Table cells
+    take sep="" (1.5KiB), so that a row still splits into its columns on blanks."""
     if n < 1024:
-        return f"{int(n)} B"
+        return f"{int(n)}{sep}B"
     for unit in _UNITS:
         n /= 1024
         if n < 1024 or unit == _UNITS[-1]:
-            return f"{n:.1f} {unit}"
+            return f"{n:.1f}{sep}{unit}"
     raise AssertionError("unreachable")
 
 

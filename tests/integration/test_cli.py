@@ -132,7 +132,7 @@ def test_checkpoint_checkpoints_and_compact(daemon):
     assert listed["backup_dir"] == os.path.join(os.path.abspath(daemon.data_dir), "checkpoints")
     assert all(x["bytes"] > 200_000 and x["files"] >= 3 for x in listed["checkpoints"])
     r = strata("checkpoints", "--server", daemon.grpc)
-    assert re.search(r"^nightly/two +\S+Z +\d+\.\d KiB +\d+ +/", r.stdout, re.M), r.stdout
+    assert re.search(r"^nightly/two +\S+Z +\d+\.\dKiB +\d+ +/", r.stdout, re.M), r.stdout
 
     done = [x["msg"] for x in daemon.log_records() if "checkpoint 'nightly/one' done" in x["msg"]]
     assert len(done) == 1 and re.search(r"done: \d+ bytes in \d+ files, LSN 2000, [\d.]+s", done[0])
