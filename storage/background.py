@@ -98,13 +98,16 @@ class BackgroundWork:
             elif self._worker_dir is not None:
                 # Packing the dict is C; sorting and encoding happen in the worker.
                 job = compaction.FlushJob(self.fs.local_path(path), imm.raw_items(),
-                                          self._smallest_snapshot(), self.opts.codec(0))
+                                          self._smallest_snapshot(), self.opts.codec(0),
+                                          self.opts.block_size, self.opts.block_restart_interval)
                 outs = worker_for("flush").run(job).outputs
             else:
                 entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(),
                                                    False)
                 outs = sstable.build_tables(self.fs, entries, lambda i: path, 1 << 62,
-                                            compression=self.opts.codec(0))
+                                            block_size=self.opts.block_size,
+                                            compression=self.opts.codec(0),
+                                            restart_interval=self.opts.block_restart_interval)
         except BaseException:
             # The half-written table goes now (its space is what the retry needs).
             try:
@@ -287,7 +290,8 @@ class BackgroundWork:
             drop_tombstones=c.bottommost,
             target_file_size=self.opts.target_file_size,
             prefix=compaction_prefix(self.versions.new_file_number()),
-            compression=self.opts.codec(c.output_level))
+            compression=self.opts.codec(c.output_level),
+            block_size=self.opts.block_size, restart_interval=self.opts.block_restart_interval)
         if local is not None:
             result = worker_for("merge").run(job)
         else:

@@ -37,7 +37,7 @@ from operator import itemgetter
 
 import msgpack
 
-from . import sstable
+from . import block, sstable
 from .errors import Corruption, StorageError
 from .filenames import compaction_output
 from .manifest import NUM_LEVELS, FileMeta, Version
@@ -267,6 +267,8 @@ class FlushJob:
     items: list  # the memtable's dict items: see memtable_entries
     smallest_snapshot: int
     compression: str = "none"  # codec name (Options.codec)
+    block_size: int = sstable.BLOCK_SIZE
+    restart_interval: int = block.RESTART_INTERVAL
 
 
 @dataclass
@@ -281,6 +283,8 @@ class MergeJob:
     prefix: str  # the outputs' temporary name prefix (filenames.compaction_prefix)
     compression: str = "none"
     window_bytes: int = MERGE_WINDOW_BYTES
+    block_size: int = sstable.BLOCK_SIZE
+    restart_interval: int = block.RESTART_INTERVAL
 
 
 @dataclass
@@ -305,7 +309,8 @@ def run_flush(job: FlushJob, fs: FileSystem | None = None) -> JobResult:
     entries = drop_obsolete(memtable_entries(job.items), job.smallest_snapshot, False)
     path = job.path
     outputs = sstable.build_tables(fs, entries, lambda i: path, 1 << 62,
-                                   compression=job.compression)
+                                   block_size=job.block_size, compression=job.compression,
+                                   restart_interval=job.restart_interval)
     return JobResult(outputs, 0, sum(p["file_size"] for _, p in outputs),
                      time.monotonic() - t0)
 
@@ -345,7 +350,7 @@ def run_merge(job: MergeJob, fs: FileSystem | None = None) -> JobResult:
         read_bytes = sum(r.file_size for r in readers)
         sink = sstable.TableSink(
             fs, lambda i: os.path.join(job.dir, compaction_output(job.prefix, i)),
-            job.target_file_size, job.compression)
+            job.target_file_size, job.compression, job.block_size, job.restart_interval)
         # The key space is cut into windows of about `window` encoded bytes of input;
         # each window is merged (concatenated and sorted in C) and handed to the sink.
         # Every version of a key falls into one window, so the dropping rules see

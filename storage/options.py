@@ -55,6 +55,11 @@ class Options:
     wal_holds_from_open: bool = False
     wal_preallocate: bool = True
     compaction_executor: str = "process"  # "process" | "thread"
+    # Data blocks of new tables (docs/format.md, "Data block"): about this many bytes
+    # before compression, with a restart point every `block_restart_interval` entries
+    # (a point read decodes one restart group; LevelDB's defaults, 4 KiB and 16).
+    block_size: int = 4096
+    block_restart_interval: int = 16
     # Data blocks of new tables: "none", "lz4" or "zstd" (docs/format.md). Tables keep
     # the codec they were written with, so this can change between opens. LZ4: about
     # half the bytes of text-like values for ~2 us per block read from disk; zstd saves
@@ -93,6 +98,11 @@ class Options:
         if opts.durability not in DURABILITY_MODES:
             raise InvalidArgument(
                 f"durability must be one of {DURABILITY_MODES}, not {opts.durability!r}")
+        if not 64 <= opts.block_size <= 1 << 24:
+            raise InvalidArgument(f"block_size must be 64 .. {1 << 24}, not {opts.block_size}")
+        if not 1 <= opts.block_restart_interval <= 1024:
+            raise InvalidArgument(
+                f"block_restart_interval must be 1 .. 1024, not {opts.block_restart_interval}")
         if opts.compaction_executor not in ("process", "thread"):
             raise InvalidArgument("compaction_executor must be 'process' or 'thread'")
         if isinstance(opts.compression_per_level, str):

@@ -2,7 +2,8 @@
 
     table   := data_block* filter_block props_block index_block footer
     block   := contents | type u8 | crc32c u32            (trailer: 5 bytes)
-    data    := msgpack array [key, -lsn, value|nil, key, -lsn, value|nil, ...]
+    data    := block.py's restart groups (version 2)
+             | msgpack array [key, -lsn, value|nil, key, -lsn, value|nil, ...]  (version 1)
     index   := msgpack array [last_key, offset, size, ...]  one triple per data block
     filter  := bloom.build(user keys)
     props   := msgpack map {smallest, largest, entries, tombstones, min_lsn, max_lsn}
@@ -19,13 +20,18 @@ LevelDB's trailer. A data block is stored compressed only when that saves an
 eighth of it (LevelDB's rule); meta blocks are never compressed. `size` in the
 index is the stored size, without the trailer.
 
-Blocks are msgpack arrays rather than LevelDB's prefix-compressed entries: the
-decoder is C, so a block decodes in a few microseconds in CPython, where a
-hand-written varint loop would cost ~50x more. All versions of one user key are
+Version 2 data blocks (block.py) hold restart groups with shared key prefixes and
+a restart array, so a point read decodes one group of ~16 entries, and the block
+cache holds blocks as their bytes plus the restart array. Version 1 blocks were
+one msgpack array decoded whole on every cache miss: ~200 bytes of Python objects
+per entry in the cache, so 250k keys did not fit the default cache and a get paid
+a whole-block decode one time in five (bench/engine: readrandom-hit p99). Both
+versions are read; only version 2 is written. All versions of one user key are
 kept in one block (a block may exceed the target a little), so a point read
 touches exactly one block.
 
-Changing any of this breaks existing files: bump VERSION.
+Changing any of this breaks existing files: bump VERSION and keep a reader for the
+old one (tests/storage/testdata holds a database of each older version).
 """
 
 from __future__ import annotations
@@ -35,18 +41,19 @@ import threading
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator
-from itertools import accumulate, chain
+from itertools import accumulate
 from operator import itemgetter
 
 import msgpack
 from crc32c import crc32c
 
-from . import bloom
+from . import block, bloom
 from .errors import Corruption
 from .vfs import FileSystem
 
 MAGIC = b"STRATSST"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FOOTER = struct.Struct("<QIQIQII8s")
 FOOTER_SIZE = FOOTER.size  # 48
 TRAILER = struct.Struct("<BI")
@@ -138,7 +145,8 @@ def _boundary(entries: list[tuple], cum: list[int], lo: int, budget: int) -> int
 
 def build_tables(fs: FileSystem, entries: list[tuple], path_for, target_file_size: int,
                  block_size: int = BLOCK_SIZE, bloom_bits: int = bloom.BITS_PER_KEY,
-                 compression: str = "none") -> list[tuple[str, dict]]:
+                 compression: str = "none", restart_interval: int = block.RESTART_INTERVAL
+                 ) -> list[tuple[str, dict]]:
     """Write `entries` (internal order) into tables of about `target_file_size`.
 
     Returns [(path, props)] with props as stored plus `file_size`. Each table
@@ -155,7 +163,7 @@ def build_tables(fs: FileSystem, entries: list[tuple], path_for, target_file_siz
         hi = _boundary(entries, cum, lo, target_file_size)
         path = path_for(len(out))
         out.append((path, _write_table(fs, path, entries, cum, lo, hi, block_size, bloom_bits,
-                                       CODECS[compression])))
+                                       CODECS[compression], restart_interval)))
         lo = hi
     return out
 
@@ -168,8 +176,11 @@ class TableSink:
     """
 
     def __init__(self, fs: FileSystem, path_for, target_file_size: int,
-                 compression: str = "none") -> None:
+                 compression: str = "none", block_size: int = BLOCK_SIZE,
+                 restart_interval: int = block.RESTART_INTERVAL) -> None:
         self.fs = fs
+        self.block_size = block_size
+        self.restart_interval = restart_interval
         self.path_for = path_for
         self.target = target_file_size
         self.ctype = CODECS[compression]
@@ -196,7 +207,8 @@ class TableSink:
                 break  # less than a table left: it waits for more entries
             path = self.path_for(len(self.outputs))
             self.outputs.append((path, _write_table(self.fs, path, buf, cum, lo, hi,
-                                                    BLOCK_SIZE, bloom.BITS_PER_KEY, self.ctype)))
+                                                    self.block_size, bloom.BITS_PER_KEY,
+                                                    self.ctype, self.restart_interval)))
             lo = hi
         self._buf = buf[lo:]
         self._bytes = (cum[-1] - (cum[lo - 1] if lo else 0)) if self._buf else 0
@@ -207,8 +219,8 @@ class TableSink:
 
 
 def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int], lo: int,
-                 hi: int, block_size: int, bloom_bits: int, ctype: int = COMPRESSION_NONE
-                 ) -> dict:
+                 hi: int, block_size: int, bloom_bits: int, ctype: int = COMPRESSION_NONE,
+                 restart_interval: int = block.RESTART_INTERVAL) -> dict:
     f = fs.create(path)
     ok = False
     try:
@@ -216,16 +228,15 @@ def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int]
         index: list = []
         chunks: list[bytes] = []
         pending = 0
-        flat_from = chain.from_iterable
+        encode = block.encode
         i = lo
         while i < hi:
             j = min(_boundary(entries, cum, i, block_size), hi)
-            contents = msgpack.packb(list(flat_from(entries[i:j])), use_bin_type=True)
-            block, stored = _finish_block(contents, ctype)
+            stored_block, stored = _finish_block(encode(entries, i, j, restart_interval), ctype)
             index += (entries[j - 1][0], offset, stored)
-            chunks.append(block)
-            offset += len(block)
-            pending += len(block)
+            chunks.append(stored_block)
+            offset += len(stored_block)
+            pending += len(stored_block)
             if pending >= 1 << 20:
                 f.write(b"".join(chunks))
                 chunks.clear()
@@ -246,10 +257,10 @@ def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int]
         for contents in (bloom.build(list(map(itemgetter(0), part)), bloom_bits),
                          msgpack.packb(props, use_bin_type=True),
                          msgpack.packb(index, use_bin_type=True)):
-            block, _ = _finish_block(contents)
+            stored_block, _ = _finish_block(contents)
             meta.append((offset, len(contents)))
-            chunks.append(block)
-            offset += len(block)
+            chunks.append(stored_block)
+            offset += len(stored_block)
         (filter_off, filter_size), (props_off, props_size), (index_off, index_size) = meta
         chunks.append(FOOTER.pack(index_off, index_size, filter_off, filter_size,
                                   props_off, props_size, VERSION, MAGIC))
@@ -324,7 +335,8 @@ class TableReader:
     """Read access to one table through an mmap (or bytes on MemFS).
 
     Thread-safe. Raises Corruption naming the file and offset when a block or
-    the footer does not check out.
+    the footer does not check out. Reads table format versions 1 and 2: the
+    version's methods are bound at open, so a read tests no version.
     """
 
     def __init__(self, fs: FileSystem, path: str, number: int, cache: BlockCache | None = None) -> None:
@@ -340,14 +352,20 @@ class TableReader:
          version, magic) = FOOTER.unpack_from(self._buf, n - FOOTER_SIZE)
         if magic != MAGIC:
             raise Corruption(path, n - FOOTER_SIZE, f"bad table magic {magic!r}")
-        if version != VERSION:
+        if version not in READABLE_VERSIONS:
             raise Corruption(path, n - FOOTER_SIZE, f"unsupported table version {version}")
+        self.version = version
+        if version == 1:
+            self.get = self._get_v1  # type: ignore[method-assign]
+            self._block = self._block_v1  # type: ignore[method-assign]
+            self._columns = self._columns_v1  # type: ignore[method-assign]
         index = self._decode_meta(index_off, index_size, "index", list)
         self._last_keys: list[bytes] = index[0::3]
         self._offsets: list[int] = index[1::3]
         self._sizes: list[int] = index[2::3]
         if not (len(self._last_keys) == len(self._offsets) == len(self._sizes)):
             raise Corruption(path, index_off, "index block is not a list of triples")
+        self._nblocks = len(self._last_keys)
         try:
             self.filter = bloom.BloomFilter(self._read_block(filter_off, filter_size))
         except ValueError as e:
@@ -395,31 +413,37 @@ class TableReader:
             raise Corruption(self.path, off, f"undecompressible block (compression {ctype}): "
                                              f"{e}") from None
 
-    def _block(self, i: int) -> tuple[list, list, list, int]:
+    def _undecodable(self, i: int, e: Exception) -> Corruption:
+        return Corruption(self.path, self._offsets[i], f"undecodable block: {e}")
+
+    # -- version 2: restart groups (block.py); the cache holds (contents, first keys,
+    # group offsets, charge)
+
+    def _block(self, i: int) -> tuple:
+        """Data block i, parsed enough for a lookup, from the cache or the file."""
         off = self._offsets[i]
         cache = self._cache
         if cache is not None:
             blk = cache.get((self.number, off))
             if blk is not None:
                 return blk
-        raw = self._read_block(off, self._sizes[i])
+        return self._load(i)
+
+    def _load(self, i: int) -> tuple:
+        """Data block i read from the file, parsed, and put in the cache."""
+        off = self._offsets[i]
+        cache = self._cache
         try:
-            flat = msgpack.unpackb(raw, use_list=True)
-        except (ValueError, msgpack.UnpackException) as e:
-            raise Corruption(self.path, off, f"undecodable block: {e}") from None
-        keys = flat[0::3]
-        # Charged at what the decoded block takes in RSS, not its encoded bytes: per entry a
-        # key, a value and an int object and three list slots, ~200 bytes beyond the data
-        # once the allocator's rounding is counted, and ~400 per block for the lists and
-        # the cache's own entry (measured: RSS grows by the charge within ~5% for 16-byte
-        # keys and 100-byte values; smaller values are overcharged, not under).
-        blk = (keys, flat[1::3], flat[2::3], len(raw) + 200 * len(keys) + 400)
+            contents, firsts, offs = block.parse(self._read_block(off, self._sizes[i]))
+        except block.DECODE_ERRORS as e:
+            raise self._undecodable(i, e) from None
+        # Charged at what it takes in RSS: the contents, per group a first key and an
+        # offset (~100 bytes beyond the key's own), ~300 for the lists, tuple and entry.
+        blk = (contents, firsts, offs,
+               len(contents) + sum(map(len, firsts)) + 100 * len(firsts) + 300)
         if cache is not None:
             cache.put((self.number, off), blk)
         return blk
-
-    def may_contain(self, key: bytes) -> bool:
-        return self.smallest <= key <= self.largest and self.filter.may_contain(key)
 
     def get(self, key: bytes, snapshot: int) -> tuple[int, bytes | None]:
         """(-lsn, value) of the newest version of `key` with lsn <= snapshot; (0, None) if none.
@@ -427,9 +451,48 @@ class TableReader:
         REQUIRES: the caller checked `may_contain` (or accepts a wasted block read).
         """
         i = bisect_left(self._last_keys, key)
-        if i == len(self._last_keys):
+        if i == self._nblocks:
             return 0, None
-        keys, negs, values, _ = self._block(i)
+        cache = self._cache
+        blk = cache.get((self.number, self._offsets[i])) if cache is not None else None
+        if blk is None:
+            blk = self._load(i)
+        try:
+            return block.lookup(blk, key, -snapshot)
+        except block.DECODE_ERRORS as e:
+            raise self._undecodable(i, e) from None
+
+    def _columns(self, i: int, cached: bool) -> tuple[list, list, list]:
+        """(keys, -lsns, values) of data block i; `cached`: through the block cache."""
+        try:
+            if cached:
+                return block.columns(self._block(i))
+            return block.columns(block.parse(self._read_block(self._offsets[i], self._sizes[i])))
+        except block.DECODE_ERRORS as e:
+            raise self._undecodable(i, e) from None
+
+    # -- version 1: one msgpack array per block; the cache holds (keys, -lsns, values, charge)
+
+    def _block_v1(self, i: int) -> tuple:
+        off = self._offsets[i]
+        cache = self._cache
+        if cache is not None:
+            blk = cache.get((self.number, off))
+            if blk is not None:
+                return blk
+        keys, negs, values = self._columns_v1(i, False)
+        # Charged at what the decoded block takes in RSS: per entry a key, a value and an
+        # int object and three list slots, ~200 bytes beyond the data, ~400 per block.
+        blk = (keys, negs, values, self._sizes[i] + 200 * len(keys) + 400)
+        if cache is not None:
+            cache.put((self.number, off), blk)
+        return blk
+
+    def _get_v1(self, key: bytes, snapshot: int) -> tuple[int, bytes | None]:
+        i = bisect_left(self._last_keys, key)
+        if i == self._nblocks:
+            return 0, None
+        keys, negs, values, _ = self._block_v1(i)
         j = bisect_left(keys, key)
         n = len(keys)
         neg_snap = -snapshot
@@ -439,15 +502,29 @@ class TableReader:
             j += 1
         return 0, None
 
+    def _columns_v1(self, i: int, cached: bool) -> tuple[list, list, list]:
+        if cached:
+            blk = self._block_v1(i)
+            return blk[0], blk[1], blk[2]
+        try:
+            flat = msgpack.unpackb(self._read_block(self._offsets[i], self._sizes[i]),
+                                   use_list=True)
+            if type(flat) is not list or len(flat) % 3:
+                raise ValueError("not a list of (key, -lsn, value) triples")
+        except (ValueError, msgpack.UnpackException) as e:
+            raise self._undecodable(i, e) from None
+        return flat[0::3], flat[1::3], flat[2::3]
+
+    # -- both versions
+
+    def may_contain(self, key: bytes) -> bool:
+        return self.smallest <= key <= self.largest and self.filter.may_contain(key)
+
     def all_entries(self) -> list[tuple[bytes, int, bytes | None]]:
         """Every entry as (key, -lsn, value), bypassing the block cache (compaction input)."""
         out: list = []
-        for off, size in zip(self._offsets, self._sizes):
-            try:
-                flat = msgpack.unpackb(self._read_block(off, size), use_list=True)
-            except (ValueError, msgpack.UnpackException) as e:
-                raise Corruption(self.path, off, f"undecodable block: {e}") from None
-            out += zip(flat[0::3], flat[1::3], flat[2::3])
+        for i in range(self._nblocks):
+            out += zip(*self._columns(i, False))
         return out
 
     def block_bounds(self) -> list[tuple[bytes, int]]:
@@ -459,14 +536,9 @@ class TableReader:
         whole blocks in C and bypassing the block cache (compaction input)."""
         i = 0 if start is None else bisect_left(self._last_keys, start)
         out: list = []
-        n = len(self._last_keys)
+        n = self._nblocks
         while i < n:
-            off, size = self._offsets[i], self._sizes[i]
-            try:
-                flat = msgpack.unpackb(self._read_block(off, size), use_list=True)
-            except (ValueError, msgpack.UnpackException) as e:
-                raise Corruption(self.path, off, f"undecodable block: {e}") from None
-            out += zip(flat[0::3], flat[1::3], flat[2::3])
+            out += zip(*self._columns(i, False))
             if end is not None and self._last_keys[i] >= end:
                 break
             i += 1
@@ -478,14 +550,11 @@ class TableReader:
     def entries_from(self, start: bytes | None = None, end: bytes | None = None
                      ) -> Iterator[tuple[bytes, int, bytes | None]]:
         """Yield (key, -lsn, value) in internal order for start <= key < end."""
-        if start is None:
-            i = 0
-        else:
-            i = bisect_left(self._last_keys, start)
-        nblocks = len(self._last_keys)
+        i = 0 if start is None else bisect_left(self._last_keys, start)
+        nblocks = self._nblocks
         first = True
         while i < nblocks:
-            keys, lsns, values, _ = self._block(i)
+            keys, lsns, values = self._columns(i, True)
             j = bisect_left(keys, start) if (first and start is not None) else 0
             first = False
             n = len(keys)
@@ -494,10 +563,10 @@ class TableReader:
                     yield keys[j], lsns[j], values[j]
                     j += 1
                 return
-            yield from zip(keys[j:], lsns[j:], values[j:])
+            yield from zip(keys[j:], lsns[j:], values[j:]) if j else zip(keys, lsns, values)
             i += 1
 
     def verify(self) -> None:
-        """Read and check every block; raise Corruption at the first bad one."""
-        for i in range(len(self._offsets)):
-            self._read_block(self._offsets[i], self._sizes[i])
+        """Read, check and decode every block; raise Corruption at the first bad one."""
+        for i in range(self._nblocks):
+            self._columns(i, False)
