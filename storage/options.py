@@ -44,7 +44,11 @@ class Options:
     # Input bytes of one compaction from L0, or of one manual step (0: 25 target files).
     max_compaction_bytes: int = 0
     wal_segment_size: int = 64 << 20
-    wal_retention_bytes: int = 64 << 20  # flushed log kept for history readers and replicas
+    # Flushed log kept for history readers and replicas. None by default: an embedded
+    # engine has no subscribers, and the log would take the disk that the tables
+    # already hold the data in. The daemon sets its own (server/config.py,
+    # wal_retention_bytes) for its historical tier and lagging replicas.
+    wal_retention_bytes: int = 0
     wal_retention_age_s: float = 0.0
     # Log kept beyond the retention above for named holds (Engine.hold_log): a hold
     # keeps its LSN's segment and all later ones while those total at most this.

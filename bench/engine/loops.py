@@ -30,6 +30,26 @@ class Measured:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def cpu_ns() -> int:
+    """User + system CPU of this process and its descendants so far, in ns.
+
+    Live descendants count (Strata merges in worker processes; LevelDB and RocksDB
+    compact in threads of this process, which os.times() already covers), and so do
+    children already waited for. Read outside the timed loops: it walks /proc.
+    """
+    import psutil
+
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in psutil.Process().children(recursive=True):
+        try:
+            c = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += c.user + c.system
+    return int(total * 1e9)
+
+
 def values(seed: int) -> list[bytes]:
     rng = random.Random(seed ^ 0x5EED)
     half = VALUE_SIZE // 2

@@ -51,12 +51,34 @@ def summary_json(run: dict[str, Any]) -> dict[str, Any]:
             "unit": unit,
             "strata": rounded(_value(run, "strata", wl)) if "strata" in run["engines"] else None,
             "peers": {p: rounded(_value(run, p, wl)) for p in peers},
+            # CPU ns per op of each engine's process and its children (null: no figure)
+            "cpu_ns_per_op": {e: _cpu(run, e, wl) for e in run["engines"]},
         })
     return {"workloads": out}
 
 
+def _cpu(run: dict[str, Any], engine: str, workload: str) -> float | None:
+    """CPU ns per op (per item for scan) of the engine's process and its children."""
+    rec = run["results"].get(engine, {}).get("workloads", {}).get(workload, {})
+    v = rec.get("cpu_ns_per_op")
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _cpu_cell(run: dict[str, Any], engine: str, wl: str) -> str:
+    if WORKLOAD_BY_NAME[wl].unit != "ops/s":
+        return ""
+    return report.fmt_ns(_cpu(run, engine, wl)) if _cpu(run, engine, wl) is not None else "-"
+
+
 def _ratio(run: dict[str, Any], workload: str, peer: str) -> float | None:
     s, p = _value(run, "strata", workload), _value(run, peer, workload)
+    if s is None or p is None or p == 0:
+        return None
+    return s / p
+
+
+def _cpu_ratio(run: dict[str, Any], workload: str, peer: str) -> float | None:
+    s, p = _cpu(run, "strata", workload), _cpu(run, peer, workload)
     if s is None or p is None or p == 0:
         return None
     return s / p
@@ -72,23 +94,29 @@ def _cell_value(run: dict[str, Any], engine: str, wl: str) -> str:
 def summary_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     engines = run["engines"]
     peers = [e for e in engines if e != "strata"]
-    headers = ["workload", "unit"] + [SHORT[e] for e in engines]
+    headers = ["workload", "unit"]
+    for e in engines:
+        headers += [SHORT[e], f"{SHORT[e]} CPU/op"]
     if "strata" in engines:
         headers += [f"S/{SHORT[p]}" for p in peers]
+        headers += [f"CPU/op S/{SHORT[p]}" for p in peers]
     rows = []
     for wl in run["config"]["workloads"]:
         unit = WORKLOAD_BY_NAME[wl].unit
         row = [wl, unit if unit == "ops/s" else f"{unit} (lower is better)"]
-        row += [_cell_value(run, e, wl) for e in engines]
+        for e in engines:
+            row += [_cell_value(run, e, wl), _cpu_cell(run, e, wl)]
         if "strata" in engines:
             row += [report.fmt_ratio(_ratio(run, wl, p)) for p in peers]
+            row += [report.fmt_ratio(_cpu_ratio(run, wl, p)) for p in peers]
         rows.append(row)
     return headers, rows
 
 
 def detail_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
     """Rows of (workload, engine) and the footnotes saying why a figure is absent."""
-    headers = ["workload", "engine", "ops", "ops/s", "p50", "p99", "RSS", "disk", "Strata/this"]
+    headers = ["workload", "engine", "ops", "ops/s", "CPU/op", "p50", "p99", "RSS", "disk",
+               "Strata/this"]
     rows = []
     notes: list[str] = []
     for wl in run["config"]["workloads"]:
@@ -102,7 +130,7 @@ def detail_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[s
                 note = f"{LABELS[e]}: {status}: {reason}"
                 if note not in notes:
                     notes.append(note)
-                rows.append([wl, LABELS[e], "", status, "", "", "", "", ""])
+                rows.append([wl, LABELS[e], "", status, "", "", "", "", "", ""])
                 continue
             shown = _cell_value(run, e, wl)
             ratio = "" if e == "strata" else report.fmt_ratio(_ratio(run, wl, e))
@@ -115,7 +143,7 @@ def detail_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[s
                 notes.append(f"{LABELS[e]}: {wl}: {rec['error_count']} writer errors, "
                              f"first: {rec['errors'][0]}")
             rows.append([
-                wl, LABELS[e], f"{rec.get('ops', 0):,}", shown,
+                wl, LABELS[e], f"{rec.get('ops', 0):,}", shown, _cpu_cell(run, e, wl),
                 report.fmt_ns(rec.get("p50_ns")), report.fmt_ns(rec.get("p99_ns")),
                 report.fmt_bytes(rec.get("rss")), report.fmt_bytes(rec.get("disk")), ratio,
             ])

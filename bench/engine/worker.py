@@ -19,6 +19,7 @@ from .adapters import ENGINES
 from .common import KEY_FMT, ON_FILLED, SYNC_THREADS, Config
 from .loops import (
     Measured,
+    cpu_ns,
     fdatasync_reference,
     fill_batched,
     fill_one_by_one,
@@ -43,9 +44,20 @@ def _safe_rss() -> int | None:
         return None
 
 
+def _timed(fn, *args) -> Measured:
+    """fn(*args), with the CPU it took (this process and its children) in extra["cpu_ns"]."""
+    c0 = cpu_ns()
+    m = fn(*args)
+    m.extra["cpu_ns"] = cpu_ns() - c0
+    return m
+
+
 def _record(m: Measured, unit: str, path: str) -> dict[str, Any]:
     p50, p99 = report.percentiles(m.latencies)
     seconds = m.elapsed_ns / 1e9
+    cpu = m.extra.get("cpu_ns")
+    if cpu is not None and m.ops:
+        m.extra["cpu_ns_per_op"] = round(cpu / m.ops, 1)
     disk, apparent = report.disk_usage(path)
     return {
         "value": (m.ops / seconds) if seconds > 0 and m.ops else None,
@@ -121,7 +133,7 @@ def run_engine(name: str, cfg: Config, workdir: str) -> dict[str, Any]:
         try:
             adapter.open(path, synced=False)
             opened = True
-            m = fill_one_by_one(adapter.put_fn(), order, n, vals, cfg.fill_seconds)
+            m = _timed(fill_one_by_one, adapter.put_fn(), order, n, vals, cfg.fill_seconds)
             note("fillrandom", _record(m, "ops/s", path))
             loaded = m.ops
             t_settle = time.perf_counter()
@@ -153,13 +165,13 @@ def run_engine(name: str, cfg: Config, workdir: str) -> dict[str, Any]:
             miss_ints = array("q", (((rng.randrange(n) << 1) | 1) for _ in range(reads)))
             # A fast wrong answer is no figure: every hit must be found, no miss may be.
             if "readrandom-hit" in selected:
-                m = read_random(adapter.get_fn(), hit_ints, cfg.read_seconds)
+                m = _timed(read_random, adapter.get_fn(), hit_ints, cfg.read_seconds)
                 rec = _record(m, "ops/s", path)
                 if m.extra["absent"]:
                     rec["wrong_answers"] = f"{m.extra['absent']} stored keys not found"
                 note("readrandom-hit", rec)
             if "readrandom-miss" in selected:
-                m = read_random(adapter.get_fn(), miss_ints, cfg.read_seconds)
+                m = _timed(read_random, adapter.get_fn(), miss_ints, cfg.read_seconds)
                 rec = _record(m, "ops/s", path)
                 if m.extra["found"]:
                     rec["wrong_answers"] = f"{m.extra['found']} absent keys found"
@@ -169,7 +181,7 @@ def run_engine(name: str, cfg: Config, workdir: str) -> dict[str, Any]:
                 # start low enough that `length` items follow: keys are 2*i for i < n
                 starts = [KEY_FMT % (rng.randrange(max(1, n - length)) << 1)
                           for _ in range(cfg.scan_repeats)]
-                m = scan_ranges(adapter, starts, length, cfg.scan_seconds)
+                m = _timed(scan_ranges, adapter, starts, length, cfg.scan_seconds)
                 note("scan", _record(m, "ops/s", path))
             info["filled"] = adapter.info()
         except Exception as exc:
@@ -188,7 +200,8 @@ def run_engine(name: str, cfg: Config, workdir: str) -> dict[str, Any]:
         try:
             adapter.open(path, synced=False)
             try:
-                m = fill_one_by_one(adapter.put_fn(), range(n), n, vals, cfg.fill_seconds)
+                m = _timed(fill_one_by_one, adapter.put_fn(), range(n), n, vals,
+                           cfg.fill_seconds)
                 note("fillseq", _record(m, "ops/s", path))
             finally:
                 adapter.close()
@@ -202,7 +215,7 @@ def run_engine(name: str, cfg: Config, workdir: str) -> dict[str, Any]:
         try:
             adapter.open(path, synced=False)
             try:
-                m = fill_batched(adapter.write_batch, order, n, vals, cfg.fill_seconds)
+                m = _timed(fill_batched, adapter.write_batch, order, n, vals, cfg.fill_seconds)
                 note("fillrandom-batch", _record(m, "ops/s", path))
             finally:
                 adapter.close()
@@ -226,8 +239,8 @@ def run_engine(name: str, cfg: Config, workdir: str) -> dict[str, Any]:
             try:
                 for idx, wl in enumerate(points):
                     key_base = (idx + 1) * 10**13
-                    m = synced_writes(adapter, SYNC_THREADS[wl], cfg.sync_seconds, cfg.sync_max_ops,
-                                      key_base, vals)
+                    m = _timed(synced_writes, adapter, SYNC_THREADS[wl], cfg.sync_seconds,
+                               cfg.sync_max_ops, key_base, vals)
                     rec = _record(m, "ops/s", path)
                     if m.extra.get("error_count") and not m.ops:
                         rec["value"] = None

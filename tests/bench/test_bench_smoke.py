@@ -41,7 +41,7 @@ def test_engine_bench_json_shape(tmp_path: Path, tmp_path_factory) -> None:
     entries = doc["workloads"]
     assert {e["name"] for e in entries} == WORKLOADS
     for e in entries:
-        assert set(e) == {"name", "unit", "strata", "peers"}
+        assert set(e) == {"name", "unit", "strata", "peers", "cpu_ns_per_op"}
         assert e["unit"] == ("ms" if e["name"] == "reopen" else "ops/s")
         strata = e["strata"]
         ok = isinstance(strata, (int, float)) and math.isfinite(strata) and strata > 0
@@ -50,6 +50,12 @@ def test_engine_bench_json_shape(tmp_path: Path, tmp_path_factory) -> None:
         for value in e["peers"].values():
             # null: peer missing, or workload not applicable (sqlite3 NORMAL has no synced figure)
             assert value is None or (isinstance(value, (int, float)) and value > 0)
+        cpu = e["cpu_ns_per_op"]
+        assert set(cpu) == {"strata", *PEERS}
+        if e["unit"] == "ops/s":
+            assert cpu["strata"] > 0, e  # every op costs some CPU
+        for name, value in cpu.items():
+            assert value is None or value > 0, (name, e)
     # the run cleans up after itself
     assert not any(tmp_path.iterdir())
     # the page: bench/engine/page.md filled in, every placeholder replaced
@@ -57,6 +63,7 @@ def test_engine_bench_json_shape(tmp_path: Path, tmp_path_factory) -> None:
     assert "${" not in page and "\n\n\n" not in page
     for heading in ("## Summary", "## Detail", "## Workloads", "## Method", "## Machine"):
         assert heading in page, heading
+    assert "| Strata CPU/op |" in page and "| CPU/op S/LevelDB |" in page
 
 
 def test_engine_bench_only_and_engines(tmp_path: Path) -> None:

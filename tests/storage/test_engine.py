@@ -612,7 +612,8 @@ def _write_with_ids(db, n: int, start: int = 0) -> list[tuple[str, int]]:
 
 
 def test_request_ids_are_read_back_from_the_log_after_a_crash(path):
-    opts = dict(small(wal_segment_size=32 << 10), flush_after_recovery=False)
+    opts = dict(small(wal_segment_size=32 << 10), flush_after_recovery=False,
+                wal_retention_bytes=64 << 20)  # the ids are read from the log
     with Engine.open(path, **opts) as db:
         want = _write_with_ids(db, 400)
         db.flush()  # flushed writes keep their ids while their segments are retained
@@ -644,7 +645,8 @@ def test_a_log_cut_on_reopen_forgets_the_ids_of_the_cut_writes(tmp_path):
 
 
 def test_request_ids_of_segments_last_written_before_max_age_are_not_read(path):
-    opts = dict(small(wal_segment_size=16 << 10), flush_after_recovery=False)
+    opts = dict(small(wal_segment_size=16 << 10), flush_after_recovery=False,
+                wal_retention_bytes=64 << 20)  # the ids are read from the log
     with Engine.open(path, **opts) as db:
         old = _write_with_ids(db, 300)
         db.flush()  # rolls the log: the old writes are all in sealed segments

@@ -132,7 +132,8 @@ class _Recording(MemFS):
 
 def test_a_clean_restart_takes_up_the_empty_segment_instead_of_making_one():
     fs = _Recording()
-    opts = dict(fs=fs, compaction_executor="thread")
+    opts = dict(fs=fs, compaction_executor="thread",
+                wal_retention_bytes=64 << 20)  # the log is read back below
     with Engine.open("/db", **opts) as db:
         db.put(b"a", b"1")
         db.put(b"b", b"2")
@@ -152,11 +153,11 @@ def test_power_cut_at_every_step_of_taking_up_the_empty_segment():
     takes the empty segment up, then writes: each state opens with every write that was
     acknowledged (durability=always) before the cut, and the whole log reads back."""
     fs = _Recording()
-    with Engine.open("/db", fs=fs, compaction_executor="thread") as db:
+    with Engine.open("/db", fs=fs, compaction_executor="thread", wal_retention_bytes=1 << 20) as db:
         for i in range(5):
             db.put(b"k%d" % i, b"v")
     fs.cuts = []
-    db = Engine.open("/db", fs=fs, compaction_executor="thread")
+    db = Engine.open("/db", fs=fs, compaction_executor="thread", wal_retention_bytes=1 << 20)
     # (cuts taken before the acknowledgement, its LSN): cut n holds what was
     # acknowledged before it was taken. LSNs 1..5 were durable before any cut.
     acked = [(0, 5)]
@@ -167,7 +168,7 @@ def test_power_cut_at_every_step_of_taking_up_the_empty_segment():
     assert len(cuts) > 5
     for n, cut in enumerate(cuts):
         last = max(lsn for taken, lsn in acked if taken <= n)
-        with Engine.open("/db", fs=cut, compaction_executor="thread") as db2:
+        with Engine.open("/db", fs=cut, compaction_executor="thread", wal_retention_bytes=1 << 20) as db2:
             got = [fr.lsn for fr in db2.read_log(1)]
             assert got[:last] == list(range(1, last + 1)), f"cut {n}"
             assert all(db2.get(b"k%d" % i) == b"v" for i in range(last)), f"cut {n}"
