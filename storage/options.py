@@ -57,7 +57,7 @@ class Options:
     # stored in this database, so that it can read them after open before anything
     # it needs is purged (the recovery flush at open would purge otherwise).
     wal_holds_from_open: bool = False
-    wal_preallocate: bool = True
+    wal_preallocate: bool = True  # not with durability="none" (recovery.wal_preallocation)
     compaction_executor: str = "process"  # "process" | "thread"
     # Data blocks of new tables (docs/format.md, "Data block"): about this many bytes
     # before compression, with a restart point every `block_restart_interval` entries

@@ -51,14 +51,18 @@ class Snapshot:
 def read_plan(version: Version, readers: dict[int, sstable.TableReader]) -> tuple:
     """What a point read walks, resolved once per read view: L0's files newest first as
     (smallest, largest, may_contain, get), then per non-empty deeper level the files'
-    smallest and largest keys and their (may_contain, get)."""
+    smallest and largest keys and their (may_contain, get). The deepest level's files
+    have no may_contain: their get_cached_first asks the filter itself, only when the
+    key's block is not cached (most hits are found there; TableReader.get_cached_first)."""
     levels = version.levels
     l0 = tuple((f.smallest, f.largest, readers[f.number].filter.may_contain,
                 readers[f.number].get) for f in levels[0])
+    deep = [files for files in levels[1:] if files]
     deeper = tuple(([f.smallest for f in files], [f.largest for f in files],
                     [(readers[f.number].filter.may_contain, readers[f.number].get)
+                     if n < len(deep) - 1 else (None, readers[f.number].get_cached_first)
                      for f in files])
-                   for files in levels[1:] if files)
+                   for n, files in enumerate(deep))
     return l0, deeper
 
 
@@ -125,7 +129,7 @@ class ReadPath:
             i = bisect_right(smallests, key) - 1
             if i >= 0 and key <= largests[i]:
                 may_contain, get = tables[i]
-                if may_contain(key):
+                if may_contain is None or may_contain(key):
                     hit = get(key, snap)
                     if hit[0]:
                         return hit
