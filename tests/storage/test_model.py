@@ -166,3 +166,35 @@ TestCompressedEngineModel = CompressedEngineModel.TestCase
 TestCompressedEngineModel.settings = settings(max_examples=40, stateful_step_count=80,
                                               deadline=None,
                                               suppress_health_check=[HealthCheck.too_slow])
+
+
+class BlockFormatModel(CompressedEngineModel):
+    """The same model with data blocks of a few entries, restart groups of one to five,
+    and a block cache of a few blocks, reopened with other shapes along the way: block
+    boundaries, restart groups, cache misses (where the deepest level asks its bloom
+    filter) and every codec on every level, side by side (docs/format.md, "Data block")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db.close()
+        self.opts.update(block_size=64, block_restart_interval=2, block_cache_size=2048)
+        self.db = Engine.open("/db", fs=self.fs, **self.opts)
+
+    @rule(block_size=st.sampled_from([64, 100, 256, 4096]), interval=st.integers(1, 5),
+          cache=st.sampled_from([0, 1024, 64 << 10]), codecs=CODEC_CHOICES)
+    def reopen_with_block_shape(self, block_size, interval, cache, codecs):
+        self._drop_snapshots()
+        self.db.close()
+        self.opts.update(block_size=block_size, block_restart_interval=interval,
+                         block_cache_size=cache, compression_per_level=codecs)
+        self.db = Engine.open("/db", fs=self.fs, **self.opts)
+
+    @rule()
+    def verify(self):
+        self.db.verify()
+
+
+TestBlockFormatModel = BlockFormatModel.TestCase
+TestBlockFormatModel.settings = settings(max_examples=40, stateful_step_count=80,
+                                         deadline=None,
+                                         suppress_health_check=[HealthCheck.too_slow])

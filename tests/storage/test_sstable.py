@@ -8,11 +8,14 @@ file and the offset of the block (or footer) that failed.
 from __future__ import annotations
 
 import errno
+import os
 import random
 import struct
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from strata.storage.errors import Corruption
 from strata.storage.sstable import FOOTER_SIZE, TRAILER_SIZE, BlockCache, TableReader, build_tables
@@ -617,3 +620,127 @@ def test_unknown_codec_names_are_refused():
     o = Options.make(compression="lz4", compression_per_level="none, lz4 ,zstd")
     assert [o.codec(i) for i in range(5)] == ["none", "lz4", "zstd", "zstd", "zstd"]
     assert Options.make(compression="zstd").codec(3) == "zstd"
+
+
+# ---------------------------------------------------------------------- the block format, by model
+
+
+KEYS_WITH_PREFIXES = st.lists(
+    st.tuples(st.sampled_from([b"", b"a", b"ab", b"abc", b"user:", b"user:1"]),
+              st.binary(max_size=3)).map(lambda t: t[0] + t[1]),
+    min_size=1, max_size=60, unique=True)
+
+
+@st.composite
+def table_entries(draw):
+    """(key, -lsn, value|None) in internal order: keys sharing prefixes of every length
+    (the empty key included), up to four versions each, tombstones, empty values."""
+    keys = sorted(draw(KEYS_WITH_PREFIXES))
+    lsns = draw(st.permutations(range(1, 4 * len(keys) + 1)))
+    out = []
+    for k in keys:
+        for _ in range(draw(st.integers(1, 4))):
+            v = draw(st.none() | st.binary(max_size=40))
+            out.append((k, -lsns.pop(), v))
+    out.sort(key=lambda e: (e[0], e[1]))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(entries=table_entries(), block_size=st.sampled_from([16, 64, 200, 4096]),
+       interval=st.integers(1, 6), codec=st.sampled_from(["none", "lz4", "zstd"]),
+       cached=st.booleans(), data=st.data())
+def test_block_format_against_a_model(entries, block_size, interval, codec, cached, data):
+    """Every entry, every version at every snapshot, absent keys and ranges read back as
+    written, whatever the block size, restart interval and codec (format version 2)."""
+    fs = MemFS()
+    fs.mkdir("/t")
+    (path, props), = build_tables(fs, entries, path_for, 1 << 30, block_size=block_size,
+                                  compression=codec, restart_interval=interval)
+    r = TableReader(fs, path, 1, BlockCache(1 << 20) if cached else None)
+    assert r.version == 2
+    assert r.all_entries() == entries
+    r.verify()
+    keys = sorted({k for k, _, _ in entries})
+    for key in keys + [b"a\x00", b"user:\xff", b"zz", keys[0] + b"\x00"]:
+        snaps = {0, 1 << 62} | {-n for k, n, _ in entries if k == key} | {-n - 1 for k, n, _ in entries if k == key}
+        for s in snaps:
+            want = model_get(entries, key, s)
+            assert r.get(key, s) == want, (key, s)
+            assert r.get_cached_first(key, s) == want, (key, s)
+    for _ in range(3):
+        start = data.draw(st.none() | st.sampled_from(keys) | st.binary(max_size=3))
+        end = data.draw(st.none() | st.sampled_from(keys) | st.binary(max_size=3))
+        want = [e for e in entries
+                if (start is None or e[0] >= start) and (end is None or e[0] < end)]
+        assert list(r.entries_from(start, end)) == want
+        assert r.range_entries(start, end) == want
+
+
+def test_restart_groups_share_prefixes_and_never_split_a_key(fs):
+    """The layout itself (docs/format.md, "Data block"): groups of `interval` entries
+    unless a key's versions run on, each group's keys begin with its shared prefix."""
+    entries = [(b"user:%04d" % (i // 3), -(1000 - i), b"v%d" % i) for i in range(300)]
+    entries.sort()
+    path, _ = build_one(fs, entries, block_size=1 << 16, restart_interval=4)
+    blocks, _ = parse_table(fs.read_bytes(path))
+    assert len(blocks) == 1
+    _, off, size, _ = blocks[0]
+    groups = decode_block(fs.read_bytes(path)[off:off + size])
+    assert [e for _, _, es in groups for e in es] == entries
+    for first, shared, es in groups:
+        assert shared == len(os.path.commonprefix([es[0][0], es[-1][0]]))
+        assert 4 <= len(es) <= 6 or es is groups[-1][2]  # 4, run on to keep 3 versions whole
+        assert all(k.startswith(first[:shared]) for k, _, _ in es)
+    for (_, _, a), (_, _, b) in zip(groups, groups[1:]):
+        assert a[-1][0] != b[0][0], "a key's versions split across groups"
+
+
+def _rewrite_block(fs, path, off, size, contents: bytes) -> None:
+    """Replace data block (off, size) with `contents`, uncompressed, with a valid CRC, and
+    the index entry's size with the new one (the block must keep its length)."""
+    from crc32c import crc32c
+
+    assert len(contents) == size
+    good = bytearray(fs.read_bytes(path))
+    good[off:off + size] = contents
+    good[off + size:off + size + TRAILER_SIZE] = struct.pack("<BI", 0, crc32c(contents + b"\x00"))
+    rewrite(fs, path, bytes(good))
+
+
+@pytest.mark.parametrize("damage", ["tail past the end", "restarts not pairs",
+                                    "offsets descend", "group not msgpack"])
+def test_malformed_block_with_valid_crc_is_corruption(fs, damage):
+    """A block whose CRC checks out but whose restart array or groups do not (a bug, or
+    a block of another format) is Corruption naming the block, never a wrong answer."""
+    entries = [(b"key%03d" % i, -(i + 1), b"v%d" % i) for i in range(40)]
+    path, _ = build_one(fs, entries, block_size=4096, restart_interval=4)
+    blocks, _ = parse_table(fs.read_bytes(path))
+    _, off, size, _ = blocks[0]
+    contents = bytearray(fs.read_bytes(path)[off:off + size])
+    end, = struct.unpack_from("<I", contents, size - 4)
+    if damage == "tail past the end":
+        struct.pack_into("<I", contents, size - 4, size)
+    elif damage == "restarts not pairs":
+        restarts = msgpack.unpackb(bytes(contents[end:size - 4]))
+        packed = msgpack.packb(restarts[:-1])
+        packed += b"\xc0" * (size - 4 - end - len(packed))  # nil padding: extra data
+        contents[end:size - 4] = packed[:size - 4 - end]
+    elif damage == "offsets descend":
+        restarts = msgpack.unpackb(bytes(contents[end:size - 4]))
+        restarts[3], restarts[5] = restarts[5], restarts[3]
+        packed = msgpack.packb(restarts)
+        assert len(packed) == size - 4 - end
+        contents[end:size - 4] = packed
+    else:
+        contents[0:4] = b"\xc1\xc1\xc1\xc1"  # 0xc1 is never used in msgpack
+    _rewrite_block(fs, path, off, size, bytes(contents))
+    r = reopen(fs, path)
+    with pytest.raises(Corruption) as ei:
+        for k, _, _ in entries:
+            r.get(k, 1 << 62)
+    assert ei.value.offset == off
+    with pytest.raises(Corruption):
+        r.verify()
+    with pytest.raises(Corruption):
+        list(r.entries_from())
