@@ -141,17 +141,24 @@ def lookup(blk: tuple, key: bytes, neg_snap: int) -> tuple[int, bytes | None]:
 
 def columns(blk: tuple) -> tuple[list, list, list]:
     """(keys, -lsns, values) of every entry of the parsed block, decoded in C but for a
-    few calls per group."""
+    few calls per group. ValueError if a group does not end where the next begins."""
     contents, firsts, offs = blk[0], blk[1], blk[2]
-    mv = memoryview(contents)
+    # One Unpacker over every group: an unpackb() per group cost three times as much.
+    unpacker = msgpack.Unpacker(use_list=True, max_buffer_size=max(offs[-1], 1))
+    unpacker.feed(memoryview(contents)[: offs[-1]])
     keys: list = []
     negs: list = []
     values: list = []
-    for g, first in enumerate(firsts):
-        flat = _unpackb(mv[offs[g] : offs[g + 1]])
+    g = 0
+    for flat in unpacker:
+        g += 1
+        if g > len(firsts) or unpacker.tell() != offs[g]:
+            raise ValueError(f"restart group {g - 1} does not end where the next begins")
         p = flat[0]
         # add over repeat(): a C function per key, a third cheaper than a bound __add__
-        keys += map(add, repeat(first[:p]), flat[1::3]) if p else flat[1::3]
+        keys += map(add, repeat(firsts[g - 1][:p]), flat[1::3]) if p else flat[1::3]
         negs += flat[2::3]
         values += flat[3::3]
+    if g != len(firsts):
+        raise ValueError(f"{g} restart groups where the restart array lists {len(firsts)}")
     return keys, negs, values
