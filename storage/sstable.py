@@ -280,11 +280,13 @@ def _write_table(fs: FileSystem, path: str, entries: list[tuple], cum: list[int]
 
 
 class BlockCache:
-    """CLOCK cache of decoded data blocks shared by every table of an engine.
+    """CLOCK cache of data blocks, parsed enough for a lookup, shared by every table of
+    an engine: a version-2 block as its uncompressed contents and restart array, a
+    version-1 block as its decoded lists.
 
-    Bounded by `capacity` bytes of decoded blocks: each is charged what its Python
-    lists take (estimated from its size and entry count; about twice the encoded
-    bytes for 100-byte values), so the option bounds memory, not file bytes. Overflow policy: evict in insertion order, giving a
+    Bounded by `capacity` bytes: each block is charged what it takes in memory (the
+    last element of its tuple: about its uncompressed size for version 2, about three
+    times that for version 1's lists), so the option bounds memory, not file bytes. Overflow policy: evict in insertion order, giving a
     block read since its last pass a second chance (CLOCK, an LRU
     approximation). A hit is a lock-free dict lookup and a flag store: an
     LRU's move-to-end under a lock cost ~3 us per read (bench/engine:
@@ -311,7 +313,7 @@ class BlockCache:
         self.hits += 1
         return e[0]
 
-    def put(self, key: tuple[int, int], blk: tuple[list, list, list, int]) -> None:
+    def put(self, key: tuple[int, int], blk: tuple) -> None:
         with self._lock:
             d = self._d
             if key in d:
