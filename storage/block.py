@@ -39,7 +39,7 @@ from operator import add, itemgetter
 
 import msgpack
 
-RESTART_INTERVAL = 16  # entries per group, as LevelDB's block_restart_interval
+RESTART_INTERVAL = 8  # entries per group (Options.block_restart_interval)
 TAIL = struct.Struct("<I")  # restarts_off
 TAIL_SIZE = TAIL.size
 

@@ -84,3 +84,18 @@ class BloomFilter:
             if not bits[pos >> 3] >> (pos & 7) & 1:
                 return False
         return True
+
+    def may_contain_first_two(self, key: bytes) -> bool:
+        """The first two probes of `may_contain` only: False means absent, True means
+        maybe, more often than `may_contain` says it (about 13 % of absent keys at 11
+        bits and 5 probes, against 0.65 %). For a reader that can check a cached block
+        for less than the remaining probes cost (TableReader.get_cached_first)."""
+        h, h2 = _hash64(key, signed=False)
+        m = self._m
+        bits = self._bits
+        pos = h % m
+        if not bits[pos >> 3] >> (pos & 7) & 1:
+            return False
+        pos = ((h + h2) & _MASK64) % m
+        return bool(bits[pos >> 3] >> (pos & 7) & 1) or self._k < 2
+

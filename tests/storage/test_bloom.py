@@ -118,3 +118,22 @@ def test_too_short_block_is_refused():
 def test_all_ones_filter_says_yes_to_everything():
     f = BloomFilter(b"\xff" * 8 + bytes([bloom._k_for(10)]))
     assert all(f.may_contain(k) for k in keys(b"z", 100))
+
+
+def test_first_two_probes_never_turn_away_a_key_that_is_in():
+    """may_contain_first_two: a cheaper, weaker may_contain (TableReader.get_cached_first):
+    every stored key passes; it turns away a subset of what may_contain does."""
+    import random
+
+    from strata.storage import bloom as bloom_mod
+
+    keys = [b"key%06d" % i for i in range(0, 20000, 2)]
+    for k in (1, 2, 5, 7):
+        f = bloom_mod.BloomFilter(bloom_mod.build(keys, 11, k))
+        assert all(f.may_contain_first_two(key) for key in keys)
+        absent = [b"key%06d" % i for i in range(1, 20000, 2)] + [random.randbytes(8) for _ in range(500)]
+        for key in absent:
+            if f.may_contain(key):
+                assert f.may_contain_first_two(key), key
+        turned_away = sum(not f.may_contain_first_two(key) for key in absent)
+        assert turned_away > len(absent) // 2, (k, turned_away)
