@@ -1,7 +1,10 @@
-"""Typed figures of one node, read by Admin.Status, the metrics and a status page.
+"""Typed figures of one node, read by Admin.Status, the metrics and the status page
+(`/v1/status`, `/v1/connections`: server/http.py).
 
 Built on the event loop from the node's parts at the moment of the call; the
 caller owns the returned objects (plain values, safe to hand to another thread).
+Another thread asks the loop for them (asyncio.run_coroutine_threadsafe) rather
+than reading the node's parts while the loop changes them.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import dataclasses
 import time
 from typing import Any
 
+from .connections import ConnectionStatus
 from .node import Node
 
 
@@ -92,3 +96,70 @@ def subscriber_status(node: Node) -> SubscriberStatus:
         awaiting_commit=feed.held if feed is not None else None,
         read_back=feed.stats["read_back"] if feed is not None else None,
         cursor_writes=node.cursors.writes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumerLag:
+    """A named consumer as the retention task last measured it (every second)."""
+
+    name: str
+    cursor_lsn: int
+    lag_lsns: int
+    lag_bytes: int
+    connected: bool
+    held_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RingStatus:
+    """A shared-memory ring: `last_lsn` is its position (the last LSN written)."""
+
+    name: str
+    capacity_bytes: int
+    readers: int
+    published: int
+    truncated: int
+    last_lsn: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Overview:
+    """What the status page shows of one node. `node` is None while the engine is
+    not in service (starting, or a replica's log being reset)."""
+
+    node: NodeStatus | None
+    subscribers: SubscriberStatus
+    tiers: dict[str, int]  # subscribers per tier
+    consumers: list[ConsumerLag]
+    rings: list[RingStatus]
+    connections: int
+
+
+def consumer_lags(node: Node) -> list[ConsumerLag]:
+    r = node.retention
+    engine = node.serving
+    last = engine.last_lsn if engine is not None else r.last_lsn
+    return [ConsumerLag(s.name, s.cursor_lsn, max(0, last - s.cursor_lsn), s.lag_bytes,
+                        bool(s.connected), s.held_bytes) for s in list(r.states.values())]
+
+
+def ring_status(node: Node) -> list[RingStatus]:
+    if node.rings is None:
+        return []
+    return [RingStatus(r.name, r.capacity, r.readers, r.published, r.truncated, r.last_lsn)
+            for r in node.rings.rings]
+
+
+def overview(node: Node) -> Overview:
+    """Event loop."""
+    return Overview(
+        node=node_status(node) if node.serving is not None else None,
+        subscribers=subscriber_status(node), tiers=node.connections.tiers(),
+        consumers=consumer_lags(node), rings=ring_status(node),
+        connections=len(node.connections))
+
+
+def connection_status(node: Node) -> list[ConnectionStatus]:
+    """Event loop. Every open stream; lag against the log's end (0 with no engine)."""
+    engine = node.serving
+    return node.connections.status(engine.last_lsn if engine is not None else 0)
