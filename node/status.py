@@ -163,3 +163,24 @@ def connection_status(node: Node) -> list[ConnectionStatus]:
     """Event loop. Every open stream; lag against the log's end (0 with no engine)."""
     engine = node.serving
     return node.connections.status(engine.last_lsn if engine is not None else 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One node of the cluster as it answered Admin.Status when asked (server/http.py's
+    /v1/cluster), beside what this node thinks of it (`seen_as`: its peer state here,
+    "self" for this node). `reachable` False: it did not answer (`error` says how)."""
+
+    node: str
+    address: str
+    seen_as: str
+    reachable: bool
+    error: str = ""
+    role: str = ""
+    term: int = 0
+    master: str = ""
+    last_lsn: int = 0
+    applied_lsn: int = 0
+    commit_lsn: int = 0
+    lease: bool = False
+    writable: bool = False

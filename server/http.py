@@ -5,6 +5,9 @@
     GET /v1/status        this node, its peers as it sees them, subscribers, consumers,
                           rings, disk and write state (JSON: node/status.py's Overview)
     GET /v1/connections   one entry per WebSocket connection or gRPC stream (JSON)
+    GET /v1/cluster       every node of the cluster as it answers Admin.Status itself,
+                          asked now (a replica knows little of the other nodes), beside
+                          this node's view of it; a node that does not answer is down
     GET /v1/events        the live event tail, as Server-Sent Events
     GET /                 the status page (server/static/index.html, no build step)
     anything else         404; other methods 405
@@ -42,10 +45,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from strata.distribution.hub import Lapped
-from strata.node.status import connection_status, overview
+from strata.node.status import Member, connection_status, node_status, overview
+from strata_client._proto import strata_pb2 as pb
+from strata_client._proto import strata_pb2_grpc as pbg
+from strata_client.auth import AUTH_METADATA
 
 from .config import parse_origins
 from .ws import _authorised, origin_allowed
@@ -57,6 +64,7 @@ TAIL_EVENTS = 1000  # events the tail keeps (~TAIL_EVENTS * (TAIL_VALUE_BYTES + 
 TAIL_VALUE_BYTES = 200  # keys and values are cut to this many bytes in the tail
 TAIL_BACKLOG = 50  # events a new client is sent from before it connected
 MAX_EVENT_STREAMS = 16
+MEMBER_TIMEOUT_S = 0.5  # a node that does not answer Admin.Status within this is down
 KEEPALIVE_S = 15.0
 PAGE = Path(__file__).with_name("static") / "index.html"
 
@@ -84,15 +92,19 @@ class EventTail:
         self.closed = False
         self._task: asyncio.Future | None = None
         self._starting = False
+        self._started = threading.Event()
 
     # -- HTTP threads
-    def want(self) -> None:
-        """Make sure the subscription runs (any thread)."""
+    def want(self, timeout: float = STATUS_TIMEOUT_S) -> None:
+        """Make sure the subscription runs, and has subscribed before this returns:
+        every event committed after a client's stream opened is in its tail. HTTP
+        threads only."""
         with self.cond:
-            if self._starting or self.closed:
-                return
+            start = not self._starting and not self.closed
             self._starting = True
-        self.loop.call_soon_threadsafe(self._start)
+        if start:
+            self.loop.call_soon_threadsafe(self._start)
+        self._started.wait(timeout)
 
     def read(self, after: int, timeout: float) -> tuple[int, list[tuple[int, dict]]]:
         """(missed, items): the items numbered after `after`, waiting up to `timeout`
@@ -114,7 +126,9 @@ class EventTail:
     # -- event loop
     def _start(self) -> None:
         if self._task is None and not self.closed:
-            self._task = asyncio.ensure_future(self._run())
+            sub = self.hub.subscribe(None, b"", TAIL_EVENTS)
+            self._started.set()
+            self._task = asyncio.ensure_future(self._run(sub))
 
     def _push(self, item: dict) -> None:
         with self.cond:
@@ -122,9 +136,8 @@ class EventTail:
             self.items.append((self.seq, item))
             self.cond.notify_all()
 
-    async def _run(self) -> None:
+    async def _run(self, sub) -> None:
         while True:
-            sub = self.hub.subscribe(None, b"", TAIL_EVENTS)
             try:
                 while True:
                     ev = await sub.get()
@@ -137,12 +150,14 @@ class EventTail:
                 await asyncio.sleep(0.1)  # cut off at shutdown: do not spin
             finally:
                 self.hub.unsubscribe(sub)
+            sub = self.hub.subscribe(None, b"", TAIL_EVENTS)
 
     def close(self) -> None:
         """Event loop (or before the loop runs it): stop the subscription and wake
         every reader, which then ends its stream."""
         if self._task is not None:
             self._task.cancel()
+        self._started.set()
         with self.cond:
             self.closed = True
             self.cond.notify_all()
@@ -170,6 +185,7 @@ class StatusServer:
         self._origins: tuple[str, frozenset[str]] = ("", frozenset())
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}  # event loop only
 
     @property
     def port(self) -> int:
@@ -196,6 +212,9 @@ class StatusServer:
 
     def close(self) -> None:
         self.tail.close()
+        for ch in self._channels.values():
+            asyncio.ensure_future(ch.close())
+        self._channels.clear()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -210,7 +229,56 @@ class StatusServer:
         async def call():
             return fn(node)
 
-        fut = asyncio.run_coroutine_threadsafe(call(), self.loop)
+        return self.ask_async(call)
+
+    async def members(self) -> list[Member]:
+        """Event loop: this node and every peer, each asked for its Admin.Status at
+        once (MEMBER_TIMEOUT_S each, all together)."""
+        node, cfg = self.gate.node, self.gate.cfg
+        me = node_status(node) if node.serving is not None else None
+        r = me.replication if me is not None else {}
+        mine = Member(node=cfg.node, address=node.cluster.address if node.cluster else
+                      cfg.grpc_listen, seen_as="self", reachable=me is not None,
+                      error="" if me is not None else "starting",
+                      role=r.get("role", ""), term=r.get("term", 0), master=r.get("master", ""),
+                      last_lsn=me.last_lsn if me else 0, applied_lsn=me.applied_lsn if me else 0,
+                      commit_lsn=r.get("commit_lsn", 0), lease=bool(r.get("lease")),
+                      writable=bool(me and me.writable))
+        if node.cluster is None:
+            return [mine]
+        seen = {p["node"]: p["state"] for p in node.cluster.status()["peers"]}
+        peers = node.cluster.conf.peers
+        answers = await asyncio.gather(*(self._ask_peer(a) for a in peers.values()),
+                                       return_exceptions=True)
+        out = [mine]
+        for (pid, addr), st in zip(peers.items(), answers):
+            if isinstance(st, BaseException):
+                err = st.details() if isinstance(st, grpc.aio.AioRpcError) else str(st)
+                out.append(Member(node=pid, address=addr, seen_as=seen.get(pid, "unknown"),
+                                  reachable=False, error=err or type(st).__name__))
+            else:
+                out.append(Member(node=pid, address=addr, seen_as=seen.get(pid, "unknown"),
+                                  reachable=True, role=st.role, term=st.term, master=st.master,
+                                  last_lsn=st.last_lsn, applied_lsn=st.applied_lsn,
+                                  commit_lsn=st.commit_lsn, lease=st.lease,
+                                  writable=st.writable))
+        return out
+
+    async def _ask_peer(self, address: str) -> pb.StatusResponse:
+        ch = self._channels.get(address)
+        if ch is None:
+            creds = self.gate.node.cluster.conf.credentials
+            ch = (grpc.aio.secure_channel(address, creds) if creds is not None
+                  else grpc.aio.insecure_channel(address))
+            self._channels[address] = ch
+        token = self.gate.cfg.auth_token
+        md = ((AUTH_METADATA, f"Bearer {token}"),) if token else None
+        return await pbg.AdminStub(ch).Status(pb.StatusRequest(), timeout=MEMBER_TIMEOUT_S,
+                                              metadata=md)
+
+    def ask_async(self, coro_fn):
+        """coro_fn() awaited on the event loop; TimeoutError past STATUS_TIMEOUT_S."""
+        fut = asyncio.run_coroutine_threadsafe(coro_fn(), self.loop)
         try:
             return fut.result(STATUS_TIMEOUT_S)
         except TimeoutError:
@@ -299,9 +367,10 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/healthz":
                 self._plain(*srv.health())
                 return
-            if path not in ("/", "/index.html", "/v1/status", "/v1/connections", "/v1/events"):
+            if path not in ("/", "/index.html", "/v1/status", "/v1/connections", "/v1/cluster",
+                            "/v1/events"):
                 self._plain(404, "not found: try /, /metrics, /healthz, /v1/status, "
-                                 "/v1/connections, /v1/events")
+                                 "/v1/cluster, /v1/connections, /v1/events")
                 return
             extra = self._admit()
             if extra is None:
@@ -314,6 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
                             "draining": srv.gate.draining, **dataclasses.asdict(ov)}, extra)
             elif path == "/v1/connections":
                 self._json({"connections": srv.ask(connection_status)}, extra)
+            elif path == "/v1/cluster":
+                self._json({"members": srv.ask_async(srv.members)}, extra)
             else:
                 self._events(extra)
         except TimeoutError:
