@@ -16,9 +16,11 @@ import time
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from strata.server.metrics import documented_families
 from strata_client import Client
 
 from .browser import Browser, chromium
+from .test_http import exported
 from .test_replication import Cluster
 
 DOWN_WITHIN_S = 2.0  # the bar: a killed master shows as down within this
@@ -58,6 +60,9 @@ def test_the_page_shows_roles_the_tail_and_a_killed_master(cluster, browser, tmp
     assert browser.evaluate(f"{_cell(r, 1)}") == f"{r} (this page)"
     assert browser.evaluate("document.getElementById('role').textContent") == "replica"
     assert browser.evaluate("document.getElementById('node').textContent") == r
+    # A cluster's metrics (replication, the committed feed) are all documented too.
+    documented = {name for name, *_ in documented_families()}
+    assert exported(c.nodes[m].metrics) - documented == set()
 
     # A WebSocket subscriber of this node is listed with its tier (/v1/connections).
     with ws_connect(f"ws://{c.nodes[r].ws}/v1/events") as sub:
