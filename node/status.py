@@ -13,6 +13,9 @@ import dataclasses
 import time
 from typing import Any
 
+from strata.storage import Engine
+from strata.storage.stats import EngineStats
+
 from .connections import ConnectionStatus
 from .node import Node
 
@@ -184,3 +187,63 @@ class Member:
     commit_lsn: int = 0
     lease: bool = False
     writable: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineFigures:
+    """The engine's counters and histograms, for the metrics."""
+
+    stats: EngineStats  # a copy (Engine.stats)
+    levels: list[Level]  # every level, empty ones too
+    last_lsn: int
+    flushed_lsn: int
+    sst_bytes: int
+    wal_bytes: int
+    write_stopped: str  # "" (writable), "no_space" (resumes by itself) or "io_error"
+    paused: list[str]
+    fsync_buckets: list[tuple[float, int]]  # (upper bound in seconds or inf, count)
+    fsync_seconds: float
+    group_size_buckets: list[tuple[int, int]]  # (upper bound in frames or -1, groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """Everything /metrics exports of a node, taken at one moment on the loop."""
+
+    overview: Overview
+    engine: EngineFigures | None  # None while the engine is not in service
+    replication: dict[str, Any] | None  # Cluster.status(); None on a single node
+    replication_counts: dict[str, int] | None  # elections_won, step_downs, resyncs, ...
+    retention_headroom: int
+    connections: dict[str, int]  # streams open per transport
+
+
+def engine_figures(engine: Engine) -> EngineFigures:
+    du = engine.disk_usage()
+    wal = engine.wal_stats()
+    err = engine.write_error
+    return EngineFigures(
+        stats=engine.stats,
+        levels=[Level(lv["level"], lv["files"], lv["bytes"]) for lv in engine.levels()],
+        last_lsn=engine.last_lsn, flushed_lsn=engine.flushed_lsn,
+        sst_bytes=du["sst_bytes"], wal_bytes=du["wal_bytes"],
+        write_stopped="" if err is None else "no_space" if err.resumable else "io_error",
+        paused=sorted(engine.paused),
+        fsync_buckets=list(wal["sync_buckets"]), fsync_seconds=wal["sync_seconds"],
+        group_size_buckets=engine.group_size_histogram())
+
+
+def figures(node: Node) -> Figures:
+    """Event loop."""
+    ov = overview(node)
+    engine = node.serving
+    cluster = node.cluster
+    replication = None
+    if cluster is not None:  # also while the engine is out of service
+        replication = ov.node.replication if ov.node is not None else cluster.status()
+    return Figures(
+        overview=ov, engine=engine_figures(engine) if engine is not None else None,
+        replication=replication,
+        replication_counts=dict(cluster.stats) if cluster is not None else None,
+        retention_headroom=node.retention.headroom,
+        connections=node.connections.counts())

@@ -49,7 +49,7 @@ import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from strata.distribution.hub import Lapped
-from strata.node.status import Member, connection_status, node_status, overview
+from strata.node.status import Figures, Member, connection_status, figures, node_status, overview
 from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 from strata_client.auth import AUTH_METADATA
@@ -275,6 +275,18 @@ class StatusServer:
         md = ((AUTH_METADATA, f"Bearer {token}"),) if token else None
         return await pbg.AdminStub(ch).Status(pb.StatusRequest(), timeout=MEMBER_TIMEOUT_S,
                                               metadata=md)
+
+    def figures(self) -> Figures | None:
+        """For /metrics: the node's figures, or None (logged) if the loop did not answer
+        in time, so that a scrape still has the process and request metrics."""
+        try:
+            return self.ask(figures)
+        except TimeoutError:
+            log.warning("metrics: the event loop did not answer within %gs; the node's "
+                        "figures are left out of this scrape", STATUS_TIMEOUT_S)
+            return None
+        except RuntimeError:  # the loop is closed: stopping
+            return None
 
     def ask_async(self, coro_fn):
         """coro_fn() awaited on the event loop; TimeoutError past STATUS_TIMEOUT_S."""

@@ -7,7 +7,8 @@ docs/operations.md is generated from this registry (`python -m
 strata.server.metrics --doc`; tests/server/test_metrics_doc.py compares), as
 server/config.py does for options.
 
-Served on metrics_listen by server/http.py (its own thread), with the status page.
+Served on metrics_listen by server/http.py (its own thread), with the status page;
+the node's figures are node/status.py's Figures, taken on the event loop per scrape.
 No `*_created` series: prometheus_client's are switched off for the process.
 """
 
@@ -29,11 +30,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from strata.node.status import consumer_lags, ring_status, subscriber_status
-
 if TYPE_CHECKING:
     from strata.node.node import Node
-    from strata.storage import Engine
+    from strata.node.status import EngineFigures, Figures
 
 disable_created_metrics()
 
@@ -176,12 +175,10 @@ class Metrics:
             child[1].observe(seconds)
 
     def attach_node(self, node: Node) -> None:
-        """Export the node's figures, read at scrape time (no hot-path cost): the engine
-        in service (none while it is reopened), replication, subscribers and rings."""
-        self.registry.register(_EngineCollector(lambda: node.serving))
-        if node.cluster is not None:
-            self.registry.register(_ClusterCollector(node.cluster))
-        self.registry.register(_DistributionCollector(node))
+        """Export the node's figures, taken at scrape time (no hot-path cost) on the
+        event loop: the HTTP server asks the loop for them (server/http.py)."""
+        self.registry.register(_NodeCollector(
+            lambda: self._server.figures() if self._server is not None else None))
 
     def serve(self, listen: str, gate) -> None:
         """Start the HTTP listener (server/http.py) on `listen`; event loop. Raises
@@ -201,8 +198,12 @@ class Metrics:
             self._server = None
 
 
-class _EngineCollector:
-    COUNTERS = {  # NODE_METRICS name -> EngineStats attribute
+class _NodeCollector:
+    """The node's figures (NODE_METRICS), from one node/status.py Figures per scrape.
+    `source` returns it, or None when there is none to export (the loop did not
+    answer in time): the scrape then has the process and request metrics only."""
+
+    ENGINE_COUNTERS = {  # NODE_METRICS name -> EngineStats attribute
         "strata_engine_wal_groups": "groups",
         "strata_engine_wal_group_frames": "group_frames",
         "strata_engine_flushes": "flushes",
@@ -216,76 +217,68 @@ class _EngineCollector:
         "strata_engine_write_stops": "stops",
         "strata_engine_write_stall_seconds": "stall_seconds",
     }
-
-    def __init__(self, engine: Callable[[], Engine | None]) -> None:
-        self.engine = engine
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        eng = self.engine()
-        if eng is None:
-            return
-        st = eng.stats
-        for name, key in self.COUNTERS.items():
-            yield _one(name, getattr(st, key))
-        g = family("strata_engine_level_bytes")
-        f = family("strata_engine_level_files")
-        for lvl in eng.levels():
-            g.add_metric([str(lvl["level"])], lvl["bytes"])
-            f.add_metric([str(lvl["level"])], lvl["files"])
-        yield g
-        yield f
-        yield _one("strata_engine_memtable_bytes", st.memtable_bytes)
-        lsn = family("strata_engine_lsn")
-        lsn.add_metric(["last"], eng.last_lsn)
-        lsn.add_metric(["flushed"], eng.flushed_lsn)
-        yield lsn
-        err = eng.write_error
-        w = family("strata_engine_writes_stopped")
-        nospace = err is not None and err.resumable
-        w.add_metric(["no_space"], 1 if nospace else 0)
-        w.add_metric(["io_error"], 1 if err is not None and not nospace else 0)
-        yield w
-        p = family("strata_engine_background_paused")
-        paused = eng.paused
-        for work in ("flush", "compaction"):
-            p.add_metric([work], 1 if work in paused else 0)
-        yield p
-        du = eng.disk_usage()
-        disk = family("strata_engine_disk_bytes")
-        disk.add_metric(["sst"], du["sst_bytes"])
-        disk.add_metric(["wal"], du["wal_bytes"])
-        yield disk
-        wal = eng.wal_stats()
-        buckets, acc = [], 0
-        for le, n in wal["sync_buckets"]:
-            acc += n
-            buckets.append((str(le) if le != float("inf") else "+Inf", acc))
-        h = family("strata_wal_fsync_seconds")
-        h.add_metric([], buckets, wal["sync_seconds"])
-        yield h
-        buckets, acc = [], 0
-        for le, n in eng.group_size_histogram():
-            acc += n
-            buckets.append((str(le) if le >= 0 else "+Inf", acc))
-        g = family("strata_wal_group_frames")
-        g.add_metric([], buckets, st.group_frames)
-        yield g
-
-
-class _ClusterCollector:
     PEER_STATES = ("healthy", "degraded", "stalled", "failed", "unknown")
 
-    def __init__(self, cluster) -> None:
-        self.c = cluster
+    def __init__(self, source: Callable[[], Figures | None]) -> None:
+        self.source = source
 
     def describe(self):
         return []
 
     def collect(self):
-        st = self.c.status()
+        f = self.source()
+        if f is None:
+            return
+        if f.engine is not None:
+            yield from self._engine(f.engine)
+        if f.replication is not None:
+            yield from self._replication(f.replication, f.replication_counts or {})
+        yield from self._distribution(f)
+
+    def _engine(self, e: EngineFigures):
+        st = e.stats
+        for name, key in self.ENGINE_COUNTERS.items():
+            yield _one(name, getattr(st, key))
+        g = family("strata_engine_level_bytes")
+        n = family("strata_engine_level_files")
+        for lv in e.levels:
+            g.add_metric([str(lv.level)], lv.bytes)
+            n.add_metric([str(lv.level)], lv.files)
+        yield g
+        yield n
+        yield _one("strata_engine_memtable_bytes", st.memtable_bytes)
+        lsn = family("strata_engine_lsn")
+        lsn.add_metric(["last"], e.last_lsn)
+        lsn.add_metric(["flushed"], e.flushed_lsn)
+        yield lsn
+        w = family("strata_engine_writes_stopped")
+        for reason in ("no_space", "io_error"):
+            w.add_metric([reason], 1 if e.write_stopped == reason else 0)
+        yield w
+        p = family("strata_engine_background_paused")
+        for work in ("flush", "compaction"):
+            p.add_metric([work], 1 if work in e.paused else 0)
+        yield p
+        disk = family("strata_engine_disk_bytes")
+        disk.add_metric(["sst"], e.sst_bytes)
+        disk.add_metric(["wal"], e.wal_bytes)
+        yield disk
+        buckets, acc = [], 0
+        for le, count in e.fsync_buckets:
+            acc += count
+            buckets.append((str(le) if le != float("inf") else "+Inf", acc))
+        h = family("strata_wal_fsync_seconds")
+        h.add_metric([], buckets, e.fsync_seconds)
+        yield h
+        buckets, acc = [], 0
+        for le, count in e.group_size_buckets:
+            acc += count
+            buckets.append((str(le) if le >= 0 else "+Inf", acc))
+        h = family("strata_wal_group_frames")
+        h.add_metric([], buckets, st.group_frames)
+        yield h
+
+    def _replication(self, st: dict, counts: dict):
         role = family("strata_replication_role")
         for r in ("master", "candidate", "replica"):
             role.add_metric([r], 1 if st["role"] == r else 0)
@@ -305,19 +298,11 @@ class _ClusterCollector:
         yield lag_s
         yield state
         for key in ("elections_won", "step_downs", "resyncs", "truncations"):
-            yield _one(f"strata_replication_{key}", self.c.stats[key])
+            yield _one(f"strata_replication_{key}", counts.get(key, 0))
 
-
-class _DistributionCollector:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        node = self.node
-        st = subscriber_status(node)
+    def _distribution(self, f: Figures):
+        ov = f.overview
+        st = ov.subscribers
         rows = [
             ("strata_subscribers", st.connected),
             ("strata_subscribers_cut", st.cut_off),
@@ -337,24 +322,22 @@ class _DistributionCollector:
         # against the log's end now, the held log against consumer_retention_bytes.
         lag = family("strata_consumer_lag_lsns")
         held = family("strata_consumer_held_bytes")
-        for c in consumer_lags(node):
+        for c in ov.consumers:
             lag.add_metric([c.name], c.lag_lsns)
             held.add_metric([c.name], c.held_bytes)
         yield lag
         yield held
-        yield _one("strata_consumer_retention_headroom_bytes", node.retention.headroom)
+        yield _one("strata_consumer_retention_headroom_bytes", f.retention_headroom)
         conns = family("strata_connections")
-        counts = node.connections.counts()
         for transport in ("websocket", "grpc"):
-            conns.add_metric([transport], counts.get(transport, 0))
+            conns.add_metric([transport], f.connections.get(transport, 0))
         yield conns
-        rings = ring_status(node)
-        if node.rings is not None:
+        if ov.rings:
             ev = family("strata_ring_events")
             tr = family("strata_ring_truncated_events")
             rd = family("strata_ring_doorbell_readers")
             pos = family("strata_ring_last_lsn")
-            for r in rings:
+            for r in ov.rings:
                 ev.add_metric([r.name], r.published)
                 tr.add_metric([r.name], r.truncated)
                 rd.add_metric([r.name], r.readers)
