@@ -39,6 +39,8 @@ import collections
 import dataclasses
 import json
 import logging
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -199,12 +201,15 @@ class StatusServer:
         class Handler(_Handler):
             server_ref = outer
 
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True  # an event stream's thread must not hold up the exit
+
         try:
-            srv = ThreadingHTTPServer((host, int(port)), Handler)
+            srv = Server((host, int(port)), Handler)
         except OSError as e:
             raise OSError(e.errno, f"cannot listen on {self.listen} (metrics_listen): "
                                    f"{e.strerror}") from None
-        srv.daemon_threads = True
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, name="strata-http",
                                         daemon=True)
@@ -404,6 +409,15 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (readable at EOF); it sends nothing else."""
+        sock = self.connection
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def _events(self, extra: dict) -> None:
         srv = self.server_ref
         with srv._lock:
@@ -424,11 +438,22 @@ class _Handler(BaseHTTPRequestHandler):
             for k, v in extra.items():
                 self.send_header(k, v)
             self.end_headers()
+            if self.command == "HEAD":
+                return
             self.close_connection = True  # no Content-Length: the stream ends the connection
             self.wfile.write(b"retry: 1000\n\n")
             self.wfile.flush()
+            quiet_since = time.monotonic()
             while not tail.closed and not srv.gate.draining:
-                missed, items = tail.read(after, KEEPALIVE_S)
+                missed, items = tail.read(after, 1.0)
+                if not missed and not items:
+                    # A client that went away frees its slot within a second, not at
+                    # the next write; a quiet stream gets a comment now and then.
+                    if self._client_gone():
+                        return
+                    if time.monotonic() - quiet_since < KEEPALIVE_S:
+                        continue
+                quiet_since = time.monotonic()
                 out = []
                 if missed:
                     out.append(b"data: %s\n\n" % json.dumps(

@@ -8,6 +8,7 @@ import http.client
 import itertools
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 
@@ -15,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
+from strata.server.http import MAX_EVENT_STREAMS
 from strata.server.metrics import documented_families
 from strata_client import Client
 
@@ -59,6 +61,7 @@ class EventStream:
                 return ident, data
 
     def close(self) -> None:
+        self.resp.close()  # holds the socket open too
         self.conn.close()
 
 
@@ -201,3 +204,31 @@ def test_the_event_tail_and_its_overflow_policy(daemon):
     assert ident2 == ident + 1 + gap["missed"] and ev2["type"] == "event"
     again.close()
     first.close()
+
+
+def test_event_streams_are_capped_and_a_taken_port_is_named(daemon, daemon_factory):
+    streams = [EventStream(daemon.metrics) for _ in range(MAX_EVENT_STREAMS)]
+    try:
+        assert [s.resp.status for s in streams] == [200] * MAX_EVENT_STREAMS
+        one_more = EventStream(daemon.metrics)
+        assert one_more.resp.status == 503
+        one_more.close()
+    finally:
+        for s in streams:
+            s.close()
+    # Clients that went away leave their slots free.
+    for _ in range(100):
+        again = EventStream(daemon.metrics)
+        if again.resp.status == 200:
+            break
+        again.close()
+        time.sleep(0.05)
+    assert again.resp.status == 200
+    again.close()
+
+    # metrics_listen already taken (by the first daemon): the start fails, saying where.
+    d = daemon_factory(start=False, data_dir=str(daemon.data_dir) + "-2")
+    d.metrics = daemon.metrics
+    d.start(wait=False)
+    assert d.proc.wait(30) != 0
+    assert f"cannot listen on {daemon.metrics} (metrics_listen)" in d.logs()
