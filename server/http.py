@@ -172,8 +172,8 @@ def _json_default(o):
 
 
 class StatusServer:
-    """The HTTP listener. `start()` binds (OSError naming the address when it cannot)
-    and serves on a thread; `close()` stops it. Both from the loop's thread."""
+    """The HTTP listener. `start()` binds (OSError when it cannot) and serves on a
+    thread; `close()` stops it. Both from the loop's thread."""
 
     def __init__(self, listen: str, registry, gate, version: str) -> None:
         self.listen = listen
@@ -205,11 +205,7 @@ class StatusServer:
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
             daemon_threads = True  # an event stream's thread must not hold up the exit
 
-        try:
-            srv = Server((host, int(port)), Handler)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {self.listen} (metrics_listen): "
-                                   f"{e.strerror}") from None
+        srv = Server((host, int(port)), Handler)  # OSError: the daemon names the address
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, name="strata-http",
                                         daemon=True)
