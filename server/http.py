@@ -404,6 +404,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._plain(503, f"the event loop did not answer within {STATUS_TIMEOUT_S:g}s")
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception:
+            log.exception("http %s failed", path)
+            try:
+                self._plain(500, "internal error (see the server's log)")
+            except OSError:
+                pass
 
     def _client_gone(self) -> bool:
         """Whether the client closed its end (readable at EOF); it sends nothing else."""
