@@ -23,8 +23,8 @@ token (or the admin token) as `Authorization: Bearer <token>` or, for a browser,
 WebSocket port's. A request carrying an Origin other than this server's own is
 refused (403) unless ws_allowed_origins admits it, as on the WebSocket port.
 
-The event tail. One hub subscription on the loop, started with the first
-/v1/events client, fills a ring of the last TAIL_EVENTS events; each client reads
+The event tail. One hub subscription on the loop, running while any /v1/events
+client is connected, fills a ring of the last TAIL_EVENTS events; each client reads
 from it at its own pace. Overflow: a client that falls more than TAIL_EVENTS
 behind is sent a `gap` event (how many it missed) and goes on from the oldest
 event kept; the hub subscription itself lapped (the loop fell behind) is a `gap`
@@ -80,33 +80,55 @@ def _text(b: bytes) -> str:
 class EventTail:
     """The last TAIL_EVENTS committed events, numbered from 1, for /v1/events.
 
-    Filled on the event loop by one hub subscription (started by `want`, stopped by
-    `close`); read from the HTTP threads under `cond`. The hub's own bound on the
-    subscription is TAIL_EVENTS events; lapped, it resubscribes and records a gap.
+    Filled on the event loop by one hub subscription while any client is attached
+    (`attach` / `detach`: an idle page costs the commit path nothing); read from the
+    HTTP threads under `cond`. The hub's own bound on the subscription is TAIL_EVENTS
+    events; lapped, it resubscribes and records a gap, as it does when it starts
+    again after an idle spell (what was committed meanwhile is not shown).
+
+    An event's id is `<boot>:<number>`: `boot` tells this process's numbers from a
+    previous one's, so a browser reconnecting after a restart starts afresh.
     """
 
     def __init__(self, hub, loop: asyncio.AbstractEventLoop) -> None:
         self.hub = hub
         self.loop = loop
+        self.boot = time.time_ns() // 1_000_000
         self.cond = threading.Condition()
         self.items: collections.deque[tuple[int, dict]] = collections.deque(maxlen=TAIL_EVENTS)
         self.seq = 0  # number of the last item
         self.closed = False
-        self._task: asyncio.Future | None = None
-        self._starting = False
-        self._started = threading.Event()
+        self.clients = 0
+        self._generation = 0  # of the subscription asked for (HTTP threads, under cond)
+        self._running = 0  # of the subscription running (set on the loop, under cond)
+        self._task: asyncio.Future | None = None  # event loop only
 
     # -- HTTP threads
-    def want(self, timeout: float = STATUS_TIMEOUT_S) -> None:
-        """Make sure the subscription runs, and has subscribed before this returns:
-        every event committed after a client's stream opened is in its tail. HTTP
-        threads only."""
+    def attach(self, timeout: float = STATUS_TIMEOUT_S) -> None:
+        """Count a client in and return once the subscription runs: every event
+        committed after this returns is in the tail. Pair with `detach`."""
         with self.cond:
-            start = not self._starting and not self.closed
-            self._starting = True
-        if start:
-            self.loop.call_soon_threadsafe(self._start)
-        self._started.wait(timeout)
+            self.clients += 1
+            if self.clients == 1 and not self.closed:
+                self._generation += 1
+                self.loop.call_soon_threadsafe(self._start, self._generation)
+            gen = self._generation
+            self.cond.wait_for(lambda: self._running >= gen or self.closed, timeout)
+
+    def detach(self) -> None:
+        with self.cond:
+            self.clients -= 1
+            if self.clients == 0 and not self.closed:
+                self.loop.call_soon_threadsafe(self._stop)
+
+    def start_after(self, last_event_id: str | None, backlog: int) -> int:
+        """The number a client starts after: the one its Last-Event-ID names (of this
+        process), else `backlog` items before the newest."""
+        with self.cond:
+            boot, _, n = (last_event_id or "").partition(":")
+            if boot == str(self.boot) and n.isdigit() and int(n) <= self.seq:
+                return int(n)
+            return max(0, self.seq - backlog)
 
     def read(self, after: int, timeout: float) -> tuple[int, list[tuple[int, dict]]]:
         """(missed, items): the items numbered after `after`, waiting up to `timeout`
@@ -120,17 +142,26 @@ class EventTail:
             missed = max(0, first - after - 1)
             return missed, [it for it in self.items if it[0] > after]
 
-    def latest(self, backlog: int) -> int:
-        """Where a new client starts: `backlog` items before the newest."""
-        with self.cond:
-            return max(0, self.seq - backlog)
-
     # -- event loop
-    def _start(self) -> None:
-        if self._task is None and not self.closed:
+    def _start(self, generation: int) -> None:
+        if self.closed:
+            return
+        if self._task is None:
             sub = self.hub.subscribe(None, b"", TAIL_EVENTS)
-            self._started.set()
+            if self.seq:
+                self._push({"type": "gap", "reason": "the tail starts again: events "
+                            "committed while no one watched are not shown"})
             self._task = asyncio.ensure_future(self._run(sub))
+        with self.cond:
+            self._running = generation
+            self.cond.notify_all()
+
+    def _stop(self) -> None:
+        with self.cond:
+            idle = self.clients == 0
+        if idle and self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     def _push(self, item: dict) -> None:
         with self.cond:
@@ -155,11 +186,11 @@ class EventTail:
             sub = self.hub.subscribe(None, b"", TAIL_EVENTS)
 
     def close(self) -> None:
-        """Event loop (or before the loop runs it): stop the subscription and wake
-        every reader, which then ends its stream."""
+        """Event loop: stop the subscription and wake every reader, which then ends
+        its stream."""
         if self._task is not None:
             self._task.cancel()
-        self._started.set()
+            self._task = None
         with self.cond:
             self.closed = True
             self.cond.notify_all()
@@ -427,13 +458,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._plain(503, f"more than {MAX_EVENT_STREAMS} event streams open")
                 return
             srv.event_streams += 1
+        tail = srv.tail
+        tail.attach()
         try:
-            tail = srv.tail
-            tail.want()
-            try:
-                after = int(self.headers.get("Last-Event-ID", ""))
-            except ValueError:
-                after = tail.latest(TAIL_BACKLOG)
+            after = tail.start_after(self.headers.get("Last-Event-ID"), TAIL_BACKLOG)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-store")
@@ -462,10 +490,12 @@ class _Handler(BaseHTTPRequestHandler):
                         {"type": "gap", "missed": missed,
                          "reason": "this client fell behind the tail"}).encode())
                 for seq, item in items:
-                    out.append(b"id: %d\ndata: %s\n\n" % (seq, json.dumps(item).encode()))
+                    out.append(b"id: %d:%d\ndata: %s\n\n" % (tail.boot, seq,
+                                                               json.dumps(item).encode()))
                     after = seq
                 self.wfile.write(b"".join(out) or b": keepalive\n\n")
                 self.wfile.flush()
         finally:
+            tail.detach()
             with srv._lock:
                 srv.event_streams -= 1

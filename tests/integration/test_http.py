@@ -46,7 +46,7 @@ class EventStream:
         self.conn.request("GET", "/v1/events", headers=headers or {})
         self.resp = self.conn.getresponse()
 
-    def next(self) -> tuple[int | None, dict]:
+    def next(self) -> tuple[str | None, dict]:
         """(id, data) of the next event (keepalive comments skipped)."""
         ident, data = None, None
         while True:
@@ -54,7 +54,7 @@ class EventStream:
             assert line, "the stream ended"
             line = line.rstrip(b"\n")
             if line.startswith(b"id: "):
-                ident = int(line[4:])
+                ident = line[4:].decode()
             elif line.startswith(b"data: "):
                 data = json.loads(line[6:])
             elif not line and data is not None:
@@ -197,13 +197,39 @@ def test_the_event_tail_and_its_overflow_policy(daemon):
         # after the first is told it missed 200, then goes on from the oldest kept.
         for _ in range(3):
             c.batch([("put", b"b%d" % i, b"x") for i in range(400)])
-    again = EventStream(d.metrics, {"Last-Event-ID": str(ident)})
+    again = EventStream(d.metrics, {"Last-Event-ID": ident})
     _, gap = again.next()
     assert gap["type"] == "gap" and gap["missed"] == 200
     ident2, ev2 = again.next()
-    assert ident2 == ident + 1 + gap["missed"] and ev2["type"] == "event"
+    boot, n = ident.split(":")
+    assert ident2 == f"{boot}:{int(n) + 1 + 200}" and ev2["type"] == "event"
     again.close()
     first.close()
+    # An id from another process (a restart) starts afresh, 50 events back.
+    other = EventStream(d.metrics, {"Last-Event-ID": f"{int(boot) - 1}:5"})
+    assert other.next()[1]["type"] == "event"
+    other.close()
+
+
+def test_the_tail_stops_while_no_one_watches_and_says_so_when_it_starts_again(daemon):
+    d = daemon
+    with Client(d.grpc) as c:
+        s = EventStream(d.metrics)
+        lsn = c.put(b"seen", b"1")
+        ident, ev = s.next()
+        assert ev["lsn"] == lsn
+        s.close()
+        for _ in range(20):
+            # Once the server noticed the client left (within a second) the tail stops:
+            # a put then is not in it, and the next client is told so.
+            time.sleep(1.2)
+            c.put(b"unseen", b"2")
+            s = EventStream(d.metrics, {"Last-Event-ID": ident})
+            ident, first = s.next()
+            s.close()
+            if first["type"] == "gap":
+                break
+        assert first["type"] == "gap" and "no one watched" in first["reason"]
 
 
 def test_event_streams_are_capped_and_a_taken_port_is_named(daemon, daemon_factory):
