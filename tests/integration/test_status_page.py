@@ -101,3 +101,16 @@ def test_the_page_shows_roles_the_tail_and_a_killed_master(cluster, browser, tmp
     browser.wait_for(f"document.getElementById('peer-{m}')?.dataset.state === 'down'",
                      timeout=DOWN_WITHIN_S - (time.monotonic() - killed))
     assert browser.evaluate(f"{_cell(m, 4)}").startswith("down")
+
+
+def test_the_page_passes_its_token_on(daemon_factory, browser):
+    """With auth_token set, the page opened as /?token=... reads the JSON and the tail."""
+    d = daemon_factory(extra_env={"STRATA_AUTH_TOKEN": "s3cret", "STRATA_NODE": "solo"})
+    browser.navigate(f"http://{d.metrics}/?token=s3cret")
+    browser.wait_for("document.getElementById('node').textContent === 'solo'")
+    browser.wait_for(f"{_cell('solo', 3)} === 'master'")
+    browser.wait_for("document.getElementById('tail-state').textContent === '(connected)'")
+    with Client(d.grpc, token="s3cret") as cl:
+        lsn = cl.put(b"with-a-token", b"ok")
+    browser.wait_for(f"document.querySelector('#tail .event[data-lsn=\"{lsn}\"]') !== null")
+    assert browser.evaluate("document.getElementById('error').textContent") == ""
