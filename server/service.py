@@ -223,7 +223,9 @@ class Gate:
         """Admit a stream and serve `gen(engine, stream)`: `stream` is its entry in
         node.connections, registered while it is open."""
         async with _Call(self, self._streaming, method, context, request) as engine:
-            stream = self.node.connections.open("grpc", context.peer() or "", method)
+            # "ipv4:127.0.0.1:5000" -> "127.0.0.1:5000", as the WebSocket port says it
+            peer = (context.peer() or "").partition(":")[2]
+            stream = self.node.connections.open("grpc", peer, method)
             try:
                 async for item in gen(engine, stream):
                     yield item

@@ -154,7 +154,7 @@ def test_connections_and_status_list_websocket_and_grpc_subscribers(daemon_facto
             assert wsc[0]["delivered"] == 5 and wsc[0]["lag_lsns"] == 0
             assert len(grpcs) == 1 and grpcs[0]["transport"] == "grpc"
             assert grpcs[0]["consumer"] == "billing" and grpcs[0]["tier"] == "realtime"
-            assert grpcs[0]["delivered"] == 5 and grpcs[0]["peer"].startswith("ipv")
+            assert grpcs[0]["delivered"] == 5 and grpcs[0]["peer"].startswith("127.0.0.1:")
 
             _, _, body = get(d.metrics, "/v1/status")
             st = json.loads(body)
