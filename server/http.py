@@ -15,7 +15,8 @@
 Threads. A ThreadingHTTPServer on its own thread, one thread per request, so the
 event loop never serves HTTP. Figures the loop changes are read on the loop: the
 handler asks it (run_coroutine_threadsafe) and waits at most STATUS_TIMEOUT_S,
-answering 503 if the loop does not answer in time.
+answering 503 if the loop does not answer in time (/metrics then leaves the node's
+figures out, keeping the process and request metrics).
 
 Access. With auth_token set, everything but /metrics and /healthz takes the data
 token (or the admin token) as `Authorization: Bearer <token>` or, for a browser,
@@ -62,7 +63,9 @@ from .ws import _authorised, origin_allowed
 log = logging.getLogger("strata.http")
 
 STATUS_TIMEOUT_S = 2.0
-TAIL_EVENTS = 1000  # events the tail keeps (~TAIL_EVENTS * (TAIL_VALUE_BYTES + 200) bytes)
+# The tail keeps TAIL_EVENTS events of at most 2 * TAIL_VALUE_BYTES of text and a few
+# hundred bytes of dict each: under 1 MiB.
+TAIL_EVENTS = 1000
 TAIL_VALUE_BYTES = 200  # keys and values are cut to this many bytes in the tail
 TAIL_BACKLOG = 50  # events a new client is sent from before it connected
 MAX_EVENT_STREAMS = 16
