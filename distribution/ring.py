@@ -249,6 +249,11 @@ class RingWriter:
         self._pos = end
 
     @property
+    def last_lsn(self) -> int:
+        """The last LSN written into the ring (0: none yet)."""
+        return self._words[W_LAST_LSN]
+
+    @property
     def readers(self) -> int:
         """Readers attached to the doorbell (polling readers are not counted)."""
         return len(self._bells.socks)

@@ -8,7 +8,8 @@ Who owns what (all built in the constructor, nothing filled in later by others):
      ├─ cluster           replication (None on a single node); reaches the engine here
      ├─ hub, feed, rings  fan-out of committed frames (feed only in a cluster)
      ├─ cursors, retention  named consumers' stored cursors and the log they hold
-     └─ subscriptions     a consumer's lifecycle for every transport
+     ├─ subscriptions     a consumer's lifecycle for every transport
+     └─ connections       the streams open on it, of every transport (for status)
 
 The commit listeners are attached in one place (`_attach`), in the order a frame
 must reach them: the cluster (to stream it), the request ids, then the hub and the
@@ -38,6 +39,7 @@ from strata.replication import checkpoints
 from strata.replication.cluster import Cluster, ClusterConfig
 from strata.storage import Engine, StorageError
 
+from .connections import Connections
 from .request_ids import RequestIds
 from .subscriptions import Subscriptions
 
@@ -99,6 +101,7 @@ class Node:
         self.retention = ConsumerRetention(lambda: self.serving, self.cursors)
         self.subscriptions = Subscriptions(self.hub, self.cursors, self.budget,
                                            lambda: self.cfg.subscriber_queue, self.check_write)
+        self.connections = Connections()
         self._tasks: list[asyncio.Task] = []
 
     def reload(self) -> None:

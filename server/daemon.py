@@ -167,7 +167,7 @@ class Daemon:
         self.server = server
         if cfg.metrics_listen:
             try:
-                self.metrics.serve(cfg.metrics_listen)
+                self.metrics.serve(cfg.metrics_listen, self.gate)
             except OSError as e:
                 raise self._listen_error("metrics_listen", e.strerror or e) from None
         if cfg.ws_listen:

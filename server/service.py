@@ -220,9 +220,17 @@ class Gate:
                 self._expired.discard(task)
 
     async def streaming(self, method: str, context, gen, request=None) -> AsyncIterator:
+        """Admit a stream and serve `gen(engine, stream)`: `stream` is its entry in
+        node.connections, registered while it is open."""
         async with _Call(self, self._streaming, method, context, request) as engine:
-            async for item in gen(engine):
-                yield item
+            # "ipv4:127.0.0.1:5000" -> "127.0.0.1:5000", as the WebSocket port says it
+            peer = (context.peer() or "").partition(":")[2]
+            stream = self.node.connections.open("grpc", peer, method)
+            try:
+                async for item in gen(engine, stream):
+                    yield item
+            finally:
+                self.node.connections.close(stream)
 
 
 class _Kind(NamedTuple):
@@ -350,7 +358,7 @@ class KVService(_Service, pbg.KVServicer):
                                               request.delete, which, expected))
 
     async def Scan(self, request, context):
-        async def gen(engine: Engine):
+        async def gen(engine: Engine, _stream):
             loop = asyncio.get_running_loop()
             snap, it = kv.scan(self.node, engine, request.start, request.end, request.stale_ok)
             try:
@@ -381,7 +389,7 @@ class KVService(_Service, pbg.KVServicer):
     async def Write(self, request_iterator, context):
         gate, node = self.gate, self.node
 
-        async def gen(engine: Engine):
+        async def gen(engine: Engine, _stream):
             pending: asyncio.Queue = asyncio.Queue(WRITE_STREAM_INFLIGHT)
             done = object()
 
@@ -426,7 +434,8 @@ class EventsService(_Service, pbg.EventsServicer):
     async def Subscribe(self, request, context):
         gate, subs = self.gate, self.node.subscriptions
 
-        async def gen(engine: Engine):
+        async def gen(engine: Engine, stream):
+            stream.tier = "realtime"
             topics = frozenset(request.topics) if request.topics else None
             subs.connected += 1
             try:
@@ -445,8 +454,8 @@ class EventsService(_Service, pbg.EventsServicer):
 
     async def Consume(self, request_iterator, context):
         async for item in self.gate.streaming(
-                "Events.Consume", context, lambda engine: consume(self.gate, engine,
-                                                                  request_iterator)):
+                "Events.Consume", context,
+                lambda engine, stream: consume(self.gate, engine, request_iterator, stream)):
             yield item
 
 
@@ -477,7 +486,7 @@ class _GrpcIO:
             await self.room.wait()
 
 
-async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
+async def consume(gate: Gate, engine: Engine, requests, stream=None) -> AsyncIterator:
     """Events.Consume: the WebSocket tiers' reliable subscription over gRPC; the
     lifecycle is node.subscriptions', the end its End's gRPC status."""
     first = await anext(requests, None)
@@ -496,6 +505,8 @@ async def consume(gate: Gate, engine: Engine, requests) -> AsyncIterator:
     subs = gate.node.subscriptions
     subs.admit(req["consumer"])
     c = subs.open(GRPC, req)
+    if stream is not None:
+        stream.consumer = c  # node.connections forgets it when the stream closes
     io = _GrpcIO()
     task = reader = None
     try:

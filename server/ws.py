@@ -143,8 +143,9 @@ class Connection:
     """One WebSocket connection: decodes messages and drives at most one subscription
     through node.subscriptions (the lifecycle Events.Consume uses too). Event loop."""
 
-    def __init__(self, ws: ServerConnection, gate, fmt: str) -> None:
+    def __init__(self, ws: ServerConnection, gate, fmt: str, stream=None) -> None:
         self.ws = ws
+        self.stream = stream  # its entry in node.connections
         self.gate = gate
         self.subs = gate.node.subscriptions
         self.fmt = fmt
@@ -236,6 +237,8 @@ class Connection:
             await self.fail(End.TOO_MANY, "too many subscriptions")
             return
         c = self.consumer = subs.open(self.fmt, req)
+        if self.stream is not None:
+            self.stream.consumer = c
         start, last = await subs.start(c, engine, req["from_lsn"])
         self.send({"op": "subscribed", "tier": c.tier, "from_lsn": start or None,
                    "last_lsn": last, "consumer": name or None})
@@ -257,6 +260,8 @@ class Connection:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
+        if self.stream is not None:
+            self.stream.consumer = None
         if c is not None:
             self.gate.streams.leave()
             await self.subs.close(c)
@@ -307,13 +312,16 @@ async def start_ws(cfg: Config, gate):
         log.info("ws connection from %s, origin %s, subprotocol %s", _peer(ws),
                  ws.request.headers.get("Origin") or "none", ws.subprotocol or "none")
         conns["n"] += 1
+        stream = gate.node.connections.open("websocket", _peer(ws), "/v1/events",
+                                            ws.request.headers.get("Origin") or "")
         # The kernel's send buffer is left to autotune: fixing it with SO_SNDBUF (to
         # notice a stalled client sooner) stalled subscribers that read, now and then,
         # for good (bench distribution, 10 realtime subscribers: 3 runs in 4).
         try:
-            await Connection(ws, gate, SUBPROTOCOLS.get(ws.subprotocol, JSON)).run()
+            await Connection(ws, gate, SUBPROTOCOLS.get(ws.subprotocol, JSON), stream).run()
         finally:
             conns["n"] -= 1
+            gate.node.connections.close(stream)
 
     return await serve(handler, host.strip("[]") or "127.0.0.1", int(port),
                        process_request=process_request, max_size=MAX_WS_MESSAGE_BYTES, max_queue=64,

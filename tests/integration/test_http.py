@@ -1,0 +1,260 @@
+"""HTTP on metrics_listen against a real daemon: the paths and what they answer, the
+token and Origin rules, /v1/connections and /v1/status listing real WebSocket and gRPC
+subscribers, the event tail and its overflow policy, and the metrics the docs list."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect as ws_connect
+
+from strata.server.http import MAX_EVENT_STREAMS
+from strata.server.metrics import documented_families
+from strata_client import Client
+
+
+def get(addr: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(f"http://{addr}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def exported(addr: str) -> set[str]:
+    """The families a running daemon exports, named as documented (counters with _total)."""
+    _, _, body = get(addr, "/metrics")
+    return {f.name + ("_total" if f.type == "counter" else "")
+            for f in text_string_to_metric_families(body.decode())}
+
+
+class EventStream:
+    """A /v1/events client: reads Server-Sent Events one at a time."""
+
+    def __init__(self, addr: str, headers: dict | None = None) -> None:
+        host, port = addr.rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        self.conn.request("GET", "/v1/events", headers=headers or {})
+        self.resp = self.conn.getresponse()
+
+    def next(self) -> tuple[str | None, dict]:
+        """(id, data) of the next event (keepalive comments skipped)."""
+        ident, data = None, None
+        while True:
+            line = self.resp.readline()
+            assert line, "the stream ended"
+            line = line.rstrip(b"\n")
+            if line.startswith(b"id: "):
+                ident = line[4:].decode()
+            elif line.startswith(b"data: "):
+                data = json.loads(line[6:])
+            elif not line and data is not None:
+                return ident, data
+
+    def close(self) -> None:
+        self.resp.close()  # holds the socket open too
+        self.conn.close()
+
+
+def test_paths_health_metrics_and_status(daemon):
+    d = daemon
+    assert get(d.metrics, "/healthz")[::2] == (200, b"serving\n")
+    code, _, body = get(d.metrics, "/no/such/path")
+    assert code == 404 and b"/v1/status" in body
+    req = urllib.request.Request(f"http://{d.metrics}/v1/status", method="POST", data=b"")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 405
+    code, headers, page = get(d.metrics, "/")
+    assert code == 200 and headers["Content-Type"].startswith("text/html")
+    # One file that loads nothing from anywhere else.
+    assert b"EventSource" in page and b"<script src" not in page and b"<link" not in page
+    assert b"http://" not in page and b"https://" not in page
+
+    with Client(d.grpc) as c:
+        lsn = c.put(b"k", b"v" * 100)
+    code, _, body = get(d.metrics, "/v1/status")
+    st = json.loads(body)
+    assert code == 200 and st["version"] and st["draining"] is False
+    n = st["node"]
+    assert n["last_lsn"] >= lsn and n["writable"] and n["wal_bytes"] > 100
+    assert n["replication"]["role"] == "master" and st["rings"] == [] and st["consumers"] == []
+
+    _, _, metrics = get(d.metrics, "/metrics")
+    text = metrics.decode()
+    assert f'strata_build_info{{version="{st["version"]}"}} 1.0' in text
+    assert "process_cpu_seconds_total" in text and "python_info{" in text
+    assert "python_gc_collections_total" in text
+    assert "_created" not in text
+    assert "strata_wal_fsync_total" not in text
+
+
+def test_a_token_guards_the_page_and_the_json_but_not_metrics_or_health(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_AUTH_TOKEN": "s3cret"})
+    assert get(d.metrics, "/metrics")[0] == 200
+    assert get(d.metrics, "/healthz")[0] == 200
+    for path in ("/", "/v1/status", "/v1/connections", "/v1/cluster", "/v1/events"):
+        assert get(d.metrics, path)[0] == 401, path
+        assert get(d.metrics, path, {"Authorization": "Bearer wrong"})[0] == 401, path
+    for path in ("/", "/v1/status", "/v1/connections", "/v1/cluster"):
+        assert get(d.metrics, path, {"Authorization": "Bearer s3cret"})[0] == 200, path
+        assert get(d.metrics, path + "?token=s3cret")[0] == 200, path
+    s = EventStream(d.metrics)  # no token
+    assert s.resp.status == 401
+    s.close()
+
+
+def test_origins_are_checked_as_on_the_websocket_port(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_WS_ALLOWED_ORIGINS": "https://ops.example"})
+    own = {"Origin": f"http://{d.metrics}"}
+    assert get(d.metrics, "/v1/status", own)[0] == 200  # the page's own origin
+    code, _, body = get(d.metrics, "/v1/status", {"Origin": "https://evil.example"})
+    assert code == 403 and b"ws_allowed_origins" in body
+    code, headers, _ = get(d.metrics, "/v1/status", {"Origin": "https://ops.example"})
+    assert code == 200 and headers["Access-Control-Allow-Origin"] == "https://ops.example"
+    s = EventStream(d.metrics, {"Origin": "https://evil.example"})
+    assert s.resp.status == 403
+    s.close()
+
+
+def test_connections_and_status_list_websocket_and_grpc_subscribers(daemon_factory, tmp_path):
+    ring = f"strata-http-test-{os.getpid()}"
+    d = daemon_factory(args=["--rings", f"{ring}:1MiB"],
+                       extra_env={"STRATA_WS_ALLOWED_ORIGINS": "http://localhost"})
+    try:
+        with Client(d.grpc) as c, ws_connect(f"ws://{d.ws}/v1/events",
+                                             origin="http://localhost") as ws:
+            ws.send(json.dumps({"op": "subscribe", "tier": "delayed", "window_ms": 10}))
+            assert json.loads(ws.recv(timeout=5))["op"] == "subscribed"
+            sub = c.consume("billing", manual_ack=True)
+            events = iter(sub)
+            lsns = [c.put(b"k%d" % i, b"v") for i in range(5)]
+            assert [e.lsn for e in itertools.islice(events, 5)] == lsns
+            got = 0
+            while got < 5:  # the delayed tier's batches
+                msg = json.loads(ws.recv(timeout=5))
+                got += len(msg.get("events", []))
+
+            _, _, body = get(d.metrics, "/v1/connections")
+            conns = json.loads(body)["connections"]
+            wsc = [x for x in conns if x["transport"] == "websocket"]
+            grpcs = [x for x in conns if x["method"] == "Events.Consume"]
+            host, port = ws.local_address[:2]
+            assert len(wsc) == 1 and wsc[0]["peer"] == f"{host}:{port}"
+            assert wsc[0]["origin"] == "http://localhost" and wsc[0]["tier"] == "delayed"
+            assert wsc[0]["delivered"] == 5 and wsc[0]["lag_lsns"] == 0
+            assert len(grpcs) == 1 and grpcs[0]["transport"] == "grpc"
+            assert grpcs[0]["consumer"] == "billing" and grpcs[0]["tier"] == "realtime"
+            assert grpcs[0]["delivered"] == 5 and grpcs[0]["peer"].startswith("127.0.0.1:")
+
+            _, _, body = get(d.metrics, "/v1/status")
+            st = json.loads(body)
+            assert st["tiers"] == {"delayed": 1, "realtime": 1}
+            assert st["subscribers"]["connected"] == 2
+            assert [r["name"] for r in st["rings"]] == [ring]
+            assert st["rings"][0]["last_lsn"] == lsns[-1]
+            sub.close()
+        # Both ended: neither is listed any more.
+        for _ in range(100):
+            _, _, body = get(d.metrics, "/v1/connections")
+            if not json.loads(body)["connections"]:
+                break
+        assert json.loads(body)["connections"] == []
+        # The metrics this daemon exports (rings, a named consumer) are all documented,
+        # and all the documented ones are exported but those of a cluster.
+        documented = {name for name, *_ in documented_families()}
+        here = exported(d.metrics)
+        assert here - documented == set()
+        cluster_only = {n for n in documented if n.startswith("strata_replication_")} | {
+            "strata_events_awaiting_commit", "strata_events_read_back_total"}
+        assert documented - here == cluster_only
+    finally:
+        for p in (f"/dev/shm/{ring}", f"/dev/shm/.{ring}.doorbell"):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def test_the_event_tail_and_its_overflow_policy(daemon):
+    d = daemon
+    first = EventStream(d.metrics)
+    assert first.resp.status == 200
+    assert first.resp.headers["Content-Type"] == "text/event-stream"
+    with Client(d.grpc) as c:
+        lsn = c.put(b"after-open", b"value")
+        ident, ev = first.next()
+        assert ev == {"type": "event", "lsn": lsn, "ts": ev["ts"], "topic": "kv",
+                      "key": "after-open", "value": "value", "deleted": False}
+        # 1200 more: the tail keeps the last 1000 of the 1201, so a client resuming
+        # after the first is told it missed 200, then goes on from the oldest kept.
+        for _ in range(3):
+            c.batch([("put", b"b%d" % i, b"x") for i in range(400)])
+    again = EventStream(d.metrics, {"Last-Event-ID": ident})
+    _, gap = again.next()
+    assert gap["type"] == "gap" and gap["missed"] == 200
+    ident2, ev2 = again.next()
+    boot, n = ident.split(":")
+    assert ident2 == f"{boot}:{int(n) + 1 + 200}" and ev2["type"] == "event"
+    again.close()
+    first.close()
+    # An id from another process (a restart) starts afresh, 50 events back.
+    other = EventStream(d.metrics, {"Last-Event-ID": f"{int(boot) - 1}:5"})
+    assert other.next()[1]["type"] == "event"
+    other.close()
+
+
+def test_the_tail_stops_while_no_one_watches_and_says_so_when_it_starts_again(daemon):
+    d = daemon
+    with Client(d.grpc) as c:
+        s = EventStream(d.metrics)
+        lsn = c.put(b"seen", b"1")
+        ident, ev = s.next()
+        assert ev["lsn"] == lsn
+        s.close()
+        for _ in range(20):
+            # Once the server noticed the client left (within a second) the tail stops:
+            # a put then is not in it, and the next client is told so.
+            time.sleep(1.2)
+            c.put(b"unseen", b"2")
+            s = EventStream(d.metrics, {"Last-Event-ID": ident})
+            ident, first = s.next()
+            s.close()
+            if first["type"] == "gap":
+                break
+        assert first["type"] == "gap" and "no one watched" in first["reason"]
+
+
+def test_event_streams_are_capped_and_a_taken_port_is_named(daemon, daemon_factory):
+    streams = [EventStream(daemon.metrics) for _ in range(MAX_EVENT_STREAMS)]
+    try:
+        assert [s.resp.status for s in streams] == [200] * MAX_EVENT_STREAMS
+        one_more = EventStream(daemon.metrics)
+        assert one_more.resp.status == 503
+        one_more.close()
+    finally:
+        for s in streams:
+            s.close()
+    # Clients that went away leave their slots free.
+    for _ in range(100):
+        again = EventStream(daemon.metrics)
+        if again.resp.status == 200:
+            break
+        again.close()
+        time.sleep(0.05)
+    assert again.resp.status == 200
+    again.close()
+
+    # metrics_listen already taken (by the first daemon): the start fails, saying where.
+    d = daemon_factory(start=False, data_dir=str(daemon.data_dir) + "-2")
+    d.metrics = daemon.metrics
+    d.start(wait=False)
+    assert d.proc.wait(30) != 0
+    assert f"cannot listen on {daemon.metrics} (metrics_listen" in d.logs()
