@@ -57,8 +57,8 @@ class Config:
     data_dir: str = _opt("./data", "database directory (created if missing)")
     grpc_listen: str = _opt("127.0.0.1:7400", "gRPC address host:port")
     ws_listen: str = _opt("127.0.0.1:7401", "WebSocket address host:port (empty: disabled)")
-    metrics_listen: str = _opt("127.0.0.1:7402",
-                               "Prometheus /metrics address host:port (empty: disabled)")
+    metrics_listen: str = _opt("127.0.0.1:7402", "HTTP address host:port: /metrics, /healthz, "
+                               "/v1/*, the status page (empty: off)")
     node: str = field(default_factory=socket.gethostname, metadata={
         "help": "this node's name in status, logs and metrics (default: host name)",
         "reload": False})
