@@ -108,6 +108,9 @@ class Runner:
             "seconds": round(seconds, 4), "p50_ns": p50, "p99_ns": p99,
             "inflight": inflight, "processes": procs,
             "server_cpu": round((cpu1 - cpu0) / wall, 3) if cpu0 is not None and cpu1 else None,
+            # the server's user + system CPU per acknowledged operation (put, get or key)
+            "server_cpu_us_per_op": round((cpu1 - cpu0) / (requests * per_request) * 1e6, 2)
+            if cpu0 is not None and cpu1 and requests else None,
             "client_cpu": round(sum(a["cpu"] for a in answers) / seconds, 3) if seconds else None,
             "capped_by_count": requests >= cfg.max_requests,
         }

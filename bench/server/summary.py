@@ -90,10 +90,14 @@ def summary_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def _us(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f} µs"
+
+
 def detail_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
     """Rows of (workload, system) with ops/s, p50, p99, CPU; and footnotes."""
     headers = ["workload", "system", "requests", "ops/s", "p50", "p99", "server CPU",
-               "clients CPU", "Strata/this"]
+               "server CPU/op", "clients CPU", "Strata/this"]
     rows: list[list[str]] = []
     notes: list[str] = []
     for w in run["workloads"]:
@@ -111,7 +115,7 @@ def detail_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[s
                 note = f"{LABELS[s]}: {w.name}: {status}: {why}"
                 if why and note not in notes:
                     notes.append(note)
-                rows.append([w.name, LABELS[s], "", status, "", "", "", "", ""])
+                rows.append([w.name, LABELS[s], "", status, "", "", "", "", "", ""])
                 continue
             shown = report.fmt_rate(rec.get("value"))
             if rec.get("wrong_answers"):
@@ -126,7 +130,8 @@ def detail_rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[s
             ratio = "" if s == "strata" else report.fmt_ratio(_ratio(run, w, s))
             rows.append([w.name, LABELS[s], f"{rec.get('requests', 0):,}", shown,
                          report.fmt_ns(rec.get("p50_ns")), report.fmt_ns(rec.get("p99_ns")),
-                         pct(rec.get("server_cpu")), pct(rec.get("client_cpu")), ratio])
+                         pct(rec.get("server_cpu")), _us(rec.get("server_cpu_us_per_op")),
+                         pct(rec.get("client_cpu")), ratio])
     return headers, rows, notes
 
 
