@@ -82,7 +82,7 @@ def _ring_reader(name: str, n: int, wait: str, from_start: bool, record: bool, v
     parse = RingEvent.parse
     cpu0 = time.process_time()
     while got < n:
-        evs = r.read_frames(1024, timeout=30)  # (lsn, frame view) pairs: zero-copy
+        evs = r.read_frames(timeout=30)  # (lsn, frame view) pairs: zero-copy, 256 at most
         if not evs:
             break
         now = time.time_ns()
@@ -666,6 +666,8 @@ def _have(module: str) -> bool:
 def run_ring(res: dict, root: str, n_ring: int, n_lat: int) -> None:
     """The same-host rows: rings beside multiprocessing.Queue and pyzmq, into res["ring"]."""
     log = lambda *a: print(*a, file=sys.stderr, flush=True)
+    res["ring_run"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "loadavg": os.getloadavg()[0]}
     r = res["ring"]
     r["ring, 1 reader, draining a full ring"] = bench_ring(n_ring, 1, "poll", True, None)
     r["ring, same, checksums not verified"] = bench_ring(n_ring, 1, "poll", True, None, False)
@@ -781,6 +783,9 @@ def _render_main(res: dict) -> list[str]:
     q = ring.get("multiprocessing.Queue", {}).get("events_per_s")
     out = ["Same host (100-byte events): delivered events/s, publish -> read latency (us), "
            "reader CPU (user + sys of the reader processes) per event"]
+    when = res.get("ring_run")
+    if when:
+        out[0] += f"; measured {when['date']}, load average {when['loadavg']:.1f} at the start"
     out.append(report.text_table(
         ["transport", "events/s", "vs mp.Queue", "p50 us", "p99 us", "p999 us", "CPU ns/event"],
         [[k, _f(v["events_per_s"]), _r(v["events_per_s"], q), _f(v["latency_us"]["p50"]),
@@ -855,6 +860,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             page = json.loads((docs / "distribution.json").read_text())
             page[args.only] = res[args.only]
+            if args.only == "ring":
+                page["ring_run"] = res["ring_run"]
         except (OSError, ValueError):
             page = res
     report.publish(page, args, "distribution", lambda r: r, render_text,

@@ -324,11 +324,16 @@ class RingReader:
         self._advance(start, pos, last, bool(out), block)
         return out
 
-    def poll_frames(self, max_events: int = 1024) -> list[tuple[int, memoryview]]:
+    def poll_frames(self, max_events: int = 256) -> list[tuple[int, memoryview]]:
         """The fast path: (lsn, frame) pairs, `frame` a memoryview of the whole frame
         (32-byte header, topic, key, value; decode with `RingEvent.parse`, then ask
         `still_valid`). Same checks as poll(): checksums (unless verify=False),
-        lapping, closing."""
+        lapping, closing.
+
+        Larger batches cost more per event, not less, once past a few hundred: each
+        pair is two objects the cycle collector tracks, and a batch that outlives a
+        collection is traversed again (bench distribution's prefilled ring, one
+        reader: 275 ns of CPU an event at 1024 a batch, 185 ns at 256)."""
         got = self._take(max_events)
         if got is None:
             return []
@@ -453,7 +458,7 @@ class RingReader:
         """Block until at least one event (or `timeout` seconds: then []); at most max_events."""
         return self._read(self.poll, max_events, timeout)
 
-    def read_frames(self, max_events: int = 1024,
+    def read_frames(self, max_events: int = 256,
                     timeout: float | None = None) -> list[tuple[int, memoryview]]:
         """read() of poll_frames(): the fastest way through a busy ring."""
         return self._read(self.poll_frames, max_events, timeout)

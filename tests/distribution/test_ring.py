@@ -824,6 +824,8 @@ from strata_client.errors import Lapped, StrataError
 from strata_client.ring import RingReader
 
 r = RingReader(sys.argv[1], wait="poll", from_start=True)
+import zlib
+assert r._crc_fn is zlib.crc32  # no crc32c module here: each block's CRC-32 is checked
 print([e.lsn for e in r.read(1000, timeout=5)], flush=True)
 sys.stdin.readline()  # the writer laps us meanwhile
 try:
