@@ -7,7 +7,9 @@ One run, loopback, 100-byte events, every peer measured with the same harness
 - ring (one writer process, readers in other processes) against
   multiprocessing.Queue and pyzmq PUSH/PULL over ipc: delivered events/s (a
   reader draining a full ring, and writer and reader running together) and
-  publish -> read latency at a paced 10k events/s, polling and doorbell;
+  publish -> read latency at a paced 10k events/s, polling and doorbell, and
+  the reader processes' CPU (user + sys) per event (`--only ring` runs these
+  rows alone);
 - the daemon's WebSocket realtime and delayed tiers against the raw
   `websockets` broadcast (the transport's own ceiling), Redis pub/sub
   (redis-py) and NATS core (nats-py): delivered events/s with 1, 10 and 100
@@ -78,8 +80,9 @@ def _ring_reader(name: str, n: int, wait: str, from_start: bool, record: bool, v
     ready.put(1)
     got, lat, t0 = 0, [], None
     parse = RingEvent.parse
+    cpu0 = time.process_time()
     while got < n:
-        evs = r.read_frames(1024, timeout=30)  # (lsn, frame view) pairs: zero-copy
+        evs = r.read_frames(timeout=30)  # (lsn, frame view) pairs: zero-copy, 256 at most
         if not evs:
             break
         now = time.time_ns()
@@ -88,7 +91,8 @@ def _ring_reader(name: str, n: int, wait: str, from_start: bool, record: bool, v
         if record:
             lat.extend((now - parse(f).ts_ns) / 1000 for _, f in evs)
         got += len(evs)
-    out.put((got, time.perf_counter() - (t0 or time.perf_counter()), lat))
+    out.put((got, time.perf_counter() - (t0 or time.perf_counter()), lat,
+             time.process_time() - cpu0))
     r.close()
 
 
@@ -110,7 +114,8 @@ def bench_ring(n: int, readers: int, wait: str, prefill: bool, pace: float | Non
     from strata.distribution.ring import RingWriter
 
     name = f"strata-bench-{os.getpid()}"
-    size = (n * 160 + (1 << 20)) if prefill else 64 << 20
+    # A 100-byte event takes 168 bytes (frame 152, index entry 16) and a block 16 more.
+    size = (n * 176 + (1 << 20)) if prefill else 64 << 20
     w = RingWriter(name, size)
     ready, out = CTX.Queue(), CTX.Queue()
     try:
@@ -134,11 +139,19 @@ def bench_ring(n: int, readers: int, wait: str, prefill: bool, pace: float | Non
     secs = max(r[1] for r in res)
     lat = [x for r in res for x in r[2]]
     return {"events_per_s": got / secs if secs else None, "writer_per_s": n / wrote,
-            "lapped": sum(1 for r in res if r[0] < n), "latency_us": _pct(lat)}
+            "lapped": sum(1 for r in res if r[0] < n), "latency_us": _pct(lat),
+            "reader_cpu_ns": _cpu_ns(res)}
+
+
+def _cpu_ns(res: list[tuple]) -> float | None:
+    """Reader (consumer) processes' CPU, user + sys, per event delivered, in ns."""
+    got = sum(r[0] for r in res)
+    return sum(r[3] for r in res) / got * 1e9 if got else None
 
 
 def _q_consumer(q, n: int, record: bool, out) -> None:
     got, lat, t0 = 0, [], None
+    cpu0 = time.process_time()
     while got < n:
         lsn, ts, _ = q.get()
         now = time.time_ns()
@@ -147,7 +160,7 @@ def _q_consumer(q, n: int, record: bool, out) -> None:
         if record:
             lat.append((now - ts) / 1000)
         got += 1
-    out.put((got, time.perf_counter() - t0, lat))
+    out.put((got, time.perf_counter() - t0, lat, time.process_time() - cpu0))
 
 
 def bench_mp_queue(n: int, pace: float | None) -> dict:
@@ -159,9 +172,10 @@ def bench_mp_queue(n: int, pace: float | None) -> dict:
         q.put((i, time.time_ns(), VALUE))
         if pace:
             _pace(t0, i + 1, pace)
-    got, secs, lat = out.get(timeout=300)
+    res = out.get(timeout=300)
     p.join()
-    return {"events_per_s": got / secs, "latency_us": _pct(lat)}
+    return {"events_per_s": res[0] / res[1], "latency_us": _pct(res[2]),
+            "reader_cpu_ns": _cpu_ns([res])}
 
 
 def _zmq_consumer(addr: str, n: int, record: bool, ready, out) -> None:
@@ -171,6 +185,7 @@ def _zmq_consumer(addr: str, n: int, record: bool, ready, out) -> None:
     s.connect(addr)
     ready.put(1)
     got, lat, t0 = 0, [], None
+    cpu0 = time.process_time()
     while got < n:
         m = s.recv()
         now = time.time_ns()
@@ -179,7 +194,7 @@ def _zmq_consumer(addr: str, n: int, record: bool, ready, out) -> None:
         if record:
             lat.append((now - int.from_bytes(m[:8], "little")) / 1000)
         got += 1
-    out.put((got, time.perf_counter() - t0, lat))
+    out.put((got, time.perf_counter() - t0, lat, time.process_time() - cpu0))
 
 
 def bench_zmq(n: int, pace: float | None, root: str) -> dict:
@@ -198,10 +213,11 @@ def bench_zmq(n: int, pace: float | None, root: str) -> dict:
         s.send(time.time_ns().to_bytes(8, "little") + VALUE)
         if pace:
             _pace(t0, i + 1, pace)
-    got, secs, lat = out.get(timeout=300)
+    res = out.get(timeout=300)
     p.join()
     s.close(linger=0)
-    return {"events_per_s": got / secs, "latency_us": _pct(lat)}
+    return {"events_per_s": res[0] / res[1], "latency_us": _pct(res[2]),
+            "reader_cpu_ns": _cpu_ns([res])}
 
 
 # ----------------------------------------------------------------- network peers
@@ -647,6 +663,30 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def run_ring(res: dict, root: str, n_ring: int, n_lat: int) -> None:
+    """The same-host rows: rings beside multiprocessing.Queue and pyzmq, into res["ring"]."""
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)
+    res["ring_run"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "loadavg": os.getloadavg()[0]}
+    r = res["ring"]
+    r["ring, 1 reader, draining a full ring"] = bench_ring(n_ring, 1, "poll", True, None)
+    r["ring, same, checksums not verified"] = bench_ring(n_ring, 1, "poll", True, None, False)
+    r["ring, 1 reader, writer running"] = bench_ring(n_ring, 1, "poll", False, None)
+    r["ring, 4 readers, writer running"] = bench_ring(n_ring, 4, "poll", False, None)
+    r["ring, polling reader, paced"] = bench_ring(n_lat, 1, "poll", False, PACE)
+    r["ring, doorbell reader, paced"] = bench_ring(n_lat, 1, "doorbell", False, PACE)
+    r["ring, 4 doorbell readers, paced"] = bench_ring(n_lat, 4, "doorbell", False, PACE)
+    r["multiprocessing.Queue"] = bench_mp_queue(n_ring // 4, None)
+    r["multiprocessing.Queue, paced"] = bench_mp_queue(n_lat, PACE)
+    if _have("zmq"):
+        r["pyzmq ipc"] = bench_zmq(n_ring // 2, None, root)
+        r["pyzmq ipc, paced"] = bench_zmq(n_lat, PACE, root)
+    else:
+        res["skipped"]["pyzmq"] = "pyzmq not installed (pip install -e '.[bench]')"
+    for k, v in r.items():
+        log(f"{k}: {v['events_per_s']:,.0f}/s, latency us {v['latency_us']}")
+
+
 def run(args) -> dict:
     root = tempfile.mkdtemp(prefix="strata-bench-dist-", dir=args.dir)
     q = args.quick
@@ -665,24 +705,14 @@ def run(args) -> dict:
         finally:
             shutil.rmtree(root, ignore_errors=True)
         return res
+    if args.only == "ring":
+        try:
+            run_ring(res, root, n_ring, n_lat)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return res
     try:
-        r = res["ring"]
-        r["ring, 1 reader, draining a full ring"] = bench_ring(n_ring, 1, "poll", True, None)
-        r["ring, same, checksums not verified"] = bench_ring(n_ring, 1, "poll", True, None, False)
-        r["ring, 1 reader, writer running"] = bench_ring(n_ring, 1, "poll", False, None)
-        r["ring, 4 readers, writer running"] = bench_ring(n_ring, 4, "poll", False, None)
-        r["ring, polling reader, paced"] = bench_ring(n_lat, 1, "poll", False, PACE)
-        r["ring, doorbell reader, paced"] = bench_ring(n_lat, 1, "doorbell", False, PACE)
-        r["ring, 4 doorbell readers, paced"] = bench_ring(n_lat, 4, "doorbell", False, PACE)
-        r["multiprocessing.Queue"] = bench_mp_queue(n_ring // 4, None)
-        r["multiprocessing.Queue, paced"] = bench_mp_queue(n_lat, PACE)
-        if _have("zmq"):
-            r["pyzmq ipc"] = bench_zmq(n_ring // 2, None, root)
-            r["pyzmq ipc, paced"] = bench_zmq(n_lat, PACE, root)
-        else:
-            res["skipped"]["pyzmq"] = "pyzmq not installed (pip install -e '.[bench]')"
-        for k, v in r.items():
-            log(f"{k}: {v['events_per_s']:,.0f}/s, latency us {v['latency_us']}")
+        run_ring(res, root, n_ring, n_lat)
         w = res["ws"]
         redis_ok = bool(shutil.which("redis-server")) and _have("redis")
         nats_ok = bool(shutil.which("nats-server")) and _have("nats")
@@ -751,11 +781,16 @@ def render_text(res: dict) -> str:
 def _render_main(res: dict) -> list[str]:
     ring = res["ring"]
     q = ring.get("multiprocessing.Queue", {}).get("events_per_s")
-    out = ["Same host (100-byte events): delivered events/s, publish -> read latency (us)"]
+    out = ["Same host (100-byte events): delivered events/s, publish -> read latency (us), "
+           "reader CPU (user + sys of the reader processes) per event"]
+    when = res.get("ring_run")
+    if when:
+        out[0] += f"; measured {when['date']}, load average {when['loadavg']:.1f} at the start"
     out.append(report.text_table(
-        ["transport", "events/s", "vs mp.Queue", "p50 us", "p99 us", "p999 us"],
+        ["transport", "events/s", "vs mp.Queue", "p50 us", "p99 us", "p999 us", "CPU ns/event"],
         [[k, _f(v["events_per_s"]), _r(v["events_per_s"], q), _f(v["latency_us"]["p50"]),
-          _f(v["latency_us"]["p99"]), _f(v["latency_us"]["p999"])] for k, v in ring.items()]))
+          _f(v["latency_us"]["p99"]), _f(v["latency_us"]["p999"]), _f(v.get("reader_cpu_ns"))]
+         for k, v in ring.items()]))
     ws = res["ws"]
     out.append("\nNetwork (loopback), delivered events/s over all subscribers; latency (ms) put "
                "acknowledged -> received (peers: published -> received)")
@@ -810,20 +845,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", default=None, help="write the page into this directory")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--dir", default=None, help="where the data directories go (default: /tmp)")
-    ap.add_argument("--only", choices=("all", "stalled"), default="all",
-                    help="stalled: only the puts with and without stalled subscribers")
+    ap.add_argument("--only", choices=("all", "stalled", "ring"), default="all",
+                    help="stalled: only the puts with and without stalled subscribers; "
+                         "ring: only the same-host rows (rings, multiprocessing.Queue, pyzmq)")
     ap.add_argument("--stalled", type=int, default=500,
                     help="stalled subscribers in that row (default 500)")
     args = ap.parse_args(argv)
     res = run(args)
     page = res
-    if args.only == "stalled":
-        # One row of the page: the other rows stay as the last full run measured them.
+    if args.only in ("stalled", "ring"):
+        # One part of the page: the others stay as the last full run measured them.
         docs = Path(args.docs) if args.docs else Path(__file__).resolve().parent.parent / \
             "docs" / "bench"
         try:
             page = json.loads((docs / "distribution.json").read_text())
-            page["stalled"] = res["stalled"]
+            page[args.only] = res[args.only]
+            if args.only == "ring":
+                page["ring_run"] = res["ring_run"]
         except (OSError, ValueError):
             page = res
     report.publish(page, args, "distribution", lambda r: r, render_text,

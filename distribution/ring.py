@@ -27,13 +27,20 @@ import time
 import zlib
 from multiprocessing import shared_memory
 
+from crc32c import crc32c
+
 from strata.storage import record
 from strata_client.ring import (
+    BLOCK_BYTES,
+    BLOCK_HEADER,
     FLAG_DELETED,
     FLAG_TRUNCATED,
+    FRAME,
     FRAME_HEADER,
     HEADER_SIZE,
+    INDEX_ENTRY,
     MAGIC,
+    MAX_BLOCK_FRAMES,
     MAX_SLOTS,
     MIN_CAPACITY,
     VERSION,
@@ -60,8 +67,8 @@ from .cursors import is_reserved
 
 log = logging.getLogger("strata.ring")
 
-_TAIL = struct.Struct("<QQHBBI")  # lsn, ts_ns, topic_len, flags, pad, key_len
-_HEAD = struct.Struct("<II")  # length, crc32
+_SIZE_COUNT = struct.Struct("<II")  # a block's first 8 bytes
+_CRCS = struct.Struct("<II")  # and its next 8: crc32, crc32c
 _WRAP = struct.pack("<I", WRAP)
 
 
@@ -163,74 +170,90 @@ class RingWriter:
         """Write events (lsn, ts_ns, topic, key, value|None) and wake sleeping readers.
 
         REQUIRES: one caller at a time (the engine's commit listener is).
-        Events are cut into batches of at most half the ring, each published
-        with the reserve / copy / write protocol of `_commit`, so that a reader
-        that had caught up is never lapped by one batch.
+        Events are packed into blocks (strata_client.ring: one CRC and an index
+        per block, at most MAX_BLOCK_FRAMES frames, closed once BLOCK_BYTES
+        full, never across the end of the data area) and the blocks into
+        batches of at most half the ring, each published with the reserve /
+        copy / write protocol of `_commit`, so that a reader that had caught up
+        is never lapped by one batch.
         """
         cap = self.capacity
         half = cap // 2
-        pos = self._pos
-        chunks: list[tuple[int, bytearray]] = []
-        start = pos
-        chunk = bytearray()
-        chunk_at = pos
-        crc = zlib.crc32
+        max_frame = self.max_frame
+        start = at = self._pos  # the batch's start; where the open block starts
+        blocks: list[tuple[int, list[bytes]]] = []  # (position, pieces) of the batch
+        frames = bytearray()  # the open block's frames
+        lsns: list[int] = []
+        starts: list[int] = []  # frame offsets from the first frame (the index adds its size)
+        ends: list[int] = []
+        used = 0  # bytes of the open block (0: none open)
+        pack = FRAME.pack
         last = 0
         for lsn, ts, topic, key, value in events:
             flags = 0
             if value is None:
                 flags, value = FLAG_DELETED, b""
             length = len(topic) + len(key) + len(value)
-            if FRAME_HEADER + length > self.max_frame:
+            if FRAME_HEADER + length > max_frame:
                 flags |= FLAG_TRUNCATED  # readers fetch it from the server by LSN
                 key = value = b""
                 length = len(topic)
                 self.truncated += 1
-            size = FRAME_HEADER + length + (-length % 8)
-            off = pos % cap
-            if cap - off < size:  # explicit wrap: the rest of the area is skipped
-                if chunk:
-                    chunks.append((chunk_at, chunk))
-                chunks.append((pos, bytearray(_WRAP if cap - off >= 4 else b"")))
-                pos += cap - off
-                chunk, chunk_at = bytearray(), pos
-            # Keep one batch under half the ring. `pos > start`, not `chunk`: after a
-            # wrap the chunk is empty although the batch already holds frames.
-            if pos - start + size > half and pos > start:
-                if chunk:
-                    chunks.append((chunk_at, chunk))
-                self._commit(start, pos, chunks, last)
-                chunks, start, chunk, chunk_at = [], pos, bytearray(), pos
-            tail = _TAIL.pack(lsn, ts, len(topic), flags, 0, len(key))
-            c = crc(value, crc(key, crc(topic, crc(tail))))
-            chunk += _HEAD.pack(length, c)
-            chunk += tail
-            chunk += topic
-            chunk += key
-            chunk += value
+            grow = INDEX_ENTRY + FRAME_HEADER + length + (-length % 8)
+            while True:
+                # Invariant: a block never crosses the end of the data area. One that
+                # ends exactly there is closed here, so the next starts at offset 0.
+                if used and at % cap + used + grow > cap:
+                    blocks.append((at, _block(frames, lsns, starts, ends)))
+                    at += used
+                    frames, lsns, starts, ends, used = bytearray(), [], [], [], 0
+                if not used:
+                    off = at % cap
+                    if cap - off < BLOCK_HEADER + grow:  # explicit wrap: the rest is skipped
+                        if cap - off >= BLOCK_HEADER:
+                            blocks.append((at, [_WRAP]))
+                        at += cap - off
+                # Keep one batch under half the ring. `at > start`, not `blocks`: a wrap
+                # alone moves the batch on.
+                if (at + (used or BLOCK_HEADER) + grow - start > half
+                        and (used or at > start)):
+                    if used:
+                        blocks.append((at, _block(frames, lsns, starts, ends)))
+                        at += used
+                        frames, lsns, starts, ends, used = bytearray(), [], [], [], 0
+                    self._commit(start, at, blocks, last)
+                    blocks, start = [], at
+                    continue
+                break
+            starts.append(len(frames))
+            frames += pack(length, 0, lsn, ts, len(topic), flags, 0, len(key))
+            frames += topic
+            frames += key
+            frames += value
+            ends.append(len(frames))
             if length % 8:
-                chunk += bytes(8 - length % 8)
-            pos += size
+                frames += bytes(8 - length % 8)
+            lsns.append(lsn)
+            used = (used or BLOCK_HEADER) + grow
             last = lsn
-            if pos % cap == 0:
-                # Invariant: a chunk never crosses the end of the data area. One that
-                # ends exactly there is closed, so the next frame starts a chunk at
-                # offset 0 (it was appended to this one and copied past the end).
-                chunks.append((chunk_at, chunk))
-                chunk, chunk_at = bytearray(), pos
-        if chunk:
-            chunks.append((chunk_at, chunk))
-        if chunks:
-            self._commit(start, pos, chunks, last)
+            if len(lsns) == MAX_BLOCK_FRAMES or used >= BLOCK_BYTES:
+                blocks.append((at, _block(frames, lsns, starts, ends)))
+                at += used
+                frames, lsns, starts, ends, used = bytearray(), [], [], [], 0
+        if used:
+            blocks.append((at, _block(frames, lsns, starts, ends)))
+            at += used
+        if blocks:
+            self._commit(start, at, blocks, last)
             self.published += len(events)
-            self._bells.ring(pos)
+            self._bells.ring(at)
 
-    def _commit(self, start: int, end: int, chunks: list[tuple[int, bytearray]],
+    def _commit(self, start: int, end: int, blocks: list[tuple[int, list[bytes]]],
                 last_lsn: int) -> None:
-        """Publish the batch [start, end): tail, reserve, copy the chunks, write.
+        """Publish the batch [start, end): tail, reserve, copy the blocks, write.
 
-        REQUIRES: each chunk lies within the data area (at % cap + len <= cap) and
-        end - start <= cap // 2. A copy that raised here would leave reserve_pos
+        REQUIRES: each block lies within the data area (at % cap + its size <= cap)
+        and end - start <= cap // 2. A copy that raised here would leave reserve_pos
         ahead of write_pos and `_pos` behind both: every later batch misplaced.
         """
         w, data, cap = self._words, self._data, self.capacity
@@ -240,9 +263,11 @@ class RingWriter:
             batches.popleft()
         w[W_TAIL] = batches[0]  # the oldest frame start that stays intact
         w[W_RESERVE] = end
-        for at, chunk in chunks:
+        for at, pieces in blocks:
             off = at % cap
-            data[off:off + len(chunk)] = chunk
+            for piece in pieces:
+                data[off:off + len(piece)] = piece
+                off += len(piece)
         w[W_WRITE] = end
         if last_lsn:
             w[W_LAST_LSN] = last_lsn
@@ -266,6 +291,19 @@ class RingWriter:
         self._data.release()
         _close_shm(self._shm)
         _unlink(self.name)
+
+
+def _block(frames: bytearray, lsns: list[int], starts: list[int],
+           ends: list[int]) -> list[bytes]:
+    """A block as the pieces to copy: size, count and checksums; index; frames."""
+    n = len(lsns)
+    base = BLOCK_HEADER + INDEX_ENTRY * n
+    head = _SIZE_COUNT.pack(base + len(frames), n)
+    index = struct.pack(f"<{n}Q{2 * n}I", *lsns, *map(base.__add__, starts),
+                        *map(base.__add__, ends))
+    c32 = zlib.crc32(frames, zlib.crc32(index, zlib.crc32(head)))
+    c32c = crc32c(frames, crc32c(index, crc32c(head)))
+    return [head, _CRCS.pack(c32, c32c), index, frames]
 
 
 def _unlink(name: str) -> None:

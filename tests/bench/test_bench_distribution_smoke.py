@@ -10,11 +10,11 @@ from bench import distribution as d
 
 def test_ring_and_queue_harness():
     r = d.bench_ring(3000, 1, "poll", True, None)
-    assert r["events_per_s"] > 0 and r["lapped"] == 0
+    assert r["events_per_s"] > 0 and r["lapped"] == 0 and r["reader_cpu_ns"] > 0
     paced = d.bench_ring(500, 2, "doorbell", False, 5000)
     assert paced["lapped"] == 0 and paced["latency_us"]["p99"] is not None
     q = d.bench_mp_queue(1000, None)
-    assert q["events_per_s"] > 0
+    assert q["events_per_s"] > 0 and q["reader_cpu_ns"] > 0
 
 
 @pytest.mark.parametrize("tier", ["realtime", "delayed"])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import threading
 import time
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +17,10 @@ from hypothesis import strategies as st
 from strata.distribution.ring import RingInUse, RingWriter, parse_rings
 from strata_client.errors import Lapped
 from strata_client.ring import (
+    BLOCK_HEADER,
     FRAME_HEADER,
     HEADER_SIZE,
+    INDEX_ENTRY,
     W_CLOSED,
     AsyncRingReader,
     RingClosed,
@@ -111,11 +115,11 @@ def test_from_start_reads_the_oldest_intact_frame(name):
     w.close()
 
 
-def test_a_damaged_frame_is_reported_not_returned(name):
+def test_a_damaged_block_is_reported_not_returned(name):
     w = RingWriter(name, 64 << 10)
     r = RingReader(name, wait="poll")
     w.publish(events(1, 3))
-    w._data[32 + 40] ^= 0xFF  # a byte of the first frame's key
+    w._data[BLOCK_HEADER + 3 * INDEX_ENTRY + FRAME_HEADER + 3] ^= 0xFF  # the first key
     with pytest.raises(RingCorrupt):
         r.poll()
     r.close()
@@ -228,11 +232,13 @@ def test_poll_frames_is_the_same_stream_as_poll(name):
 
 # -- the end of the data area ----------------------------------------------------------
 
-def sized(lsn: int, frame: int, topic: bytes = b"kv") -> tuple:
-    """An event whose frame is exactly `frame` bytes (a multiple of 8, at least 56),
-    its value a pattern of its LSN (so that an overwritten byte shows)."""
+def sized(lsn: int, block: int, topic: bytes = b"kv") -> tuple:
+    """An event whose block, alone in it, is exactly `block` bytes (a multiple of 8, at
+    least 80: block header and index entry 32, frame `block` - 32); beside others in a
+    block it adds `block` - 16. Its value is a pattern of its LSN (so that an
+    overwritten byte shows)."""
     key = b"k%07d" % lsn
-    n = frame - 32 - len(topic) - len(key)
+    n = block - BLOCK_HEADER - INDEX_ENTRY - FRAME_HEADER - len(topic) - len(key)
     return (lsn, lsn, topic, key, pattern(lsn, n))
 
 
@@ -247,75 +253,307 @@ def check_published(w: RingWriter) -> None:
     assert w._words[W_WRITE] == w._words[W_RESERVE] == w._pos
 
 
-def test_a_frame_ending_at_the_end_of_the_data_area_then_more_of_the_same_commit(name):
-    """16384 * 3, then a commit of [16384, small] on a 64 KiB ring: the fourth frame
-    ends exactly at the end of the data area and the fifth starts at offset 0. It was
-    copied past the end (ValueError in the commit listener) and LSNs 4, 5 were lost."""
-    w = RingWriter(name, 64 << 10)
+def layout(w: RingWriter, p: int, q: int) -> list[tuple]:
+    """What the writer put in [p, q): ("block", position, size, count) and ("wrap", position)."""
+    cap, out = w.capacity, []
+    while p < q:
+        off = p % cap
+        if cap - off < BLOCK_HEADER:
+            out.append(("wrap", p))
+            p += cap - off
+            continue
+        size, count = struct.unpack_from("<II", w._data, off)
+        if size == 0xFFFFFFFF:
+            out.append(("wrap", p))
+            p += cap - off
+            continue
+        assert off + size <= cap, "a block across the end of the data area"
+        out.append(("block", p, size, count))
+        p += size
+    assert p == q
+    return out
+
+
+def test_a_block_ending_at_the_end_of_the_data_area_then_more_of_the_same_commit(name):
+    """16384 * 3, then a commit of [16384, small] on a 64 KiB ring: the fourth event's
+    block ends exactly at the end of the data area and the fifth starts a block at
+    offset 0. (With version 1's frames the fourth was copied past the end: ValueError
+    in the commit listener, and LSNs 4, 5 lost.)"""
+    cap = 64 << 10
+    w = RingWriter(name, cap)
     r = RingReader(name, wait="poll")
     got = []
     for commit in ([sized(1, 16384)], [sized(2, 16384)], [sized(3, 16384)],
-                   [sized(4, 16384), sized(5, 64)], [sized(6, 64)]):
+                   [sized(4, 16384), sized(5, 128)], [sized(6, 128)]):
+        before = w._pos
         w.publish(commit)
         check_published(w)
+        if commit[0][0] == 4:
+            assert layout(w, before, w._pos) == [("block", 3 * 16384, 16384, 1),
+                                                 ("block", cap, 128, 1)]
         got += [(e.lsn, bytes(e.value)) for e in r.poll(100)]
     assert [lsn for lsn, _ in got] == [1, 2, 3, 4, 5, 6]
-    assert all(v == sized(lsn, len(v) + 42)[4] for lsn, v in got)
-    assert w._pos == (64 << 10) + 128
+    assert all(v == sized(lsn, len(v) + 74)[4] for lsn, v in got)
+    assert w._pos == cap + 256
     r.close()
     w.close()
 
 
-@pytest.mark.parametrize("frame", [64, 512, 4096, 8192, 16384])
+@pytest.mark.parametrize("block", [128, 512, 4096, 8192, 16384])
 @pytest.mark.parametrize("per_commit", [2, 3, 5, 7])
-def test_equal_frames_that_divide_the_ring_in_commits_of_several(name, frame, per_commit):
-    """Frames of a size that divides the ring end exactly at its end on every lap;
-    commits of several straddle it. The ring used to stop publishing for good."""
+def test_equal_blocks_that_divide_the_ring_and_commits_of_several_across_its_end(
+        name, block, per_commit):
+    """One-event blocks of a size that divides the ring end exactly at its end; on
+    each of three laps a commit of several events comes when one block's room is
+    left: its first block ends exactly at the end, the rest of it starts at offset
+    0. (Version 1's frames stopped the ring from publishing for good there.)"""
     cap = 64 << 10
-    per_commit = min(per_commit, cap // 2 // frame)  # read after each: never lapped
+    per_commit = min(per_commit, cap // 2 // block)  # read after each: never lapped
     w = RingWriter(name, cap)
     r = RingReader(name, wait="poll")
-    n = 3 * cap // frame + per_commit  # three laps and then some
-    lsn, seen = 1, []
-    while lsn <= n:
-        w.publish([sized(x, frame) for x in range(lsn, min(lsn + per_commit, n + 1))])
-        lsn += per_commit
+    lsn, seen, want = 1, [], []
+
+    def publish(evs: list[tuple]) -> None:
+        nonlocal lsn
+        w.publish(evs)
         check_published(w)
-        seen += [e.lsn for e in r.poll(10_000) if bytes(e.value) == sized(e.lsn, frame)[4]]
-    assert seen == list(range(1, n + 1))
-    assert w._pos == n * frame  # no wrap was needed: every frame fits up to the end
+        want.extend(e[0] for e in evs)
+        seen.extend(e.lsn for e in r.poll(10_000) if bytes(e.value) == dict(
+            (x[0], x[4]) for x in evs).get(e.lsn))
+        lsn += len(evs)
+
+    for _ in range(3):
+        while cap - w._pos % cap > block:
+            publish([sized(lsn, block)])
+        assert cap - w._pos % cap == block
+        before = w._pos
+        publish([sized(x, block) for x in range(lsn, lsn + per_commit)])
+        first, second = layout(w, before, w._pos)
+        assert first == ("block", before, block, 1) and (before + block) % cap == 0
+        assert second == ("block", before + block, 16 + (per_commit - 1) * (block - 16),
+                          per_commit - 1)
+        gap = -w._pos % block  # back to a multiple of `block` for the next lap
+        if gap:
+            publish([sized(lsn, gap if gap >= 80 else gap + block)])
+    assert seen == want == list(range(1, lsn))
     r.close()
     w.close()
 
 
-@pytest.mark.parametrize("left", [8, 16, 24, 32, 40, 56, 64, 4096 - 8, 4096, 4096 + 8])
+@pytest.mark.parametrize("left", [8, 16, 24, 32, 40, 56, 64, 4096, 4104, 4112, 4120, 8208])
 def test_commits_straddling_the_end(name, left):
-    """A commit of 4 KiB frames starting `left` bytes before the end of the data area:
-    a wrap (or, exactly fitting, none) and the rest from offset 0, all in order."""
+    """A commit of four events (4 KiB each in a block) starting `left` bytes before the
+    end of the data area: the events that fit in a block there (4112: one, exactly;
+    8208: two), then a wrap (explicit from 16 bytes, implicit below) unless that
+    block ended exactly at the end, and the rest in a block from offset 0, in order."""
     cap = 64 << 10
     w = RingWriter(name, cap)
     r = RingReader(name, wait="poll")
     fill = cap - left
     lsn, seen = 1, []
-    while fill:  # frames up to `left` bytes before the end, at most a quarter each
+    while fill:  # blocks up to `left` bytes before the end, at most a quarter each
         size = min(fill, 16384)
-        if fill - size and fill - size < 56:
-            size -= 64
+        if fill - size and fill - size < 80:
+            size -= 128
         w.publish([sized(lsn, size)])
         fill -= size
         lsn += 1
         seen += [e.lsn for e in r.poll(100)]
     assert w._pos == cap - left
-    w.publish([sized(x, 4096) for x in range(lsn, lsn + 4)])
+    w.publish([sized(x, 4112) for x in range(lsn, lsn + 4)])
     check_published(w)
     got = r.poll(100)
     assert [e.lsn for e in got] == list(range(lsn, lsn + 4))
-    assert all(bytes(e.value) == sized(e.lsn, 4096)[4] for e in got)
+    assert all(bytes(e.value) == sized(e.lsn, 4112)[4] for e in got)
     assert seen == list(range(1, lsn))
-    fits = left // 4096  # frames that fit before the end; the rest start at offset 0
-    assert w._pos == cap + (4 - fits) * 4096
+    fits = max(0, (left - 16) // 4096)  # events in a block before the end; the rest at 0
+    want = [("block", cap - left, 16 + fits * 4096, fits)] if fits else []
+    if left - 16 - fits * 4096 != 0 or not fits:
+        want.append(("wrap", cap - left + (16 + fits * 4096 if fits else 0)))
+    want.append(("block", cap, 16 + (4 - fits) * 4096, 4 - fits))
+    assert layout(w, cap - left, w._pos) == want
     del got
     r.close()
+    w.close()
+
+
+# -- block checksums ------------------------------------------------------------------
+
+def reader_with(name: str, checksum: str) -> RingReader:
+    """A reader that checks a block's CRC-32C (as where the crc32c module is installed)
+    or its CRC-32 (as with nothing but the standard library)."""
+    import crc32c
+
+    r = RingReader(name, wait="poll")
+    r._crc_fn = crc32c.crc32c if checksum == "crc32c" else zlib.crc32
+    return r
+
+
+@pytest.mark.parametrize("checksum", ["crc32c", "crc32"])
+def test_a_changed_byte_anywhere_in_a_batch_is_detected(name, checksum):
+    """A batch of two blocks around the end of the data area (block, wrap, block). Each
+    byte a reader reads, changed in one bit or in all eight: RingCorrupt, nothing
+    returned, the reader where it was; restored, the batch reads whole. The other
+    checksum's four bytes are the only ones not read (changing them changes nothing)."""
+    cap = 64 << 10
+    w = RingWriter(name, cap)
+    r = reader_with(name, checksum)
+    w.publish([sized(x, 16384) for x in (1, 2, 3)])
+    w.publish([sized(4, 16384 - 512)])
+    r.poll(100)
+    evs = [(x, x, b"kv", b"key%d" % x, None if x == 7 else pattern(x, 100 + 37 * x))
+           for x in range(5, 12)]
+    start = w._pos
+    w.publish(evs)
+    parts = layout(w, start, w._pos)
+    assert [p[0] for p in parts] == ["block", "wrap", "block"], parts
+    unread = 0 if checksum == "crc32c" else 4  # where the checksum not read is, after 8
+    read: list[int] = []
+    for part in parts:
+        if part[0] == "wrap":
+            read += range(part[1], part[1] + 4)
+        else:
+            read += [p for p in range(part[1], part[1] + part[2])
+                     if not 8 + unread <= p - part[1] < 12 + unread]
+    data = w._data
+    for p in read:
+        off = p % cap
+        for flip in (1 << p % 8, 0xFF):
+            data[off] ^= flip
+            with pytest.raises(RingCorrupt):
+                r.poll_frames(1000)
+            data[off] ^= flip
+            assert r.pos == start
+    for part in parts:  # the checksum not read
+        if part[0] == "block":
+            for off in range(part[1] % cap + 8 + unread, part[1] % cap + 12 + unread):
+                data[off] ^= 0xFF
+    got = [(e.lsn, bytes(e.key), e.value and bytes(e.value)) for e in r.poll(1000)]
+    assert got == [(x, k, v) for x, _, _, k, v in evs]
+    r.close()
+    w.close()
+
+
+def capture(w: RingWriter, evs: list[tuple]) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """What publish(evs) would copy, as (start, end, [(position, bytes)]), not copied."""
+    batches = []
+    w._commit = lambda start, end, blocks, last: batches.append((start, end, blocks))
+    try:
+        w.publish(evs)
+    finally:
+        del w._commit
+    (start, end, blocks), = batches
+    return start, end, [(at, b"".join(pieces)) for at, pieces in blocks]
+
+
+def copy_torn(w: RingWriter, blocks: list[tuple[int, bytes]], cut: int) -> None:
+    """Copy the first `cut` bytes of the blocks, as a writer stopped partway would."""
+    for at, b in blocks:
+        n = min(cut, len(b))
+        off = at % w.capacity
+        w._data[off:off + n] = b[:n]
+        cut -= n
+
+
+@pytest.mark.parametrize("checksum", ["crc32c", "crc32"])
+def test_a_torn_batch_whose_write_pos_was_seen_is_never_returned(name, checksum):
+    """write_pos published over a batch only partly copied (a writer whose stores became
+    visible out of order, or one that died mid-copy): the bytes not yet copied are
+    the previous lap's or zeros. For every cut, the poll raises RingCorrupt and
+    returns nothing; once the copy completes, the batch reads whole."""
+    from strata_client.ring import W_RESERVE, W_WRITE
+
+    cap = 256 << 10
+    w = RingWriter(name, cap)
+    r = reader_with(name, checksum)
+    stale = events(1, 2000, size=100)  # a lap and more: every byte holds an older frame
+    for i in range(0, 2000, 40):
+        w.publish(stale[i:i + 40])
+    r.close()
+    r = reader_with(name, checksum)
+    evs = events(1001, 1100, size=20)  # two blocks (MAX_BLOCK_FRAMES = 1024) in one batch
+    start, end, blocks = capture(w, evs)
+    assert len(blocks) == 2
+    total = sum(len(b) for _, b in blocks)
+    for cut in [*range(0, 512, 8), *range(512, total, 997), total - 8]:
+        for at, b in blocks:  # what the ring held before this batch
+            w._data[at % cap:at % cap + len(b)] = bytes(len(b)) if cut % 16 else \
+                bytes(w._data[(at - 4096) % cap:(at - 4096) % cap + len(b)])
+        copy_torn(w, blocks, cut)
+        w._words[W_RESERVE] = w._words[W_WRITE] = end
+        with pytest.raises(RingCorrupt):
+            r.poll_frames(2000)
+        assert r.pos == start
+    copy_torn(w, blocks, total)
+    w._pos = end
+    got = []
+    while len(got) < len(evs):
+        got += [(e.lsn, bytes(e.value)) for e in r.poll(700)]
+    assert got == [(e[0], e[4]) for e in evs]
+    r.close()
+    w.close()
+
+
+def test_a_batch_torn_by_the_writer_lapping_the_reader_raises_lapped(name):
+    """The writer, a lap ahead, is partway through copying a batch over frames the
+    reader has not read yet (reserve_pos stored, write_pos not): whatever the cut,
+    the reader raises Lapped with the first LSN it did not return."""
+    from strata_client.ring import W_RESERVE
+
+    cap = 64 << 10
+    w = RingWriter(name, cap)
+    r = RingReader(name, wait="poll")
+    w.publish(events(1, 10))
+    assert len(r.poll()) == 10
+    lsn = 11
+    while w._pos + 2000 < r.pos + cap:  # fill the ring up to just before the reader
+        w.publish(events(lsn, 5, size=150))
+        lsn += 5
+    start, end, blocks = capture(w, events(lsn, 40, size=150))
+    assert end - cap > r.pos  # this batch overwrites what the reader has not read
+    for cut in range(0, sum(len(b) for _, b in blocks), 512):
+        w._words[W_RESERVE] = end
+        copy_torn(w, blocks, cut)
+        with pytest.raises(Lapped) as e:
+            r.poll(1000)
+        assert e.value.resume_lsn == 11
+    r.close()
+    w.close()
+
+
+def test_polls_that_stop_inside_a_block_resume_where_they_stopped(name):
+    w = RingWriter(name, 64 << 10)
+    r = RingReader(name, wait="poll")
+    w.publish(events(1, 10))
+    w.publish(events(11, 10))
+    got = []
+    for n in (3, 3, 3, 2, 4, 100):
+        evs = r.poll(n)
+        assert len(evs) == min(n, 20 - len(got))
+        got += [(e.lsn, bytes(e.key)) for e in evs]
+    assert got == [(x, b"key%06d" % x) for x in range(1, 21)]
+    w.publish(events(21, 10))
+    assert [e.lsn for e in r.poll(4)] == [21, 22, 23, 24]
+    for first in range(31, 2000, 50):  # lapped while inside a block
+        w.publish(events(first, 50))
+    with pytest.raises(Lapped) as e:
+        r.poll(4)
+    assert e.value.resume_lsn == 25
+    r.close()
+    w.close()
+
+
+def test_a_reader_refuses_a_ring_of_another_version(name):
+    from strata_client.ring import VERSION, W_VERSION, RingVersionMismatch
+
+    w = RingWriter(name, 64 << 10)
+    assert w._words[W_VERSION] == VERSION == 2  # a version-1 reader refuses it (RingClosed)
+    w._words[W_VERSION] = 1
+    with pytest.raises(RingVersionMismatch) as e:
+        RingReader(name)
+    assert isinstance(e.value, RingClosed) and e.value.version == 1
+    assert "version 1" in str(e.value) and "version 2" in str(e.value)
+    w._words[W_VERSION] = VERSION
     w.close()
 
 
@@ -351,7 +589,7 @@ def test_still_valid_speaks_of_the_last_poll_that_returned_events(name):
     for x in range(2, 9):
         w.publish([sized(x, 8192)])
     assert r.still_valid()  # 1 is intact: the writer stopped just before it
-    w.publish([sized(9, 64)])
+    w.publish([sized(9, 128)])
     assert not r.still_valid()
     del views
     r.close()
@@ -365,15 +603,15 @@ def steps(draw):
     """Commits of random frames (sizes that end at the end of the ring often, sizes
     over a quarter of the ring sometimes), polls of random length, still_valid()
     checks and attaches, in random order."""
-    # Frames of 64, 512, 4096, 8192, 16384 bytes divide the ring: in an example of
-    # those alone, frames end exactly at its end again and again.
-    exact = st.sampled_from([22, 470, 4054, 8150, 16342]).map(lambda n: ("exact", n))
+    # One-event blocks of 128, 512, 4096, 8192, 16384 bytes divide the ring: in an
+    # example of those alone, blocks end exactly at its end again and again.
+    exact = st.sampled_from([54, 438, 4022, 8118, 16310]).map(lambda n: ("exact", n))
     if draw(st.booleans()):
         value = exact
     else:
         value = st.one_of(
             exact,
-            st.just(("exact", 14)),  # a 56-byte frame: the smallest
+            st.just(("exact", 6)),  # an 80-byte block: the smallest
             st.integers(0, 3000).map(lambda n: ("any", n)),
             st.integers(16343, 20000).map(lambda n: ("any", n)),  # truncated
             st.just(("delete", 0)))
@@ -456,7 +694,7 @@ def test_model_no_silent_gap_and_no_bad_byte_behind_still_valid(script):
                 evs = []
                 for kind, n in step[1]:
                     lsn += 1
-                    if kind == "exact":  # a frame of exactly 32 + 10 + n bytes
+                    if kind == "exact":  # alone, a block of exactly 64 + 10 + n bytes
                         topic, key, value = b"kv", b"k%07d" % (lsn % 10**7), pattern(lsn, n)
                     else:
                         topic, key = b"t", b"key-%d" % lsn
@@ -542,11 +780,11 @@ def test_a_reader_process_beside_a_writer_sees_no_gap_and_no_bad_byte(name, shap
         lsn = 1
         while p.poll() is None:
             if shape == "random":
-                sizes = [rng.choice((rng.randrange(0, 300), rng.randrange(0, 5000), 16342))
+                sizes = [rng.choice((rng.randrange(0, 300), rng.randrange(0, 5000), 16310))
                          for _ in range(rng.randrange(1, 8))]
-            else:
-                sizes = [rng.choice((470, 4054))] * rng.randrange(2, 6)
-            w.publish([sized(x, 42 + n) if n in (470, 4054, 16342)
+            else:  # one-event blocks that divide the ring
+                sizes = [rng.choice((438, 4022))]
+            w.publish([sized(x, 74 + n) if n in (438, 4022, 16310)
                        else (x, 0, b"kv", b"k%07d" % x, pattern(x, n))
                        for x, n in zip(range(lsn, lsn + len(sizes)), sizes, strict=True)])
             lsn += len(sizes)
@@ -586,6 +824,8 @@ from strata_client.errors import Lapped, StrataError
 from strata_client.ring import RingReader
 
 r = RingReader(sys.argv[1], wait="poll", from_start=True)
+import zlib
+assert r._crc_fn is zlib.crc32  # no crc32c module here: each block's CRC-32 is checked
 print([e.lsn for e in r.read(1000, timeout=5)], flush=True)
 sys.stdin.readline()  # the writer laps us meanwhile
 try:

@@ -143,8 +143,8 @@ def test_ring_readers_do_not_starve_the_daemon(daemon_factory, ring_name):
 
 
 def test_frames_that_end_exactly_at_the_end_of_the_ring_all_arrive(daemon_factory, ring_name):
-    """Values sized so that kv frames end exactly at the end of a 64 KiB ring's data
-    area, followed in the same commit by more frames: every LSN arrives, in order,
+    """Values sized so that blocks end exactly at the end of a 64 KiB ring's data
+    area, followed in the same commit by more events: every LSN arrives, in order,
     with its value (the writer used to fail there, 'commit listener failed', and the
     ring lost those events or stopped publishing for good)."""
     from strata_client.ring import W_WRITE
@@ -155,8 +155,8 @@ def test_frames_that_end_exactly_at_the_end_of_the_ring_all_arrive(daemon_factor
     sent: list[tuple[int, bytes]] = []
     got: list[tuple[int, bytes]] = []
 
-    def value(frame: int, i: int) -> bytes:  # a kv frame of `frame` bytes: key k%05d
-        return bytes([i % 251]) * (frame - 32 - 2 - 6)
+    def value(block: int, i: int) -> bytes:  # alone, a block of `block` bytes: key k%05d
+        return bytes([i % 251]) * (block - 32 - 32 - 2 - 6)
 
     def read_all() -> None:
         deadline = time.monotonic() + 10
@@ -179,14 +179,14 @@ def test_frames_that_end_exactly_at_the_end_of_the_ring_all_arrive(daemon_factor
         left = -r._words[W_WRITE] % cap  # fill up to the end: the test starts at offset 0
         while left:
             frame = min(left, 16384)
-            if 0 < left - frame < 64:  # leave room for a whole frame (64 B is the least)
-                frame -= 64
+            if 0 < left - frame < 80:  # leave room for a whole block (80 B is the least)
+                frame -= 80
             write([frame])
             left -= frame
         for _ in range(3):  # 16 KiB, 16 KiB, 16 KiB, then [16 KiB (ends at capacity), small]
             write([16384])
-        write([16384, 64])
-        write([64] * 3)
+        write([16384, 80])
+        write([80] * 3)
         for _ in range(3 * cap // (3 * 4096) + 1):  # 4 KiB frames three by three: 3 laps
             write([4096] * 3)
         for _ in range(6):  # 8 KiB frames four by four (half the ring each commit)
