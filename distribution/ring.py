@@ -25,7 +25,6 @@ import struct
 import threading
 import time
 import zlib
-from multiprocessing import shared_memory
 
 from crc32c import crc32c
 
@@ -56,8 +55,7 @@ from strata_client.ring import (
     W_VERSION,
     W_WRITE,
     WRAP,
-    _close_shm,
-    _untrack,
+    Segment,
     doorbell_path,
     fence,
     shm_path,
@@ -123,11 +121,8 @@ class RingWriter:
         self.topics = topics
         self.max_frame = capacity // 4
         self._replace_stale(name)
-        self._shm = shared_memory.SharedMemory(name=name, create=True, size=HEADER_SIZE + capacity)
-        _untrack(self._shm)  # the daemon unlinks it, at stop or (stale) at the next start
-        # Created 0o600 (less the umask) by SharedMemory; fchmod is exact. Readers
-        # open it read-write (their doorbell slot is in the header).
-        os.fchmod(self._shm._fd, mode)  # type: ignore[attr-defined]
+        # Readers open it read-write: their doorbell slot is in the header.
+        self._shm = Segment(name, HEADER_SIZE + capacity, mode)
         buf = self._shm.buf
         self._words = buf[:HEADER_SIZE].cast("Q")
         self._data = buf[HEADER_SIZE:HEADER_SIZE + capacity]
@@ -146,10 +141,9 @@ class RingWriter:
     @staticmethod
     def _replace_stale(name: str) -> None:
         try:
-            old = shared_memory.SharedMemory(name=name)
+            old = Segment(name)
         except FileNotFoundError:
             return
-        _untrack(old)
         pid = 0
         w = old.buf[:HEADER_SIZE].cast("Q") if old.size >= HEADER_SIZE else None
         try:
@@ -289,7 +283,7 @@ class RingWriter:
         self._words[W_CLOSED] = 1
         self._words.release()
         self._data.release()
-        _close_shm(self._shm)
+        self._shm.close()
         _unlink(self.name)
 
 
@@ -307,8 +301,6 @@ def _block(frames: bytearray, lsns: list[int], starts: list[int],
 
 
 def _unlink(name: str) -> None:
-    # Not SharedMemory.unlink(): it tells the resource tracker, which was told
-    # to forget these segments (_untrack) and would complain.
     try:
         os.unlink(shm_path(name))
     except FileNotFoundError:

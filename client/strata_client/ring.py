@@ -60,6 +60,7 @@ had one CRC per frame and no blocks).
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import socket
 import struct
@@ -68,7 +69,6 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from itertools import repeat
-from multiprocessing import resource_tracker, shared_memory
 from operator import getitem
 from typing import NamedTuple
 
@@ -158,13 +158,51 @@ def shm_path(name: str) -> str:
     return "/dev/shm/" + name.lstrip("/")
 
 
-def _untrack(shm: shared_memory.SharedMemory) -> None:
-    # Python < 3.13 registers every attached segment with the resource tracker,
-    # which unlinks it when this process exits: the ring belongs to the daemon.
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:
-        pass
+class Segment:
+    """A POSIX shared-memory segment (a file in /dev/shm), mapped read-write.
+
+    Not multiprocessing's SharedMemory: before Python 3.13 it registers every
+    segment it opens with the resource tracker, which unlinks the segment when the
+    process exits, and a ring belongs to the daemon that writes it (which unlinks
+    it at stop, or as stale at its next start).
+    """
+
+    def __init__(self, name: str, create_size: int = 0, mode: int = 0o600) -> None:
+        path = shm_path(name)
+        if create_size:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+        else:
+            fd = os.open(path, os.O_RDWR)
+        try:
+            if create_size:
+                os.fchmod(fd, mode)  # exact: open's mode is less the umask
+                os.ftruncate(fd, create_size)
+            self.size = os.fstat(fd).st_size
+            self._map = mmap.mmap(fd, self.size) if self.size else None
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.buf = memoryview(self._map if self._map is not None else b"")
+
+    @property
+    def inode(self) -> int:
+        return os.fstat(self.fd).st_ino
+
+    def close(self) -> None:
+        """Close the file and unmap; while views of it are still held (events a caller
+        kept), the mapping stays until the last of them goes."""
+        if self.fd < 0:
+            return
+        os.close(self.fd)
+        self.fd = -1
+        try:
+            self.buf.release()
+            if self._map is not None:
+                self._map.close()
+        except BufferError:
+            pass
+        self._map = None
 
 
 _FENCE = threading.Lock()
@@ -178,14 +216,6 @@ def fence() -> None:
     reordering), and the reader sleeps through an event until its timeout."""
     _FENCE.acquire()
     _FENCE.release()
-
-
-def _close_shm(shm: shared_memory.SharedMemory) -> None:
-    try:
-        shm.close()
-    except BufferError:
-        # Event views are still held: the mapping is unmapped when the last goes.
-        shm._mmap = None  # type: ignore[attr-defined]
 
 
 def doorbell_path(name: str, run_dir: str | None = None) -> str:
@@ -219,19 +249,21 @@ class RingReader:
             spin_us = 50.0 if wait == "doorbell" else 2000.0
         self.spin_s = spin_us / 1e6
         try:
-            self._shm = shared_memory.SharedMemory(name=name)
+            self._shm = Segment(name)
         except FileNotFoundError:
             raise RingClosed(f"no ring named {name!r} (is the daemon running with rings = "
                              f"\"{name}:...\"?)") from None
-        _untrack(self._shm)
         buf = self._shm.buf
+        if len(buf) < HEADER_SIZE:
+            self._shm.close()
+            raise RingClosed(f"{name!r} is not a Strata ring")
         self._words = buf[:HEADER_SIZE].cast("Q")
         w = self._words
         magic, version = w[W_MAGIC], w[W_VERSION]
         if magic != MAGIC or version != VERSION:
             w.release()
             buf.release()
-            _close_shm(self._shm)
+            self._shm.close()
             if magic != MAGIC:
                 raise RingClosed(f"{name!r} is not a Strata ring")
             raise RingVersionMismatch(
@@ -240,7 +272,7 @@ class RingReader:
         self.capacity = w[W_CAPACITY]
         self.writer_pid = w[W_PID]
         self._data = buf[HEADER_SIZE:HEADER_SIZE + self.capacity]
-        self._inode = os.fstat(self._shm._fd).st_ino  # type: ignore[attr-defined]
+        self._inode = self._shm.inode
         # Start at the live end, or at the oldest frame the ring still holds.
         # last_lsn before write_pos (the writer stores them the other way round): a
         # resume point taken from it may repeat an event, never skip one.
@@ -296,7 +328,7 @@ class RingReader:
             if mv is not None:
                 mv.release()
                 setattr(self, v, None)
-        _close_shm(self._shm)
+        self._shm.close()
 
     def __enter__(self) -> RingReader:
         return self

@@ -27,6 +27,7 @@ from strata_client.ring import (
     RingCorrupt,
     RingEvent,
     RingReader,
+    Segment,
 )
 
 
@@ -187,8 +188,6 @@ def test_async_reader(name):
 
 
 def test_stale_ring_is_replaced_and_a_live_one_refused(name):
-    from multiprocessing import shared_memory
-
     # A ring whose writer died: a dead pid in the header.
     w = RingWriter(name, 64 << 10)
     r = RingReader(name, wait="poll")
@@ -200,7 +199,7 @@ def test_stale_ring_is_replaced_and_a_live_one_refused(name):
         r._check_writer()
     r.close()
     # A ring with a live writer (this process, seen from another "daemon") is refused.
-    seg = shared_memory.SharedMemory(name=name)
+    seg = Segment(name)
     words = seg.buf[:HEADER_SIZE].cast("Q")
     words[3] = os.getppid()
     words.release()
