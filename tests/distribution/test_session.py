@@ -214,3 +214,42 @@ def test_a_take_over_before_any_acknowledgement_starts_where_the_holder_started(
             engine.close()
 
     asyncio.run(main())
+
+
+class FlickeringWire(Wire):
+    """A transport whose buffer is over its mark at one write and has drained by the next
+    look, as a socket that the client empties between two loop turns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full_once = False
+
+    def paused(self) -> bool:
+        full, self.full_once = self.full_once, False
+        return full
+
+
+def test_a_buffer_that_drains_before_the_driver_runs_does_not_leave_it_blocked():
+    """The hub's write finds the buffer full and wakes the driver; by the time the driver
+    runs, the buffer has drained. The driver must send what the group held meanwhile:
+    with the flag left set, every later drain was held and nothing was sent again."""
+    async def main():
+        hub = Hub(asyncio.get_running_loop())
+        c = Consumer(fmt=MSGPACK)
+        c.live = True
+        hub.add(c)
+        assert c in hub.grouped
+        wire = FlickeringWire()
+        task = asyncio.ensure_future(session.run(c, hub, None, 0, wire))
+        await asyncio.sleep(0.01)
+        wire.full_once = True
+        hub.on_commit(put_frames([1, 2, 3]))
+        await asyncio.sleep(0.02)
+        hub.on_commit(put_frames([4, 5, 6]))
+        await asyncio.sleep(0.02)
+        assert wire.lsns() == [1, 2, 3, 4, 5, 6]
+        assert not c.blocked and not c.held
+        c.end("done", "", 7)
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
