@@ -102,7 +102,8 @@ class Config:
         "that needs more is cut off with its resume LSN", True)
     subscriber_buffer: int = _opt(
         256 << 10, "bytes a WebSocket subscriber's connection may buffer before events queue "
-        "(and its memory counts against subscriber_memory)")
+        "(and its memory counts against subscriber_memory); also its socket's kernel send "
+        "buffer (SO_SNDBUF)")
     max_ws_connections: int = _opt(1024, "WebSocket connections open at once; more get 503",
                                    True)
     ws_allowed_origins: str = _opt(
