@@ -533,8 +533,14 @@ async def consume(gate: Gate, engine: Engine, requests, stream=None) -> AsyncIte
             if task.done():
                 break
             io.ready.clear()
-            await asyncio.wait([task, asyncio.ensure_future(io.ready.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
+            ready = asyncio.ensure_future(io.ready.wait())
+            try:
+                await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Left pending when the session ended first or the stream was cancelled,
+                # it was collected while pending: "Task was destroyed but it is pending!"
+                # at ERROR for every consumer that went away.
+                ready.cancel()
         raise task.result()
     finally:
         for t in (reader, task):

@@ -55,6 +55,7 @@ from .config import ANY_ORIGIN, Config, normalize_origin, parse_origins
 log = logging.getLogger("strata.ws")
 
 SUBPROTOCOLS = {"strata.v1.json": JSON, "strata.v1.msgpack": MSGPACK}
+CLOSE_TIMEOUT_S = 2  # for the client to read the close frame and answer it (docs/protocol.md)
 
 
 class ProtocolError(ValueError):
@@ -166,7 +167,15 @@ class Connection:
         self.send(msg)
         reason = f"{code}; resume_lsn={resume_lsn}" if resume_lsn is not None else \
             f"{code}: {message}"
-        await self.ws.close(end.ws_close, reason[:120])
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.close(end.ws_close, reason[:120])
+        except TimeoutError:
+            # websockets writes the close frame, then waits for its write buffer to
+            # drain before its own close timeout starts: a client that never reads
+            # never drains it, and the connection (its buffers, and a SIGTERM waiting
+            # for it) stayed until the keepalive gave up, up to ping_interval later.
+            self.ws.transport.abort()
 
     async def run(self) -> None:
         try:
@@ -334,4 +343,4 @@ async def start_ws(cfg: Config, gate):
                        subprotocols=list(SUBPROTOCOLS), select_subprotocol=select_subprotocol,
                        compression=None,
                        write_limit=cfg.subscriber_buffer, ping_interval=20, ping_timeout=20,
-                       close_timeout=2)
+                       close_timeout=CLOSE_TIMEOUT_S)
