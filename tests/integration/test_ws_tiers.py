@@ -529,8 +529,9 @@ def _stalled_client(ws_addr: str) -> socket.socket:
     return s
 
 
-def _read_frames(s: socket.socket) -> list[dict]:
-    """Everything the server sent, up to its close: the JSON messages in order."""
+def _read_frames(s: socket.socket) -> tuple[list[dict], int | None]:
+    """Everything the server sent, up to its close: the JSON messages in order, and the
+    close code (None: no close frame came)."""
     s.settimeout(20)
     data = b""
     while True:
@@ -538,7 +539,7 @@ def _read_frames(s: socket.socket) -> list[dict]:
         if not part:
             break
         data += part
-    out, i = [], 0
+    out, code, i = [], None, 0
     while i + 2 <= len(data):
         op, n = data[i] & 0x0F, data[i + 1] & 0x7F
         i += 2
@@ -550,8 +551,10 @@ def _read_frames(s: socket.socket) -> list[dict]:
             break
         if op == 0x1:
             out.append(json.loads(data[i:i + n]))
+        elif op == 0x8 and n >= 2:
+            code = int.from_bytes(data[i:i + 2], "big")
         i += n
-    return out
+    return out, code
 
 
 def _subscribers_cut(d) -> float:
@@ -569,51 +572,66 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_stalled_subscribers_are_cut_off_at_their_first_unsent_event(daemon_factory):
-    """200 subscribers that never read are each cut off (4002) with the first event they
-    were not sent; what was buffered for them runs contiguously up to it. The daemon's
-    memory stays bounded and a subscriber that reads gets every event."""
+    """400 subscribers that never read are each cut off with the documented ending: an
+    `error` message `lapped` with the first event they were not sent, then close code
+    4002; what was buffered for them runs contiguously up to it. The daemon's memory
+    stays bounded and three subscribers that read get every event."""
     d = daemon_factory(extra_env={"STRATA_SUBSCRIBER_QUEUE": "2000",
                                   "STRATA_SUBSCRIBER_BUFFER": str(16 << 10)})
-    stalled = [_stalled_client(d.ws) for _ in range(200)]
+    stalled = [_stalled_client(d.ws) for _ in range(400)]
     rss0 = _rss_kib(d.proc.pid)
     n = 20_000
 
     async def main():
-        async with connect(url(d), max_queue=None) as ws:
+        readers = [await connect(url(d), max_queue=None) for _ in range(3)]
+        for ws in readers:
             await subscribe(ws)
+
+        async def read(ws) -> list[int]:
             got: list[int] = []
+            while len(got) < n:
+                got.extend(e["lsn"] for e in await events(ws, 1, 60))
+            return got
 
-            async def read():
-                while len(got) < n:
-                    got.extend(e["lsn"] for e in await events(ws, 1, 60))
+        reading = asyncio.gather(*(read(ws) for ws in readers))
+        with Client(d.grpc) as c:
+            for i in range(0, n, 100):
+                await asyncio.to_thread(c.batch, [("put", b"k%d" % j, b"v" * 100)
+                                                  for j in range(i, i + 100)])
+                if not cut.is_set() and _subscribers_cut(d) >= len(stalled):
+                    # Every stalled one is cut off: read what the server queued for it,
+                    # its error and its close now, before the server gives up on the
+                    # close handshake (2 s) and aborts the connection.
+                    cut.set()
+        got = await asyncio.wait_for(reading, 60)
+        for ws in readers:
+            await ws.close()
+        return got
 
-            reader = asyncio.ensure_future(read())
-            drained = None
-            with Client(d.grpc) as c:
-                for i in range(0, n, 100):
-                    await asyncio.to_thread(c.batch, [("put", b"k%d" % j, b"v" * 100)
-                                                      for j in range(i, i + 100)])
-                    if drained is None and _subscribers_cut(d) >= len(stalled):
-                        # Every stalled one is cut off: read what the server queued for
-                        # it, its error and its close now, before the server gives up
-                        # on the close handshake (close_timeout) and drops the rest.
-                        drained = pool.map(_read_frames, stalled)
-            await asyncio.wait_for(reader, 60)
-            return got, drained
+    def read_when_cut(s: socket.socket):
+        # Each thread waits here from the start, so that all read at once when told.
+        return _read_frames(s) if cut.wait(120) else ([], None)
 
+    cut = threading.Event()
     with concurrent.futures.ThreadPoolExecutor(len(stalled)) as pool:
-        got, drained = asyncio.run(main())
-        assert drained is not None, f"only {_subscribers_cut(d)} of 200 were cut off"
-        drained = list(drained)
-    assert got == list(range(got[0], got[0] + n))  # the reader: every event, in order
+        waiting = [pool.submit(read_when_cut, s) for s in stalled]
+        try:
+            got = asyncio.run(main())
+            assert cut.is_set(), f"only {_subscribers_cut(d)} of 400 were cut off"
+        finally:
+            cut.set()
+        drained = [f.result() for f in waiting]
+    for lsns in got:  # each reader: every event, in order
+        assert lsns == list(range(lsns[0], lsns[0] + n))
     rss = _rss_kib(d.proc.pid)
-    for s, msgs in zip(stalled, drained):
+    for s, (msgs, code) in zip(stalled, drained):
         s.close()
         lsns = [m["lsn"] for m in msgs if m["op"] == "event"]
         err = msgs[-1]
         assert err["op"] == "error" and err["code"] == "lapped", msgs[-2:]
+        assert code == 4002, code
         assert lsns, "a stalled subscriber gets what its buffers held first"
         assert lsns == list(range(lsns[0], err["resume_lsn"])), (lsns[-3:], err)
-    # 200 connections, each bounded by subscriber_buffer plus its queue (2000 events):
-    # far below what 20,000 events for each of them would take (~400 MiB).
-    assert rss - rss0 < 100 << 10, (rss0, rss)
+    # 400 connections, each bounded by subscriber_buffer plus its queue (2000 events):
+    # far below what 20,000 events for each of them would take (~800 MiB).
+    assert rss - rss0 < 150 << 10, (rss0, rss)
