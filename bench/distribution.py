@@ -14,9 +14,13 @@ One run, loopback, 100-byte events, every peer measured with the same harness
   `websockets` broadcast (the transport's own ceiling), Redis pub/sub
   (redis-py) and NATS core (nats-py): delivered events/s with 1, 10 and 100
   subscribers, and put acknowledged (publish, for the peers) -> received at a
-  paced 10k events/s;
-- the daemon's batched durable puts with 0 subscribers, 10 realtime readers and
-  100 delayed-tier subscribers;
+  paced 10k events/s; beside each, the server process's CPU (user + sys, from
+  /proc) per event delivered, and the subscriber processes' own;
+- the daemon's batched durable puts with 0 subscribers, 10 realtime readers, 100
+  delayed-tier subscribers and 10 delayed-tier subscribers with a 1 ms window,
+  with the daemon's CPU per put and the subscribers' CPU per event (Python
+  clients on the same cores: a realtime reader's per-message cost is what takes
+  the writers' CPU);
 - the same puts with 500 stalled subscribers (connected and subscribed, never
   reading: `--stalled N`) and with none, each on a fresh daemon with its default
   subscriber bounds, with the daemon's CPU (user + sys) per put and its RSS
@@ -300,7 +304,8 @@ def _sub_proc(kind: str, target: str, conns: int, n: int, ready, go, out, sub_ms
 
     async def main():
         res = await asyncio.gather(*(one(i, i == 0) for i in range(conns)))
-        out.put([(g, t, lat) for g, t, lat in res])
+        cpu = os.times()
+        out.put(([(g, t, lat) for g, t, lat in res], cpu.user + cpu.system))
 
     uvloop.install()
     asyncio.run(main())
@@ -332,9 +337,13 @@ def _subscribers(kind: str, target: str, total: int, n: int, sub_msg: str | None
 
 
 def _collect(procs, out) -> tuple[int, float, list]:
-    res = [x for _ in procs for x in out.get(timeout=600)]
+    """(events received, when the last subscriber finished, latency samples); the
+    subscriber processes' CPU seconds go to `_collect.cpu_s` (the last call's)."""
+    parts = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(30)
+    res = [x for part in parts for x in part[0]]
+    _collect.cpu_s = sum(part[1] for part in parts)
     return sum(r[0] for r in res), max(r[1] for r in res), [x for r in res for x in r[2]]
 
 
@@ -421,18 +430,26 @@ def bench_strata_ws(root: str, tier: str, subs: int, n: int, pace: float | None)
     try:
         msg = json.dumps({"op": "subscribe", "tier": tier, "window_ms": 20})
         procs, out = _subscribers("ws", f"ws://{s.ws}/v1/events", subs, n, msg)
+        cpu0 = _cpu_s(s.proc.pid)
         t0 = time.perf_counter()
         write_s, acks = asyncio.run(_strata_write(s.grpc, n, pace))
         got, last, samples = _collect(procs, out)
+        cpu = _cpu_s(s.proc.pid) - cpu0
     finally:
         s.stop()
     secs = last - t0
     return {"events_per_s": got / secs, "per_sub": got / subs / secs,
             "writes_per_s": n / write_s, "complete": got == n * subs,
+            "cpu_us_per_event": cpu / got * 1e6 if got else None,
+            "subscriber_cpu_us_per_event": _collect.cpu_s / got * 1e6 if got else None,
             "latency_ms": _latency_from(samples, acks)}
 
 
-def bench_write_path(root: str, n: int, realtime: int, delayed: int) -> float:
+def bench_write_path(root: str, n: int, realtime: int, delayed: int,
+                     window_ms: int = 100) -> dict:
+    """Batched durable puts while subscribers read; the daemon's CPU per put (the
+    subscribers' share included, collected to their last event) and the subscriber
+    processes' CPU per event they received."""
     s = Strata(root)
     try:
         procs, out = [], None
@@ -442,13 +459,18 @@ def bench_write_path(root: str, n: int, realtime: int, delayed: int) -> float:
         if delayed:
             procs, out = _subscribers("ws", f"ws://{s.ws}/v1/events", delayed, n,
                                       json.dumps({"op": "subscribe", "tier": "delayed",
-                                                  "window_ms": 100}))
+                                                  "window_ms": window_ms}))
+        cpu0 = _cpu_s(s.proc.pid)
         write_s, _ = asyncio.run(_strata_write(s.grpc, n, None))
+        sub_cpu = got = None
         if procs:
-            _collect(procs, out)
+            got = _collect(procs, out)[0]
+            sub_cpu = _collect.cpu_s / got * 1e6 if got else None
+        cpu = _cpu_s(s.proc.pid) - cpu0
     finally:
         s.stop()
-    return n / write_s
+    return {"puts_per_s": n / write_s, "cpu_us_per_put": cpu / n * 1e6,
+            "subscriber_cpu_us_per_event": sub_cpu}
 
 
 def _stalled_proc(target: str, n: int, ready, stop) -> None:
@@ -578,13 +600,17 @@ def bench_ws_broadcast(subs: int, n: int, pace: float | None) -> dict:
     started.wait(30)
     try:
         procs, out = _subscribers("ws", f"ws://127.0.0.1:{port}", subs, n, None)
+        cpu0 = _cpu_s(srv.pid)
         t0 = time.perf_counter()
         got, last, samples = _collect(procs, out)
+        cpu = _cpu_s(srv.pid) - cpu0
     finally:
         srv.kill()
         srv.join()
     lat = _latency_from(samples, None) if pace else _pct([])
-    return {"events_per_s": got / (last - t0), "latency_ms": lat}
+    return {"events_per_s": got / (last - t0), "cpu_us_per_event": cpu / got * 1e6 if got else None,
+            "subscriber_cpu_us_per_event": _collect.cpu_s / got * 1e6 if got else None,
+            "latency_ms": lat}
 
 
 def bench_redis(root: str, subs: int, n: int, pace: float | None) -> dict:
@@ -602,6 +628,7 @@ def bench_redis(root: str, subs: int, n: int, pace: float | None) -> dict:
             except redis.ConnectionError:
                 time.sleep(0.05)
         procs, out = _subscribers("redis", f"redis://127.0.0.1:{port}", subs, n, None)
+        cpu0 = _cpu_s(srv.pid)
         t0 = time.perf_counter()
         i = 0
         while i < n:
@@ -614,9 +641,11 @@ def bench_redis(root: str, subs: int, n: int, pace: float | None) -> dict:
             if pace:
                 _pace(t0, i, pace)
         got, last, samples = _collect(procs, out)
+        cpu = _cpu_s(srv.pid) - cpu0
     finally:
         stop_proc(srv)
-    return {"events_per_s": got / (last - t0),
+    return {"events_per_s": got / (last - t0), "cpu_us_per_event": cpu / got * 1e6 if got else None,
+            "subscriber_cpu_us_per_event": _collect.cpu_s / got * 1e6 if got else None,
             "latency_ms": _latency_from(samples, None) if pace else _pct([])}
 
 
@@ -646,12 +675,15 @@ def bench_nats(root: str, subs: int, n: int, pace: float | None) -> dict:
             await nc.flush()
             await nc.close()
 
+        cpu0 = _cpu_s(srv.pid)
         t0 = time.perf_counter()
         asyncio.run(pub())
         got, last, samples = _collect(procs, out)
+        cpu = _cpu_s(srv.pid) - cpu0
     finally:
         stop_proc(srv)
-    return {"events_per_s": got / (last - t0),
+    return {"events_per_s": got / (last - t0), "cpu_us_per_event": cpu / got * 1e6 if got else None,
+            "subscriber_cpu_us_per_event": _collect.cpu_s / got * 1e6 if got else None,
             "latency_ms": _latency_from(samples, None) if pace else _pct([])}
 
 
@@ -742,6 +774,7 @@ def run(args) -> dict:
         wp["no subscribers"] = bench_write_path(root, n_w, 0, 0)
         wp["10 realtime subscribers"] = bench_write_path(root, n_w, 10, 0)
         wp["100 delayed-tier subscribers"] = bench_write_path(root, n_w, 0, 100)
+        wp["10 delayed-tier subscribers, window 1 ms"] = bench_write_path(root, n_w, 0, 10, 1)
         log(f"write path: {wp}")
         res["stalled"] = st = bench_stalled_pair(root, n_stalled, args.stalled)
         log(f"stalled: {st}")
@@ -754,8 +787,8 @@ def _r(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def _f(x, unit="") -> str:
-    return "-" if x is None else f"{x:,.1f}{unit}" if x < 100 else f"{x:,.0f}{unit}"
+def _f(x, unit="", digits=1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}{unit}" if x < 100 else f"{x:,.0f}{unit}"
 
 
 def render_text(res: dict) -> str:
@@ -800,16 +833,29 @@ def _render_main(res: dict) -> list[str]:
         raw = ws.get(f"websockets broadcast, {subs}", {}).get("events_per_s")
         red = ws.get(f"redis pub/sub, {subs}", {}).get("events_per_s")
         nat = ws.get(f"nats core, {subs}", {}).get("events_per_s")
+        raw_cpu = ws.get(f"websockets broadcast, {subs}", {}).get("cpu_us_per_event")
         lat = v["latency_ms"]
+        cpu = v.get("cpu_us_per_event")
         rows.append([k, _f(v["events_per_s"]), _r(v["events_per_s"], raw), _r(v["events_per_s"], red),
-                     _r(v["events_per_s"], nat), _f(lat["p50"]), _f(lat["p99"]), _f(lat["p999"])])
+                     _r(v["events_per_s"], nat), _f(cpu, "", 2), _r(cpu, raw_cpu),
+                     _f(v.get("subscriber_cpu_us_per_event"), "", 2), _f(lat["p50"]),
+                     _f(lat["p99"]), _f(lat["p999"])])
     out.append(report.text_table(["system", "events/s", "vs ws raw", "vs redis", "vs nats",
-                                  "p50 ms", "p99 ms", "p999 ms"], rows))
-    wp = res["write_path"]
-    base = wp.get("no subscribers")
-    out.append("\nBatched durable puts (100 a batch, 8 in flight) while subscribers read")
-    out.append(report.text_table(["subscribers", "puts/s", "vs none"],
-                                 [[k, _f(v), _r(v, base)] for k, v in wp.items()]))
+                                  "CPU us/event", "CPU vs ws raw", "subs CPU us/event", "p50 ms",
+                                  "p99 ms", "p999 ms"], rows))
+    out.append("CPU us/event: the server process's user + sys CPU (/proc) over the run, divided "
+               "by the events all subscribers received; Strata's includes taking the puts "
+               "(gRPC, WAL, fsync), the peers' their publishers' messages. subs CPU: the "
+               "subscriber processes' own, per event they received.")
+    wp = {k: v if isinstance(v, dict) else {"puts_per_s": v}
+          for k, v in res["write_path"].items()}  # a float: a page from before CPU was measured
+    base = wp.get("no subscribers", {}).get("puts_per_s")
+    out.append("\nBatched durable puts (100 a batch, 8 in flight) while subscribers read; daemon "
+               "CPU (user + sys) per put, the subscribers' share included")
+    out.append(report.text_table(
+        ["subscribers", "puts/s", "vs none", "CPU us/put", "subs CPU us/event"],
+        [[k, _f(v["puts_per_s"]), _r(v["puts_per_s"], base), _f(v.get("cpu_us_per_put")),
+          _f(v.get("subscriber_cpu_us_per_event"), "", 2)] for k, v in wp.items()]))
     return out
 
 
