@@ -60,6 +60,8 @@ def test_the_page_shows_roles_the_tail_and_a_killed_master(cluster, browser, tmp
     assert browser.evaluate(f"{_cell(r, 1)}") == f"{r} (this page)"
     assert browser.evaluate("document.getElementById('role').textContent") == "replica"
     assert browser.evaluate("document.getElementById('node').textContent") == r
+    # A replica applies its master's log but takes no client writes: the page says where they go.
+    assert browser.evaluate("document.getElementById('write-state').textContent") == "to the master"
     # A cluster's metrics (replication, the committed feed) are all documented too.
     documented = {name for name, *_ in documented_families()}
     assert exported(c.nodes[m].metrics) - documented == set()
@@ -113,4 +115,5 @@ def test_the_page_passes_its_token_on(daemon_factory, browser):
     with Client(d.grpc, token="s3cret") as cl:
         lsn = cl.put(b"with-a-token", b"ok")
     browser.wait_for(f"document.querySelector('#tail .event[data-lsn=\"{lsn}\"]') !== null")
+    assert browser.evaluate("document.getElementById('write-state').textContent") == "accepted"
     assert browser.evaluate("document.getElementById('error').textContent") == ""
