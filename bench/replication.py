@@ -4,7 +4,7 @@ Redis with two replicas and three Sentinels, on this machine, in one run.
 Measured:
 - durable put throughput and p50/p99 latency, one node and three nodes in async,
   quorum and sync mode: unary `Put` from 64 concurrent coroutines, and batched
-  (Write stream, 100 puts a message, 16 messages in flight); etcd 3 nodes: unary Put
+  (Batch calls of 100 puts, 16 in flight); etcd 3 nodes: unary Put
   from the same client harness;
 - CPU per acknowledged put of every server process of each system (etcd's too), from
   /proc/<pid>/stat over each load;
@@ -734,11 +734,13 @@ def render_markdown(res: dict, has_chart: bool) -> str:
              "load generator share this machine's cores, so three nodes on one machine pay "
              "three times the CPU of one. Beside every rate, the CPU the servers spent per "
              "acknowledged put (user + system time of every server process, children included, "
-             "read from /proc/<pid>/stat before and after each load): that figure does not "
-             "depend on how the machine's cores were shared, and says what replication costs "
+             "read from /proc/<pid>/stat before and after each load): that figure depends far "
+             "less than a rate on how the machine's cores were shared, and says what "
+             "replication costs "
              "(three nodes doing one node's work each would be 3.00x). The lag is sampled "
              "under the unary load at its maximum, then under a load paced at half the "
-             "rate that cluster reached.", "",
+             "rate that cluster reached. What the profiles show, and the figures before "
+             "and after the replica's group commit: replication-profile.md.", "",
              f"Machine: {m.get('cpu_model', '?')}, {m.get('cpus_usable', '?')} usable cores, "
              f"{m.get('python', '?')}, {m.get('date', '?')}; {res['seconds']:.0f} s per load, "
              f"{CONCURRENCY} concurrent unary callers, batches of {BATCH} with "
