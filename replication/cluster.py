@@ -42,7 +42,8 @@ from strata_client.auth import AUTH_METADATA, token_matches
 from . import checkpoints
 from .election import MASTER, Heartbeat, HeartbeatAck, Node, RequestVote, TimeoutNow, Vote
 from .errors import NoMaster, NotMaster
-from .link import PeerLink
+from .follow import Append, AppendQueue
+from .link import GroupAppend, PeerLink
 from .progress import Follower, Progress
 from .state import FilePersistence
 
@@ -129,7 +130,7 @@ class Cluster:
         # at least the age of the oldest entry kept).
         self._commit_times: deque[tuple[int, float]] = deque(maxlen=COMMIT_TIMES)
         self.stats = {"elections_won": 0, "step_downs": 0, "resyncs": 0, "truncations": 0,
-                      "frames_applied": 0}
+                      "appends_applied": 0, "append_groups": 0}
 
     @property
     def commit_lsn(self) -> int:
@@ -197,6 +198,14 @@ class Cluster:
             self._channels[peer] = ch
             self._stubs[peer] = pbg.ReplicationStub(ch)
         return self._stubs[peer]
+
+    def follow_call(self, peer: str):
+        """A Follow stream to `peer` that takes serialized ToReplica messages, so that
+        one commit group's Append is encoded once for all peers (link.GroupAppend)."""
+        self.stub(peer)
+        return self._channels[peer].stream_stream(
+            "/strata.v1.Replication/Follow", request_serializer=None,
+            response_deserializer=pb.FromReplica.FromString)(metadata=self.metadata)
 
     # -- election plumbing ----------------------------------------------------------
 
@@ -390,23 +399,26 @@ class Cluster:
             loop.call_soon_threadsafe(self._deliver, frames)
 
     def _deliver(self, frames: list[bytes]) -> None:
+        """A commit group, on the loop: its frames are joined and its Append encoded
+        once (link.GroupAppend) for every peer, whose senders take it as it is."""
         if not self.links:
             return
-        spans = []
-        size = 0
-        for f in frames:
-            first, last = record.frame_span(f)
-            spans.append((first, last, f))
-            size += len(f)
+        first = record.frame_span(frames[0])[0]
+        last = record.frame_span(frames[-1])[1]
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         now = time.monotonic()
         times = self._commit_times
         if times and now - times[-1][1] < 0.001:
             times[-1] = (last, times[-1][1])  # the same millisecond: widen the last entry
         else:
             times.append((last, now))
-        for link in self.links.values():
-            link.offer(spans, size)
         self.advance_commit()
+        links = self.links.values()
+        term = next(iter(links)).term
+        group = GroupAppend(first, last, data, now,
+                            (term, self.node_id, self.address, self.commit_lsn))
+        for link in links:
+            link.offer(group)
 
     def advance_commit(self) -> None:
         if self.node.role != MASTER:
@@ -528,50 +540,108 @@ class Cluster:
             node=self.node_id, term=self.node.term, last_lsn=eng.last_lsn,
             flushed_lsn=eng.flushed_lsn,
             terms=[pb.TermRun(term=t, first_lsn=lsn) for t, lsn in eng.term_history]))
-        loop = asyncio.get_running_loop()
-        async for msg in requests:
+        it = aiter(requests)
+        async for msg in it:
             if gen != self._follow_gen:
                 return  # a newer stream took over
-            kind = msg.WhichOneof("msg")
-            if kind == "start":
-                s = msg.start
-                if not self._hear(s.term, s.master, s.address, 0.0):
+            if msg.WhichOneof("msg") != "start":
+                break  # the first Append: from here on they are read by _read_appends
+            s = msg.start
+            if not self._hear(s.term, s.master, s.address, 0.0):
+                yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=False))
+                return
+            # Claimed here, before the stream ends and the master reconnects, so
+            # that its next stream is refused until the reset is done.
+            if s.resync and not (self._resyncing or self._resetting):
+                log.warning("master %s: %s; fetching a checkpoint", s.master, s.reason)
+                self._resyncing = True
+                self._spawn(self._resync(s.master))
+            elif s.truncate and not (self._resyncing or self._resetting):
+                log.warning("master %s: %s", s.master, s.reason)
+                self._resetting = True
+                self._spawn(self._reset(truncate_after=s.truncate_after))
+            if s.resync or s.truncate:
+                return
+        else:
+            return
+        # Appends: a reader task takes them off the stream while the group before them
+        # is written (follow.AppendQueue), so each fsync and executor hop serves every
+        # Append received meanwhile, answered with one acknowledgement.
+        q = AppendQueue(eng.last_lsn)
+        wake = asyncio.Event()  # the reader queued an Append or ended
+        room = asyncio.Event()  # the applier took a group
+        refused = [False]
+        reader = asyncio.ensure_future(self._read_appends(msg, it, q, wake, room, refused))
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if gen != self._follow_gen:
+                    return  # a newer stream took over
+                if refused[0]:
                     yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=False))
                     return
-                # Claimed here, before the stream ends and the master reconnects, so
-                # that its next stream is refused until the reset is done.
-                if s.resync and not (self._resyncing or self._resetting):
-                    log.warning("master %s: %s; fetching a checkpoint", s.master, s.reason)
-                    self._resyncing = True
-                    self._spawn(self._resync(s.master))
-                elif s.truncate and not (self._resyncing or self._resetting):
-                    log.warning("master %s: %s", s.master, s.reason)
-                    self._resetting = True
-                    self._spawn(self._reset(truncate_after=s.truncate_after))
-                if s.resync or s.truncate:
+                g = q.take()
+                if g is None:
+                    if reader.done():
+                        if not reader.cancelled() and reader.exception() is not None:
+                            raise reader.exception()
+                        return
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                room.set()
+                if g.size:
+                    async with self._apply_lock:
+                        if gen != self._follow_gen or g.term != self.node.term:
+                            return
+                        try:
+                            await loop.run_in_executor(None, eng.apply_frames, g.frames)
+                        except (LogMismatch, InvalidArgument, StorageError) as e:
+                            log.warning("frames from %s not applied: %s", g.last.master, e)
+                            ack = q.failed(g, eng.last_lsn, str(e))
+                            yield pb.FromReplica(ack=pb.Ack(
+                                term=self.node.term, ok=True, error=ack.error,
+                                durable_lsn=ack.durable_lsn, sent=ack.sent))
+                            return
+                        self.stats["appends_applied"] += sum(1 for a in g.appends if a.frames)
+                        self.stats["append_groups"] += 1
+                elif g.term != self.node.term:
                     return
-                continue
-            a = msg.append
-            if not self._hear(a.term, a.master, a.address, a.sent):
-                yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=False, sent=a.sent))
-                return
-            if a.frames:
-                async with self._apply_lock:
-                    if gen != self._follow_gen or a.term != self.node.term:
-                        return
-                    try:
-                        await loop.run_in_executor(None, eng.apply_frames, a.frames)
-                    except (LogMismatch, InvalidArgument, StorageError) as e:
-                        log.warning("frames from %s not applied: %s", a.master, e)
-                        yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
-                                                        error=str(e), sent=a.sent))
-                        return
-                    self.stats["frames_applied"] += 1
-            if self.follower.append(a.commit_lsn, eng.last_lsn, time.monotonic()):
-                self._publish_limit()
-            eng.set_commit_lsn(self.commit_lsn)
-            yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
-                                            durable_lsn=eng.last_lsn, sent=a.sent))
+                ack = q.applied(g, eng.last_lsn)
+                if self.follower.append(g.commit_lsn, ack.durable_lsn, time.monotonic()):
+                    self._publish_limit()
+                eng.set_commit_lsn(self.commit_lsn)
+                yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
+                                                durable_lsn=ack.durable_lsn, sent=ack.sent))
+        finally:
+            reader.cancel()
+
+    async def _read_appends(self, msg, it, q: AppendQueue, wake: asyncio.Event,
+                            room: asyncio.Event, refused: list[bool]) -> None:
+        """The reader of a Follow stream's Appends, from `msg` on: each is heard by the
+        election on arrival (an fsync in progress does not hold heartbeats back) and
+        queued for the applier in `_follow`. Stops at the first Append of an older term
+        (`refused`), at the end of the stream, or when the queue closes."""
+        try:
+            while msg is not None:
+                if msg.WhichOneof("msg") != "append":
+                    log.warning("a Follow stream sent %s after its Appends began; ending it",
+                                msg.WhichOneof("msg"))
+                    return
+                a = msg.append
+                if not self._hear(a.term, a.master, a.address, a.sent):
+                    refused[0] = True
+                    return
+                while q.full:
+                    room.clear()
+                    await room.wait()
+                if not q.put(Append(a.term, a.sent, a.commit_lsn, a.frames, a.master,
+                                    a.address)):
+                    return
+                wake.set()
+                msg = await anext(it, None)
+        finally:
+            wake.set()
 
     async def _reset(self, truncate_after: int | None = None, install: bool = False) -> None:
         """REQUIRES: self._resetting set by the caller (which claimed the reset)."""

@@ -4,7 +4,10 @@ heartbeats, and the replica's acknowledgements coming back.
 Frames come from the commit listener while the replica keeps up (a bounded queue,
 shared bytes), else from the WAL on disk (`Engine.read_log`), so a replica that
 falls behind costs the master a bounded amount of memory and catches up from the
-log, never from an unbounded backlog. At most `WINDOW` appends are unacknowledged.
+log, never from an unbounded backlog. At most `WINDOW` appends are unacknowledged. A
+commit group is sent as it is published, encoded once for every peer that is caught
+up (`GroupAppend`); the replica writes the Appends that reach it during one fsync as
+one group and answers them with one acknowledgement (follow.py).
 A broken stream is retried with exponential back-off and full jitter: a dead
 replica costs the master one timer.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -54,6 +58,77 @@ def read_wal(engine, start: int, upto: int, max_bytes: int) -> tuple[bytes, int]
     return b"".join(out), nxt
 
 
+class GroupAppend:
+    """One commit group's frames, and the Append carrying them encoded once for every
+    peer that sends it as it is (a caught-up peer: nothing else to send before or with
+    it). Made on the loop by the cluster where the group is published; shared, never
+    changed after."""
+
+    __slots__ = ("first", "last", "data", "sent", "_link_fields", "_encoded")
+
+    def __init__(self, first: int, last: int, data: bytes, sent: float,
+                 fields: tuple[int, str, str, int]) -> None:
+        self.first = first  # the group's first LSN
+        self.last = last  # its last LSN
+        self.data = data  # its frames
+        self.sent = sent  # the `sent` of the shared encoding
+        self._link_fields = fields  # (term, master, address, commit LSN) when published
+        self._encoded: bytes | None = None
+
+    def encoded(self) -> bytes:
+        """The serialized ToReplica: built by the first peer that sends it."""
+        if self._encoded is None:
+            term, master, address, commit = self._link_fields
+            self._encoded = pb.ToReplica(append=pb.Append(
+                term=term, master=master, address=address, sent=self.sent, commit_lsn=commit,
+                frames=self.data)).SerializeToString()
+        return self._encoded
+
+
+class Window:
+    """The Appends of one stream sent and not yet acknowledged, oldest first: sans-I/O.
+
+    A replica answers a group of Appends with one acknowledgement echoing the last
+    one's `sent` (follow.py), which answers every Append sent up to it; `sent` values
+    therefore strictly increase within a stream, even when the clock does not move.
+    At most WINDOW Appends are in flight (the caller checks `full`)."""
+
+    def __init__(self) -> None:
+        self._sent: deque[float] = deque()
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    @property
+    def full(self) -> bool:
+        return len(self._sent) >= WINDOW
+
+    def stamp(self, now: float) -> float:
+        """Record an Append sent at `now` (or just after the last one); its `sent`."""
+        if self._sent and now <= self._sent[-1]:
+            now = math.nextafter(self._sent[-1], math.inf)
+        self._sent.append(now)
+        return now
+
+    def stamp_exactly(self, sent: float) -> bool:
+        """Record an Append whose `sent` is fixed (a shared encoding) if it is later
+        than the last one sent; False (nothing recorded) otherwise."""
+        if self._sent and sent <= self._sent[-1]:
+            return False
+        self._sent.append(sent)
+        return True
+
+    def ack(self, sent: float) -> int:
+        """An acknowledgement echoing `sent`: every Append up to it is answered.
+        Returns how many."""
+        q = self._sent
+        n = 0
+        while q and q[0] <= sent:
+            q.popleft()
+            n += 1
+        return n
+
+
 class _Session:
     """What one Follow stream owns. Made afresh for every stream, so nothing a broken
     stream left behind (appends never acknowledged, a full window, queued frames, a
@@ -61,13 +136,13 @@ class _Session:
 
     def __init__(self, next_lsn: int) -> None:
         self.next_lsn = next_lsn  # the next LSN to send
-        self.queue: deque = deque()  # (first LSN, last LSN, frame bytes) from the listener
+        self.queue: deque[GroupAppend] = deque()  # commit groups from the listener
         self.queued = 0  # bytes in `queue`
         # The frames at next_lsn must come from the WAL: catching up at the start of a
         # session, after the queue overflowed, or when it starts past next_lsn. Otherwise
         # they are on their way from the commit listener: wait for them, no file reads.
         self.from_wal = True
-        self.inflight = 0  # appends sent and not acknowledged (at most WINDOW)
+        self.inflight = Window()  # Appends sent and not acknowledged
         self.heartbeat_due = False
         self.wake = asyncio.Event()  # frames queued or a heartbeat due
         self.acked = asyncio.Event()  # an acknowledgement made room in the window
@@ -108,16 +183,17 @@ class PeerLink:
 
     # -- fed by the cluster ---------------------------------------------------------
 
-    def offer(self, frames: list[tuple[int, int, bytes]], size: int) -> None:
+    def offer(self, group: GroupAppend) -> None:
         s = self._session
         if s is None:
             return
+        size = len(group.data)
         if s.queued + size > MAX_QUEUE:
             s.queue.clear()  # too far behind: the sender reads the WAL instead
             s.queued = 0
             s.from_wal = True
         else:
-            s.queue.extend(frames)
+            s.queue.append(group)
             s.queued += size
         s.wake.set()
 
@@ -176,7 +252,7 @@ class PeerLink:
         """One Follow stream; returns True when it ended for a reason that warrants an
         immediate reconnect (the replica cut its log or fetched a checkpoint)."""
         c = self.cluster
-        call = c.stub(self.peer).Follow(metadata=c.metadata)
+        call = c.follow_call(self.peer)
         try:
             # asyncio.timeout rather than wait_for throughout: on Python 3.11 wait_for
             # swallows a cancellation that arrives as the read completes, and a link
@@ -199,7 +275,7 @@ class PeerLink:
                              from_lsn=plan.from_lsn, resync=plan.resync, reason=plan.reason,
                              truncate=plan.truncate_after is not None,
                              truncate_after=plan.truncate_after or 0)
-            await call.write(pb.ToReplica(start=start))
+            await call.write(pb.ToReplica(start=start).SerializeToString())
             if plan.resync or plan.truncate_after is not None:
                 if plan.resync:
                     self.resyncs += 1
@@ -237,31 +313,35 @@ class PeerLink:
         finally:
             call.cancel()
 
-    def _take_queued(self, s: _Session) -> tuple[bytes, int]:
+    def _take_queued(self, s: _Session) -> tuple[bytes, int, GroupAppend | None]:
+        """The queued groups that continue from next_lsn, up to about MAX_APPEND bytes:
+        (frames, next LSN, the group when exactly one was taken)."""
         q = s.queue
-        while q and q[0][1] < s.next_lsn:
-            s.queued -= len(q.popleft()[2])
-        if not q or q[0][0] != s.next_lsn:
-            return b"", s.next_lsn
+        while q and q[0].last < s.next_lsn:
+            s.queued -= len(q.popleft().data)
+        if not q or q[0].first != s.next_lsn:
+            return b"", s.next_lsn, None
         out: list[bytes] = []
         size = 0
         nxt = s.next_lsn
-        while q and q[0][0] == nxt and size < MAX_APPEND:
-            first, last, raw = q.popleft()
-            s.queued -= len(raw)
-            out.append(raw)
-            size += len(raw)
-            nxt = last + 1
-        return b"".join(out), nxt
+        while q and q[0].first == nxt and size < MAX_APPEND:
+            g = q.popleft()
+            s.queued -= len(g.data)
+            out.append(g.data)
+            size += len(g.data)
+            nxt = g.last + 1
+        if len(out) == 1:
+            return out[0], nxt, g
+        return b"".join(out), nxt, None
 
     async def _send(self, call, engine, s: _Session) -> None:
         c = self.cluster
         loop = asyncio.get_running_loop()
         while True:
             s.wake.clear()
-            data, nxt = self._take_queued(s)
+            data, nxt, group = self._take_queued(s)
             q = s.queue
-            if q and q[0][0] > s.next_lsn:
+            if q and q[0].first > s.next_lsn:
                 s.from_wal = True  # a gap before what the listener queued
             if not data and s.from_wal and engine.last_lsn >= s.next_lsn:
                 try:
@@ -271,22 +351,25 @@ class PeerLink:
                     log.warning("replica %s needs LSN %d, no longer retained: it resyncs",
                                 self.peer, s.next_lsn)
                     return  # the next handshake finds it behind the log
-                if (q and q[0][0] <= nxt) or nxt > engine.last_lsn:
+                if (q and q[0].first <= nxt) or nxt > engine.last_lsn:
                     s.from_wal = False  # caught up with the listener's queue
             if not data and not s.heartbeat_due:
                 await s.wake.wait()
                 continue
-            while s.inflight >= WINDOW:
+            while s.inflight.full:
                 s.acked.clear()
                 await s.acked.wait()
-            sent = time.monotonic()
             s.heartbeat_due = False
-            s.inflight += 1
             if data:
                 s.next_lsn = nxt
+            if group is not None and s.inflight.stamp_exactly(group.sent):
+                # One commit group, as published: the encoding every caught-up peer shares.
+                await call.write(group.encoded())
+                continue
+            sent = s.inflight.stamp(time.monotonic())
             await call.write(pb.ToReplica(append=pb.Append(
                 term=self.term, master=c.node_id, address=c.address, sent=sent,
-                commit_lsn=c.commit_lsn, frames=data)))
+                commit_lsn=c.commit_lsn, frames=data)).SerializeToString())
 
     async def _receive(self, call, s: _Session) -> None:
         c = self.cluster
@@ -304,7 +387,7 @@ class PeerLink:
             if msg is grpc.aio.EOF:
                 return
             ack = msg.ack
-            s.inflight = max(0, s.inflight - 1)
+            s.inflight.ack(ack.sent)
             s.acked.set()
             if ack.error:
                 log.warning("replica %s could not apply frames: %s", self.peer, ack.error)

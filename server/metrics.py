@@ -89,6 +89,9 @@ NODE_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "strata_replication_resyncs": (C, (), "checkpoint resyncs this replica went through"),
     "strata_replication_truncations": (C, (), "times this replica cut a log tail the master "
                                               "never had"),
+    "strata_replication_appends_applied": (C, (), "Appends with frames this replica applied"),
+    "strata_replication_append_groups": (C, (), "groups of Appends this replica applied, one "
+                                                "fsync each"),
     # distribution
     "strata_subscribers": (G, (), "event subscribers connected"),
     "strata_subscribers_cut": (C, (), "subscribers disconnected for falling behind"),
@@ -297,7 +300,8 @@ class _NodeCollector:
         yield lag
         yield lag_s
         yield state
-        for key in ("elections_won", "step_downs", "resyncs", "truncations"):
+        for key in ("elections_won", "step_downs", "resyncs", "truncations", "appends_applied",
+                    "append_groups"):
             yield _one(f"strata_replication_{key}", counts.get(key, 0))
 
     def _distribution(self, f: Figures):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import bisect
 
-from strata.replication.link import PeerLink
+from strata.replication.link import WINDOW, PeerLink, Window
 
 ET = 1.0
 
@@ -65,3 +65,39 @@ def test_slow_progress_is_not_stalled():
     ln.match, ln.progress_at, ln.last_answer = 10, 1.0, 3.0
     # Its acknowledged LSN has not moved for 2 s, but the frames it lacks are 0.15 s old.
     assert ln.state(3.05, 20) == "healthy"
+
+
+# -- the window of Appends in flight (link.Window) ------------------------------------
+
+
+def test_one_acknowledgement_answers_every_append_sent_up_to_the_one_it_echoes():
+    w = Window()
+    sent = [w.stamp(1.0 + i) for i in range(4)]
+    assert len(w) == 4
+    assert w.ack(sent[2]) == 3  # the replica wrote the first three as one group
+    assert len(w) == 1
+    assert w.ack(sent[2]) == 0  # a repeated or stale acknowledgement answers nothing
+    assert w.ack(sent[3]) == 1 and len(w) == 0
+
+
+def test_sent_strictly_increases_when_the_clock_does_not_move():
+    w = Window()
+    a = w.stamp(5.0)
+    b = w.stamp(5.0)
+    c = w.stamp(4.0)
+    assert a < b < c
+    assert w.ack(a) == 1 and len(w) == 2  # answers the first only
+
+
+def test_a_shared_encoding_is_used_only_when_its_sent_is_later_than_the_last():
+    w = Window()
+    w.stamp(2.0)  # a heartbeat went out after the group was published at 1.5
+    assert not w.stamp_exactly(1.5) and len(w) == 1
+    assert w.stamp_exactly(2.5) and len(w) == 2
+
+
+def test_the_window_fills_at_window_appends_and_an_ack_makes_room():
+    w = Window()
+    sent = [w.stamp(float(i)) for i in range(WINDOW)]
+    assert w.full
+    assert w.ack(sent[0]) == 1 and not w.full
