@@ -42,7 +42,7 @@ from strata_client.auth import AUTH_METADATA, token_matches
 from . import checkpoints
 from .election import MASTER, Heartbeat, HeartbeatAck, Node, RequestVote, TimeoutNow, Vote
 from .errors import NoMaster, NotMaster
-from .follow import Append, AppendQueue
+from .follow import Append, AppendQueue, answers
 from .link import GroupAppend, PeerLink
 from .progress import Follower, Progress
 from .state import FilePersistence
@@ -541,12 +541,14 @@ class Cluster:
             flushed_lsn=eng.flushed_lsn,
             terms=[pb.TermRun(term=t, first_lsn=lsn) for t, lsn in eng.term_history]))
         it = aiter(requests)
+        group_acks = False  # until a Start says the master retires Appends by `sent`
         async for msg in it:
             if gen != self._follow_gen:
                 return  # a newer stream took over
             if msg.WhichOneof("msg") != "start":
                 break  # the first Append: from here on they are read by _read_appends
             s = msg.start
+            group_acks = s.group_acks
             if not self._hear(s.term, s.master, s.address, 0.0):
                 yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=False))
                 return
@@ -611,8 +613,9 @@ class Cluster:
                 if self.follower.append(g.commit_lsn, ack.durable_lsn, time.monotonic()):
                     self._publish_limit()
                 eng.set_commit_lsn(self.commit_lsn)
-                yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
-                                                durable_lsn=ack.durable_lsn, sent=ack.sent))
+                for a in answers(g, ack, group_acks):
+                    yield pb.FromReplica(ack=pb.Ack(term=self.node.term, ok=True,
+                                                    durable_lsn=a.durable_lsn, sent=a.sent))
         finally:
             reader.cancel()
 

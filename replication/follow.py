@@ -79,6 +79,16 @@ class Ack:
     error: str = ""
 
 
+def answers(g: Group, ack: Ack, group_acks: bool) -> list[Ack]:
+    """What the stream carries for an applied group: its one acknowledgement, or, for a
+    master that counts one acknowledgement per Append (Start.group_acks unset: an
+    older release), one per Append, each echoing that Append's `sent`, all naming the
+    group's durable LSN."""
+    if group_acks or len(g.appends) == 1:
+        return [ack]
+    return [Ack(ack.term, ack.durable_lsn, a.sent, ack.error) for a in g.appends]
+
+
 class AppendQueue:
     """Appends waiting for the applier. Not thread-safe: one loop drives it."""
 

@@ -274,7 +274,7 @@ class PeerLink:
             start = pb.Start(term=self.term, master=c.node_id, address=c.address,
                              from_lsn=plan.from_lsn, resync=plan.resync, reason=plan.reason,
                              truncate=plan.truncate_after is not None,
-                             truncate_after=plan.truncate_after or 0)
+                             truncate_after=plan.truncate_after or 0, group_acks=True)
             await call.write(pb.ToReplica(start=start).SerializeToString())
             if plan.resync or plan.truncate_after is not None:
                 if plan.resync:

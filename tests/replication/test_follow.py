@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from strata.replication.follow import Append, AppendQueue
+from strata.replication.follow import Append, AppendQueue, answers
 from strata.storage import Closed, Engine, LogMismatch, record
 from strata.storage.vfs import FaultFS, MemFS
 
@@ -147,6 +147,22 @@ def test_a_batch_of_appends_is_one_fsync_and_one_ack_of_the_highest_lsn():
         assert (ack.durable_lsn, ack.sent, ack.error) == (6, 7.0, "") == (r.last_lsn, 7.0, "")
         assert r.get(b"k004") == b"v004"
         assert q.take() is None
+
+
+def test_a_master_that_counts_one_ack_per_append_gets_one_per_append():
+    """A master of an older release (Start.group_acks unset) retires one Append per
+    Ack: a group of three is answered three times, each echoing its own Append's
+    `sent`, all naming the group's durable LSN; a newer master gets the one Ack."""
+    appends = _master_frames(3)
+    with Engine.open("/r", fs=MemFS(), **OPTS) as r:
+        r.set_read_only(True)
+        q = AppendQueue(r.last_lsn)
+        for i, frames in enumerate(appends):
+            q.put(Append(1, float(i + 1), i, frames))
+        g, ack = _apply(q, r)
+        assert [(a.durable_lsn, a.sent) for a in answers(g, ack, group_acks=False)] == \
+            [(3, 1.0), (3, 2.0), (3, 3.0)]
+        assert answers(g, ack, group_acks=True) == [ack]
 
 
 def test_an_append_of_a_new_term_is_not_written_with_the_previous_terms():

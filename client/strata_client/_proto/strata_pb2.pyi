@@ -488,7 +488,7 @@ class Append(_message.Message):
     def __init__(self, term: _Optional[int] = ..., master: _Optional[str] = ..., address: _Optional[str] = ..., sent: _Optional[float] = ..., commit_lsn: _Optional[int] = ..., frames: _Optional[bytes] = ...) -> None: ...
 
 class Start(_message.Message):
-    __slots__ = ("term", "master", "address", "from_lsn", "truncate_after", "truncate", "resync", "reason")
+    __slots__ = ("term", "master", "address", "from_lsn", "truncate_after", "truncate", "resync", "reason", "group_acks")
     TERM_FIELD_NUMBER: _ClassVar[int]
     MASTER_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -497,6 +497,7 @@ class Start(_message.Message):
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     RESYNC_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ACKS_FIELD_NUMBER: _ClassVar[int]
     term: int
     master: str
     address: str
@@ -505,7 +506,8 @@ class Start(_message.Message):
     truncate: bool
     resync: bool
     reason: str
-    def __init__(self, term: _Optional[int] = ..., master: _Optional[str] = ..., address: _Optional[str] = ..., from_lsn: _Optional[int] = ..., truncate_after: _Optional[int] = ..., truncate: _Optional[bool] = ..., resync: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    group_acks: bool
+    def __init__(self, term: _Optional[int] = ..., master: _Optional[str] = ..., address: _Optional[str] = ..., from_lsn: _Optional[int] = ..., truncate_after: _Optional[int] = ..., truncate: _Optional[bool] = ..., resync: _Optional[bool] = ..., reason: _Optional[str] = ..., group_acks: _Optional[bool] = ...) -> None: ...
 
 class ToReplica(_message.Message):
     __slots__ = ("start", "append")
