@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 from collections import deque
@@ -530,8 +531,11 @@ class Cluster:
         task = asyncio.current_task()
         self._follow_tasks.add(task)
         try:
-            async for out in self._follow(eng, gen, requests):
-                yield out
+            # aclosing: a cancelled stream ends _follow (and its reader task) now, not
+            # whenever the async generator is finalized.
+            async with contextlib.aclosing(self._follow(eng, gen, requests)) as out:
+                async for msg in out:
+                    yield msg
         finally:
             self._follow_tasks.discard(task)
 

@@ -319,6 +319,11 @@ class PeerLink:
         q = s.queue
         while q and q[0].last < s.next_lsn:
             s.queued -= len(q.popleft().data)
+        if q and q[0].first < s.next_lsn:
+            # Partly sent from the WAL (read_wal stops after about MAX_APPEND bytes,
+            # inside a group): its rest is read from the WAL as well.
+            s.from_wal = True
+            return b"", s.next_lsn, None
         if not q or q[0].first != s.next_lsn:
             return b"", s.next_lsn, None
         out: list[bytes] = []
@@ -351,7 +356,7 @@ class PeerLink:
                     log.warning("replica %s needs LSN %d, no longer retained: it resyncs",
                                 self.peer, s.next_lsn)
                     return  # the next handshake finds it behind the log
-                if (q and q[0].first <= nxt) or nxt > engine.last_lsn:
+                if (q and q[0].first == nxt) or nxt > engine.last_lsn:
                     s.from_wal = False  # caught up with the listener's queue
             if not data and not s.heartbeat_due:
                 await s.wake.wait()

@@ -4,9 +4,13 @@ has not acknowledged."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 
-from strata.replication.link import WINDOW, PeerLink, Window
+from strata.replication.link import WINDOW, GroupAppend, PeerLink, Window, _Session
+from strata.storage import Engine, record
+from strata.storage.vfs import MemFS
+from strata_client._proto import strata_pb2 as pb
 
 ET = 1.0
 
@@ -101,3 +105,67 @@ def test_the_window_fills_at_window_appends_and_an_ack_makes_room():
     sent = [w.stamp(float(i)) for i in range(WINDOW)]
     assert w.full
     assert w.ack(sent[0]) == 1 and not w.full
+
+
+class _Stream:
+    """The Follow stream's write side: the LSN ranges of the Appends written."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []
+
+    async def write(self, data: bytes) -> None:
+        frames = pb.ToReplica.FromString(data).append.frames
+        if frames:
+            self.sent.append((record.frame_span(frames)[0], _last_lsn(frames)))
+
+
+def _last_lsn(frames: bytes) -> int:
+    last = 0
+    for fr in record.iter_frames(frames, 0):
+        last = fr.lsn
+    return last
+
+
+def test_a_wal_read_that_stops_inside_a_queued_group_sends_the_rest_of_it():
+    """A peer catching up reads the WAL (about MAX_APPEND bytes an Append) until it
+    meets what the listener queued. A read that stops inside a queued commit group
+    must go on from the WAL: the queued group no longer starts where the peer is, and
+    nothing else would ever send its rest (the peer stalled for good)."""
+    c = FakeCluster()
+    c.node_id, c.address, c.commit_lsn = "a", "127.0.0.1:1", 0
+    with Engine.open("/m", fs=MemFS(), durability="always") as m:
+        frames: list[bytes] = []
+        m.add_commit_listener(frames.extend)
+        m.begin_term(3, "a")
+        for i in range(3):
+            m.put(b"small%d" % i, b"v")
+        big = b"x" * 100_000
+        for i in range(12):  # 1.2 MB: more than one Append's MAX_APPEND of WAL
+            m.put(b"big%02d" % i, big)
+        raws = [bytes(f) for f in frames]
+        lsns = [record.frame_span(r) for r in raws]
+        ln = PeerLink(c, "b", "127.0.0.1:2", term=3)
+        s = ln._session = _Session(1)
+        # The last 12 frames as one commit group the listener queued while the peer
+        # was still reading the WAL from LSN 1.
+        ln.offer(GroupAppend(lsns[4][0], lsns[-1][1], b"".join(raws[4:]), 1.0, (3, "a", "x", 0)))
+        stream = _Stream()
+
+        async def run() -> None:
+            task = asyncio.ensure_future(ln._send(stream, m, s))
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if s.next_lsn > m.last_lsn:
+                    break
+            m.put(b"after", b"v")  # and what comes after it is sent too
+            tail = frames[-1]
+            ln.offer(GroupAppend(*record.frame_span(tail), bytes(tail), 2.0, (3, "a", "x", 0)))
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if s.next_lsn > m.last_lsn:
+                    break
+            task.cancel()
+
+        asyncio.run(run())
+        got = [lsn for first, last in stream.sent for lsn in range(first, last + 1)]
+        assert got == list(range(1, m.last_lsn + 1))
