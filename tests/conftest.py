@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Daemon logs: recorded per test, checked for errors at the end of the run.
+pytest_plugins = ["tests.daemon_logs"]
+
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:

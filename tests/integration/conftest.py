@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.server.procs import free_port
 
+from .. import daemon_logs
 from . import netns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,6 +48,9 @@ class Daemon:
         self.log_path = os.path.join(os.path.dirname(data_dir), f"daemon-{time.monotonic_ns()}.log")
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> Daemon:
+        # a file of the run's, recorded with this test: the run fails on an error in it that
+        # the test did not declare (tests/daemon_logs.py)
+        self.log_path = str(daemon_logs.log_file() or self.log_path)
         self._log = open(self.log_path, "wb")
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(

@@ -14,11 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from strata_client import Client
 
+from .. import daemon_logs
 from .conftest import ROOT, Daemon
 from .test_replication import Cluster
 
@@ -38,8 +40,12 @@ def strata(*args: str, env: dict | None = None, timeout: float = 60,
            **kw) -> subprocess.CompletedProcess:
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.run([*_strata(), *args], text=True, cwd=ROOT,
-                          env=dict(ENV, **(env or {})), timeout=timeout, **kw)
+    r = subprocess.run([*_strata(), *args], text=True, cwd=ROOT,
+                       env=dict(ENV, **(env or {})), timeout=timeout, **kw)
+    if args[:1] == ("serve",) and isinstance(r.stderr, str):
+        # a daemon's log like any other: checked for errors at the end of the run
+        (daemon_logs.log_file("serve") or Path(os.devnull)).write_text(r.stderr)
+    return r
 
 
 def test_version():
@@ -145,6 +151,8 @@ def test_checkpoint_checkpoints_and_compact(daemon):
 
 
 @pytest.mark.parametrize("setting", ["grpc_listen", "metrics_listen"])
+@pytest.mark.expect_log_errors(r'"msg": "startup failed: cannot listen on 127\.0\.0\.1:\d+ \('
+                               r'(grpc|metrics)_listen, from STRATA_')
 def test_a_taken_port_is_one_line_naming_address_and_setting(tmp_path, setting):
     d = Daemon(str(tmp_path / "data"))
     holder = socket.socket()
