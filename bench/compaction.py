@@ -67,12 +67,20 @@ def _run(name: str, open_db, n: int, seconds: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench compaction")
-    ap.add_argument("--n", type=int, default=300_000)
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--n", type=int, default=None, help="keys (default 300,000; quick 30,000)")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="length of each measure (default 3; quick 0.5)")
+    ap.add_argument("--quick", action="store_true", help="a small run, in seconds")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dir", default=None, help="where the data directories go, made if "
+                    "missing (default: $STRATA_BENCH_DIR, else the system's temp dir)")
     args = ap.parse_args(argv)
-    root = tempfile.mkdtemp(prefix="strata-bench-compaction-",
-                            dir=os.environ.get("STRATA_BENCH_DIR") or None)
+    args.n = args.n or (30_000 if args.quick else 300_000)
+    args.seconds = args.seconds or (0.5 if args.quick else 3.0)
+    top = args.dir or os.environ.get("STRATA_BENCH_DIR") or None
+    if top:
+        os.makedirs(top, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="strata-bench-compaction-", dir=top)
     results = []
     try:
         from strata.storage import Engine

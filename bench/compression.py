@@ -281,11 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", default=None, help="write compression.md/.json here")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("--dir", default=None, help="where the data directories go, made if "
+                    "missing (default: $STRATA_BENCH_DIR, else the system's temp dir)")
     a = ap.parse_args(argv)
     n = a.n or (30_000 if a.quick else 300_000)
     reads = a.reads or (10_000 if a.quick else 100_000)
-    root = tempfile.mkdtemp(prefix="strata-bench-compression-",
-                            dir=os.environ.get("STRATA_BENCH_DIR") or None)
+    top = a.dir or os.environ.get("STRATA_BENCH_DIR") or None
+    if top:
+        os.makedirs(top, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="strata-bench-compression-", dir=top)
     try:
         doc = run(n, reads, root, not a.quiet and not a.json)
     finally:

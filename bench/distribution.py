@@ -890,13 +890,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--docs", default=None, help="write the page into this directory")
     ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--dir", default=None, help="where the data directories go (default: /tmp)")
+    ap.add_argument("--dir", default=None,
+                    help="where the data directories go, made if missing (default: /tmp)")
     ap.add_argument("--only", choices=("all", "stalled", "ring"), default="all",
                     help="stalled: only the puts with and without stalled subscribers; "
                          "ring: only the same-host rows (rings, multiprocessing.Queue, pyzmq)")
     ap.add_argument("--stalled", type=int, default=500,
                     help="stalled subscribers in that row (default 500)")
     args = ap.parse_args(argv)
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
     res = run(args)
     page = res
     if args.only in ("stalled", "ring"):

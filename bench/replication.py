@@ -555,8 +555,8 @@ def _profile(args, c: StrataCluster, master: str, name: str, seconds: float) -> 
 
 def run(args) -> dict:
     root = tempfile.mkdtemp(prefix="strata-bench-repl-", dir=args.dir)
-    seconds = 2.0 if args.quick else args.seconds
-    trials = 3 if args.quick else args.trials
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    trials = args.trials or (3 if args.quick else 10)
     res: dict[str, Any] = {"machine": report.machine_info(root, ["grpcio", "strata"]),
                            "seconds": seconds, "trials": trials, "throughput": {}, "lag_ms": {},
                            "lag_half_ms": {}, "failover_s": {}, "handover_s": {},
@@ -762,13 +762,15 @@ def draw_chart(res: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench replication", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2 s loads, 3 failover trials")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 s loads, 3 failover trials (unless --seconds, --trials say)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--docs", default=None, help="write the page into this directory")
     ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--seconds", type=float, default=5.0, help="length of each load")
-    ap.add_argument("--trials", type=int, default=10, help="failover trials per system")
-    ap.add_argument("--dir", default=None, help="where the data directories go (default: /tmp)")
+    ap.add_argument("--seconds", type=float, default=None, help="length of each load (5)")
+    ap.add_argument("--trials", type=int, default=None, help="failover trials per system (10)")
+    ap.add_argument("--dir", default=None,
+                    help="where the data directories go, made if missing (default: /tmp)")
     ap.add_argument("--no-failover", action="store_true",
                     help="loads only: no failover or hand-over trials (writes no docs)")
     ap.add_argument("--profile", default=None, metavar="DIR",
@@ -777,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.no_failover:
         args.no_docs = True
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
     res = run(args)
     report.publish(res, args, "replication", lambda r: r, render_text,
                    lambda r, d: report.write_page(d, "replication", r, draw_chart,
