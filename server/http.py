@@ -42,6 +42,7 @@ import json
 import logging
 import select
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -238,6 +239,15 @@ class StatusServer:
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
             daemon_threads = True  # an event stream's thread must not hold up the exit
+
+            def handle_error(self, request, client_address) -> None:
+                # socketserver prints the traceback to stderr; a client that went away
+                # (reset, broken pipe) is normal use, anything else is logged with its cause
+                exc = sys.exc_info()[1]
+                if isinstance(exc, ConnectionError):
+                    log.debug("%s: %s", client_address[0], exc)
+                else:
+                    log.error("HTTP request from %s failed", client_address[0], exc_info=True)
 
         srv = Server((host, int(port)), Handler)  # OSError: the daemon names the address
         self._server = srv
