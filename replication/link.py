@@ -234,12 +234,16 @@ class PeerLink:
                 attempt = 0 if again else attempt + 1
             except asyncio.CancelledError:
                 raise
-            except grpc.RpcError as e:
+            except (grpc.RpcError, TimeoutError, asyncio.InvalidStateError) as e:
+                # The peer is unreachable or went away (a partition, a restart: no hello in
+                # time, or the stream finished under a write): normal in a cluster, said
+                # now and then, not logged as an error with a traceback at every retry.
                 attempt += 1
                 if attempt in (1, 10) or attempt % 100 == 0:
                     log.info("replica %s at %s: %s (%s)", self.peer, self.address,
-                             e.code().name if hasattr(e, "code") else "error",
-                             e.details() if hasattr(e, "details") else e)
+                             e.code().name if hasattr(e, "code") else type(e).__name__,
+                             e.details() if hasattr(e, "details") else
+                             str(e) or "no answer in time")
             except Exception:
                 attempt += 1
                 log.exception("replication to %s failed", self.peer)
