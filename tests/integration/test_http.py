@@ -232,6 +232,8 @@ def test_the_tail_stops_while_no_one_watches_and_says_so_when_it_starts_again(da
         assert first["type"] == "gap" and "no one watched" in first["reason"]
 
 
+@pytest.mark.expect_log_errors(r'"msg": "startup failed: cannot listen on 127\.0\.0\.1:\d+ '
+                               r'\(metrics_listen, from flag --metrics-listen\)')
 def test_event_streams_are_capped_and_a_taken_port_is_named(daemon, daemon_factory):
     streams = [EventStream(daemon.metrics) for _ in range(MAX_EVENT_STREAMS)]
     try:

@@ -240,6 +240,8 @@ def test_healthcheck_command_speaks_tls_when_the_daemon_does(daemon_factory, tls
     assert r.returncode == 1 and "unhealthy" in r.stderr
 
 
+@pytest.mark.expect_log_errors(r'"msg": "(writes stopped, health NOT_SERVING: )?WAL write failed in '
+                               r'\S+: \[Errno 28\] No space left on device; writes stopped')
 def test_full_disk_is_reported_and_writes_resume_when_space_is_freed(tmpfs, daemon_factory):
     """A failed engine stayed hidden (health SERVING, no status field, INTERNAL for every
     write, no recovery without a restart). On a real 32 MiB tmpfs: fill it, see the
