@@ -110,6 +110,8 @@ def test_a_ring_left_by_a_killed_daemon_is_replaced(daemon_factory, ring_name):
     assert not os.path.exists(f"/dev/shm/{ring_name}")  # a clean stop removes it
 
 
+@pytest.mark.expect_log_errors(r'"msg": "startup failed: ring \'strata-it-[\w-]+\' is written by live '
+                               r'process \d+; choose another ring name"')
 def test_a_ring_with_a_live_writer_stops_a_second_daemon(daemon_factory, ring_name, tmp_path):
     daemon_factory(args=["--rings", f"{ring_name}:1MiB"])
     d2 = daemon_factory(args=["--rings", f"{ring_name}:1MiB"], data_dir=str(tmp_path / "other"),
