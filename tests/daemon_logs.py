@@ -60,6 +60,13 @@ def log_file(name: str = "daemon") -> Path | None:
     return path
 
 
+def record(path: Path) -> None:
+    """Record the log of a daemon that picked its own file (a bench's), for the running test."""
+    if _current is not None:
+        expected = tuple(p for m in _current.iter_markers(MARKER) for p in m.args)
+        _recorded.append(Recorded(_current.nodeid, Path(path), expected))
+
+
 def errors_in(text: str) -> list[str]:
     """The error lines of a log, a plain traceback (with its frames and exception line) as
     one entry."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench import distribution as d
+from tests import daemon_logs
 
 
 def test_ring_and_queue_harness():
@@ -23,3 +24,7 @@ def test_websocket_tier_harness_delivers_every_event(tmp_path, tier):
     assert r["complete"] and r["events_per_s"] > 0
     paced = d.bench_strata_ws(str(tmp_path), tier, 1, 300, 2000)
     assert paced["complete"] and paced["latency_ms"]["p50"] is not None
+    logs = sorted(tmp_path.glob("*/log"))  # each daemon's (bench/distribution.py, Strata)
+    assert len(logs) == 2
+    for log in logs:
+        daemon_logs.record(log)
