@@ -54,6 +54,9 @@ NODE = "node"    # one node's own operation: checkpoint, compaction
 # Any other UNAVAILABLE was answered by the server, whose contract is that a write it
 # may have done says so (trailer strata-outcome: unknown). Words that may also be the
 # server's own ("shutting down") only make the client more careful, never less.
+# A retry is not started with less time than this left: it could hardly be answered,
+# and its deadline passing would leave a write's outcome unknown for nothing.
+MIN_ATTEMPT_S = 0.01
 _NOT_SENT = ("failed to connect", "connection refused", "connections to all backends failing")
 _BROKEN = ("socket", "stream removed", "connection reset", "connection closed", "broken pipe",
            "goaway", "cancelling all calls", "shut", "closed", "destroyed", "disconnected",
@@ -146,7 +149,7 @@ class Attempts:
                 raise self._end(e) from None
             return self.target, self.timeout
         left = self.until - time.monotonic()
-        if left <= 0:
+        if left <= 0 or (self.last is not None and left < MIN_ATTEMPT_S):
             raise self._end(self.last or errors.DeadlineExceeded("deadline exceeded"))
         if not breaker.allow():
             # Steer to a node whose circuit lets calls through; with none, try this one
