@@ -27,13 +27,18 @@ LSN order), so each key's chain is oldest first.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator
+from operator import itemgetter
 
 from sortedcontainers import SortedList
 
 # Per-entry bookkeeping on top of key and value bytes (dict slot, tuple, int,
 # index entry): ~90 bytes measured with tracemalloc on 100k entries.
 ENTRY_OVERHEAD = 90
+
+_neg = itemgetter(0)
+_value = itemgetter(1)
 
 
 class MemTable:
@@ -140,6 +145,61 @@ class MemTable:
             inclusive = False
             if len(keys) < chunk:
                 return
+
+    def columns(self, start: bytes | None = None, end: bytes | None = None,
+                first: int = 64, most: int = 2048
+                ) -> Iterator[tuple[list, list, list, bool]]:
+        """Yield the entries with start <= key < end in internal order as (keys, -lsns,
+        values, unique) chunks, as TableReader.chunks_from does (never empty, never
+        splitting a key's versions; unique: no key twice), of `first` keys, then twice as
+        many each time up to `most`.
+
+        Safe against a concurrent `add`, as `entries` is. A chunk whose keys each hold
+        one version is built by a few C calls, not a loop per entry.
+        """
+        d = self._d
+        pos: bytes | None = start
+        inclusive = True
+        chunk = first
+        while True:
+            with self.lock:
+                idx = self._index()
+                if pos is None:
+                    i = 0
+                elif inclusive:
+                    i = idx.bisect_left(pos)
+                else:
+                    i = idx.bisect_right(pos)
+                keys = idx[i : i + chunk]
+            full = len(keys) == chunk
+            if keys and end is not None and keys[-1] >= end:
+                keys = keys[: bisect_left(keys, end)]
+                full = False
+            if not keys:
+                return
+            es = list(map(d.__getitem__, keys))
+            if set(map(type, es)) == {tuple}:
+                yield keys, list(map(_neg, es)), list(map(_value, es)), True
+            else:
+                ks: list = []
+                negs: list = []
+                values: list = []
+                for key, e in zip(keys, es):
+                    if type(e) is tuple:
+                        ks.append(key)
+                        negs.append(e[0])
+                        values.append(e[1])
+                    else:
+                        for neg, value in reversed(e[:]):
+                            ks.append(key)
+                            negs.append(neg)
+                            values.append(value)
+                yield ks, negs, values, len(ks) == len(keys)
+            if not full:
+                return
+            pos = keys[-1]
+            inclusive = False
+            chunk = min(chunk * 2, most)
 
     def raw_items(self) -> list[tuple[bytes, tuple | list]]:
         """[(key, one (-lsn, value) pair or a list of them oldest first)], unsorted: the

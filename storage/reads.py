@@ -9,8 +9,9 @@ and the read LSN together (`_read_point`) and then needs no lock. A part of
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Generator, Iterator
+from itertools import chain, compress, repeat
+from operator import is_not
 from typing import TYPE_CHECKING
 
 from . import sstable
@@ -65,6 +66,27 @@ def read_plan(version: Version, readers: dict[int, sstable.TableReader]) -> tupl
                    for n, files in enumerate(deep))
     return l0, deeper
 
+
+
+class ScanIterator(chain):
+    """What `scan` returns: an iterator of (key, value) with `close()`.
+
+    A chain over the zip()s of the chunks a scan merges: each item comes from C, where
+    a generator yielding them one by one cost ~40 ns an item more (bench/engine: scan).
+    The generator of chunks pins the scan's files; close() (or exhaustion, or garbage
+    collection of the iterator) releases them.
+    """
+
+    _chunks: Generator
+
+    @classmethod
+    def over(cls, chunks: Generator) -> ScanIterator:
+        it = cls.from_iterable(chunks)
+        it._chunks = chunks
+        return it
+
+    def close(self) -> None:
+        self._chunks.close()
 
 
 class ReadPath:
@@ -146,26 +168,36 @@ class ReadPath:
             if b is not None and type(b) is not bytes:
                 raise InvalidArgument(f"scan {what} must be bytes or None")
         if snapshot is not None:
-            return self._scan(snapshot.lsn, start, end, self._sv)
+            return ScanIterator.over(self._scan(snapshot.lsn, start, end, self._sv))
         sv, snap = self._read_point()
-        return self._scan(snap, start, end, sv)
+        return ScanIterator.over(self._scan(snap, start, end, sv))
 
-    def _scan(self, snap, start, end, sv) -> Iterator[tuple[bytes, bytes]]:
+    def _scan(self, snap, start, end, sv) -> Iterator[Iterator[tuple[bytes, bytes]]]:
+        """zip()s of (key, value) in key order: a scan's items, a chunk at a time."""
         mem, imms, version, readers, _ = sv
         self.versions.ref(version)
         try:
-            sources: list[Iterable] = [mem.entries(start, end)]
-            sources += [imm.entries(start, end) for imm in reversed(imms)]
+            # Newest first: for any key, a source holds only versions newer than those
+            # of the sources after it (the order _lookup relies on too).
+            sources: list[Iterator] = [mem.columns(start, end)]
+            may_delete = [True]
+            for imm in reversed(imms):
+                sources.append(imm.columns(start, end))
+                may_delete.append(True)
             lo, hi = start or b"", end
             for f in version.levels[0]:
                 if (hi is None or f.smallest < hi) and f.largest >= lo:
-                    sources.append(readers[f.number].entries_from(start, end))
+                    r = readers[f.number]
+                    sources.append(r.chunks_from(start, end, snap))
+                    may_delete.append(r.tombstones != 0)
             for lvl in range(1, NUM_LEVELS):
-                chosen = [f for f in version.levels[lvl]
+                chosen = [readers[f.number] for f in version.levels[lvl]
                           if f.largest >= lo and (hi is None or f.smallest < hi)]
                 if chosen:
-                    sources.append(_chain([readers[f.number] for f in chosen], start, end))
-            yield from visible(sources, snap)
+                    sources.append(_chain(chosen, start, end, snap))
+                    may_delete.append(any(r.tombstones != 0 for r in chosen))
+            for keys, values in visible_columns(sources, may_delete, snap):
+                yield zip(keys, values)
         finally:
             self.versions.unref(version)
 
@@ -186,59 +218,116 @@ class ReadPath:
 
 
 
-def _chain(readers: list[sstable.TableReader], start, end) -> Iterator:
+def _chain(readers: list[sstable.TableReader], start, end, snap) -> Iterator:
     for i, r in enumerate(readers):
-        yield from r.entries_from(start if i == 0 else None, end)
+        yield from r.chunks_from(start if i == 0 else None, end, snap)
 
 
-SCAN_CHUNK = 256  # entries taken from each source at a time by a scan's merge
-
-
-def merged_chunks(sources: list[Iterable]) -> Iterator[list[tuple]]:
-    """Lists of (key, -lsn, value) in internal order, merged from sorted sources a chunk at
-    a time: each round takes what every source holds up to the smallest of their chunks'
-    last entries and sorts it in C (timsort merges the runs). heapq.merge's Python loop
-    per entry made a scan over a few sources half as fast (bench/engine: scan).
-    REQUIRES: no entry (key, lsn) in two sources (a read view never holds one twice)."""
-    its = [iter(src) for src in sources]
-    bufs = [list(islice(it, SCAN_CHUNK)) for it in its]
-    live = [i for i, b in enumerate(bufs) if b]
-    while live:
-        bound = min(bufs[i][-1] for i in live)
-        out: list[tuple] = []
-        still = []
-        for i in live:
-            b = bufs[i]
-            if b[-1] <= bound:
-                out += b
-                b = bufs[i] = list(islice(its[i], SCAN_CHUNK))
-            else:
-                j = bisect_right(b, bound)
-                out += b[:j]
-                del b[:j]
-            if b:
-                still.append(i)
-        live = still
-        out.sort()
-        yield out
-
-
-def visible(sources: list[Iterable], snap: int) -> Iterator[tuple[bytes, bytes]]:
-    """Merge sources of (key, -lsn, value) and yield each key's value at `snap`."""
+def _resolve(chunk: tuple, neg_snap: int) -> tuple[list, list]:
+    """(keys, values) of a chunk (keys, -lsns, values, unique) of one source at the
+    snapshot: per key its newest version visible at it (None for a tombstone, kept to
+    shadow older sources); keys with no version visible left out, so that older
+    sources show through. A few C calls when every entry is visible and no key is there
+    twice (the common case), a Python loop per entry otherwise."""
+    keys, negs, values, unique = chunk
+    if negs is None or (unique and min(negs) >= neg_snap):
+        return keys, values
+    ks: list = []
+    vs: list = []
     last = None
+    for k, neg, v in zip(keys, negs, values):
+        if neg < neg_snap or k == last:
+            continue
+        last = k
+        ks.append(k)
+        vs.append(v)
+    return ks, vs
+
+
+def visible_columns(sources: list[Iterator], may_delete: list[bool], snap: int
+                    ) -> Iterator[tuple[list, list]]:
+    """Merge chunk sources (TableReader.chunks_from's shape), newest first, into (keys,
+    values) lists: in key order, each key once with its value at `snap`, no tombstones.
+
+    REQUIRES: for any key, every version in a source is newer than every version in the
+    sources after it (an LSM read view's order); may_delete[i]: source i may hold
+    tombstones.
+
+    A round takes from every source what it holds up to the smallest of their chunks'
+    last keys (chunks never split a key's versions, so a key is decided in one round).
+    When a single source has entries below that bound (a run: the usual case for the
+    deepest level below a few small L0 files), its lists go out as slices; otherwise a
+    dict, filled oldest source first so that a newer version replaces an older one,
+    is sorted in C (timsort merges the sources' runs). Once one source is left, its
+    chunks go out as they come. A per-entry Python loop here (heap or sorted tuples, then
+    a filter) cost more than decoding the blocks (bench/engine: scan).
+    """
     neg_snap = -snap
-    if len(sources) == 1:
-        for k, neg, v in sources[0]:
-            if neg < neg_snap or k == last:
+    live: list[list] = []  # [keys, values, pos, source, may_delete], newest first
+    for it, deletes in zip(sources, may_delete):
+        for chunk in it:
+            keys, values = _resolve(chunk, neg_snap)
+            if keys:
+                live.append([keys, values, 0, it, deletes])
+                break
+    while live:
+        if len(live) == 1:
+            keys, values, pos, it, deletes = live[0]
+            while True:
+                if pos:
+                    keys = keys[pos:]
+                    values = values[pos:]
+                    pos = 0
+                if deletes and None in values:
+                    keys, values = _without_tombstones(keys, values)
+                if keys:
+                    yield keys, values
+                for chunk in it:
+                    keys, values = _resolve(chunk, neg_snap)
+                    if keys:
+                        break
+                else:
+                    return
+        bound = min([st[0][-1] for st in live])
+        pieces = []
+        for st in live:
+            keys = st[0]
+            pos = st[2]
+            j = len(keys) if keys[-1] <= bound else bisect_right(keys, bound, pos)
+            if j > pos:
+                pieces.append((st, pos, j))
+                st[2] = j
+        if len(pieces) == 1:
+            st, pos, j = pieces[0]
+            keys = st[0][pos:j] if pos or j < len(st[0]) else st[0]
+            values = st[1][pos:j] if pos or j < len(st[1]) else st[1]
+            deletes = st[4]
+        else:
+            merged: dict = {}
+            deletes = False
+            for st, pos, j in reversed(pieces):  # oldest first: newer versions replace
+                merged.update(zip(st[0][pos:j], st[1][pos:j]))
+                deletes = deletes or st[4]
+            keys = sorted(merged)
+            values = list(map(merged.__getitem__, keys))
+        if deletes and None in values:
+            keys, values = _without_tombstones(keys, values)
+        if keys:
+            yield keys, values
+        still = []
+        for st in live:
+            if st[2] < len(st[0]):
+                still.append(st)
                 continue
-            last = k
-            if v is not None:
-                yield k, v
-        return
-    for chunk in merged_chunks(sources):
-        for k, neg, v in chunk:
-            if neg < neg_snap or k == last:
-                continue
-            last = k
-            if v is not None:
-                yield k, v
+            for chunk in st[3]:
+                keys, values = _resolve(chunk, neg_snap)
+                if keys:
+                    st[0], st[1], st[2] = keys, values, 0
+                    still.append(st)
+                    break
+        live = still
+
+
+def _without_tombstones(keys: list, values: list) -> tuple[list, list]:
+    live = list(map(is_not, values, repeat(None)))
+    return list(compress(keys, live)), list(compress(values, live))

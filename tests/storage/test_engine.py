@@ -554,37 +554,64 @@ def test_compression_per_level_and_a_codec_change_between_opens(path):
         assert sum(1 for _ in db.scan()) == 9000
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3, 256])
-def test_a_scan_merges_its_sources_chunk_by_chunk_in_internal_order(monkeypatch, chunk):
-    """merged_chunks against sorted(): sources of every length, keys shared between
-    sources with distinct LSNs, tombstones, chunks smaller than a key's versions."""
+def _chunked(entries: list[tuple], rnd, snap: int) -> list[tuple]:
+    """entries (internal order) cut into chunks of random sizes that never split a key's
+    versions, in the shape TableReader.chunks_from yields, -lsns left out where allowed."""
+    out, i = [], 0
+    while i < len(entries):
+        j = min(len(entries), i + rnd.choice([1, 2, 3, 7, 50]))
+        while j < len(entries) and entries[j][0] == entries[j - 1][0]:
+            j += 1
+        part = entries[i:j]
+        keys = [k for k, _, _ in part]
+        unique = len(set(keys)) == len(keys)
+        visible = all(-neg <= snap for _, neg, _ in part)
+        negs = None if unique and visible and rnd.random() < 0.5 else [n for _, n, _ in part]
+        out.append((keys, negs, [v for _, _, v in part], unique))
+        i = j
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_scan_merges_chunked_sources_at_a_snapshot_as_a_model_does(seed):
+    """visible_columns against a model: sources newest first (a key's versions in a source
+    newer than in the ones after it), keys in several sources, several versions of a key
+    in one source, tombstones shadowing older sources, snapshots falling inside a
+    source's LSNs, runs from one source next to interleaved keys, empty sources."""
     import random
 
     from strata.storage import reads
 
-    monkeypatch.setattr(reads, "SCAN_CHUNK", chunk)
-    rnd = random.Random(chunk)
-    for _ in range(30):
-        lsns = iter(rnd.sample(range(1, 10_000), 2000))
+    rnd = random.Random(seed)
+    for _ in range(40):
+        nsrc = rnd.randint(1, 5)
         sources = []
-        for _ in range(rnd.randint(2, 6)):
+        lsn = 100_000
+        for _ in range(nsrc):  # newest first: each source's LSNs below the previous one's
             n = rnd.choice([0, 1, 5, 40, 300])
-            entries = {(b"k%03d" % rnd.randrange(120), -next(lsns)) for _ in range(n)}
-            sources.append(sorted((k, neg, None if rnd.random() < 0.2 else b"v%d" % -neg)
-                                  for k, neg in entries))
-        expected = sorted(e for src in sources for e in src)
-        chunks = list(reads.merged_chunks([iter(s) for s in sources]))
-        assert [e for c in chunks for e in c] == expected
-        assert all(chunks)
-        # and what a scan yields at a snapshot: the newest version <= snap, no tombstones
-        snap = rnd.randrange(1, 10_000)
-        want, seen = [], set()
-        for k, neg, v in expected:
-            if -neg <= snap and k not in seen:
-                seen.add(k)
-                if v is not None:
-                    want.append((k, v))
-        assert list(reads.visible([iter(s) for s in sources], snap)) == want
+            width = rnd.choice([30, 120, 400])
+            base = rnd.randrange(0, 400)  # a run of keys of its own, or overlapping others
+            entries = []
+            for _ in range(n):
+                lsn -= 1
+                entries.append((b"k%04d" % (base + rnd.randrange(width)), -lsn,
+                                None if rnd.random() < 0.2 else b"v%d" % lsn))
+            sources.append(sorted(entries))
+        snap = rnd.choice([100_000, lsn + rnd.randrange(0, 100_001 - lsn), lsn - 1])
+        want: dict[bytes, bytes | None] = {}
+        for src in reversed(sources):  # oldest first: the newest visible version wins
+            seen = set()
+            for k, neg, v in src:
+                if -neg <= snap and k not in seen:
+                    seen.add(k)
+                    want[k] = v
+        want_items = sorted((k, v) for k, v in want.items() if v is not None)
+        chunks = [iter(_chunked(src, rnd, snap)) for src in sources]
+        may_delete = [any(v is None for _, _, v in src) or rnd.random() < 0.5
+                      for src in sources]
+        got = [(k, v) for keys, values in reads.visible_columns(chunks, may_delete, snap)
+               for k, v in zip(keys, values)]
+        assert got == want_items
 
 
 # ---------------------------------------------------------------------- request ids
