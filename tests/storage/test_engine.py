@@ -609,8 +609,7 @@ def test_a_scan_merges_chunked_sources_at_a_snapshot_as_a_model_does(seed):
         chunks = [iter(_chunked(src, rnd, snap)) for src in sources]
         may_delete = [any(v is None for _, _, v in src) or rnd.random() < 0.5
                       for src in sources]
-        got = [(k, v) for keys, values in reads.visible_columns(chunks, may_delete, snap)
-               for k, v in zip(keys, values)]
+        got = [kv for part in reads.visible_columns(chunks, may_delete, snap) for kv in part]
         assert got == want_items
 
 
