@@ -15,7 +15,8 @@ Two differences, both for CPython's sake:
 
 - The shared prefix is the group's, not the previous key's: `shared` bytes of
   the group's first key begin every key of the group (the common prefix of its
-  first and last keys, as they are sorted). A key then depends on the group's
+  first and last keys, as they are sorted; or 0 in every group of a block where
+  prefixes would save little, see `encode`). A key then depends on the group's
   first key only, so a whole group decodes with one msgpack call and one
   `map`, in C; LevelDB's chain of deltas needs a Python loop per entry (~0.4 us
   each here), which would make scans and compactions several times slower.
@@ -71,26 +72,42 @@ def encode(entries: list[tuple], lo: int, hi: int, interval: int = RESTART_INTER
 
     REQUIRES: lo < hi, and entries[lo:hi] does not split the versions of a key
     from versions outside it.
+
+    Keys are stored whole (shared 0 in every group) unless the groups' shared prefixes
+    save an eighth of the block's key and value bytes (LevelDB's rule for compression):
+    a scan builds no key of such a block (decoding its keys is a third of a scanned
+    item's cost with prefixes, bench/engine: scan), and a few bytes a key are all it
+    costs. Where keys share long prefixes beside small values, prefixes are kept.
     """
+    bounds: list[tuple[int, int, int]] = []  # (start, end, shared) per group
+    saved = 0
+    s = lo
+    while s < hi:
+        e = min(s + interval, hi)
+        while e < hi and entries[e][0] == entries[e - 1][0]:
+            e += 1
+        p = _shared(entries[s][0], entries[e - 1][0])
+        bounds.append((s, e, p))
+        saved += p * (e - s)
+        s = e
+    part = entries[lo:hi]
+    size = sum(map(len, map(_key, part))) + sum(map(len, filter(None, map(_value, part))))
+    if saved * 8 < size:
+        bounds = [(s, e, 0) for s, e, _ in bounds]
     groups: list[bytes] = []
     restarts: list = []
     off = 0
-    n = hi
-    s = lo
-    while s < n:
-        e = min(s + interval, n)
-        while e < n and entries[e][0] == entries[e - 1][0]:
-            e += 1
+    for s, e, p in bounds:
         part = entries[s:e]
-        first = part[0][0]
-        p = _shared(first, part[-1][0])
-        cut = itemgetter(slice(p, None))
-        packed = _packb([p, *chain.from_iterable(
-            zip(map(cut, map(_key, part)), map(_neg, part), map(_value, part)))])
-        restarts += (first, off)
+        if p:
+            cut = itemgetter(slice(p, None))
+            keys = map(cut, map(_key, part))
+        else:
+            keys = map(_key, part)
+        packed = _packb([p, *chain.from_iterable(zip(keys, map(_neg, part), map(_value, part)))])
+        restarts += (part[0][0], off)
         groups.append(packed)
         off += len(packed)
-        s = e
     groups.append(_packb(restarts))
     groups.append(TAIL.pack(off))
     return b"".join(groups)

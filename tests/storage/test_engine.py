@@ -82,6 +82,63 @@ def test_scan_bounds_order_and_tombstones(path):
         assert len(keys) == 1000 - 200
 
 
+def test_scans_across_memtable_l0_and_l1_at_snapshots_match_a_model(path):
+    """A scan's merge at its edges: L1 below two L0 files and a memtable, overwrites of the
+    same keys in every source (each newer), deletes in L0 and in the memtable shadowing
+    older values, runs of keys found in one source only, a key with two versions in the
+    memtable, and snapshots taken between the writes of each source; bounds that fall
+    inside runs, on keys and between them; blocks of a few entries."""
+    opts = small(l0_compaction_trigger=8, l0_slowdown_trigger=20, l0_stop_trigger=24,
+                 block_size=256)
+    with Engine.open(path, **opts) as db:
+        model: dict[bytes, bytes] = {}
+        seen = []  # (snapshot, what it sees)
+
+        def put(i, v):
+            db.put(k(i), v)
+            model[k(i)] = v
+
+        def delete(i):
+            db.delete(k(i))
+            model.pop(k(i), None)
+
+        for i in range(0, 2000, 2):
+            put(i, b"a%d" % i)
+        db.compact_all()
+        seen.append((db.snapshot(), dict(model)))
+        for i in range(0, 2000, 3):  # L0, interleaved with L1's keys
+            put(i, b"b%d" % i)
+        for i in range(0, 2000, 14):
+            delete(i)
+        db.flush()
+        seen.append((db.snapshot(), dict(model)))
+        for i in range(700, 900):  # L0: a run of its own, deleting some of the above
+            put(i, b"c%d" % i) if i % 4 else delete(i)
+        db.flush()
+        for i in range(100, 140):  # memtable: a run, a snapshot in the middle of it
+            put(i, b"d%d" % i)
+            if i == 120:
+                seen.append((db.snapshot(), dict(model)))
+        for i in range(110, 130, 5):  # a second version of some keys in the memtable
+            put(i, b"e%d" % i)
+        delete(131)
+        delete(1501)  # never written: a tombstone shadowing nothing
+        seen.append((None, dict(model)))
+        assert len(db.versions.current.levels[0]) >= 2 and db.versions.current.levels[1]
+        bounds = [None, k(0), k(99), k(100), k(121), k(131), k(700), k(701), k(899),
+                  k(1500), k(1999), k(5000)]
+        for snap, want in seen:
+            for start in bounds:
+                for end in bounds:
+                    expected = sorted((kk, v) for kk, v in want.items()
+                                      if (start is None or kk >= start)
+                                      and (end is None or kk < end))
+                    got = list(db.scan(start, end, snapshot=snap))
+                    assert got == expected, (snap, start, end)
+            if snap is not None:
+                snap.release()
+
+
 def test_write_batch_is_atomic_and_ordered(path):
     with Engine.open(path) as db:
         db.put(b"b", b"old")

@@ -696,6 +696,27 @@ def test_restart_groups_share_prefixes_and_never_split_a_key(fs):
         assert a[-1][0] != b[0][0], "a key's versions split across groups"
 
 
+def test_keys_are_stored_whole_unless_prefixes_save_an_eighth_of_the_block(fs):
+    """16-byte keys beside 100-byte values (prefixes would save ~8 %): every group has
+    shared 0 and its keys whole; long shared prefixes beside small values keep them.
+    Both read back the same (docs/format.md, "Data block")."""
+    for key_fmt, value, whole in ((b"%016d", b"v" * 100, True),
+                                  (b"tenant-0001/user/%08d", b"v", False)):
+        entries = sorted((key_fmt % (i * 7), -(i + 1), value) for i in range(200))
+        path, _ = build_one(fs, entries, block_size=4096, restart_interval=8)
+        blocks, _ = parse_table(fs.read_bytes(path))
+        data = fs.read_bytes(path)
+        shared = [sh for _, off, size, _ in blocks
+                  for _, sh, _ in decode_block(data[off:off + size])]
+        assert (set(shared) == {0}) == whole, shared
+        r = reopen(fs, path)
+        assert r.all_entries() == entries
+        assert list(r.entries_from(entries[50][0], entries[150][0])) == entries[50:150]
+        for key, neg, v in entries[::13]:
+            assert r.get(key, 1 << 62) == (neg, v)
+        fs.remove(path)
+
+
 def _rewrite_block(fs, path, off, size, contents: bytes) -> None:
     """Replace data block (off, size) with `contents`, uncompressed, with a valid CRC, and
     the index entry's size with the new one (the block must keep its length)."""
