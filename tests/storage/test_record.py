@@ -535,3 +535,15 @@ def test_a_frames_commit_time_travels_with_it():
         dam[i] ^= 0x01
         with pytest.raises(BadFrame, match="checksum"):
             list(iter_frames(dam, 0))
+
+
+def test_next_valid_frame_finds_frames_with_a_commit_time():
+    """Recovery's search after damage finds version-4 frames (TS_FLAG, with or without
+    the sync-point flag) as it finds the others."""
+    f1 = record.encode_frame_now(10, 3, record.TYPE_PUT, b"\x92\xa1a\xa1b")
+    f2 = record.mark_sync(record.encode_frame_now(11, 3, record.TYPE_DELETE, b"\xa1a"))
+    buf = b"\x5a" * 37 + f1 + f2
+    m = marker(3)
+    assert next_valid_frame(buf, 0, m) == 37
+    assert next_valid_frame(buf, 38, m) == 37 + len(f1)
+    assert next_valid_frame(buf, 37 + len(f1) + 1, m) is None
