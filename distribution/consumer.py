@@ -83,9 +83,9 @@ class Shared:
 
     __slots__ = ("ev", "ts", "size", "_j", "_m", "_jf", "_mf")
 
-    def __init__(self, ev, ts: int | None) -> None:
+    def __init__(self, ev) -> None:
         self.ev = ev
-        self.ts = ts  # Unix ms this node published it; None for an event replayed from the log
+        self.ts = ev.ts  # Unix ms the write was committed (its WAL frame's); None: unknown
         self.size = len(ev.key) + len(ev.value) + EVENT_OVERHEAD
         self._j = self._m = self._jf = self._mf = None
 

@@ -45,6 +45,9 @@ class Event(NamedTuple):
     key: bytes
     value: bytes
     deleted: bool
+    # Unix ms the write was committed (the master's wall clock, from its WAL frame,
+    # so the same live, replayed or on a replica); None for a frame without one.
+    ts: int | None = None
 
 
 class Lapped(Exception):
@@ -60,12 +63,14 @@ class Lapped(Exception):
 KV_TOPIC = "kv"
 
 
-def frame_events(lsn: int, ftype: int, payload: bytes) -> list[Event]:
-    """The events of one committed WAL frame (record.decode_ops for the key space)."""
+def frame_events(lsn: int, ftype: int, payload: bytes, ts_ns: int | None = None) -> list[Event]:
+    """The events of one committed WAL frame (record.decode_ops for the key space);
+    `ts_ns` is the frame's commit time (record.Frame.ts), the events' `ts` in ms."""
+    ts = None if ts_ns is None else ts_ns // 1_000_000
     if ftype == record.TYPE_EVENT:
         topic, k, v = record.decode_event(payload)
-        return [Event(lsn, topic.decode(errors="replace"), k, v, False)]
-    return [Event(op_lsn, KV_TOPIC, k, b"" if v is None else v, v is None)
+        return [Event(lsn, topic.decode(errors="replace"), k, v, False, ts)]
+    return [Event(op_lsn, KV_TOPIC, k, b"" if v is None else v, v is None, ts)
             for op_lsn, k, v in record.decode_ops(ftype, lsn, payload)]
 
 
@@ -170,9 +175,8 @@ class Hub:
         pending = self._pending
         subs = list(self.subs)
         groups = list(self.groups.values())
-        ts = int(time.time() * 1000)
         while True:
-            self._offer(pending, subs, groups, ts)
+            self._offer(pending, subs, groups)
             overflow = self._overflow_lsn
             if not overflow or not pending:
                 break
@@ -198,17 +202,16 @@ class Hub:
                 s.cut_off(overflow, "the server fell behind fanning out events")
             self._overflow_lsn = 0  # later frames start afresh (for new subscribers)
 
-    def _offer(self, pending: collections.deque[bytes], subs: list, groups: list[Group],
-               ts: int) -> None:
+    def _offer(self, pending: collections.deque[bytes], subs: list, groups: list[Group]) -> None:
         """Offer every frame in `pending` (taking them out) to the groups and subscribers."""
         while pending:
-            lsn, _, ftype, payload = record.parse_frame(pending.popleft())
-            events = frame_events(lsn, ftype, payload)
+            lsn, _, ftype, payload, ts = record.parse_frame_ts(pending.popleft())
+            events = frame_events(lsn, ftype, payload, ts)
             for ev in events:
                 if ev.topic == KV_TOPIC and is_reserved(ev.key):
                     continue  # consumer cursors: internal
                 self.published += 1
-                shared = Shared(ev, ts)  # each encoding made once, for every subscriber
+                shared = Shared(ev)  # each encoding made once, for every subscriber
                 for g in groups:
                     if g.wants(ev):
                         g.offer(ev, shared)
@@ -327,7 +330,7 @@ async def history(engine, from_lsn: int, upto: int, batch: int = 2000) -> AsyncI
         if not part:
             return
         for fr in part:
-            for ev in frame_events(fr.lsn, fr.type, fr.payload):
+            for ev in frame_events(fr.lsn, fr.type, fr.payload, fr.ts):
                 if ev.lsn > upto:
                     return
                 if ev.lsn >= from_lsn and not (ev.topic == KV_TOPIC and is_reserved(ev.key)):

@@ -434,10 +434,11 @@ class Rings:
 
     def on_commit(self, frames: list[bytes]) -> None:
         """Engine commit listener (committing thread): decode once, copy into each ring."""
-        ts = time.time_ns()
         events = []
         for fr in frames:
-            lsn, _, ftype, payload = record.parse_frame(fr)
+            lsn, _, ftype, payload, ts = record.parse_frame_ts(fr)
+            if ts is None:
+                ts = 0  # a frame without a commit time (written before WAL version 4)
             if ftype == record.TYPE_EVENT:
                 topic, k, v = record.decode_event(payload)
                 events.append((lsn, ts, topic, k, v))

@@ -236,7 +236,7 @@ async def _replay(c: Consumer, hub: Hub, engine, from_lsn: int, io, wake: asynci
             return False
         if ev.lsn < c.next_lsn:
             return True
-        c.emit(Shared(ev, None))
+        c.emit(Shared(ev))
         if c.batcher is not None and c.batch_due(time.monotonic()):
             c.seal_batch()
         if len(c.out) >= 64:

@@ -178,7 +178,7 @@ class EventTail:
             try:
                 while True:
                     ev = await sub.get()
-                    self._push({"type": "event", "lsn": ev.lsn, "ts": int(time.time() * 1000),
+                    self._push({"type": "event", "lsn": ev.lsn, "ts": ev.ts,
                                 "topic": ev.topic, "key": _text(ev.key),
                                 "value": None if ev.deleted else _text(ev.value),
                                 "deleted": ev.deleted})

@@ -442,7 +442,7 @@ class EventsService(_Service, pbg.EventsServicer):
                 async for ev in hub_stream(self.node.hub, engine, topics, request.key_prefix,
                                            request.from_lsn, gate.cfg.subscriber_queue):
                     yield pb.Event(lsn=ev.lsn, topic=ev.topic, key=ev.key, value=ev.value,
-                                   deleted=ev.deleted)
+                                   deleted=ev.deleted, ts_ms=ev.ts or 0)
             except Lapped as e:
                 subs.cut_off += 1
                 raise Overloaded(str(e), (("strata-resume-lsn", str(e.resume_lsn)),)) from None
@@ -474,7 +474,8 @@ class _GrpcIO:
         ts = items[-1].ts or 0
         self.queue.append(pb.ConsumeResponse(
             events=[pb.Event(lsn=e.lsn, topic=e.topic, key=e.key, value=e.value,
-                             deleted=e.deleted) for e in (s.ev for s in items)], ts_ms=ts))
+                             deleted=e.deleted, ts_ms=e.ts or 0) for e in (s.ev for s in items)],
+            ts_ms=ts))
         self.ready.set()
 
     def paused(self) -> bool:

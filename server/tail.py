@@ -6,8 +6,9 @@
 
 Each line: {"lsn": N, "ts": Unix ms or null, "topic": "kv", "key": "...", "value": "..."|null}
 (keys and values as text, with --hex in hex; null value: a deletion). `ts` is when
-the server published the event; null for events read back from the log (history,
-a resume), whose frames keep no time.
+the write was committed (the master's wall clock, kept in its WAL frame: the same
+live, from history and on a replica); null only for events written before WAL
+version 4, whose frames keep no time.
 
 A lost connection (the server stopped or restarted, or cut this tail off because
 it fell behind), or a ring that is not there (the daemon has not made it yet, or
@@ -91,7 +92,7 @@ def _ring_attempt(args, out: _Printed, from_lsn: int, connected) -> int:
                                     f"(it starts at {events[0].lsn}): strata tail --server ... "
                                     f"--from-lsn {from_lsn}", 3)
                 for ev in events:
-                    if not out.event(ev.lsn, ev.ts_ns // 1_000_000, ev.topic, ev.key,
+                    if not out.event(ev.lsn, ev.ts_ns // 1_000_000 or None, ev.topic, ev.key,
                                      None if ev.flags else ev.value):
                         return 0
     except Lapped as e:
@@ -155,9 +156,9 @@ def _tail_grpc(args, out: _Printed, from_lsn: int, connected) -> int:
             try:
                 for ev in sub:
                     connected()
-                    # ts_ms: when the server published this response's events (0: they
-                    # were read back from the log, which keeps no time)
-                    if not out.event(ev.lsn, sub.ts_ms or None, ev.topic, ev.key,
+                    # ts_ms: the event's commit time (0: a frame written before WAL
+                    # version 4 keeps none)
+                    if not out.event(ev.lsn, ev.ts_ms or None, ev.topic, ev.key,
                                      None if ev.deleted else ev.value):
                         return 0
             finally:

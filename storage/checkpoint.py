@@ -79,7 +79,7 @@ def _copy_segment(fs: FileSystem, wal: Wal, first: int, path: str, out_path: str
         end = record.HEADER_SIZE
         try:
             for fr in record.iter_frames(buf, record.HEADER_SIZE):
-                end = fr.offset + record.FRAME_HEADER_SIZE + len(fr.payload)
+                end = fr.offset + len(fr.raw)
         except record.BadFrame:
             pass  # a frame being written right now: stop before it
         data = bytes(buf[:end])

@@ -58,7 +58,7 @@ from .wal import Wal
 from .writes import WriteEncoding, check_bytes
 
 _packb = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb() builds one per call
-_encode_frame = record.encode_frame
+_encode_frame = record.encode_frame_now  # stamps the commit time (record.TS_FLAG)
 
 log = logging.getLogger("strata.engine")
 

@@ -4,7 +4,9 @@ A segment file is a header followed by frames::
 
     segment := header frame* zero-fill?
     header  := magic[8] "STRATWAL" | version u32 | first_lsn u64 | crc32c u32   (24 bytes)
-    frame   := length u32 | crc32c u32 | lsn u64 | term u64 | type u8 | payload[length]
+    frame   := length u32 | crc32c u32 | lsn u64 | term u64 | type u8 | body[length]
+    body    := payload                     (type & TS_FLAG == 0)
+             | payload ts u64              (type & TS_FLAG: the commit time, Unix ns)
 
 Payloads (msgpack; `rid` is a request id, a str of 1 .. MAX_REQUEST_ID characters)::
 
@@ -20,7 +22,13 @@ the whole batch carries it on its last op: the batch's answer is its last LSN,
 which is that op's. Ids are not data: `decode_ops` leaves them out, and only
 `decode_ids` reads them.
 
-All integers little-endian. `crc32c` covers lsn..payload, so a frame whose
+A frame's commit time (`ts`) is the wall clock of the node that accepted the write
+(the master), read once when the frame is encoded; it travels with the frame's bytes
+(replicas write them as they are), so history, replicas and a new master after
+failover all see the time the write was committed. Frames without the flag (version
+2 and 3 segments, manifest edits) have no time: `Frame.ts` is None.
+
+All integers little-endian. `crc32c` covers lsn..body, so a frame whose
 length field is damaged fails its checksum rather than being misread. The
 header's crc covers the 20 bytes before it. Segments are preallocated, so a
 frame header of 25 zero bytes marks the end of the written part; a length of
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -49,8 +58,11 @@ MAGIC = b"STRATWAL"
 # 3: payloads may end with a request id (a version-2 reader fails to decode a
 # put or batch that carries one, and replays a delete with an id as the wrong
 # key). Version-2 segments are read as they are: their payloads never carry one.
-VERSION = 3
-READ_VERSIONS = (2, 3)
+# 4: a frame may end with its commit time, flagged by the type byte's TS_FLAG (a
+# version-3 reader would take flagged frames for unknown types). Version-2 and -3
+# segments are read as they are: their frames never carry one, so their ts is None.
+VERSION = 4
+READ_VERSIONS = (2, 3, 4)
 HEADER = struct.Struct("<8sIQI")
 HEADER_SIZE = HEADER.size  # 24
 FRAME = struct.Struct("<IIQQB")
@@ -65,7 +77,10 @@ MAX_PAYLOAD = 32 << 20
 # the commit leader fsynced (durability=always). Recovery uses it to tell a
 # torn last group (truncated) from damage in synced data (Corruption).
 SYNC_FLAG = 0x80
-TYPE_MASK = 0x7F
+# The type byte's next bit: the body ends with the frame's commit time (u64, Unix ns).
+TS_FLAG = 0x40
+TYPE_MASK = 0x3F
+_TS = struct.Struct("<Q")
 
 # Frame types. Payloads (msgpack):
 TYPE_PUT = 1  # [key, value] or [key, value, request_id]
@@ -117,12 +132,33 @@ def decode_header(buf, path: str) -> int:
     return first_lsn
 
 
-def encode_frame(lsn: int, term: int, ftype: int, payload: bytes,
-                 _pack=FRAME.pack, _crc_part=_CRC_PART.pack) -> bytes:
+def encode_frame(lsn: int, term: int, ftype: int, payload: bytes, ts: int | None = None,
+                 _pack=FRAME.pack, _crc_part=_CRC_PART.pack, _ts=_TS.pack) -> bytes:
+    """One frame; `ts` (Unix ns) is its commit time, None for a frame without one."""
     # The CRC is chained (header part, then payload) so the payload is never
     # copied before the final concatenation: this runs once per put.
-    crc = crc32c(payload, crc32c(_crc_part(lsn, term, ftype)))
-    return _pack(len(payload), crc, lsn, term, ftype) + payload
+    if ts is None:
+        crc = crc32c(payload, crc32c(_crc_part(lsn, term, ftype)))
+        return _pack(len(payload), crc, lsn, term, ftype) + payload
+    ftype |= TS_FLAG
+    body = payload + _ts(ts)
+    crc = crc32c(body, crc32c(_crc_part(lsn, term, ftype)))
+    return _pack(len(body), crc, lsn, term, ftype) + body
+
+
+def encode_frame_now(lsn: int, term: int, ftype: int, payload: bytes,
+                     _pack=FRAME.pack, _crc_part=_CRC_PART.pack, _ts=_TS.pack,
+                     _now=time.time_ns) -> bytes:
+    """One data frame stamped with this node's wall clock as its commit time: what the
+    node that accepts a write encodes (the commit path, once per frame). Inlined
+    rather than calling encode_frame: it runs once per put. Copying the payload into
+    the body once costs less than a third crc32c call (a 100-byte put: ~75 ns more
+    than a frame without a time, ~50 of them time_ns; ~170 ns with the copy-free
+    three-call chain)."""
+    ftype |= TS_FLAG
+    body = payload + _ts(_now())
+    crc = crc32c(body, crc32c(_crc_part(lsn, term, ftype)))
+    return _pack(len(body), crc, lsn, term, ftype) + body
 
 
 class Frame(NamedTuple):
@@ -130,14 +166,28 @@ class Frame(NamedTuple):
     lsn: int
     term: int
     type: int
-    payload: bytes
+    payload: bytes  # without the commit time
     raw: memoryview  # the whole frame, as written (replication ships these bytes)
+    ts: int | None = None  # commit time, Unix ns; None for a frame without one
 
 
 def parse_frame(data: bytes) -> tuple[int, int, int, bytes]:
     """(lsn, term, type, payload) of one frame produced by this process (not checked)."""
     length, _, lsn, term, ftype = FRAME.unpack_from(data, 0)
+    if ftype & TS_FLAG:
+        length -= 8
     return lsn, term, ftype & TYPE_MASK, data[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length]
+
+
+def parse_frame_ts(data: bytes) -> tuple[int, int, int, bytes, int | None]:
+    """(lsn, term, type, payload, ts) of one frame produced by this process (not
+    checked); ts is the commit time in Unix ns, None for a frame without one."""
+    length, _, lsn, term, ftype = FRAME.unpack_from(data, 0)
+    if ftype & TS_FLAG:
+        end = FRAME_HEADER_SIZE + length - 8
+        return (lsn, term, ftype & TYPE_MASK, data[FRAME_HEADER_SIZE:end],
+                _TS.unpack_from(data, end)[0])
+    return lsn, term, ftype & TYPE_MASK, data[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length], None
 
 
 def decode_ops(ftype: int, lsn: int, payload: bytes) -> list[tuple[int, bytes, bytes | None]]:
@@ -207,9 +257,18 @@ def frame_span(frame) -> tuple[int, int]:
 
 
 def mark_sync(frame: bytes) -> bytes:
-    """The same frame with the sync-point flag set (re-checksummed)."""
-    lsn, term, ftype, payload = parse_frame(frame)
-    return encode_frame(lsn, term, ftype | SYNC_FLAG, payload)
+    """The same frame (commit time included) with the sync-point flag set (re-checksummed)."""
+    lsn, term, ftype, payload, ts = parse_frame_ts(frame)
+    return encode_frame(lsn, term, ftype | SYNC_FLAG, payload, ts)
+
+
+def set_sync(frame: bytes, sync: bool) -> bytes:
+    """The same frame (commit time included) with the sync-point flag set or cleared
+    (re-checksummed; the frame itself when it already is so)."""
+    if bool(frame[24] & SYNC_FLAG) == sync:
+        return frame
+    lsn, term, ftype, payload, ts = parse_frame_ts(frame)
+    return encode_frame(lsn, term, ftype | (SYNC_FLAG if sync else 0), payload, ts)
 
 
 def is_sync_point(fr: Frame) -> bool:
@@ -237,6 +296,7 @@ def iter_frames(buf, start: int) -> Iterator[Frame]:
     end = len(view)
     pos = start
     unpack = FRAME.unpack_from
+    unpack_ts = _TS.unpack_from
     while pos < end:
         if end - pos < FRAME_HEADER_SIZE:
             if bytes(view[pos:end]).count(0) == end - pos:
@@ -254,8 +314,15 @@ def iter_frames(buf, start: int) -> Iterator[Frame]:
             raise BadFrame(pos, f"frame of {length} bytes runs past the end of the file")
         if crc32c(view[pos + 8 : stop]) != crc:
             raise BadFrame(pos, "frame checksum mismatch")
-        yield Frame(pos, lsn, term, ftype & TYPE_MASK, bytes(view[pos + FRAME_HEADER_SIZE : stop]),
-                    view[pos:stop])
+        if ftype & TS_FLAG:
+            if length <= 8:
+                raise BadFrame(pos, f"frame of {length} bytes too short for its commit time")
+            yield Frame(pos, lsn, term, ftype & TYPE_MASK,
+                        bytes(view[pos + FRAME_HEADER_SIZE : stop - 8]), view[pos:stop],
+                        unpack_ts(view, stop - 8)[0])
+        else:
+            yield Frame(pos, lsn, term, ftype & TYPE_MASK,
+                        bytes(view[pos + FRAME_HEADER_SIZE : stop]), view[pos:stop])
         pos = stop
 
 
@@ -290,7 +357,8 @@ def next_valid_frame(buf, start: int, marker: bytes) -> int | None:
     only, to tell damage in the middle of written data from a torn tail.
     """
     term = struct.unpack_from("<Q", marker)[0]
-    types = bytes(marker[8:]) + bytes(t | SYNC_FLAG for t in marker[8:])
+    types = bytes(t | flags for flags in (0, SYNC_FLAG, TS_FLAG, SYNC_FLAG | TS_FLAG)
+                  for t in marker[8:])
     # The term's low 16 bits are free (a term that grew past a 256 boundary
     # still matches); the checksum and `fr.term >= term` do the rest.
     # Lookahead: matches may overlap (an LSN equal to the term, say).

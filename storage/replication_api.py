@@ -117,9 +117,7 @@ class ReplicationApi:
                 ops.extend(fops)
                 nxt = fr.lsn + (len(fops) or 1)
                 raw = bytes(fr.raw)
-                if bool(raw[24] & record.SYNC_FLAG) != (i == final):
-                    flags = fr.type | (record.SYNC_FLAG if i == final else 0)
-                    raw = record.encode_frame(fr.lsn, fr.term, flags, fr.payload)
+                raw = record.set_sync(raw, i == final)  # commit time kept as the master wrote it
                 out.append(raw)
                 self._count_locked(fr.type)
             try:

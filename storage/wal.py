@@ -593,7 +593,7 @@ class Wal(WalRecovery, WalRetention):
                             expected = fr.lsn + record.lsn_count(fr.type, fr.payload)
                             if expected - 1 >= lsn:
                                 yield record.Frame(fr.offset, fr.lsn, fr.term, fr.type,
-                                                   fr.payload, memoryview(bytes(fr.raw)))
+                                                   fr.payload, memoryview(bytes(fr.raw)), fr.ts)
                     except record.BadFrame as e:
                         raise Corruption(path, e.offset, e.reason) from None
                 finally:

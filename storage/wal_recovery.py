@@ -336,7 +336,7 @@ class WalRecovery:
                     frames.append(fr)
                 self._seg_last = expected - 1
                 self._seg_term = max(self._seg_term, fr.term)
-                end_of_frames = fr.offset + record.FRAME_HEADER_SIZE + len(fr.payload)
+                end_of_frames = fr.offset + len(fr.raw)
                 self._seg_end = end_of_frames
         except record.BadFrame as bad:
             end = record.written_end(buf, bad.offset)

@@ -286,9 +286,10 @@ class Consumption(Stream):
     processed; `credit(n)` grants more. A named consumer resumes after its last
     acknowledgement when it subscribes again. Once iteration began, `from_lsn` says
     where delivery started (0: live) and `last_lsn` the server's last LSN when it
-    subscribed (a live subscription gets the events after it); `ts_ms` is when the server
-    published the events being iterated (Unix ms; 0: read back from the log, which keeps
-    no time). close() it when done.
+    subscribed (a live subscription gets the events after it); `ts_ms` is the commit time
+    of the last event of the response being iterated (Unix ms; each event has its own
+    `ts_ms`; 0: a write from before WAL version 4, which keeps no time). close() it
+    when done.
 
     `requests` is the driver's request iterator, fed by `send` (None ends it);
     `iterate(stream)` is the driver's iteration of a Stream."""

@@ -124,7 +124,7 @@ class RingEvent(NamedTuple):
     the ring: valid until the writer laps the reader (copy with bytes() to keep)."""
 
     lsn: int
-    ts_ns: int
+    ts_ns: int  # the write's commit time, Unix ns (the master's clock, from its WAL frame); 0: unknown
     topic_bytes: memoryview
     key: memoryview
     value: memoryview | None  # None: a deletion (or a truncated event)

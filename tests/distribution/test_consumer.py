@@ -14,7 +14,7 @@ from strata.distribution.hub import Event
 
 def ev(lsn: int, key: bytes = b"k", value: bytes = b"v" * 10, topic: str = "kv",
        deleted: bool = False) -> Shared:
-    return Shared(Event(lsn, topic, key, value, deleted), 1234)
+    return Shared(Event(lsn, topic, key, value, deleted, 1234))
 
 
 def frames(c: Consumer) -> list[dict]:
@@ -47,7 +47,7 @@ def test_encodings_once_per_event_and_format():
     assert s.body(JSON) is s.body(JSON)  # cached: shared by every subscriber
     m = msgpack.unpackb(s.body(MSGPACK))
     assert m["key"] == b"\x00k" and m["value"] == b"val"
-    d = Shared(Event(8, "kv", b"k", b"", True), None)
+    d = Shared(Event(8, "kv", b"k", b"", True))
     assert json.loads(d.body(JSON))["value"] is None and json.loads(d.body(JSON))["ts"] is None
     assert msgpack.unpackb(d.body(MSGPACK))["value"] is None
 

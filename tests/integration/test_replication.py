@@ -127,9 +127,10 @@ def cluster_factory(tmp_path):
 
 
 def log_frames(data_dir: str, from_lsn: int = 1) -> list[bytes]:
-    """A stopped node's log from `from_lsn`, frames re-encoded without the sync flag."""
+    """A stopped node's log from `from_lsn`, frames re-encoded without the sync flag
+    (commit times kept: a replica's are its master's)."""
     with Engine.open(data_dir, flush_after_recovery=False, compaction_executor="thread") as db:
-        return [record.encode_frame(fr.lsn, fr.term, fr.type, fr.payload)
+        return [record.encode_frame(fr.lsn, fr.term, fr.type, fr.payload, fr.ts)
                 for fr in db.read_log(from_lsn)]
 
 

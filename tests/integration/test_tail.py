@@ -35,3 +35,6 @@ def test_tail_prints_the_same_events_from_every_source(daemon_factory):
     for lines in outs:
         assert [(e["lsn"], e["topic"], e["key"], e["value"]) for e in lines] == [
             (l1, "kv", "a", "1"), (l1 + 1, "news", "n", "héllo"), (l1 + 2, "kv", "a", None)]
+    # Every source gives each event its write's commit time, from its WAL frame.
+    ts = [[e["ts"] for e in lines] for lines in outs]
+    assert ts[0] == ts[1] == ts[2] and None not in ts[0], ts

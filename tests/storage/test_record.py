@@ -88,11 +88,13 @@ def test_roundtrip_yields_every_field_and_the_raw_bytes():
 
 def test_roundtrip_extreme_field_values():
     top = (1 << 64) - 1
-    buf = encode_frame(top, top, 255, b"\xff")
-    (f,) = list(iter_frames(buf, 0))
-    # The type byte's high bit is the sync-point flag, reported apart from the type.
-    assert (f.lsn, f.term, f.type, f.payload) == (top, top, 127, b"\xff")
-    assert record.is_sync_point(f)
+    buf = encode_frame(top, top, 0xBF, b"\xff") + encode_frame(top, top, 0xBF, b"\xff", ts=top)
+    f, g = list(iter_frames(buf, 0))
+    # The type byte's high bit is the sync-point flag and the next one the commit
+    # time's, both reported apart from the type.
+    assert (f.lsn, f.term, f.type, f.payload, f.ts) == (top, top, 63, b"\xff", None)
+    assert (g.lsn, g.term, g.type, g.payload, g.ts) == (top, top, 63, b"\xff", top)
+    assert record.is_sync_point(f) and record.is_sync_point(g)
 
 
 def test_iter_frames_starts_at_the_given_offset():
@@ -495,7 +497,7 @@ def test_version_2_frames_still_decode():
     assert record.decode_ids(fr.type, fr.lsn, fr.payload) == []
     head = struct.pack("<8sIQ", b"STRATWAL", 2, 7)
     assert decode_header(head + struct.pack("<I", crc32c(head)), "p") == 7
-    assert record.VERSION == 3 and encode_header(7)[8:12] == b"\x03\x00\x00\x00"
+    assert record.VERSION == 4 and encode_header(7)[8:12] == b"\x04\x00\x00\x00"
 
 
 def test_a_delete_with_an_id_is_not_taken_for_a_key():
@@ -505,3 +507,43 @@ def test_a_delete_with_an_id_is_not_taken_for_a_key():
     for key in (b"\x92", b"\x92\xa1r", bytes(range(256))):
         assert record.decode_ops(record.TYPE_DELETE, 5, _pack(key)) == [(5, key, None)]
         assert record.decode_ids(record.TYPE_DELETE, 5, _pack(key)) == []
+
+
+def test_a_frames_commit_time_travels_with_it():
+    """Version 4: a frame may end with its commit time (TS_FLAG); every reader gives
+    it back, re-flagging keeps it, and it is checksummed like the rest."""
+    import time
+
+    payload = msgpack.packb([[1, b"a", b"1"], [2, b"b", None]])
+    before = time.time_ns()
+    frame = record.encode_frame_now(10, 2, record.TYPE_BATCH, payload)
+    assert before <= record.parse_frame_ts(frame)[4] <= time.time_ns()
+    ts = record.parse_frame_ts(frame)[4]
+    assert len(frame) == FRAME_HEADER_SIZE + len(payload) + 8 and frame[24] & record.TS_FLAG
+    assert record.parse_frame(frame) == (10, 2, record.TYPE_BATCH, payload)
+    assert record.frame_span(frame) == (10, 11)
+    synced = record.mark_sync(frame)
+    assert record.set_sync(synced, True) is synced and record.set_sync(frame, False) is frame
+    assert record.set_sync(synced, False) == frame
+    for raw in (frame, synced):
+        (fr,) = list(iter_frames(raw, 0))
+        assert (fr.lsn, fr.term, fr.type, fr.payload, fr.ts) == (10, 2, record.TYPE_BATCH, payload, ts)
+        assert bytes(fr.raw) == raw
+    assert record.parse_frame_ts(encode_frame(3, 0, record.TYPE_PUT, b"\x90"))[4] is None
+    for i in range(len(frame) - 8, len(frame)):  # a damaged commit time fails the checksum
+        dam = bytearray(frame)
+        dam[i] ^= 0x01
+        with pytest.raises(BadFrame, match="checksum"):
+            list(iter_frames(dam, 0))
+
+
+def test_next_valid_frame_finds_frames_with_a_commit_time():
+    """Recovery's search after damage finds version-4 frames (TS_FLAG, with or without
+    the sync-point flag) as it finds the others."""
+    f1 = record.encode_frame_now(10, 3, record.TYPE_PUT, b"\x92\xa1a\xa1b")
+    f2 = record.mark_sync(record.encode_frame_now(11, 3, record.TYPE_DELETE, b"\xa1a"))
+    buf = b"\x5a" * 37 + f1 + f2
+    m = marker(3)
+    assert next_valid_frame(buf, 0, m) == 37
+    assert next_valid_frame(buf, 38, m) == 37 + len(f1)
+    assert next_valid_frame(buf, 37 + len(f1) + 1, m) is None

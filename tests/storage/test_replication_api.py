@@ -13,7 +13,7 @@ def raw_log(db, from_lsn=1):
     synced; everything else must be identical)."""
     out = []
     for fr in db.read_log(from_lsn):
-        out.append(record.encode_frame(fr.lsn, fr.term, fr.type, fr.payload))
+        out.append(record.set_sync(bytes(fr.raw), False))
     return out
 
 

@@ -216,18 +216,20 @@ class SubscribeRequest(_message.Message):
     def __init__(self, topics: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[bytes] = ..., from_lsn: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("lsn", "topic", "key", "value", "deleted")
+    __slots__ = ("lsn", "topic", "key", "value", "deleted", "ts_ms")
     LSN_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
     lsn: int
     topic: str
     key: bytes
     value: bytes
     deleted: bool
-    def __init__(self, lsn: _Optional[int] = ..., topic: _Optional[str] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    ts_ms: int
+    def __init__(self, lsn: _Optional[int] = ..., topic: _Optional[str] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., ts_ms: _Optional[int] = ...) -> None: ...
 
 class ConsumersRequest(_message.Message):
     __slots__ = ()
