@@ -542,7 +542,7 @@ class Cluster:
     async def _follow(self, eng, gen: int, requests) -> object:
         yield pb.FromReplica(hello=pb.Hello(
             node=self.node_id, term=self.node.term, last_lsn=eng.last_lsn,
-            flushed_lsn=eng.flushed_lsn,
+            flushed_lsn=eng.flushed_lsn, wal_version=record.VERSION,
             terms=[pb.TermRun(term=t, first_lsn=lsn) for t, lsn in eng.term_history]))
         it = aiter(requests)
         group_acks = False  # until a Start says the master retires Appends by `sent`

@@ -58,6 +58,10 @@ def read_wal(engine, start: int, upto: int, max_bytes: int) -> tuple[bytes, int]
     return b"".join(out), nxt
 
 
+class ReplicaTooOld(Exception):
+    """The replica's release cannot read this log's WAL frames (Hello.wal_version)."""
+
+
 class GroupAppend:
     """One commit group's frames, and the Append carrying them encoded once for every
     peer that sends it as it is (a caught-up peer: nothing else to send before or with
@@ -244,6 +248,10 @@ class PeerLink:
                              e.code().name if hasattr(e, "code") else type(e).__name__,
                              e.details() if hasattr(e, "details") else
                              str(e) or "no answer in time")
+            except ReplicaTooOld as e:
+                attempt += 1
+                if attempt in (1, 10) or attempt % 100 == 0:
+                    log.error("%s", e)
             except Exception:
                 attempt += 1
                 log.exception("replication to %s failed", self.peer)
@@ -269,6 +277,11 @@ class PeerLink:
             if hello.term > self.term:
                 c.receive(HeartbeatAck(hello.term, self.peer, False, 0.0))
                 return False
+            if hello.wal_version < record.VERSION:
+                raise ReplicaTooOld(
+                    f"replica {self.peer} reads WAL frames up to version "
+                    f"{hello.wal_version or 3}, this log is version {record.VERSION}: it would "
+                    f"skip the writes it cannot read, so it is not sent any; upgrade it")
             engine = c.engine()
             if engine is None or c.role_term() != self.term:
                 return False

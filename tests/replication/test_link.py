@@ -7,7 +7,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 
-from strata.replication.link import WINDOW, GroupAppend, PeerLink, Window, _Session
+import pytest
+
+from strata.replication.link import (
+    WINDOW,
+    GroupAppend,
+    PeerLink,
+    ReplicaTooOld,
+    Window,
+    _Session,
+)
 from strata.storage import Engine, record
 from strata.storage.vfs import MemFS
 from strata_client._proto import strata_pb2 as pb
@@ -169,3 +178,34 @@ def test_a_wal_read_that_stops_inside_a_queued_group_sends_the_rest_of_it():
         asyncio.run(run())
         got = [lsn for first, last in stream.sent for lsn in range(first, last + 1)]
         assert got == list(range(1, m.last_lsn + 1))
+
+
+class _OldReplicaCall:
+    """A Follow stream to a replica that says hello as a release before WAL frame
+    format 4 does (no wal_version); records what the master writes."""
+
+    def __init__(self, wal_version: int) -> None:
+        self.hello = pb.FromReplica(hello=pb.Hello(node="b", term=3, last_lsn=0,
+                                                   wal_version=wal_version))
+        self.written: list[bytes] = []
+
+    async def read(self):
+        return self.hello
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_a_replica_that_cannot_read_this_logs_frames_is_sent_nothing():
+    """A release before format 4 would skip the frames that carry a commit time as an
+    unknown type, and so silently lose those writes: it is refused, not fed."""
+    c = FakeCluster()
+    call = _OldReplicaCall(wal_version=0)
+    c.follow_call = lambda peer: call
+    ln = PeerLink(c, "b", "127.0.0.1:2", term=3)
+    with pytest.raises(ReplicaTooOld, match="upgrade it"):
+        asyncio.run(ln._session_run())
+    assert call.written == []

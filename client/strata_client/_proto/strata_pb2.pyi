@@ -438,18 +438,20 @@ class TermRun(_message.Message):
     def __init__(self, term: _Optional[int] = ..., first_lsn: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node", "term", "last_lsn", "flushed_lsn", "terms")
+    __slots__ = ("node", "term", "last_lsn", "flushed_lsn", "terms", "wal_version")
     NODE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     LAST_LSN_FIELD_NUMBER: _ClassVar[int]
     FLUSHED_LSN_FIELD_NUMBER: _ClassVar[int]
     TERMS_FIELD_NUMBER: _ClassVar[int]
+    WAL_VERSION_FIELD_NUMBER: _ClassVar[int]
     node: str
     term: int
     last_lsn: int
     flushed_lsn: int
     terms: _containers.RepeatedCompositeFieldContainer[TermRun]
-    def __init__(self, node: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., terms: _Optional[_Iterable[_Union[TermRun, _Mapping]]] = ...) -> None: ...
+    wal_version: int
+    def __init__(self, node: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., terms: _Optional[_Iterable[_Union[TermRun, _Mapping]]] = ..., wal_version: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("term", "ok", "durable_lsn", "sent", "error")
