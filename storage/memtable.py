@@ -121,15 +121,7 @@ class MemTable:
         inclusive = True
         chunk = 512
         while True:
-            with self.lock:
-                idx = self._index()
-                if pos is None:
-                    i = 0
-                elif inclusive:
-                    i = idx.bisect_left(pos)
-                else:
-                    i = idx.bisect_right(pos)
-                keys = idx[i : i + chunk]
+            keys = self._keys_from(pos, inclusive, chunk)
             if not keys:
                 return
             for key in keys:
@@ -145,6 +137,19 @@ class MemTable:
             inclusive = False
             if len(keys) < chunk:
                 return
+
+    def _keys_from(self, pos: bytes | None, inclusive: bool, n: int) -> list[bytes]:
+        """Up to `n` keys in order from `pos` (None: the first; at it or only after it:
+        `inclusive`), taken under the lock."""
+        with self.lock:
+            idx = self._index()
+            if pos is None:
+                i = 0
+            elif inclusive:
+                i = idx.bisect_left(pos)
+            else:
+                i = idx.bisect_right(pos)
+            return idx[i : i + n]
 
     def columns(self, start: bytes | None = None, end: bytes | None = None,
                 first: int = 64, most: int = 2048
@@ -162,15 +167,7 @@ class MemTable:
         inclusive = True
         chunk = first
         while True:
-            with self.lock:
-                idx = self._index()
-                if pos is None:
-                    i = 0
-                elif inclusive:
-                    i = idx.bisect_left(pos)
-                else:
-                    i = idx.bisect_right(pos)
-                keys = idx[i : i + chunk]
+            keys = self._keys_from(pos, inclusive, chunk)
             full = len(keys) == chunk
             if keys and end is not None and keys[-1] >= end:
                 keys = keys[: bisect_left(keys, end)]
