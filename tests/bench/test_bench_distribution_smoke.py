@@ -6,15 +6,16 @@ from __future__ import annotations
 import pytest
 
 from bench import distribution as d
+from bench import rings
 from tests import daemon_logs
 
 
 def test_ring_and_queue_harness():
-    r = d.bench_ring(3000, 1, "poll", True, None)
+    r = rings.bench_ring(3000, 1, "poll", True, None)
     assert r["events_per_s"] > 0 and r["lapped"] == 0 and r["reader_cpu_ns"] > 0
-    paced = d.bench_ring(500, 2, "doorbell", False, 5000)
+    paced = rings.bench_ring(500, 2, "doorbell", False, 5000)
     assert paced["lapped"] == 0 and paced["latency_us"]["p99"] is not None
-    q = d.bench_mp_queue(1000, None)
+    q = rings.bench_mp_queue(1000, None)
     assert q["events_per_s"] > 0 and q["reader_cpu_ns"] > 0
 
 
