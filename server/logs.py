@@ -22,11 +22,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class _ClientGone(logging.Filter):
+    """grpc.aio logs at ERROR, with a traceback, a response or status it could not send
+    because the call had already ended: the client's deadline passed or it went away
+    while the handler ran (normal use; the call is counted under its status code in
+    the metrics). Kept, at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and \
+                record.getMessage().startswith("ExecuteBatchError raised in core"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = record.exc_text = None
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def setup(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    grpc_core = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _ClientGone) for f in grpc_core.filters):
+        grpc_core.addFilter(_ClientGone())
     set_level(level)
 
 
