@@ -116,6 +116,8 @@ class RingWriter:
     def __init__(self, name: str, capacity: int, topics: frozenset[str] | None = None,
                  mode: int = 0o600) -> None:
         capacity -= capacity % 8
+        if capacity < MIN_CAPACITY:  # readers refuse a smaller ring as damaged
+            raise ValueError(f"ring {name!r}: capacity must be at least {MIN_CAPACITY} bytes")
         self.name = name
         self.capacity = capacity
         self.topics = topics

@@ -52,6 +52,12 @@ the server's historical tier. It never skips an event silently. Views of the
 frames it returned from position s stay intact while `reserve_pos - capacity
 <= s` (`still_valid`): the writer overwrites the oldest bytes first.
 
+A reader refuses a header whose capacity or writer pid no writer stores
+(RingClosed), and a block whose header or index no writer writes (RingCorrupt:
+a size over max_block_size, a count over MAX_BLOCK_FRAMES, frames out of order
+or outside the block, LSNs not increasing), whether or not its checksum
+matches. An event's LSN is its index entry's.
+
 Changing any of these constants breaks attached readers: bump VERSION (a
 reader refuses a ring of another version with RingVersionMismatch; version 1
 had one CRC per frame and no blocks).
@@ -100,6 +106,23 @@ WRAP = 0xFFFFFFFF
 FLAG_DELETED = 1
 FLAG_TRUNCATED = 2  # larger than a quarter of the ring: key and value left out
 MIN_CAPACITY = 64 << 10
+MAX_TOPIC = 0xFFFF  # topic_len is a u16; a truncated frame still holds its topic
+# Linux's PID_MAX_LIMIT (include/linux/threads.h, 4M on 64-bit): kernel.pid_max is
+# at most this, and a pid is below pid_max. A writer pid outside 1 .. 2^22 - 1 is
+# no process: the reader treats the writer as gone.
+PID_MAX_LIMIT = 1 << 22
+
+
+def max_block_size(capacity: int) -> int:
+    """The largest block a writer of a ring of `capacity` bytes produces.
+
+    The writer closes a block once it holds BLOCK_BYTES, so before its last frame
+    a block holds less than that; the last frame adds its index entry and at most
+    max(capacity // 4, FRAME_HEADER + MAX_TOPIC) bytes, rounded up to 8 (larger
+    events are truncated to their topic). A block header claiming more is damage,
+    refused before its index is read (a count of millions would otherwise be
+    unpacked before the checksum rejects it)."""
+    return BLOCK_BYTES + INDEX_ENTRY + max(capacity // 4, FRAME_HEADER + MAX_TOPIC) + 8
 
 
 class RingClosed(StrataError):
@@ -141,13 +164,17 @@ class RingEvent(NamedTuple):
         return bool(self.flags & FLAG_TRUNCATED)
 
     @staticmethod
-    def parse(frame: memoryview) -> RingEvent:
-        """A frame from RingReader.poll_frames as an event (views into the same memory)."""
-        _, _, lsn, ts, tlen, flags, _, klen = FRAME.unpack_from(frame)
+    def parse(frame: memoryview, lsn: int | None = None) -> RingEvent:
+        """A frame from RingReader.poll_frames as an event (views into the same memory).
+
+        `lsn`: the LSN poll_frames paired with the frame (from the block's index, which
+        the checksum vouched for, as the resume LSN after Lapped is); without it, the
+        frame header's copy."""
+        _, _, flsn, ts, tlen, flags, _, klen = FRAME.unpack_from(frame)
         b = FRAME_HEADER + tlen
         k = b + klen
-        return RingEvent(lsn, ts, frame[FRAME_HEADER:b], frame[b:k], None if flags else frame[k:],
-                         flags)
+        return RingEvent(flsn if lsn is None else lsn, ts, frame[FRAME_HEADER:b], frame[b:k],
+                         None if flags else frame[k:], flags)
 
     @property
     def topic(self) -> str:
@@ -256,22 +283,31 @@ class RingReader:
         buf = self._shm.buf
         if len(buf) < HEADER_SIZE:
             self._shm.close()
-            raise RingClosed(f"{name!r} is not a Strata ring")
+            raise RingClosed(f"{name!r} is not a Strata ring ({len(buf)} bytes, under "
+                             f"the {HEADER_SIZE}-byte header)")
         self._words = buf[:HEADER_SIZE].cast("Q")
         w = self._words
         magic, version = w[W_MAGIC], w[W_VERSION]
-        if magic != MAGIC or version != VERSION:
+        capacity, pid = w[W_CAPACITY], w[W_PID]
+        wrong = None
+        if magic != MAGIC:
+            wrong = "no magic"
+        elif version == VERSION:
+            # The writer stores these before the magic: with it, they are final.
+            wrong = _bad_header(capacity, pid, len(buf) - HEADER_SIZE)
+        if wrong is not None or version != VERSION:
             w.release()
             buf.release()
             self._shm.close()
-            if magic != MAGIC:
-                raise RingClosed(f"{name!r} is not a Strata ring")
+            if wrong is not None:
+                raise RingClosed(f"{name!r} is not a Strata ring: {wrong}")
             raise RingVersionMismatch(
                 f"ring {name!r} is in format version {version}; this reader reads version "
                 f"{VERSION}: run a daemon and strata_client of the same release", version)
-        self.capacity = w[W_CAPACITY]
-        self.writer_pid = w[W_PID]
-        self._data = buf[HEADER_SIZE:HEADER_SIZE + self.capacity]
+        self.capacity = capacity
+        self.writer_pid = pid
+        self._max_block = max_block_size(capacity)
+        self._data = buf[HEADER_SIZE:HEADER_SIZE + capacity]
         self._inode = self._shm.inode
         # Start at the live end, or at the oldest frame the ring still holds.
         # last_lsn before write_pos (the writer stores them the other way round): a
@@ -347,8 +383,9 @@ class RingReader:
         parse = RingEvent.parse
         # Parsed before the check of _advance: the integers of a frame (ts_ns, flags,
         # lengths) are copied out while its bytes are known to be the ones written.
+        # The LSN is the index's, as poll_frames and the resume LSN after Lapped take it.
         try:
-            out = [parse(f) for _, f in frames]
+            out = [parse(f, lsn) for lsn, f in frames]
         except struct.error:  # a frame cut short: an index torn (verify=False)
             self._check_lapped(start)
             raise RingCorrupt(f"ring {self.name!r}: damaged block after position {start}") \
@@ -424,7 +461,10 @@ class RingReader:
         size, count, crc, crc_c = BLOCK.unpack_from(data, off)
         if size == WRAP:
             return pos + cap - off, None
-        if (size % 8 or size > cap - off or size > wpos - pos or count < 1
+        # Bounded before anything is unpacked: a damaged count would otherwise have
+        # millions of index entries copied out before the checksum refused them.
+        if (size % 8 or size > cap - off or size > wpos - pos or size > self._max_block
+                or not 0 < count <= MAX_BLOCK_FRAMES
                 or BLOCK_HEADER + INDEX_ENTRY * count > size):
             self._check_lapped(start)
             raise RingCorrupt(f"ring {self.name!r}: damaged block at position {pos}")
@@ -436,7 +476,12 @@ class RingReader:
         if self.verify and not self._check(data, off, size, crc, crc_c):
             self._check_lapped(start)
             raise RingCorrupt(f"ring {self.name!r}: damaged block at position {pos}")
-        return pos, [pos, view, index[:count], index[count:2 * count], index[2 * count:], 0]
+        lsns, starts, ends = index[:count], index[count:2 * count], index[2 * count:]
+        if not _index_sound(lsns, starts, ends, count, size):
+            self._check_lapped(start)
+            raise RingCorrupt(f"ring {self.name!r}: block at position {pos} has an index "
+                              f"outside its frames")
+        return pos, [pos, view, lsns, starts, ends, 0]
 
     def _check(self, data: memoryview, off: int, size: int, crc: int, crc_c: int) -> bool:
         """Whether the block at `off` holds the bytes its checksum was taken of."""
@@ -543,6 +588,8 @@ class RingReader:
         if self._words[W_CLOSED]:
             raise RingClosed(f"ring {self.name!r} was closed by its writer")
         try:
+            if not 0 < self.writer_pid < PID_MAX_LIMIT:
+                raise ProcessLookupError  # no process has it (attach refuses one)
             os.kill(self.writer_pid, 0)
         except ProcessLookupError:
             raise RingClosed(f"ring {self.name!r}: writer {self.writer_pid} is gone") from None
@@ -593,6 +640,39 @@ class RingReader:
         finally:
             if w is not None and self._slot >= 0:
                 w[W_SLOTS + self._slot] = 0
+
+
+def _bad_header(capacity: int, pid: int, data_size: int) -> str | None:
+    """What is wrong with a ring header's capacity and writer pid words (None: nothing),
+    the file holding `data_size` bytes after its header."""
+    if capacity != data_size:
+        return f"capacity {capacity} is not the file's {data_size} bytes after the header"
+    if capacity % 8 or capacity < MIN_CAPACITY:
+        return f"capacity {capacity} is not a multiple of 8 of at least {MIN_CAPACITY}"
+    if not 0 < pid < PID_MAX_LIMIT:
+        return f"writer pid {pid} is no process id"
+    return None
+
+
+def _index_sound(lsns: tuple, starts: tuple, ends: tuple, count: int, size: int) -> bool:
+    """Whether a block's index cuts it into frames in order: the first right after the
+    index, each one after the one before, inside the block, with LSNs strictly
+    increasing. A checksum that matches vouches for bytes, not for the writer that
+    took it, and verify=False vouches for nothing.
+
+    A few C passes, no Python step per frame: start, end, start, end, ... in
+    non-decreasing order is one sort of sorted data (a single run, n comparisons),
+    and LSNs in order and all different are a sort and a set.
+    """
+    if starts[0] != BLOCK_HEADER + INDEX_ENTRY * count or ends[-1] > size:
+        return False
+    chain = [0] * (2 * count)
+    chain[::2] = starts
+    chain[1::2] = ends
+    if sorted(chain) != chain:
+        return False
+    order = list(lsns)
+    return sorted(order) == order and len(set(order)) == count
 
 
 class AsyncRingReader:
