@@ -21,8 +21,13 @@ figures out, keeping the process and request metrics).
 Access. With auth_token set, everything but /metrics and /healthz takes the data
 token (or the admin token) as `Authorization: Bearer <token>` or, for a browser,
 `?token=<token>` (the page passes its own on to its requests); the check is the
-WebSocket port's. A request carrying an Origin other than this server's own is
-refused (403) unless ws_allowed_origins admits it, as on the WebSocket port.
+WebSocket port's. The same paths take only a Host that names this listener: its
+address, `localhost`, a loopback address, any address literal when it listens on every
+address, or the host of a ws_allowed_origins entry; any other is refused (403), so that
+a page whose name was made to resolve to this address (DNS rebinding) reads nothing.
+A request carrying an Origin other than this server's own (`http://<Host>`, the Host
+being one of those) is refused (403) unless ws_allowed_origins admits it, as on the
+WebSocket port.
 
 The event tail. One hub subscription on the loop, running while any /v1/events
 client is connected, fills a ring of the last TAIL_EVENTS events; each client reads
@@ -38,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import ipaddress
 import json
 import logging
 import select
@@ -58,7 +64,7 @@ from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 from strata_client.auth import AUTH_METADATA
 
-from .config import parse_origins
+from .config import ANY_ORIGIN, parse_origins
 from .ws import _authorised, origin_allowed
 
 log = logging.getLogger("strata.http")
@@ -200,6 +206,15 @@ class EventTail:
             self.cond.notify_all()
 
 
+def _host_name(host: str) -> str | None:
+    """The name in a Host header, lower case, without port or brackets; None if it is
+    not one."""
+    try:
+        return urlsplit("//" + host).hostname
+    except ValueError:
+        return None
+
+
 def _json_default(o):
     if dataclasses.is_dataclass(o):
         return dataclasses.asdict(o)
@@ -220,6 +235,10 @@ class StatusServer:
         self.event_streams = 0
         self._lock = threading.Lock()
         self._origins: tuple[str, frozenset[str]] = ("", frozenset())
+        self._hosts: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        host = (listen.rpartition(":")[0].strip("[]") or "127.0.0.1").lower()
+        self.listen_host = host
+        self.listen_any = host in ("0.0.0.0", "::")
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}  # event loop only
@@ -348,6 +367,28 @@ class StatusServer:
             self._origins = (text, parse_origins(text))  # validated at load: cannot raise
         return self._origins[1]
 
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a Host header names this listener (the module's docstring says which
+        do). No Host at all is not a browser (every browser sends one): allowed."""
+        if host is None:
+            return True
+        name = _host_name(host)
+        if name is None:
+            return False
+        if name in ("localhost", self.listen_host):
+            return True
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            # A name: only those the operator gave as allowed origins.
+            origins = self.allowed_origins()
+            if self._hosts[0] is not origins:
+                self._hosts = (origins, frozenset(_host_name(o.partition("://")[2]) or ""
+                                                  for o in origins))
+            return ANY_ORIGIN in origins or name in self._hosts[1]
+        # An address literal cannot be rebound: a page's origin is then that address.
+        return ip.is_loopback or self.listen_any
+
     def health(self) -> tuple[int, str]:
         node, gate = self.gate.node, self.gate
         engine = node.serving
@@ -398,6 +439,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _admit(self) -> dict | None:
         """Origin and token; None when refused (the answer is sent)."""
         srv = self.server_ref
+        host = self.headers.get("Host")
+        if not srv.host_allowed(host):
+            log.warning("http request from %s refused: Host %r does not name this listener",
+                        self.address_string(), host)
+            self._plain(403, f"Host {host!r} does not name this server: use its address, "
+                             "or add the name to ws_allowed_origins")
+            return None
         origin = self.headers.get("Origin")
         extra: dict = {}
         if origin is not None and origin != f"http://{self.headers.get('Host', '')}":

@@ -8,6 +8,7 @@ import http.client
 import itertools
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +29,26 @@ def get(addr: str, path: str, headers: dict | None = None) -> tuple[int, dict, b
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
+
+
+def raw(addr: str, data: bytes, timeout: float = 5.0, rcvbuf: int = 0) -> bytes:
+    """Send `data` on a new connection and read until the server closes it (or
+    `timeout` passes)."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect((host, int(port)))
+    s.sendall(data)
+    out = b""
+    try:
+        while d := s.recv(65536):
+            out += d
+    except (TimeoutError, ConnectionResetError):
+        pass
+    s.close()
+    return out
 
 
 def exported(addr: str) -> set[str]:
@@ -260,3 +281,28 @@ def test_event_streams_are_capped_and_a_taken_port_is_named(daemon, daemon_facto
     d.start(wait=False)
     assert d.proc.wait(30) != 0
     assert f"cannot listen on {daemon.metrics} (metrics_listen" in d.logs()
+
+
+def test_a_host_name_that_is_not_this_listener_is_refused(daemon_factory):
+    """DNS rebinding: a page at http://evil.example:PORT whose name is made to resolve to
+    127.0.0.1 sends Host (and Origin) evil.example:PORT; it must not read anything."""
+    d = daemon_factory(extra_env={"STRATA_WS_ALLOWED_ORIGINS": "https://ops.example"})
+    port = d.metrics.rsplit(":", 1)[1]
+    evil = f"evil.example:{port}"
+    for path in ("/", "/v1/status", "/v1/connections", "/v1/cluster"):
+        for headers in ({"Host": evil}, {"Host": evil, "Origin": f"http://{evil}"}):
+            code, _, body = get(d.metrics, path, headers)
+            assert code == 403 and b"evil.example" in body, (path, headers)
+    s = EventStream(d.metrics, {"Host": evil, "Origin": f"http://{evil}"})
+    assert s.resp.status == 403
+    s.close()
+    # This listener's own names, and those ws_allowed_origins admits.
+    for host in (d.metrics, f"localhost:{port}", f"[::1]:{port}", "ops.example",
+                 f"LOCALHOST:{port}"):
+        assert get(d.metrics, "/v1/status", {"Host": host})[0] == 200, host
+    code, _, _ = get(d.metrics, "/v1/status", {"Host": f"localhost:{port}",
+                                                "Origin": f"http://localhost:{port}"})
+    assert code == 200
+    # The scraper and the probe may use any name.
+    assert get(d.metrics, "/healthz", {"Host": evil})[0] == 200
+    assert get(d.metrics, "/metrics", {"Host": evil})[0] == 200
