@@ -411,6 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     def _send(self, code: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self._answered = True
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -465,6 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         srv = self.server_ref
         path = urlsplit(self.path).path
+        self._answered = False  # set once a status line is sent: no second one after it
         try:
             if path == "/metrics":
                 self._send(200, generate_latest(srv.registry), CONTENT_TYPE_LATEST)
@@ -493,22 +495,31 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._events(extra)
         except TimeoutError:
-            self._plain(503, f"the event loop did not answer within {STATUS_TIMEOUT_S:g}s")
+            if self._answered:  # a send timed out (a stream's client that does not read)
+                self.close_connection = True
+            else:
+                self._plain(503, f"the event loop did not answer within {STATUS_TIMEOUT_S:g}s")
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            self.close_connection = True
         except Exception:
             log.exception("http %s failed", path)
-            try:
-                self._plain(500, "internal error (see the server's log)")
-            except OSError:
-                pass
+            self.close_connection = True
+            if not self._answered:
+                try:
+                    self._plain(500, "internal error (see the server's log)")
+                except OSError:
+                    pass
 
     def _client_gone(self) -> bool:
-        """Whether the client closed its end (readable at EOF); it sends nothing else."""
+        """Whether the client closed its end (readable at EOF); it sends nothing else.
+        poll, not select: select cannot take a descriptor past 1023."""
         sock = self.connection
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            if not p.poll(0):
+                return False
+            return sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
@@ -523,6 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
         tail.attach()
         try:
             after = tail.start_after(self.headers.get("Last-Event-ID"), TAIL_BACKLOG)
+            self._answered = True
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-store")

@@ -8,6 +8,7 @@ import http.client
 import itertools
 import json
 import os
+import resource
 import socket
 import time
 import urllib.error
@@ -306,3 +307,36 @@ def test_a_host_name_that_is_not_this_listener_is_refused(daemon_factory):
     # The scraper and the probe may use any name.
     assert get(d.metrics, "/healthz", {"Host": evil})[0] == 200
     assert get(d.metrics, "/metrics", {"Host": evil})[0] == 200
+
+
+@pytest.fixture
+def many_fds():
+    """Lets the daemons started meanwhile (and this process) hold 4096 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 4096")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_event_stream_works_with_descriptors_past_1023(daemon_factory, many_fds):
+    d = daemon_factory()
+    host, port = d.ws.rsplit(":", 1)  # connections that hold a descriptor of the daemon
+    idle = [socket.create_connection((host, int(port))) for _ in range(1100)]
+    try:
+        for _ in range(100):  # until the daemon has accepted them
+            if len(os.listdir(f"/proc/{d.proc.pid}/fd")) > 1100:
+                break
+            time.sleep(0.1)
+        assert len(os.listdir(f"/proc/{d.proc.pid}/fd")) > 1100
+        s = EventStream(d.metrics)
+        assert s.resp.status == 200
+        time.sleep(2.5)  # quiet: the server checks whether the client is still there
+        with Client(d.grpc) as c:
+            lsn = c.put(b"late", b"1")
+            assert s.next()[1]["lsn"] == lsn
+        s.close()
+    finally:
+        for sock in idle:
+            sock.close()
