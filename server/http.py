@@ -12,8 +12,11 @@
     GET /                 the status page (server/static/index.html, no build step)
     anything else         404; other methods 405
 
-Threads. A ThreadingHTTPServer on its own thread, one thread per request, so the
-event loop never serves HTTP. Figures the loop changes are read on the loop: the
+Threads. A ThreadingHTTPServer on its own thread, one thread per connection, so the
+event loop never serves HTTP. At most MAX_CONNECTIONS connections at a time (each
+holds a thread); one more is answered 503 and closed at once, from the accepting
+thread. A connection that sends nothing for REQUEST_TIMEOUT_S (a request left half
+sent, an idle keep-alive) is closed, freeing its place. Figures the loop changes are read on the loop: the
 handler asks it (run_coroutine_threadsafe) and waits at most STATUS_TIMEOUT_S,
 answering 503 if the loop does not answer in time (/metrics then leaves the node's
 figures out, keeping the process and request metrics).
@@ -76,6 +79,8 @@ TAIL_EVENTS = 1000
 TAIL_VALUE_BYTES = 200  # keys and values are cut to this many bytes in the tail
 TAIL_BACKLOG = 50  # events a new client is sent from before it connected
 MAX_EVENT_STREAMS = 16
+MAX_CONNECTIONS = 64  # threads the HTTP server may hold, event streams included
+REQUEST_TIMEOUT_S = 10.0  # a connection silent this long while a request is read is closed
 MEMBER_TIMEOUT_S = 0.5  # a node that does not answer Admin.Status within this is down
 KEEPALIVE_S = 15.0
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -233,6 +238,7 @@ class StatusServer:
         self.loop = asyncio.get_running_loop()
         self.tail = EventTail(gate.node.hub, self.loop)
         self.event_streams = 0
+        self.connections = 0  # under _lock
         self._lock = threading.Lock()
         self._origins: tuple[str, frozenset[str]] = ("", frozenset())
         self._hosts: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
@@ -258,6 +264,7 @@ class StatusServer:
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
             daemon_threads = True  # an event stream's thread must not hold up the exit
+            request_queue_size = 128  # listen backlog (socketserver's 5 drops bursts)
 
             def handle_error(self, request, client_address) -> None:
                 # socketserver prints the traceback to stderr; a client that went away
@@ -267,6 +274,28 @@ class StatusServer:
                     log.debug("%s: %s", client_address[0], exc)
                 else:
                     log.error("HTTP request from %s failed", client_address[0], exc_info=True)
+
+            def process_request(self, request, client_address) -> None:
+                with outer._lock:
+                    admit = outer.connections < MAX_CONNECTIONS
+                    outer.connections += admit
+                if not admit:
+                    _refuse(request)
+                    self.shutdown_request(request)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:  # no thread started: it will not give its place back
+                    with outer._lock:
+                        outer.connections -= 1
+                    raise
+
+            def process_request_thread(self, request, client_address) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    with outer._lock:
+                        outer.connections -= 1
 
         srv = Server((host, int(port)), Handler)  # OSError: the daemon names the address
         self._server = srv
@@ -402,10 +431,31 @@ class StatusServer:
         return 200, "serving"
 
 
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
+def _refuse(sock: socket.socket) -> None:
+    """Answer 503 on a connection beyond MAX_CONNECTIONS without a thread: never blocks
+    (what does not fit in the socket's buffer is dropped). What the client already sent
+    is read first, so that closing does not reset the connection under the answer."""
+    body = b"more than %d connections open: try again\n" % MAX_CONNECTIONS
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)
+        except BlockingIOError:
+            pass
+        sock.send(_BUSY % (len(body), body))
+    except OSError:
+        pass
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_ref: StatusServer
     protocol_version = "HTTP/1.1"
     server_version = "strata"
+    timeout = REQUEST_TIMEOUT_S  # StreamRequestHandler sets it on the socket
 
     def log_message(self, format, *args) -> None:  # noqa: A002 (the base class's name)
         log.debug("%s %s", self.address_string(), format % args)

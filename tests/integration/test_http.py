@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
+from strata.server import http as status_http
 from strata.server.http import MAX_EVENT_STREAMS
 from strata.server.metrics import documented_families
 from strata_client import Client
@@ -340,3 +341,26 @@ def test_an_event_stream_works_with_descriptors_past_1023(daemon_factory, many_f
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_connections_are_capped_and_a_half_sent_request_times_out(daemon):
+    d = daemon
+    cap = status_http.MAX_CONNECTIONS
+    host, port = d.metrics.rsplit(":", 1)
+    half = []
+    for _ in range(cap):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        half.append(s)
+    for _ in range(40):  # until the server took all of them from its listen backlog
+        answer = raw(d.metrics, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        if not answer.startswith(b"HTTP/1.1 200"):
+            break
+        time.sleep(0.25)
+    assert answer.startswith(b"HTTP/1.1 503") and b"connections" in answer
+    # The server gives up on each after REQUEST_TIMEOUT_S, freeing its place.
+    for s in half:
+        s.settimeout(status_http.REQUEST_TIMEOUT_S + 10)
+        assert s.recv(100) == b""
+        s.close()
+    assert get(d.metrics, "/healthz")[0] == 200
