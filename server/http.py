@@ -38,7 +38,8 @@ from it at its own pace. Overflow: a client that falls more than TAIL_EVENTS
 behind is sent a `gap` event (how many it missed) and goes on from the oldest
 event kept; the hub subscription itself lapped (the loop fell behind) is a `gap`
 too. At most MAX_EVENT_STREAMS clients at a time (each holds a thread): one more
-is answered 503.
+is answered 503. A client that stops reading (a write to it does not complete within
+STREAM_SEND_TIMEOUT_S) has its stream ended, freeing its place.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ TAIL_VALUE_BYTES = 200  # keys and values are cut to this many bytes in the tail
 TAIL_BACKLOG = 50  # events a new client is sent from before it connected
 MAX_EVENT_STREAMS = 16
 MAX_CONNECTIONS = 64  # threads the HTTP server may hold, event streams included
+STREAM_SEND_TIMEOUT_S = 10.0  # an event stream whose client takes nothing this long ends
 REQUEST_TIMEOUT_S = 10.0  # a connection silent this long while a request is read is closed
 MEMBER_TIMEOUT_S = 0.5  # a node that does not answer Admin.Status within this is down
 KEEPALIVE_S = 15.0
@@ -594,6 +596,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self.command == "HEAD":
                 return
             self.close_connection = True  # no Content-Length: the stream ends the connection
+            self.connection.settimeout(STREAM_SEND_TIMEOUT_S)  # each write: TimeoutError past it
             self.wfile.write(b"retry: 1000\n\n")
             self.wfile.flush()
             quiet_since = time.monotonic()
@@ -616,8 +619,12 @@ class _Handler(BaseHTTPRequestHandler):
                     out.append(b"id: %d:%d\ndata: %s\n\n" % (tail.boot, seq,
                                                                json.dumps(item).encode()))
                     after = seq
-                self.wfile.write(b"".join(out) or b": keepalive\n\n")
-                self.wfile.flush()
+                try:
+                    self.wfile.write(b"".join(out) or b": keepalive\n\n")
+                except TimeoutError:
+                    log.info("event stream to %s ended: it took nothing for %gs",
+                             self.address_string(), STREAM_SEND_TIMEOUT_S)
+                    return
         finally:
             tail.detach()
             with srv._lock:

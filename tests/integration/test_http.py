@@ -364,3 +364,32 @@ def test_connections_are_capped_and_a_half_sent_request_times_out(daemon):
         assert s.recv(100) == b""
         s.close()
     assert get(d.metrics, "/healthz")[0] == 200
+
+
+def test_event_streams_that_do_not_read_are_ended(daemon):
+    d = daemon
+    host, port = d.metrics.rsplit(":", 1)
+    stalled = []
+    for _ in range(MAX_EVENT_STREAMS):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((host, int(port)))
+        s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        stalled.append(s)
+    try:
+        time.sleep(1)
+        with Client(d.grpc) as c:
+            for b in range(8):
+                c.batch([("put", b"k%d-%d" % (b, i), b"v" * 190) for i in range(500)])
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < status_http.STREAM_SEND_TIMEOUT_S + 15:
+            s = EventStream(d.metrics)
+            if s.resp.status == 200:
+                break
+            s.close()
+            time.sleep(0.5)
+        assert s.resp.status == 200  # a stalled stream was ended, freeing its slot
+        s.close()
+    finally:
+        for s in stalled:
+            s.close()
