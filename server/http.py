@@ -485,7 +485,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_POST(self) -> None:
-        self._plain(405, "only GET")
+        # The body is not read: the connection ends with the answer, so that what the
+        # body holds is never taken for the next request (a desync behind a proxy).
+        self.close_connection = True
+        self._send(405, b"only GET and HEAD\n", "text/plain; charset=utf-8",
+                   {"Allow": "GET, HEAD", "Connection": "close"})
 
     do_PUT = do_DELETE = do_PATCH = do_POST
 

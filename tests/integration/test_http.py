@@ -393,3 +393,12 @@ def test_event_streams_that_do_not_read_are_ended(daemon):
     finally:
         for s in stalled:
             s.close()
+
+
+def test_a_refused_method_closes_the_connection_unread_body_and_all(daemon):
+    d = daemon
+    inner = b"GET /v1/connections HTTP/1.1\r\nHost: x\r\n\r\n"
+    out = raw(d.metrics, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+              % len(inner) + inner)
+    assert out.startswith(b"HTTP/1.1 405") and out.count(b"HTTP/1.1 ") == 1, out
+    assert b"connections" not in out
