@@ -1,7 +1,8 @@
 """HTTP on metrics_listen: the metrics, health, the status JSON and the status page.
 
     GET /metrics          Prometheus text format (no token: a scraper's business)
-    GET /healthz          200 "serving", 503 with the reason (no token)
+    GET /healthz          200 "serving", 503 with the reason (no token; the event loop
+                          is asked, and one that does not answer in 1 s is a 503)
     GET /v1/status        this node, its peers as it sees them, subscribers, consumers,
                           rings, disk and write state (JSON: node/status.py's Overview)
     GET /v1/connections   one entry per WebSocket connection or gRPC stream (JSON)
@@ -74,6 +75,7 @@ from .ws import _authorised, origin_allowed
 log = logging.getLogger("strata.http")
 
 STATUS_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 1.0  # /healthz: a loop that does not answer within this is unhealthy
 # The tail keeps TAIL_EVENTS events of at most 2 * TAIL_VALUE_BYTES of text and a few
 # hundred bytes of dict each: under 1 MiB.
 TAIL_EVENTS = 1000
@@ -317,14 +319,14 @@ class StatusServer:
 
     # -- read from the HTTP threads
 
-    def ask(self, fn):
+    def ask(self, fn, timeout: float = STATUS_TIMEOUT_S):
         """fn(node) run on the event loop; TimeoutError if it does not answer in time."""
         node = self.gate.node
 
         async def call():
             return fn(node)
 
-        return self.ask_async(call)
+        return self.ask_async(call, timeout)
 
     async def members(self) -> list[Member]:
         """Event loop: this node and every peer, each asked for its Admin.Status at
@@ -383,11 +385,11 @@ class StatusServer:
         except RuntimeError:  # the loop is closed: stopping
             return None
 
-    def ask_async(self, coro_fn):
-        """coro_fn() awaited on the event loop; TimeoutError past STATUS_TIMEOUT_S."""
+    def ask_async(self, coro_fn, timeout: float = STATUS_TIMEOUT_S):
+        """coro_fn() awaited on the event loop; TimeoutError past `timeout`."""
         fut = asyncio.run_coroutine_threadsafe(coro_fn(), self.loop)
         try:
-            return fut.result(STATUS_TIMEOUT_S)
+            return fut.result(timeout)
         except TimeoutError:
             fut.cancel()
             raise
@@ -421,6 +423,16 @@ class StatusServer:
         return ip.is_loopback or self.listen_any
 
     def health(self) -> tuple[int, str]:
+        """For /healthz (an HTTP thread): asked of the event loop, so that a loop that
+        does not answer within HEALTH_TIMEOUT_S is not reported as serving."""
+        try:
+            return self.ask(lambda _: self._health(), HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            return 503, "event loop not answering"
+        except RuntimeError:  # the loop is closed: stopping
+            return 503, "stopping"
+
+    def _health(self) -> tuple[int, str]:
         node, gate = self.gate.node, self.gate
         engine = node.serving
         if gate.draining:

@@ -10,6 +10,8 @@ import json
 import os
 import resource
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +24,8 @@ from strata.server import http as status_http
 from strata.server.http import MAX_EVENT_STREAMS
 from strata.server.metrics import documented_families
 from strata_client import Client
+
+from .conftest import ROOT
 
 
 def get(addr: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -402,3 +406,24 @@ def test_a_refused_method_closes_the_connection_unread_body_and_all(daemon):
               % len(inner) + inner)
     assert out.startswith(b"HTTP/1.1 405") and out.count(b"HTTP/1.1 ") == 1, out
     assert b"connections" not in out
+
+
+def test_healthz_says_when_the_event_loop_does_not_answer(tmp_path):
+    from .conftest import free_port
+
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.blocking_loop_daemon", str(tmp_path / "d"),
+         *addrs], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline() == b"serving\n"
+        assert get(addrs[2], "/healthz")[::2] == (200, b"serving\n")
+        proc.stdin.write(b"6\n")
+        proc.stdin.flush()
+        time.sleep(0.5)
+        code, _, body = get(addrs[2], "/healthz")
+        assert (code, body) == (503, b"event loop not answering\n")
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
