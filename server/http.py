@@ -51,6 +51,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import re
 import select
 import socket
 import sys
@@ -445,6 +446,7 @@ class StatusServer:
         return 200, "serving"
 
 
+_TOKEN_IN_QUERY = re.compile(r"([?&;]token=)[^&;\s'\"]*", re.IGNORECASE)
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
          b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
 
@@ -472,7 +474,8 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_S  # StreamRequestHandler sets it on the socket
 
     def log_message(self, format, *args) -> None:  # noqa: A002 (the base class's name)
-        log.debug("%s %s", self.address_string(), format % args)
+        # Request lines carry `?token=` (the page's own requests do): never logged.
+        log.debug("%s %s", self.address_string(), _TOKEN_IN_QUERY.sub(r"\1***", format % args))
 
     def _send(self, code: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
         self._answered = True

@@ -427,3 +427,13 @@ def test_healthz_says_when_the_event_loop_does_not_answer(tmp_path):
     finally:
         proc.stdin.close()
         proc.wait(30)
+
+
+def test_the_token_is_not_written_to_the_log(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_AUTH_TOKEN": "s3cret-tok", "STRATA_LOG_LEVEL": "debug"})
+    assert get(d.metrics, "/v1/status?token=s3cret-tok")[0] == 200
+    assert get(d.metrics, "/nope?x=1&token=s3cret-tok")[0] == 404
+    raw(d.metrics, b"GET /v1/status?token=s3cret-tok HTTP/1.1 x\r\n\r\n")  # a 400
+    time.sleep(0.3)
+    logs = d.logs()
+    assert "/v1/status?token=" in logs and "s3cret" not in logs
