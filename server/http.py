@@ -11,7 +11,8 @@
                           this node's view of it; a node that does not answer is down
     GET /v1/events        the live event tail, as Server-Sent Events
     GET /                 the status page (server/static/index.html, no build step)
-    anything else         404; other methods 405
+    anything else         404; any method but GET and HEAD 405 (OPTIONS too: no
+                          preflight is answered), and the connection is closed
 
 Threads. A ThreadingHTTPServer on its own thread, one thread per connection, so the
 event loop never serves HTTP. At most MAX_CONNECTIONS connections at a time (each
@@ -499,14 +500,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
-    def do_POST(self) -> None:
+    def parse_request(self) -> bool:
+        """The base class's, and then any method but GET and HEAD is a 405 (the base
+        class would answer 501 to one it has no do_ method for)."""
+        if not super().parse_request():
+            return False
+        if self.command in ("GET", "HEAD"):
+            return True
         # The body is not read: the connection ends with the answer, so that what the
         # body holds is never taken for the next request (a desync behind a proxy).
         self.close_connection = True
         self._send(405, b"only GET and HEAD\n", "text/plain; charset=utf-8",
                    {"Allow": "GET, HEAD", "Connection": "close"})
-
-    do_PUT = do_DELETE = do_PATCH = do_POST
+        return False
 
     def _admit(self) -> dict | None:
         """Origin and token; None when refused (the answer is sent)."""

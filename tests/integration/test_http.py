@@ -408,6 +408,17 @@ def test_a_refused_method_closes_the_connection_unread_body_and_all(daemon):
     assert b"connections" not in out
 
 
+def test_every_method_but_get_and_head_is_405(daemon):
+    d = daemon
+    for m in ("OPTIONS", "TRACE", "PUT", "DELETE", "PATCH", "CONNECT", "BREW"):
+        out = raw(d.metrics, f"{m} /v1/status HTTP/1.1\r\nHost: x\r\nOrigin: http://dash.example"
+                  "\r\nAccess-Control-Request-Method: GET\r\nContent-Length: 0\r\n\r\n".encode())
+        assert out.startswith(b"HTTP/1.1 405"), (m, out[:80])
+        assert b"\r\nAllow: GET, HEAD\r\n" in out, m
+    assert raw(d.metrics, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+               ).startswith(b"HTTP/1.1 200")
+
+
 def test_healthz_says_when_the_event_loop_does_not_answer(tmp_path):
     from .conftest import free_port
 
