@@ -448,3 +448,17 @@ def test_the_token_is_not_written_to_the_log(daemon_factory):
     time.sleep(0.3)
     logs = d.logs()
     assert "/v1/status?token=" in logs and "s3cret" not in logs
+
+
+def test_durable_lsn_is_what_was_synced(daemon_factory, tmp_path):
+    d = daemon_factory(extra_env={"STRATA_DURABILITY": "none"})
+    with Client(d.grpc) as c:
+        lsn = c.put(b"k", b"v")
+    node = json.loads(get(d.metrics, "/v1/status")[2])["node"]
+    assert node["last_lsn"] >= lsn and node["durable_lsn"] < lsn
+    d.stop()
+    d2 = daemon_factory(data_dir=str(tmp_path / "always"))
+    with Client(d2.grpc) as c:
+        lsn = c.put(b"k", b"v")
+    node = json.loads(get(d2.metrics, "/v1/status")[2])["node"]
+    assert node["durable_lsn"] == node["last_lsn"] >= lsn
