@@ -462,3 +462,15 @@ def test_durable_lsn_is_what_was_synced(daemon_factory, tmp_path):
         lsn = c.put(b"k", b"v")
     node = json.loads(get(d2.metrics, "/v1/status")[2])["node"]
     assert node["durable_lsn"] == node["last_lsn"] >= lsn
+
+
+def test_responses_carry_the_security_headers(daemon):
+    d = daemon
+    for path in ("/", "/v1/status", "/healthz", "/nope"):
+        _, headers, _ = get(d.metrics, path)
+        assert headers["Referrer-Policy"] == "no-referrer", path
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert "default-src 'none'" in headers["Content-Security-Policy"], path
+    s = EventStream(d.metrics)
+    assert s.resp.headers["X-Content-Type-Options"] == "nosniff"
+    s.close()
