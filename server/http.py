@@ -202,10 +202,14 @@ class EventTail:
                                 "value": None if ev.deleted else _text(ev.value),
                                 "deleted": ev.deleted})
             except Lapped as e:
+                if self.closed:  # cut off at shutdown: no new subscription
+                    return
                 self._push({"type": "gap", "resume_lsn": e.resume_lsn, "reason": e.reason})
-                await asyncio.sleep(0.1)  # cut off at shutdown: do not spin
+                await asyncio.sleep(0.1)  # cut off again at once: do not spin
             finally:
                 self.hub.unsubscribe(sub)
+            if self.closed:
+                return
             sub = self.hub.subscribe(None, b"", TAIL_EVENTS)
 
     def close(self) -> None:
@@ -274,6 +278,7 @@ class StatusServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}  # event loop only
+        self._closing: set[asyncio.Task] = set()  # channel closes under way (event loop)
 
     @property
     def port(self) -> int:
@@ -330,14 +335,26 @@ class StatusServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Event loop. Never blocks it: the HTTP server's shutdown (which waits up to
+        its 0.5 s poll) runs on a thread of its own, and the peers' channels close in
+        tasks kept here until done (their errors logged)."""
         self.tail.close()
         for ch in self._channels.values():
-            asyncio.ensure_future(ch.close())
+            task = self.loop.create_task(ch.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closed)
         self._channels.clear()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        srv, self._server = self._server, None
+        if srv is not None:
+            def stop() -> None:
+                srv.shutdown()
+                srv.server_close()
+            threading.Thread(target=stop, name="strata-http-stop", daemon=True).start()
+
+    def _closed(self, task: asyncio.Task) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing a peer's channel failed: %s", task.exception())
 
     # -- read from the HTTP threads
 
