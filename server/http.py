@@ -149,7 +149,7 @@ class EventTail:
         process), else `backlog` items before the newest."""
         with self.cond:
             boot, _, n = (last_event_id or "").partition(":")
-            if boot == str(self.boot) and n.isdigit() and int(n) <= self.seq:
+            if boot == str(self.boot) and n.isascii() and n.isdigit() and int(n) <= self.seq:
                 return int(n)
             return max(0, self.seq - backlog)
 

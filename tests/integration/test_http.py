@@ -236,6 +236,10 @@ def test_the_event_tail_and_its_overflow_policy(daemon):
     other = EventStream(d.metrics, {"Last-Event-ID": f"{int(boot) - 1}:5"})
     assert other.next()[1]["type"] == "event"
     other.close()
+    # One that is not a number (a digit that int() does not take) is no id at all.
+    odd = EventStream(d.metrics, {"Last-Event-ID": f"{boot}:\u00b2"})
+    assert odd.resp.status == 200 and odd.next()[1]["type"] == "event"
+    odd.close()
 
 
 def test_the_tail_stops_while_no_one_watches_and_says_so_when_it_starts_again(daemon):
