@@ -25,6 +25,7 @@ from strata.server.http import MAX_EVENT_STREAMS
 from strata.server.metrics import documented_families
 from strata_client import Client
 
+from .. import daemon_logs
 from .conftest import ROOT
 
 
@@ -427,10 +428,12 @@ def test_healthz_says_when_the_event_loop_does_not_answer(tmp_path):
     from .conftest import free_port
 
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.blocking_loop_daemon", str(tmp_path / "d"),
-         *addrs], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    log_path = daemon_logs.log_file("blocking-loop") or tmp_path / "daemon.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.blocking_loop_daemon",
+             str(tmp_path / "d"), *addrs], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
     try:
         assert proc.stdout.readline() == b"serving\n"
         assert get(addrs[2], "/healthz")[::2] == (200, b"serving\n")
