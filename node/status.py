@@ -65,6 +65,14 @@ class SubscriberStatus:
     cursor_writes: int
 
 
+def durable_lsn(engine) -> int:
+    """The last LSN known to survive a power cut. With durability `always` a write is
+    visible only once its WAL group is synced: last_lsn. With `interval` or `none`
+    the engine does not track which WAL frames the last fdatasync covered, so this is
+    a lower bound: flushed_lsn, the last LSN in synced SSTables."""
+    return engine.last_lsn if engine.opts.durability == "always" else engine.flushed_lsn
+
+
 def node_status(node: Node) -> NodeStatus:
     """REQUIRES: node.serving is set (the engine is in service)."""
     engine = node.serving
@@ -76,7 +84,7 @@ def node_status(node: Node) -> NodeStatus:
         repl = dict(role="master", term=engine.term, commit_lsn=engine.last_lsn, lease=True)
     return NodeStatus(
         node=node.cfg.node, replication=repl,
-        durable_lsn=engine.last_lsn, applied_lsn=engine.read_lsn,
+        durable_lsn=durable_lsn(engine), applied_lsn=engine.read_lsn,
         last_lsn=engine.last_lsn, flushed_lsn=engine.flushed_lsn,
         levels=[Level(lv["level"], lv["files"], lv["bytes"]) for lv in engine.levels()
                 if lv["files"]],

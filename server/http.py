@@ -1,7 +1,8 @@
 """HTTP on metrics_listen: the metrics, health, the status JSON and the status page.
 
     GET /metrics          Prometheus text format (no token: a scraper's business)
-    GET /healthz          200 "serving", 503 with the reason (no token)
+    GET /healthz          200 "serving", 503 with the reason (no token; the event loop
+                          is asked, and one that does not answer in 1 s is a 503)
     GET /v1/status        this node, its peers as it sees them, subscribers, consumers,
                           rings, disk and write state (JSON: node/status.py's Overview)
     GET /v1/connections   one entry per WebSocket connection or gRPC stream (JSON)
@@ -10,10 +11,14 @@
                           this node's view of it; a node that does not answer is down
     GET /v1/events        the live event tail, as Server-Sent Events
     GET /                 the status page (server/static/index.html, no build step)
-    anything else         404; other methods 405
+    anything else         404; any method but GET and HEAD 405 (OPTIONS too: no
+                          preflight is answered), and the connection is closed
 
-Threads. A ThreadingHTTPServer on its own thread, one thread per request, so the
-event loop never serves HTTP. Figures the loop changes are read on the loop: the
+Threads. A ThreadingHTTPServer on its own thread, one thread per connection, so the
+event loop never serves HTTP. At most MAX_CONNECTIONS connections at a time (each
+holds a thread); one more is answered 503 and closed at once, from the accepting
+thread. A connection that sends nothing for REQUEST_TIMEOUT_S (a request left half
+sent, an idle keep-alive) is closed, freeing its place. Figures the loop changes are read on the loop: the
 handler asks it (run_coroutine_threadsafe) and waits at most STATUS_TIMEOUT_S,
 answering 503 if the loop does not answer in time (/metrics then leaves the node's
 figures out, keeping the process and request metrics).
@@ -21,8 +26,13 @@ figures out, keeping the process and request metrics).
 Access. With auth_token set, everything but /metrics and /healthz takes the data
 token (or the admin token) as `Authorization: Bearer <token>` or, for a browser,
 `?token=<token>` (the page passes its own on to its requests); the check is the
-WebSocket port's. A request carrying an Origin other than this server's own is
-refused (403) unless ws_allowed_origins admits it, as on the WebSocket port.
+WebSocket port's. The same paths take only a Host that names this listener: its
+address, `localhost`, a loopback address, any address literal when it listens on every
+address, or the host of a ws_allowed_origins entry; any other is refused (403), so that
+a page whose name was made to resolve to this address (DNS rebinding) reads nothing.
+A request carrying an Origin other than this server's own (`http://<Host>`, the Host
+being one of those) is refused (403) unless ws_allowed_origins admits it, as on the
+WebSocket port.
 
 The event tail. One hub subscription on the loop, running while any /v1/events
 client is connected, fills a ring of the last TAIL_EVENTS events; each client reads
@@ -30,16 +40,21 @@ from it at its own pace. Overflow: a client that falls more than TAIL_EVENTS
 behind is sent a `gap` event (how many it missed) and goes on from the oldest
 event kept; the hub subscription itself lapped (the loop fell behind) is a `gap`
 too. At most MAX_EVENT_STREAMS clients at a time (each holds a thread): one more
-is answered 503.
+is answered 503. A client that stops reading (a write to it does not complete within
+STREAM_SEND_TIMEOUT_S) has its stream ended, freeing its place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import dataclasses
+import hashlib
+import ipaddress
 import json
 import logging
+import re
 import select
 import socket
 import sys
@@ -58,18 +73,22 @@ from strata_client._proto import strata_pb2 as pb
 from strata_client._proto import strata_pb2_grpc as pbg
 from strata_client.auth import AUTH_METADATA
 
-from .config import parse_origins
+from .config import ANY_ORIGIN, parse_origins
 from .ws import _authorised, origin_allowed
 
 log = logging.getLogger("strata.http")
 
 STATUS_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 1.0  # /healthz: a loop that does not answer within this is unhealthy
 # The tail keeps TAIL_EVENTS events of at most 2 * TAIL_VALUE_BYTES of text and a few
 # hundred bytes of dict each: under 1 MiB.
 TAIL_EVENTS = 1000
 TAIL_VALUE_BYTES = 200  # keys and values are cut to this many bytes in the tail
 TAIL_BACKLOG = 50  # events a new client is sent from before it connected
 MAX_EVENT_STREAMS = 16
+MAX_CONNECTIONS = 64  # threads the HTTP server may hold, event streams included
+STREAM_SEND_TIMEOUT_S = 10.0  # an event stream whose client takes nothing this long ends
+REQUEST_TIMEOUT_S = 10.0  # a connection silent this long while a request is read is closed
 MEMBER_TIMEOUT_S = 0.5  # a node that does not answer Admin.Status within this is down
 KEEPALIVE_S = 15.0
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -130,7 +149,7 @@ class EventTail:
         process), else `backlog` items before the newest."""
         with self.cond:
             boot, _, n = (last_event_id or "").partition(":")
-            if boot == str(self.boot) and n.isdigit() and int(n) <= self.seq:
+            if boot == str(self.boot) and n.isascii() and n.isdigit() and int(n) <= self.seq:
                 return int(n)
             return max(0, self.seq - backlog)
 
@@ -183,10 +202,14 @@ class EventTail:
                                 "value": None if ev.deleted else _text(ev.value),
                                 "deleted": ev.deleted})
             except Lapped as e:
+                if self.closed:  # cut off at shutdown: no new subscription
+                    return
                 self._push({"type": "gap", "resume_lsn": e.resume_lsn, "reason": e.reason})
-                await asyncio.sleep(0.1)  # cut off at shutdown: do not spin
+                await asyncio.sleep(0.1)  # cut off again at once: do not spin
             finally:
                 self.hub.unsubscribe(sub)
+            if self.closed:
+                return
             sub = self.hub.subscribe(None, b"", TAIL_EVENTS)
 
     def close(self) -> None:
@@ -198,6 +221,33 @@ class EventTail:
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+
+
+def _page_policy(page: bytes) -> str:
+    """The page's Content-Security-Policy: its own inline script and style (by hash)
+    and requests to this server, nothing else."""
+    def hashes(tag: bytes) -> str:
+        blocks = re.findall(b"<%s>(.*?)</%s>" % (tag, tag), page, re.DOTALL)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b).digest()).decode()}'"
+                        for b in blocks) or "'none'"
+    return (f"default-src 'none'; script-src {hashes(b'script')}; "
+            f"style-src {hashes(b'style')}; connect-src 'self'; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+# Every answer: no Referer with the ?token= of the page's URL, no type sniffing, and
+# (but the page's own, _page_policy) nothing to run or load.
+SECURITY_HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
+                    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'"}
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a Host header, lower case, without port or brackets; None if it is
+    not one."""
+    try:
+        return urlsplit("//" + host).hostname
+    except ValueError:
+        return None
 
 
 def _json_default(o):
@@ -218,11 +268,17 @@ class StatusServer:
         self.loop = asyncio.get_running_loop()
         self.tail = EventTail(gate.node.hub, self.loop)
         self.event_streams = 0
+        self.connections = 0  # under _lock
         self._lock = threading.Lock()
         self._origins: tuple[str, frozenset[str]] = ("", frozenset())
+        self._hosts: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        host = (listen.rpartition(":")[0].strip("[]") or "127.0.0.1").lower()
+        self.listen_host = host
+        self.listen_any = host in ("0.0.0.0", "::")
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}  # event loop only
+        self._closing: set[asyncio.Task] = set()  # channel closes under way (event loop)
 
     @property
     def port(self) -> int:
@@ -239,6 +295,7 @@ class StatusServer:
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
             daemon_threads = True  # an event stream's thread must not hold up the exit
+            request_queue_size = 128  # listen backlog (socketserver's 5 drops bursts)
 
             def handle_error(self, request, client_address) -> None:
                 # socketserver prints the traceback to stderr; a client that went away
@@ -249,6 +306,28 @@ class StatusServer:
                 else:
                     log.error("HTTP request from %s failed", client_address[0], exc_info=True)
 
+            def process_request(self, request, client_address) -> None:
+                with outer._lock:
+                    admit = outer.connections < MAX_CONNECTIONS
+                    outer.connections += admit
+                if not admit:
+                    _refuse(request)
+                    self.shutdown_request(request)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:  # no thread started: it will not give its place back
+                    with outer._lock:
+                        outer.connections -= 1
+                    raise
+
+            def process_request_thread(self, request, client_address) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    with outer._lock:
+                        outer.connections -= 1
+
         srv = Server((host, int(port)), Handler)  # OSError: the daemon names the address
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, name="strata-http",
@@ -256,25 +335,37 @@ class StatusServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Event loop. Never blocks it: the HTTP server's shutdown (which waits up to
+        its 0.5 s poll) runs on a thread of its own, and the peers' channels close in
+        tasks kept here until done (their errors logged)."""
         self.tail.close()
         for ch in self._channels.values():
-            asyncio.ensure_future(ch.close())
+            task = self.loop.create_task(ch.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closed)
         self._channels.clear()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        srv, self._server = self._server, None
+        if srv is not None:
+            def stop() -> None:
+                srv.shutdown()
+                srv.server_close()
+            threading.Thread(target=stop, name="strata-http-stop", daemon=True).start()
+
+    def _closed(self, task: asyncio.Task) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing a peer's channel failed: %s", task.exception())
 
     # -- read from the HTTP threads
 
-    def ask(self, fn):
+    def ask(self, fn, timeout: float = STATUS_TIMEOUT_S):
         """fn(node) run on the event loop; TimeoutError if it does not answer in time."""
         node = self.gate.node
 
         async def call():
             return fn(node)
 
-        return self.ask_async(call)
+        return self.ask_async(call, timeout)
 
     async def members(self) -> list[Member]:
         """Event loop: this node and every peer, each asked for its Admin.Status at
@@ -333,11 +424,11 @@ class StatusServer:
         except RuntimeError:  # the loop is closed: stopping
             return None
 
-    def ask_async(self, coro_fn):
-        """coro_fn() awaited on the event loop; TimeoutError past STATUS_TIMEOUT_S."""
+    def ask_async(self, coro_fn, timeout: float = STATUS_TIMEOUT_S):
+        """coro_fn() awaited on the event loop; TimeoutError past `timeout`."""
         fut = asyncio.run_coroutine_threadsafe(coro_fn(), self.loop)
         try:
-            return fut.result(STATUS_TIMEOUT_S)
+            return fut.result(timeout)
         except TimeoutError:
             fut.cancel()
             raise
@@ -348,7 +439,39 @@ class StatusServer:
             self._origins = (text, parse_origins(text))  # validated at load: cannot raise
         return self._origins[1]
 
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a Host header names this listener (the module's docstring says which
+        do). No Host at all is not a browser (every browser sends one): allowed."""
+        if host is None:
+            return True
+        name = _host_name(host)
+        if name is None:
+            return False
+        if name in ("localhost", self.listen_host):
+            return True
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            # A name: only those the operator gave as allowed origins.
+            origins = self.allowed_origins()
+            if self._hosts[0] is not origins:
+                self._hosts = (origins, frozenset(_host_name(o.partition("://")[2]) or ""
+                                                  for o in origins))
+            return ANY_ORIGIN in origins or name in self._hosts[1]
+        # An address literal cannot be rebound: a page's origin is then that address.
+        return ip.is_loopback or self.listen_any
+
     def health(self) -> tuple[int, str]:
+        """For /healthz (an HTTP thread): asked of the event loop, so that a loop that
+        does not answer within HEALTH_TIMEOUT_S is not reported as serving."""
+        try:
+            return self.ask(lambda _: self._health(), HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            return 503, "event loop not answering"
+        except RuntimeError:  # the loop is closed: stopping
+            return 503, "stopping"
+
+    def _health(self) -> tuple[int, str]:
         node, gate = self.gate.node, self.gate
         engine = node.serving
         if gate.draining:
@@ -361,20 +484,44 @@ class StatusServer:
         return 200, "serving"
 
 
+_TOKEN_IN_QUERY = re.compile(r"([?&;]token=)[^&;\s'\"]*", re.IGNORECASE)
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
+def _refuse(sock: socket.socket) -> None:
+    """Answer 503 on a connection beyond MAX_CONNECTIONS without a thread: never blocks
+    (what does not fit in the socket's buffer is dropped). What the client already sent
+    is read first, so that closing does not reset the connection under the answer."""
+    body = b"more than %d connections open: try again\n" % MAX_CONNECTIONS
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)
+        except BlockingIOError:
+            pass
+        sock.send(_BUSY % (len(body), body))
+    except OSError:
+        pass
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_ref: StatusServer
     protocol_version = "HTTP/1.1"
     server_version = "strata"
+    timeout = REQUEST_TIMEOUT_S  # StreamRequestHandler sets it on the socket
 
     def log_message(self, format, *args) -> None:  # noqa: A002 (the base class's name)
-        log.debug("%s %s", self.address_string(), format % args)
+        # Request lines carry `?token=` (the page's own requests do): never logged.
+        log.debug("%s %s", self.address_string(), _TOKEN_IN_QUERY.sub(r"\1***", format % args))
 
     def _send(self, code: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self._answered = True
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
-        for k, v in (extra or {}).items():
+        for k, v in {**SECURITY_HEADERS, **(extra or {})}.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
@@ -390,14 +537,30 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
-    def do_POST(self) -> None:
-        self._plain(405, "only GET")
-
-    do_PUT = do_DELETE = do_PATCH = do_POST
+    def parse_request(self) -> bool:
+        """The base class's, and then any method but GET and HEAD is a 405 (the base
+        class would answer 501 to one it has no do_ method for)."""
+        if not super().parse_request():
+            return False
+        if self.command in ("GET", "HEAD"):
+            return True
+        # The body is not read: the connection ends with the answer, so that what the
+        # body holds is never taken for the next request (a desync behind a proxy).
+        self.close_connection = True
+        self._send(405, b"only GET and HEAD\n", "text/plain; charset=utf-8",
+                   {"Allow": "GET, HEAD", "Connection": "close"})
+        return False
 
     def _admit(self) -> dict | None:
         """Origin and token; None when refused (the answer is sent)."""
         srv = self.server_ref
+        host = self.headers.get("Host")
+        if not srv.host_allowed(host):
+            log.warning("http request from %s refused: Host %r does not name this listener",
+                        self.address_string(), host)
+            self._plain(403, f"Host {host!r} does not name this server: use its address, "
+                             "or add the name to ws_allowed_origins")
+            return None
         origin = self.headers.get("Origin")
         extra: dict = {}
         if origin is not None and origin != f"http://{self.headers.get('Host', '')}":
@@ -417,6 +580,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         srv = self.server_ref
         path = urlsplit(self.path).path
+        self._answered = False  # set once a status line is sent: no second one after it
         try:
             if path == "/metrics":
                 self._send(200, generate_latest(srv.registry), CONTENT_TYPE_LATEST)
@@ -433,7 +597,9 @@ class _Handler(BaseHTTPRequestHandler):
             if extra is None:
                 return
             if path in ("/", "/index.html"):
-                self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8", extra)
+                page = PAGE.read_bytes()
+                self._send(200, page, "text/html; charset=utf-8",
+                           {**extra, "Content-Security-Policy": _page_policy(page)})
             elif path == "/v1/status":
                 ov = srv.ask(overview)
                 self._json({"version": srv.version, "now_unix_s": time.time(),
@@ -445,22 +611,31 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._events(extra)
         except TimeoutError:
-            self._plain(503, f"the event loop did not answer within {STATUS_TIMEOUT_S:g}s")
+            if self._answered:  # a send timed out (a stream's client that does not read)
+                self.close_connection = True
+            else:
+                self._plain(503, f"the event loop did not answer within {STATUS_TIMEOUT_S:g}s")
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            self.close_connection = True
         except Exception:
             log.exception("http %s failed", path)
-            try:
-                self._plain(500, "internal error (see the server's log)")
-            except OSError:
-                pass
+            self.close_connection = True
+            if not self._answered:
+                try:
+                    self._plain(500, "internal error (see the server's log)")
+                except OSError:
+                    pass
 
     def _client_gone(self) -> bool:
-        """Whether the client closed its end (readable at EOF); it sends nothing else."""
+        """Whether the client closed its end (readable at EOF); it sends nothing else.
+        poll, not select: select cannot take a descriptor past 1023."""
         sock = self.connection
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            if not p.poll(0):
+                return False
+            return sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
@@ -475,15 +650,17 @@ class _Handler(BaseHTTPRequestHandler):
         tail.attach()
         try:
             after = tail.start_after(self.headers.get("Last-Event-ID"), TAIL_BACKLOG)
+            self._answered = True
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-store")
-            for k, v in extra.items():
+            for k, v in {**SECURITY_HEADERS, **extra}.items():
                 self.send_header(k, v)
             self.end_headers()
             if self.command == "HEAD":
                 return
             self.close_connection = True  # no Content-Length: the stream ends the connection
+            self.connection.settimeout(STREAM_SEND_TIMEOUT_S)  # each write: TimeoutError past it
             self.wfile.write(b"retry: 1000\n\n")
             self.wfile.flush()
             quiet_since = time.monotonic()
@@ -506,8 +683,12 @@ class _Handler(BaseHTTPRequestHandler):
                     out.append(b"id: %d:%d\ndata: %s\n\n" % (tail.boot, seq,
                                                                json.dumps(item).encode()))
                     after = seq
-                self.wfile.write(b"".join(out) or b": keepalive\n\n")
-                self.wfile.flush()
+                try:
+                    self.wfile.write(b"".join(out) or b": keepalive\n\n")
+                except TimeoutError:
+                    log.info("event stream to %s ended: it took nothing for %gs",
+                             self.address_string(), STREAM_SEND_TIMEOUT_S)
+                    return
         finally:
             tail.detach()
             with srv._lock:

@@ -8,6 +8,10 @@ import http.client
 import itertools
 import json
 import os
+import resource
+import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,9 +20,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
+from strata.server import http as status_http
 from strata.server.http import MAX_EVENT_STREAMS
 from strata.server.metrics import documented_families
 from strata_client import Client
+
+from .. import daemon_logs
+from .conftest import ROOT
 
 
 def get(addr: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -28,6 +36,26 @@ def get(addr: str, path: str, headers: dict | None = None) -> tuple[int, dict, b
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
+
+
+def raw(addr: str, data: bytes, timeout: float = 5.0, rcvbuf: int = 0) -> bytes:
+    """Send `data` on a new connection and read until the server closes it (or
+    `timeout` passes)."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect((host, int(port)))
+    s.sendall(data)
+    out = b""
+    try:
+        while d := s.recv(65536):
+            out += d
+    except (TimeoutError, ConnectionResetError):
+        pass
+    s.close()
+    return out
 
 
 def exported(addr: str) -> set[str]:
@@ -209,6 +237,10 @@ def test_the_event_tail_and_its_overflow_policy(daemon):
     other = EventStream(d.metrics, {"Last-Event-ID": f"{int(boot) - 1}:5"})
     assert other.next()[1]["type"] == "event"
     other.close()
+    # One that is not a number (a digit that int() does not take) is no id at all.
+    odd = EventStream(d.metrics, {"Last-Event-ID": f"{boot}:\u00b2"})
+    assert odd.resp.status == 200 and odd.next()[1]["type"] == "event"
+    odd.close()
 
 
 def test_the_tail_stops_while_no_one_watches_and_says_so_when_it_starts_again(daemon):
@@ -260,3 +292,192 @@ def test_event_streams_are_capped_and_a_taken_port_is_named(daemon, daemon_facto
     d.start(wait=False)
     assert d.proc.wait(30) != 0
     assert f"cannot listen on {daemon.metrics} (metrics_listen" in d.logs()
+
+
+def test_a_host_name_that_is_not_this_listener_is_refused(daemon_factory):
+    """DNS rebinding: a page at http://evil.example:PORT whose name is made to resolve to
+    127.0.0.1 sends Host (and Origin) evil.example:PORT; it must not read anything."""
+    d = daemon_factory(extra_env={"STRATA_WS_ALLOWED_ORIGINS": "https://ops.example"})
+    port = d.metrics.rsplit(":", 1)[1]
+    evil = f"evil.example:{port}"
+    for path in ("/", "/v1/status", "/v1/connections", "/v1/cluster"):
+        for headers in ({"Host": evil}, {"Host": evil, "Origin": f"http://{evil}"}):
+            code, _, body = get(d.metrics, path, headers)
+            assert code == 403 and b"evil.example" in body, (path, headers)
+    s = EventStream(d.metrics, {"Host": evil, "Origin": f"http://{evil}"})
+    assert s.resp.status == 403
+    s.close()
+    # This listener's own names, and those ws_allowed_origins admits.
+    for host in (d.metrics, f"localhost:{port}", f"[::1]:{port}", "ops.example",
+                 f"LOCALHOST:{port}"):
+        assert get(d.metrics, "/v1/status", {"Host": host})[0] == 200, host
+    code, _, _ = get(d.metrics, "/v1/status", {"Host": f"localhost:{port}",
+                                                "Origin": f"http://localhost:{port}"})
+    assert code == 200
+    # The scraper and the probe may use any name.
+    assert get(d.metrics, "/healthz", {"Host": evil})[0] == 200
+    assert get(d.metrics, "/metrics", {"Host": evil})[0] == 200
+
+
+@pytest.fixture
+def many_fds():
+    """Lets the daemons started meanwhile (and this process) hold 4096 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 4096")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_event_stream_works_with_descriptors_past_1023(daemon_factory, many_fds):
+    d = daemon_factory()
+    host, port = d.ws.rsplit(":", 1)  # connections that hold a descriptor of the daemon
+    idle = [socket.create_connection((host, int(port))) for _ in range(1100)]
+    try:
+        for _ in range(100):  # until the daemon has accepted them
+            if len(os.listdir(f"/proc/{d.proc.pid}/fd")) > 1100:
+                break
+            time.sleep(0.1)
+        assert len(os.listdir(f"/proc/{d.proc.pid}/fd")) > 1100
+        s = EventStream(d.metrics)
+        assert s.resp.status == 200
+        time.sleep(2.5)  # quiet: the server checks whether the client is still there
+        with Client(d.grpc) as c:
+            lsn = c.put(b"late", b"1")
+            assert s.next()[1]["lsn"] == lsn
+        s.close()
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_connections_are_capped_and_a_half_sent_request_times_out(daemon):
+    d = daemon
+    cap = status_http.MAX_CONNECTIONS
+    host, port = d.metrics.rsplit(":", 1)
+    half = []
+    for _ in range(cap):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        half.append(s)
+    for _ in range(40):  # until the server took all of them from its listen backlog
+        answer = raw(d.metrics, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        if not answer.startswith(b"HTTP/1.1 200"):
+            break
+        time.sleep(0.25)
+    assert answer.startswith(b"HTTP/1.1 503") and b"connections" in answer
+    # The server gives up on each after REQUEST_TIMEOUT_S, freeing its place.
+    for s in half:
+        s.settimeout(status_http.REQUEST_TIMEOUT_S + 10)
+        assert s.recv(100) == b""
+        s.close()
+    assert get(d.metrics, "/healthz")[0] == 200
+
+
+def test_event_streams_that_do_not_read_are_ended(daemon):
+    d = daemon
+    host, port = d.metrics.rsplit(":", 1)
+    stalled = []
+    for _ in range(MAX_EVENT_STREAMS):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((host, int(port)))
+        s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        stalled.append(s)
+    try:
+        time.sleep(1)
+        with Client(d.grpc) as c:
+            for b in range(8):
+                c.batch([("put", b"k%d-%d" % (b, i), b"v" * 190) for i in range(500)])
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < status_http.STREAM_SEND_TIMEOUT_S + 15:
+            s = EventStream(d.metrics)
+            if s.resp.status == 200:
+                break
+            s.close()
+            time.sleep(0.5)
+        assert s.resp.status == 200  # a stalled stream was ended, freeing its slot
+        s.close()
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_a_refused_method_closes_the_connection_unread_body_and_all(daemon):
+    d = daemon
+    inner = b"GET /v1/connections HTTP/1.1\r\nHost: x\r\n\r\n"
+    out = raw(d.metrics, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+              % len(inner) + inner)
+    assert out.startswith(b"HTTP/1.1 405") and out.count(b"HTTP/1.1 ") == 1, out
+    assert b"connections" not in out
+
+
+def test_every_method_but_get_and_head_is_405(daemon):
+    d = daemon
+    for m in ("OPTIONS", "TRACE", "PUT", "DELETE", "PATCH", "CONNECT", "BREW"):
+        out = raw(d.metrics, f"{m} /v1/status HTTP/1.1\r\nHost: x\r\nOrigin: http://dash.example"
+                  "\r\nAccess-Control-Request-Method: GET\r\nContent-Length: 0\r\n\r\n".encode())
+        assert out.startswith(b"HTTP/1.1 405"), (m, out[:80])
+        assert b"\r\nAllow: GET, HEAD\r\n" in out, m
+    assert raw(d.metrics, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+               ).startswith(b"HTTP/1.1 200")
+
+
+def test_healthz_says_when_the_event_loop_does_not_answer(tmp_path):
+    from .conftest import free_port
+
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    log_path = daemon_logs.log_file("blocking-loop") or tmp_path / "daemon.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.blocking_loop_daemon",
+             str(tmp_path / "d"), *addrs], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+    try:
+        assert proc.stdout.readline() == b"serving\n"
+        assert get(addrs[2], "/healthz")[::2] == (200, b"serving\n")
+        proc.stdin.write(b"6\n")
+        proc.stdin.flush()
+        time.sleep(0.5)
+        code, _, body = get(addrs[2], "/healthz")
+        assert (code, body) == (503, b"event loop not answering\n")
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def test_the_token_is_not_written_to_the_log(daemon_factory):
+    d = daemon_factory(extra_env={"STRATA_AUTH_TOKEN": "s3cret-tok", "STRATA_LOG_LEVEL": "debug"})
+    assert get(d.metrics, "/v1/status?token=s3cret-tok")[0] == 200
+    assert get(d.metrics, "/nope?x=1&token=s3cret-tok")[0] == 404
+    raw(d.metrics, b"GET /v1/status?token=s3cret-tok HTTP/1.1 x\r\n\r\n")  # a 400
+    time.sleep(0.3)
+    logs = d.logs()
+    assert "/v1/status?token=" in logs and "s3cret" not in logs
+
+
+def test_durable_lsn_is_what_was_synced(daemon_factory, tmp_path):
+    d = daemon_factory(extra_env={"STRATA_DURABILITY": "none"})
+    with Client(d.grpc) as c:
+        lsn = c.put(b"k", b"v")
+    node = json.loads(get(d.metrics, "/v1/status")[2])["node"]
+    assert node["last_lsn"] >= lsn and node["durable_lsn"] < lsn
+    d.stop()
+    d2 = daemon_factory(data_dir=str(tmp_path / "always"))
+    with Client(d2.grpc) as c:
+        lsn = c.put(b"k", b"v")
+    node = json.loads(get(d2.metrics, "/v1/status")[2])["node"]
+    assert node["durable_lsn"] == node["last_lsn"] >= lsn
+
+
+def test_responses_carry_the_security_headers(daemon):
+    d = daemon
+    for path in ("/", "/v1/status", "/healthz", "/nope"):
+        _, headers, _ = get(d.metrics, path)
+        assert headers["Referrer-Policy"] == "no-referrer", path
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert "default-src 'none'" in headers["Content-Security-Policy"], path
+    s = EventStream(d.metrics)
+    assert s.resp.headers["X-Content-Type-Options"] == "nosniff"
+    s.close()

@@ -58,6 +58,10 @@ def test_the_page_shows_roles_the_tail_and_a_killed_master(cluster, browser, tmp
         if i != m:
             browser.wait_for(f"{_cell(i, 3)} === 'replica'")
     assert browser.evaluate(f"{_cell(r, 1)}") == f"{r} (this page)"
+    # Its own style and script run under its Content-Security-Policy (which admits
+    # nothing else): the style sheet applies, and the script filled the table above.
+    assert browser.evaluate("getComputedStyle(document.getElementById('rings')).marginTop"
+                            ) == "10px"
     assert browser.evaluate("document.getElementById('role').textContent") == "replica"
     assert browser.evaluate("document.getElementById('node').textContent") == r
     # A replica applies its master's log but takes no client writes: the page says where they go.
