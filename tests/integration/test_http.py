@@ -332,7 +332,10 @@ def many_fds():
 
 def test_an_event_stream_works_with_descriptors_past_1023(daemon_factory, many_fds):
     d = daemon_factory()
-    host, port = d.ws.rsplit(":", 1)  # connections that hold a descriptor of the daemon
+    # Connections that hold a descriptor of the daemon each: idle ones to the gRPC port,
+    # which gRPC keeps for its handshake timeout (120 s; the WebSocket port's is 10 s,
+    # and a loaded machine can take that long to accept them all).
+    host, port = d.grpc.rsplit(":", 1)
     idle = [socket.create_connection((host, int(port))) for _ in range(1100)]
     try:
         for _ in range(100):  # until the daemon has accepted them
