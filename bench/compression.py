@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.engine.loops import cpu_ns
 
 CACHE = 8 << 20
 BATCH = 1000
@@ -184,22 +185,22 @@ def _one(factory, root: str, n: int, reads: int, values: list[bytes], seed: int)
     mask = len(values) - 1
     try:
         eng.open(path)
-        t0 = time.perf_counter()
+        c0, t0 = cpu_ns(), time.perf_counter()
         for i in range(0, n, BATCH):
             eng.fill([(b"%016d" % k, values[k & mask]) for k in order[i:i + BATCH]])
-        fill_s = time.perf_counter() - t0
+        fill_s, fill_cpu = time.perf_counter() - t0, cpu_ns() - c0
         t1 = time.perf_counter()
         eng.settle()
         settle_s = time.perf_counter() - t1
         table = _table_bytes(path)
         keys = [b"%016d" % rng.randrange(n) for _ in range(reads)]
         get = eng.get
-        t2 = time.perf_counter()
+        c2, t2 = cpu_ns(), time.perf_counter()
         found = sum(1 for k in keys if get(k) is not None)
-        get_s = time.perf_counter() - t2
-        t3 = time.perf_counter()
+        get_s, get_cpu = time.perf_counter() - t2, cpu_ns() - c2
+        c3, t3 = cpu_ns(), time.perf_counter()
         scanned = eng.scan()
-        scan_s = time.perf_counter() - t3
+        scan_s, scan_cpu = time.perf_counter() - t3, cpu_ns() - c3
     finally:
         try:
             eng.close()
@@ -207,8 +208,12 @@ def _one(factory, root: str, n: int, reads: int, values: list[bytes], seed: int)
             shutil.rmtree(path, ignore_errors=True)
     if found != reads or scanned != n:
         raise RuntimeError(f"wrong answers: {found}/{reads} gets found, scan saw {scanned}/{n}")
+    # CPU per operation: user + system of this process (the engines' threads) and its
+    # children (Strata's merge workers), in ns
     return {"table_bytes": table, "fill_per_s": n / fill_s, "settle_s": settle_s,
-            "get_per_s": reads / get_s, "scan_per_s": n / scan_s}
+            "get_per_s": reads / get_s, "scan_per_s": n / scan_s,
+            "fill_cpu_ns": fill_cpu / n, "get_cpu_ns": get_cpu / reads,
+            "scan_cpu_ns": scan_cpu / n}
 
 
 def run(n: int, reads: int, root: str, verbose: bool) -> dict:
@@ -230,22 +235,28 @@ def run(n: int, reads: int, root: str, verbose: bool) -> dict:
     return {"n": n, "reads": reads, "raw_bytes": n * (16 + 100), "results": results}
 
 
+def _ns(v: float | None) -> str:
+    return "-" if v is None else f"{v / 1000:.2f} µs" if v >= 1000 else f"{v:.0f} ns"
+
+
 def _rows(doc: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["values", "engine", "codec", "table bytes", "vs raw", "fill puts/s", "gets/s",
-               "scan items/s", "gets vs Strata none", "bytes vs LevelDB"]
+    headers = ["values", "engine", "codec", "table bytes", "vs raw", "fill puts/s", "CPU/put",
+               "gets/s", "CPU/get", "scan items/s", "CPU/item", "gets vs Strata none",
+               "bytes vs LevelDB"]
     rows = []
     by = {(r["values"], r["engine"], r["codec"]): r for r in doc["results"]}
     for r in doc["results"]:
         if "error" in r:
-            rows.append([r["values"], r["engine"], r["codec"], r["error"][:60], "", "", "", "", "",
-                         ""])
+            rows.append([r["values"], r["engine"], r["codec"], r["error"][:60]]
+                        + [""] * (len(headers) - 4))
             continue
         base = by.get((r["values"], "Strata", "none"), {})
         ldb = by.get((r["values"], "LevelDB", "snappy"), {})
         rows.append([
             r["values"], r["engine"], r["codec"], report.fmt_bytes(r["table_bytes"]),
             f"{r['table_bytes'] / doc['raw_bytes']:.2f}", report.fmt_rate(r["fill_per_s"]),
-            report.fmt_rate(r["get_per_s"]), report.fmt_rate(r["scan_per_s"]),
+            _ns(r.get("fill_cpu_ns")), report.fmt_rate(r["get_per_s"]), _ns(r.get("get_cpu_ns")),
+            report.fmt_rate(r["scan_per_s"]), _ns(r.get("scan_cpu_ns")),
             report.fmt_ratio(r["get_per_s"] / base["get_per_s"]) if base.get("get_per_s") else "-",
             report.fmt_ratio(r["table_bytes"] / ldb["table_bytes"])
             if ldb.get("table_bytes") else "-",
@@ -265,7 +276,9 @@ Machine: {cpu}, {cores} cores, Python {python}.
 
 {table}
 
-Reading it: `vs raw` is table bytes over keys + values; `gets vs Strata none` is the
+Reading it: `CPU/…` is the user + system CPU of the process (the engine's threads)
+and its children (Strata's merge workers) per operation, a figure that holds on any
+machine; `vs raw` is table bytes over keys + values; `gets vs Strata none` is the
 read cost of a codec (1.00x: free); `bytes vs LevelDB` compares the space with
 LevelDB's snappy tables. The module docstring has the method.
 """
