@@ -4,7 +4,7 @@ live tail shows a put made after the page loaded, and a SIGKILLed master shows a
 down within 2 s. Skips, saying why, where chromium is not installed (.ci/run
 installs Debian's where it can).
 
-STRATA_SCREENSHOT=path keeps the page's screenshot (docs/status-page.png is one)."""
+STATUS_PAGE_SCREENSHOT=path keeps the page's screenshot (docs/status-page.png is one; not a STRATA_ variable: the daemons would refuse it as unknown)."""
 
 from __future__ import annotations
 
@@ -98,8 +98,8 @@ def test_the_page_shows_roles_the_tail_and_a_killed_master(cluster, browser, tmp
         shot = tmp_path / "status-page.png"
         browser.screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        if os.environ.get("STRATA_SCREENSHOT"):
-            shutil.copyfile(shot, os.environ["STRATA_SCREENSHOT"])
+        if os.environ.get("STATUS_PAGE_SCREENSHOT"):
+            shutil.copyfile(shot, os.environ["STATUS_PAGE_SCREENSHOT"])
 
     # SIGKILL the master: its row says down within DOWN_WITHIN_S.
     c.nodes[m].kill()
