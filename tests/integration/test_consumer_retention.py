@@ -115,9 +115,13 @@ def test_a_consumer_past_consumer_retention_is_warned_then_compacted(daemon_fact
         cursor = _leave_at(c, "slow", first, 5)
         m = _metrics(d)
         assert _gauge(m, "strata_consumer_retention_headroom_bytes") == limit
-        # Write until its held log passes 80 % of the limit, the log still holding it.
-        for _ in range(200):
-            _write(c, 20, "fill")
+        # Write until its held log passes 80 % of the limit, the log still holding it:
+        # in steps of 5 KB, each followed by a refresh (Admin.Consumers), so that the
+        # held log, which grows a sealed segment (~33 KB) at a time, is seen inside the
+        # last 20 % (61 KB) before it outgrows the limit (20 KB steps missed it 1 run in
+        # ~10 when two segments were sealed within one step).
+        for _ in range(1000):
+            _write(c, 5, "fill")
             x = _consumer(c, "slow")
             if x.held_bytes >= 0.8 * limit:
                 break
