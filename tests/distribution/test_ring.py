@@ -31,16 +31,6 @@ from strata_client.ring import (
 )
 
 
-@pytest.fixture
-def name():
-    n = f"strata-test-{os.getpid()}-{random.randrange(1 << 30)}"
-    yield n
-    try:
-        os.unlink("/dev/shm/" + n)
-    except FileNotFoundError:
-        pass
-
-
 def events(first: int, n: int, size: int = 100, topic: bytes = b"kv"):
     return [(lsn, 1000 + lsn, topic, b"key%06d" % lsn, bytes([lsn % 251]) * size)
             for lsn in range(first, first + n)]

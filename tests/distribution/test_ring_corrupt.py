@@ -5,7 +5,6 @@ RingClosed or RingCorrupt, and nothing is returned."""
 from __future__ import annotations
 
 import os
-import random
 import struct
 import tracemalloc
 import zlib
@@ -29,16 +28,6 @@ from strata_client.ring import (
     RingReader,
     max_block_size,
 )
-
-
-@pytest.fixture
-def name():
-    n = f"strata-test-{os.getpid()}-{random.randrange(1 << 30)}"
-    yield n
-    try:
-        os.unlink("/dev/shm/" + n)
-    except FileNotFoundError:
-        pass
 
 
 def events(first: int, n: int, size: int = 100):
