@@ -120,33 +120,36 @@ def test_server_reflection_lists_the_services(daemon):
 
 
 def test_health_turns_not_serving_while_draining(daemon_factory):
+    """A call in flight keeps the listener answering through the drain, and health
+    says NOT_SERVING meanwhile. The call is a Scan the test stops reading: HTTP/2 flow
+    control holds it open until the test reads on, whatever the machine's speed."""
+    import signal
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    d = daemon_factory(extra_env={"STRATA_DRAIN_TIMEOUT_S": "5"})
-    with grpc.insecure_channel(d.grpc) as ch:
+    d = daemon_factory(extra_env={"STRATA_DRAIN_TIMEOUT_S": "20"})
+    with grpc.insecure_channel(d.grpc) as ch, grpc.insecure_channel(d.grpc) as probe:
         kv = pbg.KVStub(ch)
         for part in range(3):
             kv.Batch(pb.BatchRequest(ops=[
                 pb.Op(kind=pb.Op.PUT, key=b"k%d-%05d" % (part, i), value=b"x" * 2000)
                 for i in range(4000)]))
-        # A slow call in flight keeps the server draining for a while.
-        slow = pbg.AdminStub(ch).Compact.future(pb.CompactRequest(), timeout=30)
-        time.sleep(0.2)
-        d.proc.send_signal(__import__("signal").SIGTERM)
-        health = health_pb2_grpc.HealthStub(ch)
+        scan = kv.Scan(pb.ScanRequest(), timeout=60)
+        got = len(next(scan).items)
+        d.proc.send_signal(signal.SIGTERM)
+        health = health_pb2_grpc.HealthStub(probe)  # its own connection: ch's window is full
         seen = set()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and d.proc.poll() is None:
-            try:
-                seen.add(health.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status)
-            except grpc.RpcError:
-                break  # listener closed: the drain is over
+        while time.monotonic() < deadline and health_pb2.HealthCheckResponse.NOT_SERVING not in seen:
+            seen.add(health.Check(health_pb2.HealthCheckRequest(), timeout=2).status)
             time.sleep(0.01)
-        try:
-            slow.result()
-        except grpc.RpcError:
-            pass  # cancelled at the end of the drain window, or finished
-    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen, seen
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in seen, seen
+        assert d.proc.poll() is None  # still draining: the scan holds it
+        with pytest.raises(grpc.RpcError) as e:  # new calls are refused meanwhile
+            kv.Get(pb.GetRequest(key=b"k0-00001"), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        for r in scan:  # the call in flight is served to its end
+            got += len(r.items)
+        assert got == 12000
     assert d.proc.wait(15) == 0
 
 
