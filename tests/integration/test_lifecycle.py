@@ -157,12 +157,12 @@ def test_concurrent_call_cap_refuses_with_resource_exhausted(daemon_factory):
     d = daemon_factory(extra_env={"STRATA_MAX_CONCURRENT_CALLS": "1"})
     with grpc.insecure_channel(d.grpc) as ch:
         kv = pbg.KVStub(ch)
-        for part in range(3):
+        for part in range(6):  # a compaction long enough (~0.5 s) to be seen
             kv.Batch(pb.BatchRequest(ops=[
                 pb.Op(kind=pb.Op.PUT, key=b"k%d-%05d" % (part, i), value=b"x" * 2000)
                 for i in range(4000)]))
         slow = pbg.AdminStub(ch).Compact.future(pb.CompactRequest(), timeout=60)
-        time.sleep(0.1)
+        time.sleep(0.02)
         codes = []
         while not slow.done():  # every call made while the compaction holds the slot
             try:
