@@ -10,6 +10,7 @@ fields used here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -96,11 +97,13 @@ class BackgroundWork:
             if not len(imm):
                 outs = []  # rotated for the log's sake (events only): no table, a new flush point
             elif self._worker_dir is not None:
-                # Packing the dict is C; sorting and encoding happen in the worker.
-                job = compaction.FlushJob(self.fs.local_path(path), imm.raw_items(),
+                # Packing the dict is C, a part at a time; sorting and encoding happen
+                # in the worker.
+                job = compaction.FlushJob(self.fs.local_path(path), [],
                                           self._smallest_snapshot(), self.opts.codec(0),
                                           self.opts.block_size, self.opts.block_restart_interval)
-                outs = worker_for("flush").run(job).outputs
+                outs = worker_for("flush").run(job, functools.partial(
+                    imm.raw_item_chunks, compaction.FLUSH_PART_ITEMS)).outputs
             else:
                 entries = compaction.drop_obsolete(imm.sorted_entries(), self._smallest_snapshot(),
                                                    False)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
@@ -235,8 +236,9 @@ def drop_obsolete(entries: list[tuple], smallest_snapshot: int, drop_tombstones:
     return out
 
 
-def memtable_entries(items) -> list[tuple]:
-    """(key, -lsn, value) entries in internal order from a memtable's dict items.
+def memtable_entries(items) -> tuple[list[tuple], bool]:
+    """(key, -lsn, value) entries in internal order from a memtable's dict items, and
+    whether any key has more than one version (without, nothing is shadowed).
 
     `items` is [(key, version-or-versions)], as `MemTable` holds them: one
     (-lsn, value) pair, or a list of them oldest first (msgpack turns the
@@ -250,8 +252,9 @@ def memtable_entries(items) -> list[tuple]:
         else:
             for neg, value in e:
                 append((key, neg, value))
+    several = len(out) != len(items)
     out.sort()
-    return out
+    return out, several
 
 
 # Encoded input bytes merged at once (decoded, about 3-5x that in Python objects):
@@ -306,7 +309,9 @@ def run_flush(job: FlushJob, fs: FileSystem | None = None) -> JobResult:
     """
     fs = fs or OsFS()
     t0 = time.monotonic()
-    entries = drop_obsolete(memtable_entries(job.items), job.smallest_snapshot, False)
+    entries, several = memtable_entries(job.items)
+    if several:  # else every entry is its key's only version: none to drop
+        entries = drop_obsolete(entries, job.smallest_snapshot, False)
     path = job.path
     outputs = sstable.build_tables(fs, entries, lambda i: path, 1 << 62,
                                    block_size=job.block_size, compression=job.compression,
@@ -372,12 +377,17 @@ def run_merge(job: MergeJob, fs: FileSystem | None = None) -> JobResult:
 # Merges run in a child process started with `python -m strata.storage.merge_worker`,
 # talking length-prefixed msgpack over its stdin/stdout: a job goes as its fields plus
 # "kind" ("flush" or "merge"), a result comes back as its fields or as "error" and
-# what the error carries. A plain subprocess
+# what the error carries. A flush's items follow its job as parts of at most
+# FLUSH_PART_ITEMS items, then an empty part: each is packed in about a millisecond,
+# and the pipe write between two releases the GIL, so the process taking writes is
+# never held for the ~20 ms packing a whole 8 MiB memtable took (the worker unpacks
+# one part while the next is packed). A plain subprocess
 # rather than multiprocessing: it needs no importable __main__ in the parent
 # (an embedding program may have none) and a crashed worker is restarted
 # instead of breaking a pool for good.
 
 _LEN = struct.Struct("<I")
+FLUSH_PART_ITEMS = 4096
 
 
 def _send(f, obj) -> None:
@@ -442,12 +452,17 @@ class MergeWorker:
             self.started += 1
         return p
 
-    def run(self, job: FlushJob | MergeJob) -> JobResult:
+    def run(self, job: FlushJob | MergeJob,
+            parts: Callable[[], Iterable[list]] | None = None) -> JobResult:
         """Run `job` in the worker process; raise what it raised (Corruption, OSError with
-        its errno, StorageError; Cancelled if `cancel` killed it)."""
+        its errno, StorageError; Cancelled if `cancel` killed it). `parts`: a flush's
+        items, as a fresh iterable of lists per call (a retry sends them again), sent
+        after the job, whose own `items` are then empty."""
         kind = "flush" if isinstance(job, FlushJob) else "merge"
         # vars(), not asdict(): asdict deep-copies a flush's hundred thousand items.
         message = {"kind": kind, **vars(job)}
+        if parts is not None:
+            message["parts"] = True
         with self._lock:
             for attempt in range(2):
                 p = self._ensure()
@@ -455,6 +470,10 @@ class MergeWorker:
                 self._cancelled = False
                 try:
                     _send(p.stdin, message)
+                    if parts is not None:
+                        for part in parts():
+                            _send(p.stdin, part)
+                        _send(p.stdin, [])
                     reply = _recv(p.stdout)
                 except (BrokenPipeError, EOFError, OSError) as e:
                     p.kill()
@@ -532,6 +551,10 @@ def worker_main() -> None:
             return
         try:
             kind = job.pop("kind")
+            if job.pop("parts", False):
+                items = job["items"]
+                while part := _recv(stdin):
+                    items += part
             result = run_flush(FlushJob(**job)) if kind == "flush" else run_merge(MergeJob(**job))
             reply = vars(result)
         except Corruption as e:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
+from itertools import islice
 from collections.abc import Iterator
 from operator import itemgetter
 
@@ -198,11 +199,14 @@ class MemTable:
             inclusive = False
             chunk = min(chunk * 2, most)
 
-    def raw_items(self) -> list[tuple[bytes, tuple | list]]:
-        """[(key, one (-lsn, value) pair or a list of them oldest first)], unsorted: the
-        shape compaction.memtable_entries takes, cheap to pack for a worker process.
-        REQUIRES: immutable."""
-        return list(self._d.items())
+    def raw_item_chunks(self, size: int) -> Iterator[list[tuple[bytes, tuple | list]]]:
+        """The dict items, [(key, one (-lsn, value) pair or a list of them oldest first)],
+        unsorted, in lists of at most `size`: the shape compaction.memtable_entries takes,
+        packed a list at a time for the flush worker process (one packing call for a
+        whole memtable held the GIL for ~20 ms per 8 MiB). REQUIRES: immutable."""
+        it = iter(self._d.items())
+        while chunk := list(islice(it, size)):
+            yield chunk
 
     def sorted_entries(self) -> list[tuple[bytes, int, bytes | None]]:
         """All entries as (key, -lsn, value) in internal order. REQUIRES: immutable."""

@@ -422,3 +422,51 @@ def test_a_worker_that_stays_large_after_a_job_retires_and_the_next_job_gets_a_f
     finally:
         retiring.close()
         staying.close()
+
+
+def test_a_flush_sent_in_parts_writes_the_memtable_and_is_sent_again_to_a_fresh_worker(tmp_path):
+    """The flush worker takes a memtable's items in parts after its job (so the process
+    taking writes never packs a whole memtable at once): the table holds exactly the
+    memtable, keys with several versions included, and a worker that dies between
+    parts gets every part again from a fresh process."""
+    from strata.storage import compaction
+    from strata.storage.compaction import FLUSH_PART_ITEMS, FlushJob, MergeWorker
+    from strata.storage.memtable import MemTable
+    from strata.storage.vfs import OsFS
+
+    mem = MemTable()
+    lsn = 0
+    for i in range(3 * FLUSH_PART_ITEMS + 17):
+        lsn += 1
+        mem.add(lsn, b"k%06d" % i, b"v%d" % i)
+        if i % 5 == 0:  # a second version, or a tombstone, of some keys
+            lsn += 1
+            mem.add(lsn, b"k%06d" % i, None if i % 10 == 0 else b"w%d" % i)
+    expected = mem.sorted_entries()
+    worker = MergeWorker()
+    sent: list[int] = []
+
+    def parts():
+        for n, part in enumerate(mem.raw_item_chunks(FLUSH_PART_ITEMS)):
+            sent.append(n)
+            if len(sent) == 2:  # the first attempt: the worker dies after one part
+                worker._proc.kill()
+                worker._proc.wait()
+            yield part
+
+    path = str(tmp_path / "000009.sst")
+    try:
+        result = worker.run(FlushJob(path, [], smallest_snapshot=1), parts)
+    finally:
+        worker.close()
+    assert worker.restarts == 1 and worker.started == 2
+    assert sent[sent.index(0, 1):] == [0, 1, 2, 3]  # the retry sent every part
+    ((out, props),) = result.outputs
+    assert out == path and props["entries"] == len(expected)
+    r = TableReader(OsFS(), path, 9)
+    try:
+        assert r.all_entries() == expected  # every version: snapshot 1 sees them all
+    finally:
+        r.close()
+    entries, several = compaction.memtable_entries(mem.raw_item_chunks(1 << 30).__next__())
+    assert several and entries == expected
