@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from itertools import islice
 from collections.abc import Iterator
+from itertools import islice
 from operator import itemgetter
 
 from sortedcontainers import SortedList
