@@ -124,6 +124,7 @@ def test_health_turns_not_serving_while_draining(daemon_factory):
     says NOT_SERVING meanwhile. The call is a Scan the test stops reading: HTTP/2 flow
     control holds it open until the test reads on, whatever the machine's speed."""
     import signal
+
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     d = daemon_factory(extra_env={"STRATA_DRAIN_TIMEOUT_S": "20"})
