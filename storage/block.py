@@ -79,33 +79,43 @@ def encode(entries: list[tuple], lo: int, hi: int, interval: int = RESTART_INTER
     item's cost with prefixes, bench/engine: scan), and a few bytes a key are all it
     costs. Where keys share long prefixes beside small values, prefixes are kept.
     """
-    bounds: list[tuple[int, int, int]] = []  # (start, end, shared) per group
-    saved = 0
-    s = lo
-    while s < hi:
-        e = min(s + interval, hi)
-        while e < hi and entries[e][0] == entries[e - 1][0]:
-            e += 1
-        p = _shared(entries[s][0], entries[e - 1][0])
-        bounds.append((s, e, p))
-        saved += p * (e - s)
-        s = e
     part = entries[lo:hi]
-    size = sum(map(len, map(_key, part))) + sum(map(len, filter(None, map(_value, part))))
-    if saved * 8 < size:
-        bounds = [(s, e, 0) for s, e, _ in bounds]
+    n = hi - lo
+    keys = list(map(_key, part))
+    key_bytes = sum(map(len, keys))
+    size = key_bytes + sum(map(len, filter(None, map(_value, part))))
+    if len(set(keys)) == n:  # one version per key: groups of exactly `interval`
+        bounds = [(s, min(s + interval, n)) for s in range(0, n, interval)]
+    else:
+        bounds = []
+        s = 0
+        while s < n:
+            e = min(s + interval, n)
+            while e < n and keys[e] == keys[e - 1]:
+                e += 1
+            bounds.append((s, e))
+            s = e
+    # A group's prefix is at most each of its keys, so prefixes save at most the key
+    # bytes: where those are under an eighth, no prefix is worth computing.
+    shared = None
+    if key_bytes * 8 >= size:
+        shared = [_shared(keys[s], keys[e - 1]) for s, e in bounds]
+        if sum(p * (e - s) for p, (s, e) in zip(shared, bounds)) * 8 < size:
+            shared = None
+    flat = list(chain.from_iterable(part))  # key_0, -lsn_0, value_0, key_1, ...
     groups: list[bytes] = []
     restarts: list = []
     off = 0
-    for s, e, p in bounds:
-        part = entries[s:e]
+    for g, (s, e) in enumerate(bounds):
+        p = shared[g] if shared else 0
         if p:
             cut = itemgetter(slice(p, None))
-            keys = map(cut, map(_key, part))
+            run = part[s:e]
+            packed = _packb([p, *chain.from_iterable(zip(map(cut, keys[s:e]), map(_neg, run),
+                                                         map(_value, run)))])
         else:
-            keys = map(_key, part)
-        packed = _packb([p, *chain.from_iterable(zip(keys, map(_neg, part), map(_value, part)))])
-        restarts += (part[0][0], off)
+            packed = _packb([0, *flat[3 * s : 3 * e]])
+        restarts += (keys[s], off)
         groups.append(packed)
         off += len(packed)
     groups.append(_packb(restarts))

@@ -41,8 +41,8 @@ import threading
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator
-from itertools import accumulate, islice
-from operator import eq, itemgetter
+from itertools import accumulate, islice, repeat
+from operator import add, eq, itemgetter
 
 import msgpack
 from crc32c import crc32c
@@ -50,6 +50,9 @@ from crc32c import crc32c
 from . import block, bloom
 from .errors import Corruption
 from .vfs import FileSystem
+
+_key = itemgetter(0)
+_value = itemgetter(2)
 
 MAGIC = b"STRATSST"
 VERSION = 2
@@ -130,7 +133,11 @@ def _finish_block(contents: bytes, ctype: int = COMPRESSION_NONE) -> tuple[bytes
 
 
 def _entry_sizes(entries: list[tuple]) -> list[int]:
-    return [len(k) + (len(v) if v is not None else 0) + 12 for k, _, v in entries]
+    """Each entry's key and value bytes plus 12 (what it takes in a block, about)."""
+    values = list(map(_value, entries))
+    if None in values:  # tombstones: no value bytes
+        values = [v if v is not None else b"" for v in values]
+    return list(map(add, map(add, map(len, map(_key, entries)), map(len, values)), repeat(12)))
 
 
 def _boundary(entries: list[tuple], cum: list[int], lo: int, budget: int) -> int:
@@ -189,20 +196,23 @@ class TableSink:
         self.ctype = CODECS[compression]
         self.outputs: list[tuple[str, dict]] = []
         self._buf: list[tuple] = []
+        self._sizes: list[int] = []  # _entry_sizes(self._buf)
         self._bytes = 0
 
     def add(self, entries: list[tuple]) -> None:
         """Append entries that sort after everything added before."""
         if not entries:
             return
+        sizes = _entry_sizes(entries)
         self._buf += entries
-        self._bytes += sum(_entry_sizes(entries))
+        self._sizes += sizes
+        self._bytes += sum(sizes)
         if self._bytes >= self.target + self.target // 4:
             self._drain(keep_tail=True)
 
     def _drain(self, keep_tail: bool) -> None:
         buf = self._buf
-        cum = list(accumulate(_entry_sizes(buf)))
+        cum = list(accumulate(self._sizes))
         lo = 0
         while lo < len(buf):
             hi = _boundary(buf, cum, lo, self.target)
@@ -214,6 +224,7 @@ class TableSink:
                                                     self.ctype, self.restart_interval)))
             lo = hi
         self._buf = buf[lo:]
+        self._sizes = self._sizes[lo:]
         self._bytes = (cum[-1] - (cum[lo - 1] if lo else 0)) if self._buf else 0
 
     def finish(self) -> list[tuple[str, dict]]:
