@@ -42,6 +42,7 @@ class NodeStatus:
     levels: list[Level]
     sst_bytes: int
     wal_bytes: int
+    wal_preallocated_bytes: int  # allocated ahead beyond wal_bytes (the files hold both)
     uptime_seconds: float
     durability: str
     writable: bool
@@ -89,6 +90,7 @@ def node_status(node: Node) -> NodeStatus:
         levels=[Level(lv["level"], lv["files"], lv["bytes"]) for lv in engine.levels()
                 if lv["files"]],
         sst_bytes=du["sst_bytes"], wal_bytes=du["wal_bytes"],
+        wal_preallocated_bytes=du["wal_preallocated_bytes"],
         uptime_seconds=time.monotonic() - node.started,
         durability=engine.opts.durability,
         writable=engine.write_error is None,
@@ -207,6 +209,7 @@ class EngineFigures:
     flushed_lsn: int
     sst_bytes: int
     wal_bytes: int
+    wal_preallocated_bytes: int
     write_stopped: str  # "" (writable), "no_space" (resumes by itself) or "io_error"
     paused: list[str]
     fsync_buckets: list[tuple[float, int]]  # (upper bound in seconds or inf, count)
@@ -235,6 +238,7 @@ def engine_figures(engine: Engine) -> EngineFigures:
         levels=[Level(lv["level"], lv["files"], lv["bytes"]) for lv in engine.levels()],
         last_lsn=engine.last_lsn, flushed_lsn=engine.flushed_lsn,
         sst_bytes=du["sst_bytes"], wal_bytes=du["wal_bytes"],
+        wal_preallocated_bytes=du["wal_preallocated_bytes"],
         write_stopped="" if err is None else "no_space" if err.resumable else "io_error",
         paused=sorted(engine.paused),
         fsync_buckets=list(wal["sync_buckets"]), fsync_seconds=wal["sync_seconds"],

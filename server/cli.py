@@ -126,7 +126,8 @@ def _print_status(st, master_view=None) -> None:
     print(f"node {st.node}  role {st.role}  term {st.term}  durability {st.durability}")
     print(f"last LSN {st.last_lsn}  flushed LSN {st.flushed_lsn}  "
           f"uptime {st.uptime_seconds:.0f}s  version {st.version}")
-    print(f"disk: {console.size(st.sst_bytes)} tables, {console.size(st.wal_bytes)} WAL")
+    print(f"disk: {console.size(st.sst_bytes)} tables, {console.size(st.wal_bytes)} WAL "
+          f"(+{console.size(st.wal_preallocated_bytes)} allocated ahead)")
     for lv in st.levels:
         print(f"  L{lv.level}: {lv.files} files, {console.size(lv.bytes)}")
     if not st.writable:

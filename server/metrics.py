@@ -67,7 +67,8 @@ NODE_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                      "(no_space resumes by itself; io_error needs a restart)"),
     "strata_engine_background_paused": (G, ("work",), "1 while flushes or compactions wait "
                                                       "for disk space"),
-    "strata_engine_disk_bytes": (G, ("kind",), "bytes on disk (kind=sst, wal)"),
+    "strata_engine_disk_bytes": (G, ("kind",), "bytes on disk (kind=sst, wal: the log "
+                                 "written, wal_preallocated: log space allocated ahead)"),
     "strata_wal_fsync_seconds": (H, (), "WAL fdatasync latency (its _count: fdatasync calls)"),
     "strata_wal_group_frames": (H, (), "frames per WAL group commit"),
     # replication (a cluster node only)
@@ -265,6 +266,7 @@ class _NodeCollector:
         disk = family("strata_engine_disk_bytes")
         disk.add_metric(["sst"], e.sst_bytes)
         disk.add_metric(["wal"], e.wal_bytes)
+        disk.add_metric(["wal_preallocated"], e.wal_preallocated_bytes)
         yield disk
         buckets, acc = [], 0
         for le, count in e.fsync_buckets:

@@ -610,7 +610,8 @@ class AdminService(_Service, pbg.AdminServicer):
                 last_lsn=st.last_lsn, flushed_lsn=st.flushed_lsn,
                 levels=[pb.Level(level=lv.level, files=lv.files, bytes=lv.bytes)
                         for lv in st.levels],
-                sst_bytes=st.sst_bytes, wal_bytes=st.wal_bytes, version=VERSION,
+                sst_bytes=st.sst_bytes, wal_bytes=st.wal_bytes,
+                wal_preallocated_bytes=st.wal_preallocated_bytes, version=VERSION,
                 uptime_seconds=st.uptime_seconds, durability=st.durability,
                 writable=st.writable, write_error=st.write_error, paused=st.paused)
 

@@ -62,6 +62,7 @@ def test_status_consumers_and_config_as_json_and_tables(daemon):
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert st["role"] == "master" and st["last_lsn"] == 3 and isinstance(st["wal_bytes"], int)
+    assert st["wal_preallocated_bytes"] > 0  # fsync durability allocates the log ahead
     r = strata("status", "--server", daemon.grpc)
     assert r.returncode == 0, r.stderr
     assert re.search(r"disk: \d+ B tables, \d+\.\d KiB WAL", r.stdout), r.stdout  # ~3 KiB

@@ -116,9 +116,18 @@ def test_paths_health_metrics_and_status(daemon):
     n = st["node"]
     assert n["last_lsn"] >= lsn and n["writable"] and n["wal_bytes"] > 100
     assert n["replication"]["role"] == "master" and st["rings"] == [] and st["consumers"] == []
+    # Written and allocated-ahead log bytes add up to the WAL files' sizes (fsync
+    # durability preallocates the open segment and a spare).
+    wal_files = sum(os.path.getsize(os.path.join(d.data_dir, f))
+                    for f in os.listdir(d.data_dir) if f.startswith("wal"))
+    assert n["wal_preallocated_bytes"] > 0
+    assert n["wal_bytes"] + n["wal_preallocated_bytes"] == wal_files
 
     _, _, metrics = get(d.metrics, "/metrics")
     text = metrics.decode()
+    (line,) = [ln for ln in text.splitlines()
+               if ln.startswith('strata_engine_disk_bytes{kind="wal_preallocated"} ')]
+    assert float(line.split()[-1]) == wal_files - n["wal_bytes"], line
     assert f'strata_build_info{{version="{st["version"]}"}} 1.0' in text
     assert "process_cpu_seconds_total" in text and "python_info{" in text
     assert "python_gc_collections_total" in text

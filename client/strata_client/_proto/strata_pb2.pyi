@@ -334,7 +334,7 @@ class Peer(_message.Message):
     def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., acked_lsn: _Optional[int] = ..., lag_lsns: _Optional[int] = ..., lag_ms: _Optional[float] = ..., last_heartbeat_ago_s: _Optional[float] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node", "role", "term", "last_lsn", "flushed_lsn", "levels", "sst_bytes", "wal_bytes", "peers", "version", "uptime_seconds", "durability", "writable", "write_error", "paused", "master", "durable_lsn", "applied_lsn", "commit_lsn", "replication", "lease")
+    __slots__ = ("node", "role", "term", "last_lsn", "flushed_lsn", "levels", "sst_bytes", "wal_bytes", "peers", "version", "uptime_seconds", "durability", "writable", "write_error", "paused", "master", "durable_lsn", "applied_lsn", "commit_lsn", "replication", "lease", "wal_preallocated_bytes")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -356,6 +356,7 @@ class StatusResponse(_message.Message):
     COMMIT_LSN_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    WAL_PREALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     node: str
     role: str
     term: int
@@ -377,7 +378,8 @@ class StatusResponse(_message.Message):
     commit_lsn: int
     replication: str
     lease: bool
-    def __init__(self, node: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., levels: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., sst_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., writable: _Optional[bool] = ..., write_error: _Optional[str] = ..., paused: _Optional[_Iterable[str]] = ..., master: _Optional[str] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., commit_lsn: _Optional[int] = ..., replication: _Optional[str] = ..., lease: _Optional[bool] = ...) -> None: ...
+    wal_preallocated_bytes: int
+    def __init__(self, node: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., levels: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., sst_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., writable: _Optional[bool] = ..., write_error: _Optional[str] = ..., paused: _Optional[_Iterable[str]] = ..., master: _Optional[str] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., commit_lsn: _Optional[int] = ..., replication: _Optional[str] = ..., lease: _Optional[bool] = ..., wal_preallocated_bytes: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("path",)
