@@ -313,7 +313,7 @@ class Daemon:
             await self.server.stop(max(0.1, deadline - time.monotonic()))
         if self.ws is not None:
             await self.ws.wait_closed()
-        self.metrics.close()
+        await self.metrics.aclose()
         err = self.node.engine.write_error if self.node.engine is not None else None
         clean = await self.node.close()
         if not started:

@@ -90,6 +90,7 @@ MAX_CONNECTIONS = 64  # threads the HTTP server may hold, event streams included
 STREAM_SEND_TIMEOUT_S = 10.0  # an event stream whose client takes nothing this long ends
 REQUEST_TIMEOUT_S = 10.0  # a connection silent this long while a request is read is closed
 MEMBER_TIMEOUT_S = 0.5  # a node that does not answer Admin.Status within this is down
+CLOSE_TIMEOUT_S = 2.0  # at stop, a channel to a peer is given this long to close
 KEEPALIVE_S = 15.0
 PAGE = Path(__file__).with_name("static") / "index.html"
 
@@ -278,7 +279,6 @@ class StatusServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}  # event loop only
-        self._closing: set[asyncio.Task] = set()  # channel closes under way (event loop)
 
     @property
     def port(self) -> int:
@@ -334,27 +334,26 @@ class StatusServer:
                                         daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Event loop. Never blocks it: the HTTP server's shutdown (which waits up to
-        its 0.5 s poll) runs on a thread of its own, and the peers' channels close in
-        tasks kept here until done (their errors logged)."""
+    async def aclose(self) -> None:
+        """Event loop; returns once the peers' channels are closed (each given
+        CLOSE_TIMEOUT_S, failures logged) and the listener is shut down. Never blocks
+        the loop: the HTTP server's shutdown, which waits up to its 0.5 s poll, runs
+        on an executor thread."""
         self.tail.close()
-        for ch in self._channels.values():
-            task = self.loop.create_task(ch.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closed)
+        channels = list(self._channels.items())
         self._channels.clear()
+        results = await asyncio.gather(
+            *(asyncio.wait_for(ch.close(), CLOSE_TIMEOUT_S) for _, ch in channels),
+            return_exceptions=True)
+        for (address, _), r in zip(channels, results):
+            if isinstance(r, BaseException):
+                log.warning("closing the status channel to %s failed: %r", address, r)
         srv, self._server = self._server, None
         if srv is not None:
             def stop() -> None:
                 srv.shutdown()
                 srv.server_close()
-            threading.Thread(target=stop, name="strata-http-stop", daemon=True).start()
-
-    def _closed(self, task: asyncio.Task) -> None:
-        self._closing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("closing a peer's channel failed: %s", task.exception())
+            await self.loop.run_in_executor(None, stop)
 
     # -- read from the HTTP threads
 

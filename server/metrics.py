@@ -196,10 +196,11 @@ class Metrics:
     def port(self) -> int:
         return self._server.port if self._server is not None else 0
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+    async def aclose(self) -> None:
+        """Stop the HTTP listener and close its channels to peers (event loop)."""
+        srv, self._server = self._server, None
+        if srv is not None:
+            await srv.aclose()
 
 
 class _NodeCollector:

@@ -493,3 +493,30 @@ def test_responses_carry_the_security_headers(daemon):
     s = EventStream(d.metrics)
     assert s.resp.headers["X-Content-Type-Options"] == "nosniff"
     s.close()
+
+
+def test_sigterm_closes_the_status_channels_to_peers_before_it_exits(tmp_path):
+    """/v1/cluster asks every peer over a channel of its own; a stop with those channels
+    open closes them, exits 0 well within its drain and logs nothing about them."""
+    from .test_replication import Cluster
+
+    c = Cluster(tmp_path).start()
+    try:
+        m = c.master()
+        replica = next(i for i in c.nodes if i != m)
+        d = c.nodes[replica]
+        code, _, body = get(d.metrics, "/v1/cluster")
+        members = json.loads(body)["members"]
+        assert code == 200 and len(members) == 3, body
+        assert all(n["reachable"] for n in members), members
+        assert {n["role"] for n in members} == {"master", "replica"}, members
+        t0 = time.monotonic()
+        assert d.terminate() == 0
+        assert time.monotonic() - t0 < 10
+        log = d.logs()
+        for bad in ("never awaited", "Task was destroyed", "Exception ignored",
+                    "status channel", "Traceback"):
+            assert bad not in log, log[-3000:]
+        assert "stopped cleanly" in log
+    finally:
+        c.stop()
