@@ -473,11 +473,22 @@ class MergeWorker:
                 self._running_dir = job.dir if isinstance(job, MergeJob) else None
                 self._cancelled = False
                 try:
-                    _send(p.stdin, message)
-                    if parts is not None:
-                        for part in parts():
-                            _send(p.stdin, part)
-                        _send(p.stdin, [])
+                    try:
+                        _send(p.stdin, message)
+                        if parts is not None:
+                            for part in parts():
+                                _send(p.stdin, part)
+                            _send(p.stdin, [])
+                    except (BrokenPipeError, OSError):
+                        raise
+                    except BaseException:
+                        # Not the pipe: the job could not be sent whole (a part that
+                        # does not pack, an interrupt). The worker waits mid-job and
+                        # would take the next job for more of this one's parts.
+                        p.kill()
+                        p.wait()
+                        self._proc = None
+                        raise
                     reply = _recv(p.stdout)
                 except (BrokenPipeError, EOFError, OSError) as e:
                     p.kill()
@@ -539,6 +550,13 @@ def _give_back() -> None:
         pass
 
 
+def _read_parts(stdin, items: list) -> None:
+    """Extend `items` with the parts that follow a flush's job, up to the empty one (a
+    function of its own: no name here outlives it and keeps the items alive)."""
+    while part := _recv(stdin):
+        items += part
+
+
 def worker_main() -> None:
     """The merge worker's loop: read a job, run it, reply; exit at EOF, or after a job that
     left it more than argv[1] bytes (default WORKER_RETIRE_BYTES) larger than it started
@@ -557,16 +575,17 @@ def worker_main() -> None:
     gc.disable()
     base = _rss()
     while True:
+        # Anything but the end of input while reading a job (its parts included) leaves
+        # this process out of step with the parent's messages: it exits (the error on
+        # stderr), and the parent starts a fresh worker and sends the job again.
         try:
             job = _recv(stdin)
+            if job.pop("parts", False):
+                _read_parts(stdin, job["items"])
         except EOFError:
             return
         try:
             kind = job.pop("kind")
-            if job.pop("parts", False):
-                items = job["items"]
-                while part := _recv(stdin):
-                    items += part
             result = run_flush(FlushJob(**job)) if kind == "flush" else run_merge(MergeJob(**job))
             reply = vars(result)
         except Corruption as e:

@@ -470,3 +470,58 @@ def test_a_flush_sent_in_parts_writes_the_memtable_and_is_sent_again_to_a_fresh_
         r.close()
     entries, several = compaction.memtable_entries(mem.raw_item_chunks(1 << 30).__next__())
     assert several and entries == expected
+
+
+def test_a_flush_whose_parts_cannot_be_sent_leaves_no_worker_waiting_mid_job(tmp_path):
+    """A part that fails on the parent's side (here: it does not pack) used to leave the
+    worker waiting for the rest of the job, so that it took the next job's message for
+    one of its parts: the next flush failed and a merge sent after it hung. The worker
+    is now replaced, and the next job runs whole in a fresh one."""
+    from strata.storage.compaction import FlushJob, MergeWorker
+    from strata.storage.memtable import MemTable
+    from strata.storage.vfs import OsFS
+
+    mem = MemTable()
+    for i in range(100):
+        mem.add(i + 1, b"k%03d" % i, b"v")
+    worker = MergeWorker()
+
+    def broken():
+        yield next(mem.raw_item_chunks(10))
+        yield [(b"k", object())]  # msgpack cannot pack this
+
+    try:
+        with pytest.raises(TypeError):
+            worker.run(FlushJob(str(tmp_path / "000001.sst"), [], 1), broken)
+        path = str(tmp_path / "000002.sst")
+        result = worker.run(FlushJob(path, [], 1), lambda: mem.raw_item_chunks(30))
+        assert worker.started == 2
+    finally:
+        worker.close()
+    ((out, props),) = result.outputs
+    assert out == path and props["entries"] == 100
+    r = TableReader(OsFS(), path, 2)
+    try:
+        assert r.all_entries() == mem.sorted_entries()
+    finally:
+        r.close()
+
+
+def test_the_flush_worker_lets_go_of_a_flush_items_before_it_reports_its_size(tmp_path):
+    """The worker retires when it stays large after a job; a name in its loop kept the
+    last flush's items alive past the job, so a big memtable made it retire after every
+    flush. With the items freed, flushes of ~40 MB of items run in one process."""
+    from strata.storage.compaction import FlushJob, MergeWorker
+    from strata.storage.memtable import MemTable
+
+    mem = MemTable()
+    for i in range(300_000):
+        mem.add(i + 1, b"%016d" % (i * 7919 % 10**9), b"v" * 10)
+    worker = MergeWorker(retire_bytes=30 << 20)
+    try:
+        for n in range(3):
+            worker.run(FlushJob(str(tmp_path / f"{n + 1:06d}.sst"), [], 1),
+                       lambda: mem.raw_item_chunks(16384))
+        assert worker.started == 1, f"{worker.started} processes for 3 flushes"
+    finally:
+        worker.close()
