@@ -259,7 +259,7 @@ def _json_default(o):
 
 class StatusServer:
     """The HTTP listener. `start()` binds (OSError when it cannot) and serves on a
-    thread; `close()` stops it. Both from the loop's thread."""
+    thread; `aclose()` stops it. Both from the loop's thread."""
 
     def __init__(self, listen: str, registry, gate, version: str) -> None:
         self.listen = listen
@@ -279,6 +279,7 @@ class StatusServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}  # event loop only
+        self._closing = False  # aclose() began: no new channel
 
     @property
     def port(self) -> int:
@@ -340,6 +341,15 @@ class StatusServer:
         the loop: the HTTP server's shutdown, which waits up to its 0.5 s poll, runs
         on an executor thread."""
         self.tail.close()
+        self._closing = True  # a /v1/cluster still being answered opens no channel
+        srv, self._server = self._server, None
+        serving = self._thread is not None and self._thread.is_alive()
+        if srv is not None:
+            def stop() -> None:
+                if serving:  # shutdown() waits for serve_forever, which may never have run
+                    srv.shutdown()
+                srv.server_close()
+            await self.loop.run_in_executor(None, stop)
         channels = list(self._channels.items())
         self._channels.clear()
         results = await asyncio.gather(
@@ -348,12 +358,6 @@ class StatusServer:
         for (address, _), r in zip(channels, results):
             if isinstance(r, BaseException):
                 log.warning("closing the status channel to %s failed: %r", address, r)
-        srv, self._server = self._server, None
-        if srv is not None:
-            def stop() -> None:
-                srv.shutdown()
-                srv.server_close()
-            await self.loop.run_in_executor(None, stop)
 
     # -- read from the HTTP threads
 
@@ -402,6 +406,8 @@ class StatusServer:
     async def _ask_peer(self, address: str) -> pb.StatusResponse:
         ch = self._channels.get(address)
         if ch is None:
+            if self._closing:
+                raise ConnectionError("the node is stopping")
             creds = self.gate.node.cluster.conf.credentials
             ch = (grpc.aio.secure_channel(address, creds) if creds is not None
                   else grpc.aio.insecure_channel(address))
