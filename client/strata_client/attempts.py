@@ -20,7 +20,8 @@ before it, and what the call raises when it ends; `Client._unary` (threads) and
   (RetryPolicy.delay, growing per round), so a circle of stale redirects or of
   refusing nodes spins slowly, not fast, until a master answers. The circuit
   breaker of a node (one per node) only steers calls to the other nodes while
-  one of them has a closed circuit; it never ends a call that has time left.
+  one of them has a closed circuit; it never ends a call that has time left, and
+  never turns a call away from the master a NotMaster has just named.
   With one node, transient errors are retried up to RetryPolicy.attempts, each
   attempt with the whole timeout, and the circuit breaker fails calls fast.
 - An attempt "may have been done" when the server said its outcome is unknown
@@ -134,6 +135,7 @@ class Attempts:
         self.down: set[str] = set()  # ... of which these answered nothing
         self.failures = 0           # transient failures (one node: at most retry.attempts)
         self.rounds = 0             # back-offs so far, the exponent of the next
+        self.redirected = False     # the target is the master a NotMaster just named
         self.maybe_done = False     # a WRITE attempt may have been done
         self.last: errors.StrataError | None = None
 
@@ -151,7 +153,12 @@ class Attempts:
         left = self.until - time.monotonic()
         if left <= 0 or (self.last is not None and left < MIN_ATTEMPT_S):
             raise self._end(self.last or errors.DeadlineExceeded("deadline exceeded"))
-        if not breaker.allow():
+        if self.redirected:
+            # A node just named this one the master: that is news the breaker's past
+            # failures do not outweigh (they are often "no master yet" answers from
+            # before an election, which opened its circuit for its cooldown).
+            self.redirected = False
+        elif not breaker.allow():
             # Steer to a node whose circuit lets calls through; with none, try this one
             # anyway: during a failover every node may have failed lately, and the call
             # still has time.
@@ -190,7 +197,9 @@ class Attempts:
         if isinstance(err, errors.NotMaster):
             master = err.master.rpartition("=")[2]
             if master and not (self.multi and master in self.down):
-                return self._go(master)
+                pause = self._go(master)
+                self.redirected = True
+                return pause
             if self.multi:  # no master named, or one that just answered nothing
                 return self._go(self._advance())
             raise err  # a replica that knows no master, and nowhere else to ask

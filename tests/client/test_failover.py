@@ -321,3 +321,25 @@ def test_threads_through_a_failover_see_no_error(servers, clients):
         t.join(10)
     assert not raised, raised[:3]
     assert all(done) and nodes[2].hits() > 0
+
+
+def test_a_redirect_to_the_new_master_is_followed_while_its_circuit_is_open(servers, clients):
+    """Before an election a node answers "no master", which counts against its circuit;
+    after a hand-over the old master and the replica name it, and the call must go there
+    at once. The open circuit used to steer each redirect to the replica (whose circuit
+    was closed), which named the master again, round after round of back-off until the
+    cooldown ended: a 1.6-2.4 s gap in writes after a hand-over."""
+    old, m, r = servers(), servers(), servers()
+    t = time.monotonic() + 0.5  # the hand-over from old to m
+    old.always("Put", _from(t, pb.PutResponse(lsn=1), _names(m.address)))
+    m.always("Put", _from(t, NO_MASTER, pb.PutResponse(lsn=5)))
+    r.always("Put", _from(t, _names(old.address), _names(m.address)))
+    c = clients(f"{m.address},{old.address},{r.address}", timeout=10, threshold=1,
+                cooldown=30.0, retry=RetryPolicy(**SLOW))
+    assert c.put(b"k", b"v") == 1  # m says "no master" (its circuit opens), old answers
+    assert c.breaker_of(m.address).state == "open" and c.target == old.address
+    time.sleep(max(0.0, t - time.monotonic()))
+    t1 = time.monotonic()
+    assert c.put(b"k", b"v") == 5
+    assert time.monotonic() - t1 < 1.0, "the redirect waited for the master's circuit"
+    assert c.breaker_of(m.address).state == "closed"
