@@ -473,22 +473,11 @@ class MergeWorker:
                 self._running_dir = job.dir if isinstance(job, MergeJob) else None
                 self._cancelled = False
                 try:
-                    try:
-                        _send(p.stdin, message)
-                        if parts is not None:
-                            for part in parts():
-                                _send(p.stdin, part)
-                            _send(p.stdin, [])
-                    except (BrokenPipeError, OSError):
-                        raise
-                    except BaseException:
-                        # Not the pipe: the job could not be sent whole (a part that
-                        # does not pack, an interrupt). The worker waits mid-job and
-                        # would take the next job for more of this one's parts.
-                        p.kill()
-                        p.wait()
-                        self._proc = None
-                        raise
+                    _send(p.stdin, message)
+                    if parts is not None:
+                        for part in parts():
+                            _send(p.stdin, part)
+                        _send(p.stdin, [])
                     reply = _recv(p.stdout)
                 except (BrokenPipeError, EOFError, OSError) as e:
                     p.kill()
@@ -500,6 +489,14 @@ class MergeWorker:
                     if attempt == 1:
                         raise StorageError(f"compaction worker died twice: {e}") from None
                     continue
+                except BaseException:
+                    # Not the pipe: the exchange stopped part way (a part that does not
+                    # pack, an interrupt). The worker is mid-job or mid-reply and would
+                    # take the next job for more of this one's: it goes.
+                    p.kill()
+                    p.wait()
+                    self._proc = None
+                    raise
                 finally:
                     self._running_dir = None
                 if reply.pop("retiring", False):  # it exits after this reply: a fresh one next
