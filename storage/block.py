@@ -67,8 +67,11 @@ def _shared(a: bytes, b: bytes) -> int:
     return lo
 
 
-def encode(entries: list[tuple], lo: int, hi: int, interval: int = RESTART_INTERVAL) -> bytes:
+def encode(entries: list[tuple], lo: int, hi: int, interval: int = RESTART_INTERVAL,
+           keys: list[bytes] | None = None, values: list | None = None) -> bytes:
     """The block holding entries[lo:hi] ((key, -lsn, value|None), internal order).
+    `keys` and `values`, if given, are the entries' keys and values (the whole lists:
+    the table encoder has them already).
 
     REQUIRES: lo < hi, and entries[lo:hi] does not split the versions of a key
     from versions outside it.
@@ -81,9 +84,10 @@ def encode(entries: list[tuple], lo: int, hi: int, interval: int = RESTART_INTER
     """
     part = entries[lo:hi]
     n = hi - lo
-    keys = list(map(_key, part))
+    keys = list(map(_key, part)) if keys is None else keys[lo:hi]
     key_bytes = sum(map(len, keys))
-    size = key_bytes + sum(map(len, filter(None, map(_value, part))))
+    values = map(_value, part) if values is None else values[lo:hi]
+    size = key_bytes + sum(map(len, filter(None, values)))
     if len(set(keys)) == n:  # one version per key: groups of exactly `interval`
         bounds = [(s, min(s + interval, n)) for s in range(0, n, interval)]
     else:
