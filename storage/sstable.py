@@ -273,19 +273,19 @@ def _write_table(fs: FileSystem, path: str, entries: list[tuple], keys: list[byt
                 chunks.clear()
                 pending = 0
             i = j
-        keys = keys[lo:hi]
+        table_keys = keys[lo:hi]
         negs = list(map(itemgetter(1), entries[lo:hi]))
         props = {
-            "smallest": keys[0],
-            "largest": keys[-1],
+            "smallest": table_keys[0],
+            "largest": table_keys[-1],
             "entries": hi - lo,
             "tombstones": values[lo:hi].count(None),
-            "shadowed": sum(map(eq, keys, islice(keys, 1, None))),
+            "shadowed": sum(map(eq, table_keys, islice(table_keys, 1, None))),
             "min_lsn": -max(negs),
             "max_lsn": -min(negs),
         }
         meta = []
-        for contents in (bloom.build(keys, bloom_bits),
+        for contents in (bloom.build(table_keys, bloom_bits),
                          msgpack.packb(props, use_bin_type=True),
                          msgpack.packb(index, use_bin_type=True)):
             stored_block, _ = _finish_block(contents)
